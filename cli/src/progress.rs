@@ -1,0 +1,88 @@
+//! Progress on stderr: one rewritten line on a terminal, plain lines every
+//! few seconds otherwise (logs and CI never see escape codes).
+
+use std::{
+    io::{IsTerminal, Write},
+    time::{Duration, Instant},
+};
+
+use crate::output::bytes;
+
+/// Reports `done / total` of a phase.
+#[derive(Debug)]
+pub struct Progress {
+    label: String,
+    enabled: bool,
+    tty: bool,
+    started: Instant,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    pub fn new(label: impl Into<String>, quiet: bool) -> Self {
+        Self {
+            label: label.into(),
+            enabled: !quiet,
+            tty: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            last: None,
+        }
+    }
+
+    /// Report; rate-limited so it is cheap to call often.
+    pub fn update(&mut self, done: u64, total: u64, extra: &str) {
+        if !self.enabled {
+            return;
+        }
+        let every = if self.tty {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
+        if self.last.is_some_and(|l| l.elapsed() < every) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        self.print(done, total, extra);
+    }
+
+    fn print(&self, done: u64, total: u64, extra: &str) {
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let pct = if total == 0 {
+            100.0
+        } else {
+            done as f64 * 100.0 / total as f64
+        };
+        let rate = done as f64 / secs;
+        let eta = if rate > 0.0 && done < total {
+            format!(" eta {:.0}s", (total - done) as f64 / rate)
+        } else {
+            String::new()
+        };
+        let line = format!(
+            "{}: {pct:5.1}% {} / {} ({}/s){eta}{extra}",
+            self.label,
+            bytes(done),
+            bytes(total),
+            bytes(rate as u64)
+        );
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(err, "\r\x1b[2K{line}");
+        } else {
+            let _ = writeln!(err, "{line}");
+        }
+        let _ = err.flush();
+    }
+
+    /// Final line.
+    pub fn finish(&mut self, total: u64, extra: &str) {
+        if !self.enabled {
+            return;
+        }
+        self.print(total, total, extra);
+        if self.tty {
+            eprintln!();
+        }
+    }
+}

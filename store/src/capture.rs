@@ -1,0 +1,548 @@
+//! Capture: disks → chunks → store → manifest.
+//!
+//! One disk at a time flows through a bounded pipeline:
+//!
+//! ```text
+//! reader thread ──jobs──▶ N workers ──results──▶ collector (caller's thread)
+//!   reads a chunk,         zero check, BLAKE3,     builds the index,
+//!   SHA-256 of the disk    touch if known, else    progress, heartbeat
+//!   (holes not read)       compress + insert
+//! ```
+//!
+//! Memory is a fixed pool of chunk buffers (`2 × workers + 2`), so it does
+//! not grow with the disk; the only per-disk structure is the index (32
+//! bytes per chunk). Known chunks are detected by digest *before*
+//! compression, so a recapture compresses only what changed.
+//!
+//! The manifest is committed last. A capture that fails or is cancelled
+//! removes its index files; chunks it stored stay for a retry to reuse
+//! until GC collects them.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::{
+    ChunkDigest, Error, FixedIndex, ImageId, Manifest, Result, Store,
+    backend::{Inserted, WriterInfo},
+    blob::BlobEncoder,
+    index::Layout,
+    manifest::{DiskEntry, validate_name},
+    source::{DiskSource, is_all_zero},
+};
+
+/// How to capture.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// zstd level for new chunks.
+    pub zstd_level: i32,
+    /// Compression workers (default: all cores).
+    pub threads: usize,
+    /// Set to `true` to stop the capture; it then fails with `Cancelled`.
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// Guest configuration to record in the manifest.
+    pub config: serde_json::Value,
+    /// Labels to record in the manifest.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        Self {
+            zstd_level: 3,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            cancel: None,
+            config: serde_json::Value::Null,
+            labels: Default::default(),
+        }
+    }
+}
+
+/// One disk to capture.
+pub struct DiskInput<'a> {
+    /// Name recorded in the manifest (`vda`, a file name...).
+    pub name: String,
+    /// Where its bytes come from.
+    pub source: Box<dyn DiskSource + 'a>,
+}
+
+impl std::fmt::Debug for DiskInput<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskInput")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Figures of a capture (one disk, or all).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CaptureStats {
+    /// Guest-visible bytes covered.
+    pub bytes_total: u64,
+    /// Bytes read from the source (holes are not read).
+    pub bytes_read: u64,
+    /// Bytes of new blobs written to the store (compressed).
+    pub bytes_stored: u64,
+    /// Uncompressed bytes of the new chunks.
+    pub bytes_new: u64,
+    /// Uncompressed bytes found already in the store.
+    pub bytes_deduplicated: u64,
+    /// Bytes of zero chunks and holes, recorded and not stored.
+    pub zero_bytes_skipped: u64,
+    /// Chunks written.
+    pub chunks_new: u64,
+    /// Chunks already present.
+    pub chunks_deduplicated: u64,
+    /// Zero chunks.
+    pub chunks_zero: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl CaptureStats {
+    fn add(&mut self, o: &CaptureStats) {
+        self.bytes_total += o.bytes_total;
+        self.bytes_read += o.bytes_read;
+        self.bytes_stored += o.bytes_stored;
+        self.bytes_new += o.bytes_new;
+        self.bytes_deduplicated += o.bytes_deduplicated;
+        self.zero_bytes_skipped += o.zero_bytes_skipped;
+        self.chunks_new += o.chunks_new;
+        self.chunks_deduplicated += o.chunks_deduplicated;
+        self.chunks_zero += o.chunks_zero;
+    }
+}
+
+/// Progress of a running capture.
+#[derive(Debug, Clone)]
+pub struct CaptureProgress {
+    /// Disk being read (0-based).
+    pub disk: usize,
+    /// Guest-visible bytes of all disks.
+    pub bytes_total: u64,
+    /// Guest-visible bytes processed so far, all disks.
+    pub bytes_done: u64,
+    /// Figures so far, all disks.
+    pub stats: CaptureStats,
+}
+
+/// Result of a capture.
+#[derive(Debug, Clone)]
+pub struct CaptureReport {
+    /// The committed manifest.
+    pub manifest: Manifest,
+    /// Totals over all disks.
+    pub stats: CaptureStats,
+    /// Per disk.
+    pub disks: Vec<CaptureStats>,
+}
+
+/// How often a capture refreshes its writer registration.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(20);
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// Capture `disks` into `store` as a new image called `name`.
+pub fn capture(
+    store: &Store,
+    name: &str,
+    disks: Vec<DiskInput<'_>>,
+    opts: &CaptureOptions,
+    progress: &mut dyn FnMut(&CaptureProgress),
+) -> Result<CaptureReport> {
+    validate_name(name)?;
+    if disks.is_empty() {
+        return Err(Error::invalid("an image needs at least one disk"));
+    }
+    let started = Instant::now();
+    let image_id = ImageId::generate();
+    let writer = WriterGuard::register(store, &image_id)?;
+    let result = capture_inner(store, &image_id, name, disks, opts, progress, &writer);
+    if result.is_err() {
+        // Leave nothing that looks like an image; chunks stay for a retry.
+        let _ = store.backend().delete_image(&image_id);
+    }
+    drop(writer);
+    let mut report = result?;
+    report.stats.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn capture_inner(
+    store: &Store,
+    image_id: &ImageId,
+    name: &str,
+    disks: Vec<DiskInput<'_>>,
+    opts: &CaptureOptions,
+    progress: &mut dyn FnMut(&CaptureProgress),
+    writer: &WriterGuard<'_>,
+) -> Result<CaptureReport> {
+    let bytes_total: u64 = disks.iter().map(|d| d.source.size_bytes()).sum();
+    let mut totals = CaptureStats::default();
+    let mut per_disk = Vec::new();
+    let mut entries = Vec::new();
+    let mut bytes_before = 0;
+    for (i, disk) in disks.into_iter().enumerate() {
+        let disk_name = disk.name.clone();
+        let size = disk.source.size_bytes();
+        let mut on_progress = |s: &CaptureStats| {
+            let mut all = totals.clone();
+            all.add(s);
+            progress(&CaptureProgress {
+                disk: i,
+                bytes_total,
+                bytes_done: bytes_before + s.bytes_total,
+                stats: all,
+            });
+        };
+        let (index, sha256, stats) =
+            capture_disk(store, disk.source, opts, &mut on_progress, writer)
+                .map_err(|e| e.context(format!("capture disk {i} ({disk_name})")))?;
+        let index_file = format!("disk{i}.fidx");
+        let encoded = index.encode();
+        store
+            .backend()
+            .write_image_file(image_id, &index_file, &encoded)?;
+        let zero_chunks = index.digests().iter().filter(|d| d.is_zero_chunk()).count() as u64;
+        entries.push(DiskEntry {
+            name: disk_name,
+            index_file,
+            index_blake3: blake3::hash(&encoded).to_hex().to_string(),
+            size_bytes: size,
+            sha256: hex::encode(sha256),
+            zero_chunks,
+            data_chunks: index.digests().len() as u64 - zero_chunks,
+        });
+        bytes_before += size;
+        totals.add(&stats);
+        per_disk.push(stats);
+    }
+    let manifest = Manifest {
+        image_id: image_id.clone(),
+        name: name.to_string(),
+        created_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        chunk_size: store.chunk_size(),
+        disks: entries,
+        config: opts.config.clone(),
+        labels: opts.labels.clone(),
+    };
+    check_cancel(opts)?;
+    store
+        .backend()
+        .commit_manifest(image_id, &manifest.encode()?)?;
+    Ok(CaptureReport {
+        manifest,
+        stats: totals,
+        disks: per_disk,
+    })
+}
+
+fn check_cancel(opts: &CaptureOptions) -> Result<()> {
+    match &opts.cancel {
+        Some(c) if c.load(Ordering::Relaxed) => Err(Error::cancelled()),
+        _ => Ok(()),
+    }
+}
+
+/// Keeps the capture registered as a writer so GC spares its chunks.
+struct WriterGuard<'a> {
+    store: &'a Store,
+    writer_id: String,
+    last_beat: std::cell::Cell<Instant>,
+}
+
+impl<'a> WriterGuard<'a> {
+    fn register(store: &'a Store, image_id: &ImageId) -> Result<Self> {
+        let writer_id = uuid::Uuid::new_v4().to_string();
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_default();
+        store.backend().register_writer(&WriterInfo {
+            writer_id: writer_id.clone(),
+            image_id: image_id.clone(),
+            host,
+            pid: std::process::id(),
+            started_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        })?;
+        Ok(Self {
+            store,
+            writer_id,
+            last_beat: std::cell::Cell::new(Instant::now()),
+        })
+    }
+
+    fn maybe_heartbeat(&self) -> Result<()> {
+        if self.last_beat.get().elapsed() >= HEARTBEAT_EVERY {
+            self.store.backend().heartbeat_writer(&self.writer_id)?;
+            self.last_beat.set(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.store.backend().unregister_writer(&self.writer_id);
+    }
+}
+
+struct Job {
+    i: usize,
+    buf: Vec<u8>,
+    len: usize,
+}
+
+enum Outcome {
+    Zero,
+    New { stored: u64 },
+    Existing,
+}
+
+struct Done {
+    i: usize,
+    len: usize,
+    read: bool,
+    /// `None`: skipped because the capture is already failing.
+    result: Option<Result<(ChunkDigest, Outcome)>>,
+}
+
+fn capture_disk(
+    store: &Store,
+    mut source: Box<dyn DiskSource + '_>,
+    opts: &CaptureOptions,
+    progress: &mut dyn FnMut(&CaptureStats),
+    writer: &WriterGuard<'_>,
+) -> Result<(FixedIndex, [u8; 32], CaptureStats)> {
+    let started = Instant::now();
+    let size = source.size_bytes();
+    let chunk_size = store.chunk_size();
+    let mut index = FixedIndex::new_zeroed(size, chunk_size)?;
+    let workers = opts.threads.max(1);
+    let n_bufs = 2 * workers + 2;
+    let abort = AtomicBool::new(false);
+    let (pool_tx, pool_rx) = bounded::<Vec<u8>>(n_bufs);
+    let (job_tx, job_rx) = bounded::<Job>(n_bufs);
+    let (done_tx, done_rx) = unbounded::<Done>();
+    let mut stats = CaptureStats::default();
+
+    let (reader_result, first_error) = std::thread::scope(|s| {
+        let reader = {
+            let layout = index.layout();
+            let abort = &abort;
+            let pool_tx = pool_tx.clone();
+            let done_tx = done_tx.clone();
+            let source = &mut source;
+            s.spawn(move || {
+                read_disk(
+                    &mut **source,
+                    layout,
+                    n_bufs,
+                    opts,
+                    abort,
+                    &pool_tx,
+                    &pool_rx,
+                    &job_tx,
+                    &done_tx,
+                )
+            })
+        };
+        for _ in 0..workers {
+            let job_rx = job_rx.clone();
+            let done_tx = done_tx.clone();
+            let pool_tx = pool_tx.clone();
+            let abort = &abort;
+            s.spawn(move || {
+                compress_worker(store, opts.zstd_level, abort, &job_rx, &done_tx, &pool_tx)
+            });
+        }
+        drop((job_rx, done_tx, pool_tx));
+
+        let mut first_error: Option<Error> = None;
+        let mut last_progress = Instant::now();
+        for done in done_rx.iter() {
+            stats.bytes_total += done.len as u64;
+            if done.read {
+                stats.bytes_read += done.len as u64;
+            }
+            match done.result {
+                None => {}
+                Some(Ok((digest, outcome))) => {
+                    index.set(done.i, digest);
+                    match outcome {
+                        Outcome::Zero => {
+                            stats.zero_bytes_skipped += done.len as u64;
+                            stats.chunks_zero += 1;
+                        }
+                        Outcome::New { stored } => {
+                            stats.bytes_stored += stored;
+                            stats.bytes_new += done.len as u64;
+                            stats.chunks_new += 1;
+                        }
+                        Outcome::Existing => {
+                            stats.bytes_deduplicated += done.len as u64;
+                            stats.chunks_deduplicated += 1;
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    abort.store(true, Ordering::Relaxed);
+                    first_error.get_or_insert(e);
+                }
+            }
+            if first_error.is_none() {
+                if let Err(e) = writer.maybe_heartbeat() {
+                    abort.store(true, Ordering::Relaxed);
+                    first_error = Some(e);
+                }
+            }
+            if last_progress.elapsed() >= PROGRESS_EVERY {
+                last_progress = Instant::now();
+                progress(&stats);
+            }
+        }
+        let reader_result = reader.join().unwrap_or_else(|_| {
+            Err(Error::new(
+                crate::ErrorKind::Io,
+                "capture reader thread panicked",
+            ))
+        });
+        (reader_result, first_error)
+    });
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    let sha256 = reader_result?;
+    stats.seconds = started.elapsed().as_secs_f64();
+    progress(&stats);
+    debug_assert_eq!(stats.bytes_total, size);
+    Ok((index, sha256, stats))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_disk(
+    source: &mut dyn DiskSource,
+    layout: Layout,
+    n_bufs: usize,
+    opts: &CaptureOptions,
+    abort: &AtomicBool,
+    pool_tx: &Sender<Vec<u8>>,
+    pool_rx: &Receiver<Vec<u8>>,
+    job_tx: &Sender<Job>,
+    done_tx: &Sender<Done>,
+) -> Result<[u8; 32]> {
+    let chunk_size = layout.chunk_size as usize;
+    let mut sha = Sha256::new();
+    // Zeroed pages of a fresh allocation cost nothing until touched; SHA-256
+    // only reads them.
+    let zeros = vec![0u8; chunk_size];
+    let mut allocated = 0;
+    for i in 0..layout.chunk_count() as usize {
+        if abort.load(Ordering::Relaxed) {
+            return Err(Error::new(crate::ErrorKind::Io, "capture aborted"));
+        }
+        check_cancel(opts).inspect_err(|_| abort.store(true, Ordering::Relaxed))?;
+        let (offset, len) = layout.chunk_range(i);
+        let has_data = source
+            .may_have_data(offset, len as u64)
+            .map_err(|e| Error::io(format!("find data at offset {offset}"), e))?;
+        if !has_data {
+            sha.update(&zeros[..len]);
+            // Zero chunks bypass the workers' queue order but must still be
+            // counted by the collector.
+            let _ = done_tx.send(Done {
+                i,
+                len,
+                read: false,
+                result: Some(Ok((ChunkDigest::ZERO_CHUNK, Outcome::Zero))),
+            });
+            continue;
+        }
+        let mut buf = if allocated < n_bufs {
+            allocated += 1;
+            Vec::with_capacity(chunk_size)
+        } else {
+            pool_rx
+                .recv()
+                .map_err(|_| Error::new(crate::ErrorKind::Io, "capture workers stopped"))?
+        };
+        buf.resize(len, 0);
+        if let Err(e) = source.read_exact_at(offset, &mut buf) {
+            let _ = pool_tx.send(buf);
+            abort.store(true, Ordering::Relaxed);
+            return Err(Error::io(format!("read {len} bytes at offset {offset}"), e));
+        }
+        sha.update(&buf);
+        if job_tx.send(Job { i, buf, len }).is_err() {
+            return Err(Error::new(crate::ErrorKind::Io, "capture workers stopped"));
+        }
+    }
+    Ok(sha.finalize().into())
+}
+
+fn compress_worker(
+    store: &Store,
+    level: i32,
+    abort: &AtomicBool,
+    jobs: &Receiver<Job>,
+    done: &Sender<Done>,
+    pool: &Sender<Vec<u8>>,
+) {
+    let mut encoder = match BlobEncoder::new(level) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            abort.store(true, Ordering::Relaxed);
+            let _ = done.send(Done {
+                i: 0,
+                len: 0,
+                read: false,
+                result: Some(Err(e)),
+            });
+            None
+        }
+    };
+    for Job { i, buf, len } in jobs.iter() {
+        let result = match (&mut encoder, abort.load(Ordering::Relaxed)) {
+            (Some(enc), false) => Some(store_chunk(store, enc, &buf)),
+            _ => None,
+        };
+        let _ = pool.send(buf);
+        let _ = done.send(Done {
+            i,
+            len,
+            read: true,
+            result,
+        });
+    }
+}
+
+fn store_chunk(
+    store: &Store,
+    enc: &mut BlobEncoder,
+    data: &[u8],
+) -> Result<(ChunkDigest, Outcome)> {
+    if is_all_zero(data) {
+        return Ok((ChunkDigest::ZERO_CHUNK, Outcome::Zero));
+    }
+    let digest = ChunkDigest::of(data);
+    if store.backend().touch_chunk(&digest)? {
+        return Ok((digest, Outcome::Existing));
+    }
+    let blob = enc.encode(data)?;
+    let stored = blob.len() as u64;
+    match store.backend().insert_chunk(&digest, blob)? {
+        Inserted::New => Ok((digest, Outcome::New { stored })),
+        Inserted::Existed => Ok((digest, Outcome::Existing)),
+    }
+}

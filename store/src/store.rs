@@ -1,0 +1,210 @@
+//! [`Store`]: a backend plus the store's settings, and the image-level
+//! operations (list, resolve, read index, delete) the pipelines build on.
+
+use std::{path::Path, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    DirStore, Error, ErrorKind, FixedIndex, ImageId, Manifest, Result,
+    backend::{Backend, ImageStore},
+    format::{DEFAULT_CHUNK_SIZE, STORE_LAYOUT_VERSION},
+    index::validate_chunk_size,
+};
+
+/// Settings fixed when the store is created (`imprint-store.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreConfig {
+    /// Layout version of the store.
+    pub layout_version: u32,
+    /// Chunk size of every image in this store: dedup works across images
+    /// only when they are cut the same way.
+    pub chunk_size: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            layout_version: STORE_LAYOUT_VERSION,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+/// An opened image store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    config: StoreConfig,
+}
+
+/// One entry of [`Store::list`]: an image, or why its manifest is unreadable.
+pub type Listed = (ImageId, Result<Manifest>);
+
+impl Store {
+    /// Create a new store in `backend`.
+    pub fn create(backend: Arc<dyn Backend>, config: StoreConfig) -> Result<Self> {
+        validate_chunk_size(config.chunk_size)?;
+        let bytes = serde_json::to_vec_pretty(&config)
+            .map_err(|e| Error::invalid(format!("store settings: {e}")))?;
+        backend.create_config(&bytes)?;
+        Ok(Self { backend, config })
+    }
+
+    /// Open an existing store.
+    pub fn open(backend: Arc<dyn Backend>) -> Result<Self> {
+        let Some(bytes) = backend.read_config()? else {
+            return Err(Error::not_found(format!(
+                "no imprint store at {backend:?} (its settings file is missing)"
+            )));
+        };
+        let config: StoreConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::corrupt(format!("store settings do not parse: {e}")))?;
+        if config.layout_version != STORE_LAYOUT_VERSION {
+            return Err(Error::new(
+                ErrorKind::UnsupportedVersion,
+                format!(
+                    "store layout version {} is not supported by this build (reads {STORE_LAYOUT_VERSION})",
+                    config.layout_version
+                ),
+            ));
+        }
+        validate_chunk_size(config.chunk_size)
+            .map_err(|e| Error::corrupt(e.message().to_string()))?;
+        Ok(Self { backend, config })
+    }
+
+    /// Open the directory store at `dir`.
+    pub fn open_dir(dir: &Path, fsync: bool) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::not_found(format!(
+                "store directory {} does not exist",
+                dir.display()
+            )));
+        }
+        Self::open(Arc::new(DirStore::new(dir, fsync))).map_err(|e| {
+            if e.kind() == ErrorKind::NotFound {
+                Error::not_found(format!("{} is not an imprint store", dir.display()))
+            } else {
+                e
+            }
+        })
+    }
+
+    /// Open the directory store at `dir`, creating it (with `config`) if the
+    /// directory is missing or empty.
+    pub fn open_or_create_dir(dir: &Path, fsync: bool, config: StoreConfig) -> Result<Self> {
+        let backend = Arc::new(DirStore::new(dir, fsync));
+        if backend.read_config()?.is_some() {
+            return Self::open(backend);
+        }
+        if let Ok(mut entries) = std::fs::read_dir(dir)
+            && entries.next().is_some()
+        {
+            return Err(Error::invalid(format!(
+                "{} is not empty and not an imprint store; refusing to create one there",
+                dir.display()
+            )));
+        }
+        Self::create(backend, config)
+    }
+
+    /// The backend, for pipelines.
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// Settings.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// Chunk size of this store.
+    pub fn chunk_size(&self) -> u32 {
+        self.config.chunk_size
+    }
+
+    /// The manifest of image `id`.
+    pub fn manifest(&self, id: &ImageId) -> Result<Manifest> {
+        let bytes = self.backend.read_manifest(id)?;
+        let m = Manifest::decode(&bytes).map_err(|e| e.context(format!("image {id}")))?;
+        if &m.image_id != id {
+            return Err(Error::corrupt(format!(
+                "image {id}: manifest belongs to image {}",
+                m.image_id
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Every committed image; an unreadable manifest is listed with its error.
+    pub fn list(&self) -> Result<Vec<Listed>> {
+        Ok(self
+            .backend
+            .list_images()?
+            .into_iter()
+            .map(|id| {
+                let m = self.manifest(&id);
+                (id, m)
+            })
+            .collect())
+    }
+
+    /// Find an image by id, or by a name exactly one image has.
+    pub fn resolve(&self, id_or_name: &str) -> Result<Manifest> {
+        if let Ok(id) = id_or_name.parse::<ImageId>() {
+            return self.manifest(&id);
+        }
+        let mut found: Vec<Manifest> = self
+            .list()?
+            .into_iter()
+            .filter_map(|(_, m)| m.ok())
+            .filter(|m| m.name == id_or_name)
+            .collect();
+        match found.len() {
+            0 => Err(Error::not_found(format!(
+                "no image has the id or name {id_or_name:?}"
+            ))),
+            1 => Ok(found.remove(0)),
+            n => Err(Error::new(
+                ErrorKind::Conflict,
+                format!("{n} images are named {id_or_name:?}; use an image id"),
+            )),
+        }
+    }
+
+    /// Disk `disk`'s index, checked against the manifest's digest of it.
+    pub fn read_index(&self, manifest: &Manifest, disk: usize) -> Result<FixedIndex> {
+        let id = &manifest.image_id;
+        let entry = manifest.disks.get(disk).ok_or_else(|| {
+            Error::invalid(format!(
+                "image {id} has {} disks, there is no disk {disk}",
+                manifest.disks.len()
+            ))
+        })?;
+        let bytes = self
+            .backend
+            .read_image_file(id, &entry.index_file)
+            .map_err(|e| e.context(format!("image {id} disk {disk}")))?;
+        if blake3::hash(&bytes).to_hex().as_str() != entry.index_blake3 {
+            return Err(Error::corrupt(format!(
+                "image {id} disk {disk}: index {} does not match the manifest's digest of it",
+                entry.index_file
+            )));
+        }
+        let index = FixedIndex::decode(&bytes)
+            .map_err(|e| e.context(format!("image {id} disk {disk} index {}", entry.index_file)))?;
+        if index.size_bytes() != entry.size_bytes || index.chunk_size() != manifest.chunk_size {
+            return Err(Error::corrupt(format!(
+                "image {id} disk {disk}: index and manifest disagree on size or chunk size"
+            )));
+        }
+        Ok(index)
+    }
+
+    /// Remove an image's manifest and indexes; its chunks go at the next GC
+    /// unless other images use them.
+    pub fn delete_image(&self, id: &ImageId) -> Result<()> {
+        self.backend.delete_image(id)
+    }
+}
