@@ -1,0 +1,801 @@
+//! Capture → store → deploy through the public API, on a directory store in
+//! a temporary folder, plus every bad-input case of the store issue.
+
+use std::{
+    fs::{self, File},
+    io::{self, Cursor},
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use imprint_store::{
+    ChunkDigest, DirStore, ErrorKind, ImageId, Manifest, Store, StoreConfig,
+    backend::{Backend, ChunkInfo, ChunkStore, ImageStore, Inserted, WriterInfo, WriterRecord},
+    capture::{CaptureOptions, CaptureReport, DiskInput, capture},
+    gc::{GcOptions, collect_garbage},
+    restore::{RestoreOptions, restore_disk},
+    source::{FileSource, FileTarget, ReadSeekSource, WriteSeekTarget},
+    verify::{verify_images, verify_store},
+};
+use sha2::{Digest, Sha256};
+
+const CS: u32 = 64 * 1024;
+
+fn small_config() -> StoreConfig {
+    StoreConfig {
+        chunk_size: CS,
+        ..Default::default()
+    }
+}
+
+fn new_store(dir: &Path) -> Store {
+    Store::open_or_create_dir(&dir.join("store"), false, small_config()).expect("create store")
+}
+
+/// A disk with data, a hole, an explicit zero chunk, repeated content and a
+/// short last chunk.
+fn make_disk(path: &Path, seed: u8) -> Vec<u8> {
+    let size = 20 * CS as usize + 1234;
+    let mut data = vec![0u8; size];
+    for (i, b) in data[..3 * CS as usize].iter_mut().enumerate() {
+        *b = ((i * 7) as u8)
+            .wrapping_add(seed)
+            .wrapping_add((i / CS as usize) as u8 * 13);
+    }
+    // chunk 5 = chunk 0 (dedup inside one image)
+    let c0 = data[..CS as usize].to_vec();
+    data[5 * CS as usize..6 * CS as usize].copy_from_slice(&c0);
+    // noise that zstd cannot shrink
+    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
+    for b in &mut data[8 * CS as usize..9 * CS as usize] {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    for b in &mut data[20 * CS as usize..] {
+        *b = 0xAB;
+    }
+    let f = File::create(path).expect("create disk");
+    f.set_len(size as u64).expect("size");
+    // write only non-zero chunks so the rest stays a hole
+    for (i, c) in data.chunks(CS as usize).enumerate() {
+        if c.iter().any(|&b| b != 0) {
+            f.write_all_at(c, i as u64 * u64::from(CS)).expect("write");
+        }
+    }
+    data
+}
+
+fn opts() -> CaptureOptions {
+    CaptureOptions {
+        threads: 3,
+        ..Default::default()
+    }
+}
+
+fn capture_files(
+    store: &Store,
+    name: &str,
+    paths: &[&Path],
+) -> imprint_store::Result<CaptureReport> {
+    let disks = paths
+        .iter()
+        .map(|p| DiskInput {
+            name: p.file_name().expect("name").to_string_lossy().into_owned(),
+            source: Box::new(FileSource::open(p).expect("open")),
+        })
+        .collect();
+    capture(store, name, disks, &opts(), &mut |_| {})
+}
+
+fn restore_to_vec(store: &Store, m: &Manifest, disk: usize) -> imprint_store::Result<Vec<u8>> {
+    let size = m.disks[disk].size_bytes as usize;
+    let mut t = WriteSeekTarget::new(Cursor::new(vec![0u8; size]), true);
+    restore_disk(
+        store,
+        m,
+        disk,
+        &mut t,
+        &RestoreOptions::default(),
+        &mut |_| {},
+    )?;
+    Ok(t.into_inner().into_inner())
+}
+
+fn chunk_path(store_dir: &Path, d: &ChunkDigest) -> PathBuf {
+    let hex = d.to_hex();
+    store_dir.join("store/chunks").join(&hex[..4]).join(hex)
+}
+
+#[test]
+fn round_trip_is_byte_identical_and_sha256_matches() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let disk = tmp.path().join("vda.raw");
+    let data = make_disk(&disk, 1);
+    let mut calls = 0;
+    let report = capture(
+        &store,
+        "golden",
+        vec![DiskInput {
+            name: "vda".into(),
+            source: Box::new(FileSource::open(&disk).expect("open")),
+        }],
+        &opts(),
+        &mut |p| {
+            calls += 1;
+            assert!(p.bytes_done <= p.bytes_total);
+        },
+    )
+    .expect("capture");
+    assert!(calls >= 1, "progress is reported");
+    let s = &report.stats;
+    assert_eq!(s.bytes_total, data.len() as u64);
+    // chunks 0,1,2,5,8,20 have data; 5 repeats 0
+    assert_eq!(s.chunks_new, 5);
+    assert_eq!(s.chunks_deduplicated, 1);
+    assert_eq!(s.chunks_zero, 15);
+    assert!(s.bytes_read < s.bytes_total, "holes are not read: {s:?}");
+    let m = &report.manifest;
+    assert_eq!(m.disks[0].sha256, hex::encode(Sha256::digest(&data)));
+    assert_eq!(m.disks[0].zero_chunks, 15);
+
+    // Deploy to a fresh sparse file and to any Write + Seek.
+    let out = tmp.path().join("out.raw");
+    let mut target = FileTarget::create(&out, data.len() as u64).expect("target");
+    let rs = restore_disk(
+        &store,
+        m,
+        0,
+        &mut target,
+        &RestoreOptions::default(),
+        &mut |_| {},
+    )
+    .expect("restore");
+    assert_eq!(fs::read(&out).expect("read"), data);
+    assert_eq!(rs.zero_bytes, 15 * u64::from(CS));
+    assert_eq!(restore_to_vec(&store, m, 0).expect("restore"), data);
+
+    // Reopened store resolves by id and by name.
+    let reopened = Store::open_dir(&tmp.path().join("store"), false).expect("open");
+    assert_eq!(
+        reopened.resolve("golden").expect("by name").image_id,
+        m.image_id
+    );
+    assert_eq!(
+        reopened
+            .resolve(&m.image_id.to_string())
+            .expect("by id")
+            .name,
+        "golden"
+    );
+    assert!(verify_store(&reopened, 2).expect("verify").is_ok());
+}
+
+#[test]
+fn deploy_over_used_target_zeroes_old_bytes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let disk = tmp.path().join("vda.raw");
+    let data = make_disk(&disk, 2);
+    let m = capture_files(&store, "img", &[&disk])
+        .expect("capture")
+        .manifest;
+    let out = tmp.path().join("used.raw");
+    fs::write(&out, vec![0x55u8; data.len() + 4096]).expect("old data");
+    let mut target = FileTarget::open_existing(&out).expect("open");
+    restore_disk(
+        &store,
+        &m,
+        0,
+        &mut target,
+        &RestoreOptions::default(),
+        &mut |_| {},
+    )
+    .expect("restore");
+    let got = fs::read(&out).expect("read");
+    assert_eq!(&got[..data.len()], &data[..]);
+
+    let mut t = WriteSeekTarget::new(Cursor::new(vec![0x77u8; data.len()]), false);
+    restore_disk(
+        &store,
+        &m,
+        0,
+        &mut t,
+        &RestoreOptions::default(),
+        &mut |_| {},
+    )
+    .expect("restore");
+    assert_eq!(t.into_inner().into_inner(), data);
+}
+
+#[test]
+fn recapture_stores_only_what_changed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let disk = tmp.path().join("vda.raw");
+    make_disk(&disk, 3);
+    let first = capture_files(&store, "v1", &[&disk]).expect("first");
+    // Change 100 bytes inside chunk 1 and write into a hole (chunk 12).
+    let f = File::options().write(true).open(&disk).expect("open");
+    f.write_all_at(&[0xEE; 100], u64::from(CS) + 10)
+        .expect("write");
+    f.write_all_at(b"new data", 12 * u64::from(CS))
+        .expect("write");
+    drop(f);
+    let second = capture_files(&store, "v2", &[&disk]).expect("second");
+    assert_eq!(second.stats.chunks_new, 2, "{:?}", second.stats);
+    assert_eq!(
+        second.stats.chunks_deduplicated,
+        first.stats.chunks_new + first.stats.chunks_deduplicated - 1
+    );
+    assert_eq!(
+        restore_to_vec(&store, &second.manifest, 0).expect("restore"),
+        fs::read(&disk).expect("read")
+    );
+}
+
+#[test]
+fn several_disks_and_an_empty_one() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let a = tmp.path().join("a.raw");
+    let b = tmp.path().join("b.raw");
+    let c = tmp.path().join("empty.raw");
+    let da = make_disk(&a, 4);
+    let db = make_disk(&b, 5);
+    File::create(&c).expect("empty");
+    let m = capture_files(&store, "multi", &[&a, &b, &c])
+        .expect("capture")
+        .manifest;
+    assert_eq!(m.disks.len(), 3);
+    assert_eq!(restore_to_vec(&store, &m, 0).expect("a"), da);
+    assert_eq!(restore_to_vec(&store, &m, 1).expect("b"), db);
+    assert!(restore_to_vec(&store, &m, 2).expect("c").is_empty());
+    assert_eq!(m.disks[2].sha256, hex::encode(Sha256::digest(b"")));
+}
+
+#[test]
+fn any_read_seek_source_works() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i / 1000) as u8).collect();
+    let r = capture(
+        &store,
+        "cursor",
+        vec![DiskInput {
+            name: "mem".into(),
+            source: Box::new(ReadSeekSource::new(Cursor::new(data.clone())).expect("src")),
+        }],
+        &opts(),
+        &mut |_| {},
+    )
+    .expect("capture");
+    assert_eq!(
+        restore_to_vec(&store, &r.manifest, 0).expect("restore"),
+        data
+    );
+}
+
+#[test]
+fn target_too_small_is_refused_before_writing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let disk = tmp.path().join("vda.raw");
+    let data = make_disk(&disk, 6);
+    let m = capture_files(&store, "img", &[&disk])
+        .expect("capture")
+        .manifest;
+    let mut t = WriteSeekTarget::new(Cursor::new(vec![9u8; data.len() - 1]), false);
+    let err = restore_disk(
+        &store,
+        &m,
+        0,
+        &mut t,
+        &RestoreOptions::default(),
+        &mut |_| {},
+    )
+    .expect_err("too small");
+    assert_eq!(err.kind(), ErrorKind::TargetTooSmall);
+    assert!(err.to_string().contains(&m.image_id.to_string()), "{err}");
+    assert!(
+        t.into_inner().into_inner().iter().all(|&b| b == 9),
+        "target untouched"
+    );
+}
+
+#[test]
+fn missing_and_corrupt_chunks_are_named() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let disk = tmp.path().join("vda.raw");
+    make_disk(&disk, 7);
+    let m = capture_files(&store, "img", &[&disk])
+        .expect("capture")
+        .manifest;
+    let index = store.read_index(&m, 0).expect("index");
+    let data_chunks: Vec<ChunkDigest> = index
+        .digests()
+        .iter()
+        .filter(|d| !d.is_zero_chunk())
+        .copied()
+        .collect();
+    let (missing, flipped, truncated) = (data_chunks[0], data_chunks[1], data_chunks[2]);
+
+    fs::remove_file(chunk_path(tmp.path(), &missing)).expect("rm");
+    let err = restore_to_vec(&store, &m, 0).expect_err("missing");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(err.to_string().contains(&missing.to_hex()), "{err}");
+
+    let p = chunk_path(tmp.path(), &flipped);
+    let mut bytes = fs::read(&p).expect("read");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    fs::write(&p, &bytes).expect("write");
+    let p = chunk_path(tmp.path(), &truncated);
+    let bytes = fs::read(&p).expect("read");
+    fs::write(&p, &bytes[..bytes.len() / 2]).expect("truncate");
+
+    let report = verify_images(&store, &[m.clone()], 2).expect("verify");
+    assert!(!report.is_ok());
+    assert_eq!(report.missing.len(), 1);
+    assert_eq!(report.missing[0].digest, missing.to_hex());
+    assert_eq!(report.missing[0].images, vec![m.image_id.to_string()]);
+    let mut corrupt: Vec<&str> = report.corrupt.iter().map(|p| p.digest.as_str()).collect();
+    corrupt.sort();
+    let mut expect = vec![flipped.to_hex(), truncated.to_hex()];
+    expect.sort();
+    assert_eq!(corrupt, expect);
+    assert!(
+        report
+            .corrupt
+            .iter()
+            .any(|p| p.reason.contains("truncated")),
+        "{:?}",
+        report.corrupt
+    );
+
+    // Restore the missing one: deploy now fails on a corrupt chunk instead.
+    fs::write(chunk_path(tmp.path(), &missing), b"junk").expect("junk");
+    let err = restore_to_vec(&store, &m, 0).expect_err("corrupt");
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+}
+
+#[test]
+fn unknown_manifest_version_is_reported() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let disk = tmp.path().join("vda.raw");
+    make_disk(&disk, 8);
+    let m = capture_files(&store, "img", &[&disk])
+        .expect("capture")
+        .manifest;
+    let path = tmp
+        .path()
+        .join("store/images")
+        .join(m.image_id.to_string())
+        .join("manifest");
+    let mut bytes = fs::read(&path).expect("read");
+    bytes[7] = 2;
+    fs::write(&path, bytes).expect("write");
+    let err = store.manifest(&m.image_id).expect_err("v2");
+    assert_eq!(err.kind(), ErrorKind::UnsupportedVersion);
+    assert!(err.to_string().contains(&m.image_id.to_string()), "{err}");
+    // GC refuses to sweep past an unreadable manifest.
+    let err = collect_garbage(&store, &GcOptions::default()).expect_err("gc");
+    assert!(err.to_string().contains("GC stopped"), "{err}");
+}
+
+#[test]
+fn opening_things_that_are_not_stores() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let err = Store::open_dir(&tmp.path().join("nope"), false).expect_err("missing");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    let err = Store::open_dir(tmp.path(), false).expect_err("empty dir");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert!(err.to_string().contains("not an imprint store"), "{err}");
+    fs::write(tmp.path().join("x"), b"x").expect("write");
+    let err = Store::open_or_create_dir(tmp.path(), false, small_config()).expect_err("non-empty");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    let store = new_store(tmp.path());
+    assert_eq!(
+        store.resolve("nothing").expect_err("none").kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn ambiguous_names_need_an_id() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let disk = tmp.path().join("vda.raw");
+    make_disk(&disk, 9);
+    capture_files(&store, "same", &[&disk]).expect("1");
+    capture_files(&store, "same", &[&disk]).expect("2");
+    assert_eq!(
+        store.resolve("same").expect_err("two").kind(),
+        ErrorKind::Conflict
+    );
+}
+
+/// Wraps a backend and fails chunk inserts from the n-th on with `errno`.
+#[derive(Debug)]
+struct Faulty {
+    inner: DirStore,
+    fail_after: usize,
+    errno: i32,
+    inserts: AtomicUsize,
+}
+
+impl ChunkStore for Faulty {
+    fn insert_chunk(&self, d: &ChunkDigest, blob: &[u8]) -> imprint_store::Result<Inserted> {
+        if self.inserts.fetch_add(1, Ordering::SeqCst) >= self.fail_after {
+            return Err(imprint_store::Error::io(
+                format!("store chunk {d}"),
+                io::Error::from_raw_os_error(self.errno),
+            ));
+        }
+        self.inner.insert_chunk(d, blob)
+    }
+    fn touch_chunk(&self, d: &ChunkDigest) -> imprint_store::Result<bool> {
+        self.inner.touch_chunk(d)
+    }
+    fn read_chunk(&self, d: &ChunkDigest, buf: &mut Vec<u8>) -> imprint_store::Result<()> {
+        self.inner.read_chunk(d, buf)
+    }
+    fn list_chunks(
+        &self,
+        f: &mut dyn FnMut(ChunkInfo) -> imprint_store::Result<()>,
+    ) -> imprint_store::Result<()> {
+        self.inner.list_chunks(f)
+    }
+    fn remove_chunk_if_older(
+        &self,
+        d: &ChunkDigest,
+        c: SystemTime,
+    ) -> imprint_store::Result<Option<u64>> {
+        self.inner.remove_chunk_if_older(d, c)
+    }
+    fn remove_stray_files(&self, c: SystemTime, dry: bool) -> imprint_store::Result<u64> {
+        self.inner.remove_stray_files(c, dry)
+    }
+}
+
+impl ImageStore for Faulty {
+    fn read_config(&self) -> imprint_store::Result<Option<Vec<u8>>> {
+        self.inner.read_config()
+    }
+    fn create_config(&self, b: &[u8]) -> imprint_store::Result<()> {
+        self.inner.create_config(b)
+    }
+    fn write_image_file(&self, i: &ImageId, n: &str, b: &[u8]) -> imprint_store::Result<()> {
+        self.inner.write_image_file(i, n, b)
+    }
+    fn read_image_file(&self, i: &ImageId, n: &str) -> imprint_store::Result<Vec<u8>> {
+        self.inner.read_image_file(i, n)
+    }
+    fn commit_manifest(&self, i: &ImageId, b: &[u8]) -> imprint_store::Result<()> {
+        self.inner.commit_manifest(i, b)
+    }
+    fn read_manifest(&self, i: &ImageId) -> imprint_store::Result<Vec<u8>> {
+        self.inner.read_manifest(i)
+    }
+    fn list_images(&self) -> imprint_store::Result<Vec<ImageId>> {
+        self.inner.list_images()
+    }
+    fn list_incomplete(&self) -> imprint_store::Result<Vec<(ImageId, SystemTime)>> {
+        self.inner.list_incomplete()
+    }
+    fn delete_image(&self, i: &ImageId) -> imprint_store::Result<()> {
+        self.inner.delete_image(i)
+    }
+    fn register_writer(&self, w: &WriterInfo) -> imprint_store::Result<()> {
+        self.inner.register_writer(w)
+    }
+    fn heartbeat_writer(&self, w: &str) -> imprint_store::Result<()> {
+        self.inner.heartbeat_writer(w)
+    }
+    fn unregister_writer(&self, w: &str) -> imprint_store::Result<()> {
+        self.inner.unregister_writer(w)
+    }
+    fn list_writers(&self) -> imprint_store::Result<Vec<WriterRecord>> {
+        self.inner.list_writers()
+    }
+}
+
+fn faulty_store(dir: &Path, fail_after: usize, errno: i32) -> Store {
+    let root = dir.join("store");
+    new_store(dir);
+    let backend: Arc<dyn Backend> = Arc::new(Faulty {
+        inner: DirStore::new(&root, false),
+        fail_after,
+        errno,
+        inserts: AtomicUsize::new(0),
+    });
+    Store::open(backend).expect("open faulty")
+}
+
+fn assert_no_image_left(dir: &Path) {
+    let images: Vec<_> = fs::read_dir(dir.join("store/images"))
+        .expect("ls")
+        .collect();
+    assert!(images.is_empty(), "a failed capture left {images:?}");
+    let writers: Vec<_> = fs::read_dir(dir.join("store/writers"))
+        .expect("ls")
+        .collect();
+    assert!(
+        writers.is_empty(),
+        "a failed capture stayed registered: {writers:?}"
+    );
+}
+
+#[test]
+fn store_full_fails_cleanly_and_a_retry_reuses_chunks() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = faulty_store(tmp.path(), 2, nix::libc::ENOSPC);
+    let disk = tmp.path().join("vda.raw");
+    make_disk(&disk, 10);
+    let err = capture_files(&store, "img", &[&disk]).expect_err("full");
+    assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
+    assert!(err.to_string().contains("vda.raw"), "names the disk: {err}");
+    assert!(store.list().expect("list").is_empty());
+    assert_no_image_left(tmp.path());
+
+    // Space is back: the retry stores only the chunks the failed run lacked.
+    let store = new_store(tmp.path());
+    let r = capture_files(&store, "img", &[&disk]).expect("retry");
+    assert_eq!(r.stats.chunks_new, 3, "{:?}", r.stats);
+    assert_eq!(r.stats.chunks_deduplicated, 3, "{:?}", r.stats);
+}
+
+#[test]
+fn store_not_writable_is_permission_denied() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = faulty_store(tmp.path(), 0, nix::libc::EACCES);
+    let disk = tmp.path().join("vda.raw");
+    make_disk(&disk, 11);
+    let err = capture_files(&store, "img", &[&disk]).expect_err("denied");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert_no_image_left(tmp.path());
+}
+
+#[test]
+fn cancelled_capture_leaves_no_image() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let disk = tmp.path().join("vda.raw");
+    make_disk(&disk, 12);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let o = CaptureOptions {
+        cancel: Some(cancel.clone()),
+        ..opts()
+    };
+    let src = FileSource::open(&disk).expect("open");
+    let err = capture(
+        &store,
+        "img",
+        vec![DiskInput {
+            name: "vda".into(),
+            source: Box::new(src),
+        }],
+        &o,
+        &mut |_| cancel.store(true, Ordering::Relaxed),
+    );
+    // The flag may be seen only after the last chunk; then the commit check
+    // catches it.
+    let err = err.expect_err("cancelled");
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    assert_no_image_left(tmp.path());
+}
+
+#[test]
+fn bad_names_are_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let disk = tmp.path().join("vda.raw");
+    make_disk(&disk, 13);
+    for name in ["", "a\u{7}b", &"n".repeat(300)] {
+        let err = capture_files(&store, name, &[&disk]).expect_err("bad name");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    }
+    let err = capture(&store, "x", vec![], &opts(), &mut |_| {}).expect_err("no disks");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+}
+
+fn age(path: &Path, by: Duration) {
+    let t = SystemTime::now() - by;
+    File::open(path)
+        .expect("open")
+        .set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .expect("set times");
+}
+
+fn age_all_chunks(dir: &Path, by: Duration) {
+    for prefix in fs::read_dir(dir.join("store/chunks")).expect("ls") {
+        for c in fs::read_dir(prefix.expect("e").path()).expect("ls") {
+            age(&c.expect("e").path(), by);
+        }
+    }
+}
+
+#[test]
+fn gc_frees_only_what_no_image_uses() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let a = tmp.path().join("a.raw");
+    make_disk(&a, 14);
+    let img_a = capture_files(&store, "a", &[&a]).expect("a").manifest;
+    // b shares everything with a but one chunk
+    let f = File::options().write(true).open(&a).expect("open");
+    f.write_all_at(b"only in b", u64::from(CS)).expect("write");
+    drop(f);
+    let img_b = capture_files(&store, "b", &[&a]).expect("b").manifest;
+    age_all_chunks(tmp.path(), Duration::from_secs(7200));
+
+    // Nothing unreferenced: nothing to do.
+    let r = collect_garbage(
+        &store,
+        &GcOptions {
+            grace: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .expect("gc");
+    assert_eq!(r.chunks_removed, 0);
+    assert_eq!(r.images, 2);
+
+    store.delete_image(&img_a.image_id).expect("delete");
+    assert_eq!(
+        store.manifest(&img_a.image_id).expect_err("gone").kind(),
+        ErrorKind::NotFound
+    );
+
+    // A dry run counts and removes nothing; a grace period protects.
+    let dry = collect_garbage(
+        &store,
+        &GcOptions {
+            grace: Duration::ZERO,
+            dry_run: true,
+            ..Default::default()
+        },
+    )
+    .expect("dry");
+    assert_eq!(dry.chunks_removed, 1);
+    assert!(dry.bytes_freed > 0);
+    let kept = collect_garbage(
+        &store,
+        &GcOptions {
+            grace: Duration::from_secs(3 * 3600),
+            ..Default::default()
+        },
+    )
+    .expect("grace");
+    assert_eq!(kept.chunks_removed, 0);
+    assert_eq!(kept.chunks_kept_recent, 1);
+
+    let r = collect_garbage(
+        &store,
+        &GcOptions {
+            grace: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .expect("gc");
+    assert_eq!(r.chunks_removed, 1);
+    assert_eq!(r.bytes_freed, dry.bytes_freed);
+    assert!(verify_store(&store, 2).expect("verify").is_ok());
+    assert_eq!(
+        restore_to_vec(&store, &img_b, 0).expect("b still deploys"),
+        fs::read(&a).expect("read")
+    );
+}
+
+#[test]
+fn gc_spares_chunks_a_running_capture_relies_on() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let a = tmp.path().join("a.raw");
+    make_disk(&a, 15);
+    let img = capture_files(&store, "a", &[&a]).expect("a").manifest;
+    store.delete_image(&img.image_id).expect("delete");
+    age_all_chunks(tmp.path(), Duration::from_secs(7200));
+    let backend = store.backend();
+    let index_digest = ChunkDigest::of(&fs::read(&a).expect("read")[..CS as usize]);
+
+    // A capture starts (registers), finds an old unreferenced chunk present
+    // (touch), and has not committed yet when GC runs.
+    let new_image = ImageId::generate();
+    backend
+        .register_writer(&WriterInfo {
+            writer_id: "w1".into(),
+            image_id: new_image.clone(),
+            host: "h".into(),
+            pid: 1,
+            started_unix: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .expect("time")
+                .as_secs(),
+        })
+        .expect("register");
+    assert!(backend.touch_chunk(&index_digest).expect("touch"));
+    backend
+        .write_image_file(&new_image, "disk0.fidx", b"partial")
+        .expect("partial");
+    let r = collect_garbage(
+        &store,
+        &GcOptions {
+            grace: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .expect("gc");
+    assert_eq!(r.live_writers, 1);
+    assert!(backend.touch_chunk(&index_digest).expect("still there"));
+    assert_eq!(
+        r.incomplete_images_removed, 0,
+        "a live writer's image stays"
+    );
+    assert!(r.chunks_removed >= 1, "the untouched old chunks go: {r:?}");
+
+    // The writer dies without unregistering: its partial image goes once it
+    // is stale.
+    backend.unregister_writer("w1").expect("unregister");
+    age(
+        &tmp.path()
+            .join("store/images")
+            .join(new_image.to_string())
+            .join("disk0.fidx"),
+        Duration::from_secs(7200),
+    );
+    age(
+        &tmp.path().join("store/images").join(new_image.to_string()),
+        Duration::from_secs(7200),
+    );
+    let r = collect_garbage(
+        &store,
+        &GcOptions {
+            grace: Duration::from_secs(60),
+            ..Default::default()
+        },
+    )
+    .expect("gc");
+    assert_eq!(r.incomplete_images_removed, 1);
+}
+
+#[test]
+fn sweep_keeps_a_chunk_touched_after_it_was_listed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let a = tmp.path().join("a.raw");
+    make_disk(&a, 16);
+    capture_files(&store, "a", &[&a]).expect("a");
+    age_all_chunks(tmp.path(), Duration::from_secs(7200));
+    let d = ChunkDigest::of(&fs::read(&a).expect("read")[..CS as usize]);
+    let cutoff = SystemTime::now() - Duration::from_secs(60);
+    // Touched between listing and removal: kept.
+    assert!(store.backend().touch_chunk(&d).expect("touch"));
+    assert_eq!(
+        store
+            .backend()
+            .remove_chunk_if_older(&d, cutoff)
+            .expect("rm"),
+        None
+    );
+    assert!(store.backend().touch_chunk(&d).expect("kept"));
+    // Old: removed, and a later touch reports it absent (so it is re-stored).
+    age(&chunk_path(tmp.path(), &d), Duration::from_secs(7200));
+    assert!(
+        store
+            .backend()
+            .remove_chunk_if_older(&d, cutoff)
+            .expect("rm")
+            .is_some()
+    );
+    assert!(!store.backend().touch_chunk(&d).expect("gone"));
+}
