@@ -59,6 +59,10 @@ pub enum StoreCommand {
         /// fsync every chunk and file before reporting success.
         #[arg(long)]
         fsync: bool,
+        /// Skip the whole-disk SHA-256 (faster recaptures; the manifest then
+        /// has no digest to compare with `sha256sum`).
+        #[arg(long)]
+        no_sha256: bool,
     },
     /// Write one disk of an image to a raw file or block device.
     Get {
@@ -178,7 +182,8 @@ fn cancel_on_interrupt() -> Arc<AtomicBool> {
 struct DiskOut {
     name: String,
     size_bytes: u64,
-    sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
     #[serde(flatten)]
     stats: CaptureStats,
 }
@@ -214,6 +219,7 @@ pub fn run(cmd: StoreCommand, ctx: &Ctx) -> Result<u8> {
             threads: t,
             chunk_size,
             fsync,
+            no_sha256,
         } => {
             let config = StoreConfig {
                 chunk_size,
@@ -233,6 +239,7 @@ pub fn run(cmd: StoreCommand, ctx: &Ctx) -> Result<u8> {
                 zstd_level: level,
                 threads: threads(t),
                 cancel: Some(cancel_on_interrupt()),
+                disk_sha256: !no_sha256,
                 ..Default::default()
             };
             let mut bar = Progress::new(format!("capture {name}"), ctx.quiet);
@@ -473,7 +480,7 @@ pub fn run(cmd: StoreCommand, ctx: &Ctx) -> Result<u8> {
                             bytes(d.size_bytes),
                             d.data_chunks.to_string(),
                             d.zero_chunks.to_string(),
-                            d.sha256.clone(),
+                            d.sha256.clone().unwrap_or_else(|| "-".into()),
                         ]
                     })
                     .collect();

@@ -36,8 +36,9 @@ pub struct DiskEntry {
     /// Guest-visible size in bytes.
     pub size_bytes: u64,
     /// SHA-256 of the guest-visible bytes, hex: equals `sha256sum` of a raw
-    /// export of the disk.
-    pub sha256: String,
+    /// export of the disk. Absent when the capture was asked to skip it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// Chunks that are all zero (or holes) and were not stored.
     pub zero_chunks: u64,
     /// Chunks with data.
@@ -173,7 +174,7 @@ mod tests {
                 index_file: "disk0.fidx".into(),
                 index_blake3: "00".repeat(32),
                 size_bytes: 10,
-                sha256: "11".repeat(32),
+                sha256: Some("11".repeat(32)),
                 zero_chunks: 0,
                 data_chunks: 1,
             }],

@@ -11,7 +11,7 @@
 
 use std::{
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -21,7 +21,9 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use serde::Serialize;
 
 use crate::{
-    ChunkDigest, Error, ErrorKind, Manifest, Result, Store, blob::BlobDecoder, source::DiskTarget,
+    ChunkDigest, Error, ErrorKind, Manifest, Result, Store,
+    blob::BlobDecoder,
+    source::{ConcurrentTarget, DiskTarget},
 };
 
 /// How to deploy.
@@ -124,11 +126,23 @@ pub fn restore_disk(
     let abort = AtomicBool::new(false);
     let (job_tx, job_rx) = bounded::<(usize, ChunkDigest)>(n_bufs);
     let (pool_tx, pool_rx) = bounded::<Vec<u8>>(n_bufs);
-    let (done_tx, done_rx) = unbounded::<Result<(usize, Vec<u8>, u64)>>();
+    let (done_tx, done_rx) = unbounded::<Result<(Vec<u8>, u64)>>();
     for _ in 0..n_bufs {
         let _ = pool_tx.send(Vec::new());
     }
     let mut first_error: Option<Error> = None;
+    // Workers write themselves: straight through when the target takes
+    // concurrent positional writes, one at a time through a lock otherwise.
+    let locked;
+    let writer: &dyn ConcurrentTarget = if target.concurrent().is_some() {
+        target
+            .concurrent()
+            .ok_or_else(|| Error::invalid("target changed"))?
+    } else {
+        locked = Locked(Mutex::new(&mut *target));
+        &locked
+    };
+    let layout = index.layout();
     std::thread::scope(|s| {
         let abort = &abort;
         s.spawn(move || {
@@ -144,25 +158,22 @@ pub fn restore_disk(
         for _ in 0..workers {
             let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
             let pool = (pool_tx.clone(), pool_rx.clone());
-            s.spawn(move || fetch_worker(store, abort, &job_rx, &pool, &done_tx));
+            s.spawn(move || {
+                fetch_worker(store, abort, &job_rx, &pool, &done_tx, &|i, buf: &[u8]| {
+                    let (off, _) = layout.chunk_range(i);
+                    writer.write_all_at(off, buf).map_err(|e| {
+                        Error::io(format!("write {} bytes at offset {off}", buf.len()), e)
+                    })
+                })
+            });
         }
         drop((job_rx, done_tx));
         let mut last_progress = Instant::now();
         for done in done_rx.iter() {
             match done {
-                Ok((i, buf, fetched)) => {
-                    if first_error.is_none() {
-                        let (off, _) = index.chunk_range(i);
-                        if let Err(e) = target.write_all_at(off, &buf) {
-                            first_error = Some(Error::io(
-                                format!("{what}: write {} bytes at offset {off}", buf.len()),
-                                e,
-                            ));
-                            abort.store(true, Ordering::Relaxed);
-                        }
-                        stats.bytes_written += buf.len() as u64;
-                        stats.bytes_fetched += fetched;
-                    }
+                Ok((buf, fetched)) => {
+                    stats.bytes_written += buf.len() as u64;
+                    stats.bytes_fetched += fetched;
                     let _ = pool_tx.send(buf);
                 }
                 Err(e) => {
@@ -202,12 +213,27 @@ pub fn restore_disk(
     Ok(stats)
 }
 
+/// Serialises writes to a target that cannot take them concurrently.
+struct Locked<'a>(Mutex<&'a mut dyn DiskTarget>);
+
+impl ConcurrentTarget for Locked<'_> {
+    fn write_all_at(&self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .write_all_at(offset, buf)
+    }
+}
+
+type WriteFn<'a> = dyn Fn(usize, &[u8]) -> Result<()> + Sync + 'a;
+
 fn fetch_worker(
     store: &Store,
     abort: &AtomicBool,
     jobs: &Receiver<(usize, ChunkDigest)>,
     pool: &(Sender<Vec<u8>>, Receiver<Vec<u8>>),
-    done: &Sender<Result<(usize, Vec<u8>, u64)>>,
+    done: &Sender<Result<(Vec<u8>, u64)>>,
+    write: &WriteFn<'_>,
 ) {
     let mut decoder = match BlobDecoder::new() {
         Ok(d) => d,
@@ -225,12 +251,14 @@ fn fetch_worker(
         let r = store
             .backend()
             .read_chunk(&digest, &mut blob)
-            .and_then(|()| decoder.decode_into(&blob, &digest, &mut out));
+            .and_then(|()| decoder.decode_into(&blob, &digest, &mut out))
+            .map_err(|e| e.context(format!("chunk {i}")))
+            .and_then(|()| write(i, &out));
         let msg = match r {
-            Ok(()) => Ok((i, out, blob.len() as u64)),
+            Ok(()) => Ok((out, blob.len() as u64)),
             Err(e) => {
                 let _ = pool.0.send(out);
-                Err(e.context(format!("chunk {i}")))
+                Err(e)
             }
         };
         if done.send(msg).is_err() {

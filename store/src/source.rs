@@ -149,6 +149,23 @@ pub trait DiskTarget: Send {
     fn write_zeroes(&mut self, offset: u64, len: u64) -> io::Result<()>;
     /// Push written data to stable storage.
     fn sync(&mut self) -> io::Result<()>;
+    /// A view that several threads may write through at once, when the
+    /// target allows positional writes (files and block devices do).
+    fn concurrent(&self) -> Option<&dyn ConcurrentTarget> {
+        None
+    }
+}
+
+/// Positional writes from several threads at once.
+pub trait ConcurrentTarget: Sync {
+    /// Write all of `buf` at `offset`.
+    fn write_all_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
+}
+
+impl ConcurrentTarget for FileTarget {
+    fn write_all_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(buf, offset)
+    }
 }
 
 const ZERO_BUF: [u8; 64 * 1024] = [0; 64 * 1024];
@@ -241,6 +258,10 @@ impl DiskTarget for FileTarget {
 
     fn sync(&mut self) -> io::Result<()> {
         self.file.sync_all()
+    }
+
+    fn concurrent(&self) -> Option<&dyn ConcurrentTarget> {
+        Some(self)
     }
 }
 

@@ -143,7 +143,7 @@ fn round_trip_is_byte_identical_and_sha256_matches() {
     assert_eq!(s.chunks_zero, 15);
     assert!(s.bytes_read < s.bytes_total, "holes are not read: {s:?}");
     let m = &report.manifest;
-    assert_eq!(m.disks[0].sha256, hex::encode(Sha256::digest(&data)));
+    assert_eq!(m.disks[0].sha256, Some(hex::encode(Sha256::digest(&data))));
     assert_eq!(m.disks[0].zero_chunks, 15);
 
     // Deploy to a fresh sparse file and to any Write + Seek.
@@ -176,6 +176,90 @@ fn round_trip_is_byte_identical_and_sha256_matches() {
         "golden"
     );
     assert!(verify_store(&reopened, 2).expect("verify").is_ok());
+}
+
+#[test]
+fn disk_sha256_can_be_skipped() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let disk = tmp.path().join("vda.raw");
+    let data = make_disk(&disk, 17);
+    let o = CaptureOptions {
+        disk_sha256: false,
+        ..opts()
+    };
+    let src = Box::new(FileSource::open(&disk).expect("open"));
+    let r = capture(
+        &store,
+        "nosha",
+        vec![DiskInput {
+            name: "vda".into(),
+            source: src,
+        }],
+        &o,
+        &mut |_| {},
+    )
+    .expect("capture");
+    assert_eq!(r.manifest.disks[0].sha256, None);
+    let again = store.manifest(&r.manifest.image_id).expect("reread");
+    assert_eq!(again, r.manifest);
+    assert_eq!(
+        restore_to_vec(&store, &r.manifest, 0).expect("restore"),
+        data
+    );
+}
+
+/// A target that reports room but runs out of space after `room` bytes.
+struct FullDisk {
+    size: u64,
+    room: u64,
+    written: u64,
+}
+
+impl imprint_store::source::DiskTarget for FullDisk {
+    fn size_bytes(&mut self) -> io::Result<u64> {
+        Ok(self.size)
+    }
+    fn write_all_at(&mut self, _offset: u64, buf: &[u8]) -> io::Result<()> {
+        if self.written + buf.len() as u64 > self.room {
+            return Err(io::Error::from_raw_os_error(nix::libc::ENOSPC));
+        }
+        self.written += buf.len() as u64;
+        Ok(())
+    }
+    fn write_zeroes(&mut self, _offset: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn deploy_target_full_is_storage_full() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let disk = tmp.path().join("vda.raw");
+    let data = make_disk(&disk, 18);
+    let m = capture_files(&store, "img", &[&disk])
+        .expect("capture")
+        .manifest;
+    let mut t = FullDisk {
+        size: data.len() as u64,
+        room: 2 * u64::from(CS),
+        written: 0,
+    };
+    let err = restore_disk(
+        &store,
+        &m,
+        0,
+        &mut t,
+        &RestoreOptions::default(),
+        &mut |_| {},
+    )
+    .expect_err("full");
+    assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
+    assert!(err.to_string().contains(&m.image_id.to_string()), "{err}");
 }
 
 #[test]
@@ -258,7 +342,7 @@ fn several_disks_and_an_empty_one() {
     assert_eq!(restore_to_vec(&store, &m, 0).expect("a"), da);
     assert_eq!(restore_to_vec(&store, &m, 1).expect("b"), db);
     assert!(restore_to_vec(&store, &m, 2).expect("c").is_empty());
-    assert_eq!(m.disks[2].sha256, hex::encode(Sha256::digest(b"")));
+    assert_eq!(m.disks[2].sha256, Some(hex::encode(Sha256::digest(b""))));
 }
 
 #[test]
