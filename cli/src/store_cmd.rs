@@ -221,11 +221,8 @@ pub fn run(cmd: StoreCommand, ctx: &Ctx) -> Result<u8> {
             fsync,
             no_sha256,
         } => {
-            let config = StoreConfig {
-                chunk_size,
-                ..StoreConfig::default()
-            };
-            let st = Store::open_or_create_dir(&store.store, fsync, config)?;
+            // Check what we can before creating anything.
+            imprint_store::manifest::validate_name(&name)?;
             let mut inputs = Vec::new();
             for path in &disks {
                 let src = FileSource::open(path)
@@ -235,6 +232,11 @@ pub fn run(cmd: StoreCommand, ctx: &Ctx) -> Result<u8> {
                     source: Box::new(src),
                 });
             }
+            let config = StoreConfig {
+                chunk_size,
+                ..StoreConfig::default()
+            };
+            let st = Store::open_or_create_dir(&store.store, fsync, config)?;
             let opts = CaptureOptions {
                 zstd_level: level,
                 threads: threads(t),
