@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (README, command 2; .ci/run calls this).
+# Installs the system packages the tests need, starts the services they use,
+# then runs every test of the workspace. Run as root on Debian 12.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+    echo "test.sh: cargo is missing: install a Rust toolchain (1.85 or newer) first" >&2
+    exit 2
+fi
+
+./scripts/install-deps.sh
+./scripts/start-services.sh
+
+# Fuzz targets build with `cargo fuzz` only (see fuzz/); everything else:
+cargo test --workspace --locked
