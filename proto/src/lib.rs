@@ -1,5 +1,15 @@
-//! The gRPC contract of imprint: `.proto` files under `proto/imprint/v1/`
+//! The gRPC contract of imprint: `.proto` files under `proto/imprint/v1/`,
 //! compiled with `tonic-prost-build` into `OUT_DIR`.
 //!
-//! Empty until the agent and daemon land (issues 3 and 4): they meet here,
-//! and the contract is written together with its first server.
+//! - `agent.proto`: the per-host agent's API (capture, deploy, guests,
+//!   operations with a progress stream).
+
+#![allow(missing_docs, clippy::all, missing_debug_implementations)]
+
+/// Version 1 of the API.
+pub mod v1 {
+    tonic::include_proto!("imprint.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every service, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("imprint_descriptor");
