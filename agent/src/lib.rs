@@ -1,3 +1,22 @@
-//! The host agent (`imprint-agent`).
+//! # imprint-agent
+//!
+//! Runs on every hypervisor host: captures guests into the image store and
+//! deploys images as new guests, through libvirt.
+//!
+//! - [`hypervisor`]: the seam (trait) to the hypervisor; [`libvirt`] is the
+//!   only module that touches libvirt. Its calls block and run on blocking
+//!   threads.
+//! - [`work`]: capture and deploy, written against the trait.
+//! - [`journal`]: in-flight work on local disk, finished or undone at start.
+//! - [`domain`]: domain XML in and out; [`cloudinit`]: the NoCloud seed.
+//! - [`service`]: the gRPC API (`proto/imprint/v1/agent.proto`).
+
 pub mod cloudinit;
+pub mod disks;
 pub mod domain;
+pub mod error;
+pub mod hypervisor;
+pub mod journal;
+pub mod libvirt;
+mod qcow2;
+pub mod work;

@@ -1,0 +1,256 @@
+//! The seam to the hypervisor. libvirt is behind it in [`crate::libvirt`];
+//! the capture and deploy logic is written against this trait and tested
+//! with [`fake::FakeHypervisor`].
+
+use crate::error::Result;
+
+/// Power state of a guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PowerState {
+    /// Running.
+    Running,
+    /// Shut off (defined, not running).
+    ShutOff,
+    /// Paused by the hypervisor or an admin.
+    Paused,
+    /// Crashed, shutting down, suspended to disk...
+    Other,
+}
+
+/// A guest's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestRef {
+    /// Domain name.
+    pub name: String,
+    /// Domain UUID.
+    pub uuid: String,
+}
+
+/// A storage pool's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolInfo {
+    /// Bytes free.
+    pub available_bytes: u64,
+}
+
+/// Guest and volume operations, all blocking: call them from a blocking
+/// thread, never from the async executor.
+pub trait Hypervisor: Send + Sync {
+    /// All defined guests.
+    fn list_guests(&self) -> Result<Vec<GuestRef>>;
+    /// Find a guest by name or UUID: its identity and domain XML.
+    fn lookup(&self, guest: &str) -> Result<(GuestRef, String)>;
+    /// Current power state.
+    fn power_state(&self, guest: &GuestRef) -> Result<PowerState>;
+    /// Ask the guest to power off (ACPI power button).
+    fn request_shutdown(&self, guest: &GuestRef) -> Result<()>;
+    /// Power the guest off at once.
+    fn force_off(&self, guest: &GuestRef) -> Result<()>;
+    /// Start a defined guest.
+    fn start(&self, guest: &GuestRef) -> Result<()>;
+    /// Define a new guest from XML.
+    fn define(&self, xml: &str) -> Result<GuestRef>;
+    /// Remove a guest's definition (it must be off).
+    fn undefine(&self, guest: &GuestRef) -> Result<()>;
+    /// Host path of a volume.
+    fn volume_path(&self, pool: &str, volume: &str) -> Result<String>;
+    /// Pool state (also proves the pool exists).
+    fn pool_info(&self, pool: &str) -> Result<PoolInfo>;
+    /// Create a volume of `capacity_bytes` in `pool` (`raw` or `qcow2`);
+    /// returns its path. `Conflict` if the name is taken.
+    fn create_volume(
+        &self,
+        pool: &str,
+        name: &str,
+        format: &str,
+        capacity_bytes: u64,
+    ) -> Result<String>;
+    /// Delete a volume.
+    fn delete_volume(&self, pool: &str, name: &str) -> Result<()>;
+}
+
+/// An in-memory hypervisor for unit tests: guests with power states,
+/// volumes as files in a directory, and switches to misbehave.
+pub mod fake {
+    use std::{collections::HashMap, path::PathBuf, sync::Mutex};
+
+    use super::*;
+    use crate::error::{AgentError, Kind};
+
+    /// A fake guest.
+    #[derive(Debug, Clone)]
+    pub struct FakeGuest {
+        /// Identity.
+        pub r#ref: GuestRef,
+        /// Domain XML.
+        pub xml: String,
+        /// Power state.
+        pub state: PowerState,
+        /// Powers off on ACPI requests.
+        pub obeys_acpi: bool,
+        /// ACPI requests received.
+        pub acpi_requests: u32,
+    }
+
+    /// See the module docs.
+    #[derive(Debug, Default)]
+    pub struct FakeHypervisor {
+        /// Guests by name.
+        pub guests: Mutex<HashMap<String, FakeGuest>>,
+        /// Pools: name → directory.
+        pub pools: HashMap<String, PathBuf>,
+        /// Fail `start` calls (libvirt down).
+        pub fail_start: Mutex<bool>,
+        /// Fail `define` calls.
+        pub fail_define: Mutex<bool>,
+    }
+
+    impl FakeHypervisor {
+        fn with_guest<T>(
+            &self,
+            g: &GuestRef,
+            f: impl FnOnce(&mut FakeGuest) -> Result<T>,
+        ) -> Result<T> {
+            let mut gs = self.guests.lock().unwrap_or_else(|p| p.into_inner());
+            let guest = gs
+                .get_mut(&g.name)
+                .ok_or_else(|| AgentError::new(Kind::NotFound, format!("no guest {}", g.name)))?;
+            f(guest)
+        }
+
+        fn pool_dir(&self, pool: &str) -> Result<&PathBuf> {
+            self.pools.get(pool).ok_or_else(|| {
+                AgentError::new(
+                    Kind::NotFound,
+                    format!("storage pool {pool:?} does not exist"),
+                )
+            })
+        }
+    }
+
+    impl Hypervisor for FakeHypervisor {
+        fn list_guests(&self) -> Result<Vec<GuestRef>> {
+            let gs = self.guests.lock().unwrap_or_else(|p| p.into_inner());
+            Ok(gs.values().map(|g| g.r#ref.clone()).collect())
+        }
+        fn lookup(&self, guest: &str) -> Result<(GuestRef, String)> {
+            let gs = self.guests.lock().unwrap_or_else(|p| p.into_inner());
+            gs.values()
+                .find(|g| g.r#ref.name == guest || g.r#ref.uuid == guest)
+                .map(|g| (g.r#ref.clone(), g.xml.clone()))
+                .ok_or_else(|| {
+                    AgentError::new(
+                        Kind::NotFound,
+                        format!("guest {guest:?} does not exist on this host"),
+                    )
+                })
+        }
+        fn power_state(&self, g: &GuestRef) -> Result<PowerState> {
+            self.with_guest(g, |g| Ok(g.state))
+        }
+        fn request_shutdown(&self, g: &GuestRef) -> Result<()> {
+            self.with_guest(g, |g| {
+                g.acpi_requests += 1;
+                if g.obeys_acpi {
+                    g.state = PowerState::ShutOff;
+                }
+                Ok(())
+            })
+        }
+        fn force_off(&self, g: &GuestRef) -> Result<()> {
+            self.with_guest(g, |g| {
+                g.state = PowerState::ShutOff;
+                Ok(())
+            })
+        }
+        fn start(&self, g: &GuestRef) -> Result<()> {
+            if *self.fail_start.lock().unwrap_or_else(|p| p.into_inner()) {
+                return Err(AgentError::new(
+                    Kind::Unavailable,
+                    "libvirt is not answering",
+                ));
+            }
+            self.with_guest(g, |g| {
+                if g.state == PowerState::Running {
+                    return Err(AgentError::new(Kind::FailedPrecondition, "already running"));
+                }
+                g.state = PowerState::Running;
+                Ok(())
+            })
+        }
+        fn define(&self, xml: &str) -> Result<GuestRef> {
+            if *self.fail_define.lock().unwrap_or_else(|p| p.into_inner()) {
+                return Err(AgentError::new(Kind::Internal, "define failed (injected)"));
+            }
+            let c = crate::domain::GuestConfig::from_domain_xml(xml)
+                .map_err(|e| AgentError::new(Kind::InvalidArgument, e.to_string()))?;
+            let r = GuestRef {
+                name: c.name.clone(),
+                uuid: c.uuid.clone(),
+            };
+            let mut gs = self.guests.lock().unwrap_or_else(|p| p.into_inner());
+            if gs.contains_key(&c.name) {
+                return Err(AgentError::new(
+                    Kind::Conflict,
+                    format!("guest {} exists", c.name),
+                ));
+            }
+            gs.insert(
+                c.name.clone(),
+                FakeGuest {
+                    r#ref: r.clone(),
+                    xml: xml.into(),
+                    state: PowerState::ShutOff,
+                    obeys_acpi: true,
+                    acpi_requests: 0,
+                },
+            );
+            Ok(r)
+        }
+        fn undefine(&self, g: &GuestRef) -> Result<()> {
+            let mut gs = self.guests.lock().unwrap_or_else(|p| p.into_inner());
+            gs.remove(&g.name)
+                .map(|_| ())
+                .ok_or_else(|| AgentError::new(Kind::NotFound, "no such guest"))
+        }
+        fn volume_path(&self, pool: &str, volume: &str) -> Result<String> {
+            let p = self.pool_dir(pool)?.join(volume);
+            if !p.exists() {
+                return Err(AgentError::new(
+                    Kind::NotFound,
+                    format!("volume {volume} not in pool {pool}"),
+                ));
+            }
+            Ok(p.display().to_string())
+        }
+        fn pool_info(&self, pool: &str) -> Result<PoolInfo> {
+            self.pool_dir(pool)?;
+            Ok(PoolInfo {
+                available_bytes: 1 << 40,
+            })
+        }
+        fn create_volume(
+            &self,
+            pool: &str,
+            name: &str,
+            _format: &str,
+            capacity_bytes: u64,
+        ) -> Result<String> {
+            let p = self.pool_dir(pool)?.join(name);
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)
+                .map_err(|e| {
+                    AgentError::new(Kind::Conflict, format!("create volume {name}: {e}"))
+                })?;
+            f.set_len(capacity_bytes)
+                .map_err(|e| AgentError::new(Kind::Internal, e.to_string()))?;
+            Ok(p.display().to_string())
+        }
+        fn delete_volume(&self, pool: &str, name: &str) -> Result<()> {
+            std::fs::remove_file(self.pool_dir(pool)?.join(name))
+                .map_err(|e| AgentError::new(Kind::NotFound, format!("delete volume {name}: {e}")))
+        }
+    }
+}

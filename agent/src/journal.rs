@@ -1,0 +1,158 @@
+//! A small journal of in-flight work on local disk, so an agent that is
+//! killed mid-operation finishes or undoes it at start-up: a capture's
+//! guest goes back to the power state it had, a deploy's half-made guest
+//! and volumes are removed.
+
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{AgentError, Kind, Result};
+
+/// One in-flight operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Entry {
+    /// A capture: the guest must end up running if it was.
+    Capture {
+        /// Operation id.
+        operation_id: String,
+        /// Guest name.
+        guest_name: String,
+        /// Guest UUID.
+        guest_uuid: String,
+        /// Power state before the capture began.
+        was_running: bool,
+    },
+    /// A deploy: what it created so far, to remove if it cannot finish.
+    Deploy {
+        /// Operation id.
+        operation_id: String,
+        /// New guest's name.
+        guest_name: String,
+        /// Pool of the volumes.
+        pool: String,
+        /// Volume names created so far.
+        volumes: Vec<String>,
+        /// UUID of the defined domain, once defined.
+        defined_uuid: Option<String>,
+    },
+}
+
+impl Entry {
+    /// The operation this entry belongs to.
+    pub fn operation_id(&self) -> &str {
+        match self {
+            Entry::Capture { operation_id, .. } | Entry::Deploy { operation_id, .. } => {
+                operation_id
+            }
+        }
+    }
+}
+
+/// The journal directory.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    dir: PathBuf,
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> AgentError {
+    move |e| AgentError::new(Kind::Internal, format!("{what}: {e}"))
+}
+
+impl Journal {
+    /// Open (and create) the journal in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir).map_err(io_err(format!(
+            "create journal directory {}",
+            dir.display()
+        )))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path(&self, id: &str) -> Result<PathBuf> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(AgentError::new(
+                Kind::InvalidArgument,
+                format!("bad operation id {id:?}"),
+            ));
+        }
+        Ok(self.dir.join(format!("{id}.json")))
+    }
+
+    /// Record (or update) an entry durably before acting on it.
+    pub fn write(&self, e: &Entry) -> Result<()> {
+        let path = self.path(e.operation_id())?;
+        let tmp = path.with_extension("tmp");
+        let bytes = serde_json::to_vec_pretty(e)
+            .map_err(|x| AgentError::new(Kind::Internal, x.to_string()))?;
+        let w = || -> std::io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)?;
+            fs::File::open(&self.dir)?.sync_all()
+        };
+        w().map_err(io_err(format!("write journal {}", path.display())))
+    }
+
+    /// The operation is over.
+    pub fn remove(&self, id: &str) -> Result<()> {
+        match fs::remove_file(self.path(id)?) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(format!("remove journal entry {id}"))(e)),
+        }
+    }
+
+    /// Entries left by a previous run.
+    pub fn list(&self) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        for ent in
+            fs::read_dir(&self.dir).map_err(io_err(format!("list {}", self.dir.display())))?
+        {
+            let p = ent.map_err(io_err("list journal".into()))?.path();
+            if p.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let bytes = fs::read(&p).map_err(io_err(format!("read {}", p.display())))?;
+            let e: Entry = serde_json::from_slice(&bytes).map_err(|x| {
+                AgentError::new(
+                    Kind::Internal,
+                    format!("journal entry {} does not parse: {x}", p.display()),
+                )
+            })?;
+            out.push(e);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_survive_and_go() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let j = Journal::open(&tmp.path().join("j")).expect("open");
+        let e = Entry::Capture {
+            operation_id: "op-1".into(),
+            guest_name: "a".into(),
+            guest_uuid: "u".into(),
+            was_running: true,
+        };
+        j.write(&e).expect("write");
+        let j2 = Journal::open(&tmp.path().join("j")).expect("reopen");
+        assert_eq!(j2.list().expect("list"), vec![e]);
+        j2.remove("op-1").expect("remove");
+        assert!(j2.list().expect("list").is_empty());
+        assert!(j2.remove("../x").is_err());
+    }
+}

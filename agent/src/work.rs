@@ -1,0 +1,847 @@
+//! Capture and deploy, written against [`Hypervisor`] and the store; the
+//! journal makes both safe against the agent dying half-way.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use imprint_store::{
+    ImageId, Store,
+    capture::{CaptureOptions, CaptureStats, DiskInput},
+    restore::{RestoreOptions, restore_disk},
+    source::FileTarget,
+};
+
+use crate::{
+    cloudinit::{self, Interface, Seed},
+    disks::open_source,
+    domain::{GuestConfig, NewDisk, NewDomain},
+    error::{AgentError, Kind, Result},
+    hypervisor::{GuestRef, Hypervisor, PowerState},
+    journal::{Entry, Journal},
+};
+
+/// Progress sink: `(phase, bytes done, bytes total)`.
+pub type Report<'a> = &'a (dyn Fn(&str, u64, u64) + Sync);
+
+/// Guests with an operation running, so a second one is refused.
+#[derive(Debug, Default, Clone)]
+pub struct Busy(Arc<Mutex<HashSet<String>>>);
+
+/// Releases a guest when dropped.
+#[derive(Debug)]
+pub struct BusyGuard(Busy, String);
+
+impl Busy {
+    /// Claim `key` (a guest UUID or name) or fail with `Conflict`.
+    pub fn claim(&self, key: &str, what: &str) -> Result<BusyGuard> {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !s.insert(key.to_string()) {
+            return Err(AgentError::new(
+                Kind::Conflict,
+                format!("{what} already has an operation running"),
+            ));
+        }
+        Ok(BusyGuard(self.clone(), key.to_string()))
+    }
+}
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
+    }
+}
+
+/// What to capture.
+#[derive(Debug, Clone)]
+pub struct CaptureSpec {
+    /// Operation id (journal key).
+    pub operation_id: String,
+    /// Guest name or UUID.
+    pub guest: String,
+    /// New image's name.
+    pub image_name: String,
+    /// Target devices to leave out.
+    pub exclude_disks: Vec<String>,
+    /// Wait this long for the guest to power off.
+    pub shutdown_timeout: Duration,
+    /// Then force it off, or fail.
+    pub allow_force_off: bool,
+    /// Labels for the image.
+    pub labels: BTreeMap<String, String>,
+    /// Resend the ACPI request this often (a request sent before the guest
+    /// listens is lost).
+    pub acpi_resend: Duration,
+}
+
+/// What a capture did.
+#[derive(Debug, Clone)]
+pub struct CaptureOutcome {
+    /// The new image.
+    pub image_id: ImageId,
+    /// Store figures.
+    pub stats: CaptureStats,
+    /// Seconds from the ACPI request to power-off (0 if it was off).
+    pub shutdown_seconds: f64,
+    /// Seconds reading disks.
+    pub read_seconds: f64,
+    /// Seconds to start it again (0 if it stays off).
+    pub boot_seconds: f64,
+    /// Power state it was left in.
+    pub final_state: PowerState,
+}
+
+fn cancelled(cancel: &AtomicBool) -> Result<()> {
+    if cancel.load(Ordering::Relaxed) {
+        Err(AgentError::new(Kind::Cancelled, "operation cancelled"))
+    } else {
+        Ok(())
+    }
+}
+
+/// Capture a guest into a new image; the guest always ends in the power
+/// state it had.
+pub fn capture(
+    hv: &dyn Hypervisor,
+    store: &Store,
+    journal: &Journal,
+    busy: &Busy,
+    spec: &CaptureSpec,
+    cancel: &Arc<AtomicBool>,
+    report: Report<'_>,
+) -> Result<CaptureOutcome> {
+    imprint_store::manifest::validate_name(&spec.image_name)?;
+    report("inspecting guest", 0, 0);
+    let (guest, xml) = hv.lookup(&spec.guest)?;
+    let _claim = busy.claim(&guest.uuid, &format!("guest {}", guest.name))?;
+    let mut config = GuestConfig::from_domain_xml(&xml)
+        .map_err(|e| AgentError::new(Kind::Internal, format!("guest {}: {e}", guest.name)))?;
+    let initial = hv.power_state(&guest)?;
+    if !matches!(initial, PowerState::Running | PowerState::ShutOff) {
+        return Err(AgentError::new(
+            Kind::FailedPrecondition,
+            format!(
+                "guest {} is {initial:?}; resume it or shut it off before capturing",
+                guest.name
+            ),
+        ));
+    }
+    for ex in &spec.exclude_disks {
+        if !config.disks.iter().any(|d| &d.target_dev == ex) {
+            return Err(AgentError::new(
+                Kind::InvalidArgument,
+                format!("guest {} has no disk {ex:?} to exclude", guest.name),
+            ));
+        }
+    }
+    // Resolve every source before taking the guest down: a bad disk must not
+    // cost downtime.
+    let mut chosen = Vec::new();
+    for (i, d) in config.disks.iter().enumerate() {
+        if !d.is_capturable() || spec.exclude_disks.contains(&d.target_dev) {
+            continue;
+        }
+        let path = match (&d.source_path, &d.source_pool, &d.source_volume) {
+            (Some(p), _, _) => p.clone(),
+            (None, Some(pool), Some(vol)) => hv.volume_path(pool, vol)?,
+            _ => {
+                return Err(AgentError::new(
+                    Kind::FailedPrecondition,
+                    format!(
+                        "disk {} of guest {} has no local source the agent can read",
+                        d.target_dev, guest.name
+                    ),
+                ));
+            }
+        };
+        if !std::path::Path::new(&path).exists() {
+            return Err(AgentError::new(
+                Kind::NotFound,
+                format!("disk {} source {path} does not exist", d.target_dev),
+            ));
+        }
+        chosen.push((i, path));
+    }
+    if chosen.is_empty() {
+        return Err(AgentError::new(
+            Kind::InvalidArgument,
+            format!("guest {} has no disk left to capture", guest.name),
+        ));
+    }
+    let was_running = initial == PowerState::Running;
+    journal.write(&Entry::Capture {
+        operation_id: spec.operation_id.clone(),
+        guest_name: guest.name.clone(),
+        guest_uuid: guest.uuid.clone(),
+        was_running,
+    })?;
+    let mut outcome = take_down_and_read(
+        hv,
+        store,
+        &guest,
+        &mut config,
+        &chosen,
+        initial,
+        spec,
+        cancel,
+        report,
+    );
+    // Whatever happened: back to the state it had.
+    let restore_started = Instant::now();
+    let restored = restore_power(hv, &guest, was_running);
+    let boot_seconds = restore_started.elapsed().as_secs_f64();
+    match (&mut outcome, restored) {
+        (Ok(o), Ok(state)) => {
+            o.boot_seconds = if was_running { boot_seconds } else { 0.0 };
+            o.final_state = state;
+        }
+        (Ok(o), Err(e)) => {
+            // The image is good, but the guest is not back: that is a failure
+            // the caller must see; keep the journal so a restart retries.
+            let _ = store.delete_image(&o.image_id);
+            return Err(e.context(format!(
+                "image captured but guest {} could not be started again",
+                guest.name
+            )));
+        }
+        (Err(_), Err(e)) => {
+            return Err(e.context(format!(
+                "capture failed and guest {} could not be started again",
+                guest.name
+            )));
+        }
+        (Err(_), Ok(_)) => {}
+    }
+    journal.remove(&spec.operation_id)?;
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+fn take_down_and_read(
+    hv: &dyn Hypervisor,
+    store: &Store,
+    guest: &GuestRef,
+    config: &mut GuestConfig,
+    chosen: &[(usize, String)],
+    initial: PowerState,
+    spec: &CaptureSpec,
+    cancel: &Arc<AtomicBool>,
+    report: Report<'_>,
+) -> Result<CaptureOutcome> {
+    let t0 = Instant::now();
+    if initial == PowerState::Running {
+        report("shutting down", 0, 0);
+        shut_down(hv, guest, spec, cancel)?;
+    }
+    let shutdown_seconds = if initial == PowerState::Running {
+        t0.elapsed().as_secs_f64()
+    } else {
+        0.0
+    };
+    cancelled(cancel)?;
+    report("reading disks", 0, 0);
+    let t1 = Instant::now();
+    let mut inputs = Vec::new();
+    for (i, path) in chosen {
+        let d = &mut config.disks[*i];
+        let src = open_source(path, &d.format)
+            .map_err(|e| e.context(format!("open disk {}", d.target_dev)))?;
+        d.size_bytes = src.size_bytes();
+        inputs.push(DiskInput {
+            name: d.target_dev.clone(),
+            source: src,
+        });
+    }
+    // The manifest records only the captured disks, in order.
+    let mut recorded = config.clone();
+    recorded.disks = chosen
+        .iter()
+        .map(|(i, _)| config.disks[*i].clone())
+        .collect();
+    let opts = CaptureOptions {
+        cancel: Some(cancel.clone()),
+        config: serde_json::to_value(&recorded)
+            .map_err(|e| AgentError::new(Kind::Internal, e.to_string()))?,
+        labels: spec.labels.clone(),
+        ..Default::default()
+    };
+    let r = imprint_store::capture::capture(store, &spec.image_name, inputs, &opts, &mut |p| {
+        report("reading disks", p.bytes_done, p.bytes_total);
+    })?;
+    // Started by hand while we read (virsh start)? Then what we read may be
+    // torn: do not keep it.
+    if hv.power_state(guest)? != PowerState::ShutOff {
+        let _ = store.delete_image(&r.manifest.image_id);
+        return Err(AgentError::new(
+            Kind::FailedPrecondition,
+            format!(
+                "guest {} was started while its disks were being read; the image was discarded",
+                guest.name
+            ),
+        ));
+    }
+    Ok(CaptureOutcome {
+        image_id: r.manifest.image_id.clone(),
+        stats: r.stats,
+        shutdown_seconds,
+        read_seconds: t1.elapsed().as_secs_f64(),
+        boot_seconds: 0.0,
+        final_state: PowerState::ShutOff,
+    })
+}
+
+fn shut_down(
+    hv: &dyn Hypervisor,
+    guest: &GuestRef,
+    spec: &CaptureSpec,
+    cancel: &AtomicBool,
+) -> Result<()> {
+    let deadline = Instant::now() + spec.shutdown_timeout;
+    let mut next_request = Instant::now();
+    loop {
+        if hv.power_state(guest)? == PowerState::ShutOff {
+            return Ok(());
+        }
+        cancelled(cancel)?;
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        if now >= next_request {
+            // A guest that has just gone off may refuse the request.
+            if let Err(e) = hv.request_shutdown(guest)
+                && hv.power_state(guest)? != PowerState::ShutOff
+            {
+                return Err(e.context(format!("ask guest {} to shut down", guest.name)));
+            }
+            next_request = now + spec.acpi_resend;
+        }
+        std::thread::sleep(Duration::from_millis(200).min(deadline.saturating_duration_since(now)));
+    }
+    if spec.allow_force_off {
+        hv.force_off(guest)?;
+        return Ok(());
+    }
+    Err(AgentError::new(
+        Kind::DeadlineExceeded,
+        format!(
+            "guest {} did not power off within {} s of the ACPI request and force-off was not allowed; it was left running",
+            guest.name,
+            spec.shutdown_timeout.as_secs()
+        ),
+    ))
+}
+
+fn restore_power(hv: &dyn Hypervisor, guest: &GuestRef, was_running: bool) -> Result<PowerState> {
+    let now = hv.power_state(guest)?;
+    if was_running && now != PowerState::Running {
+        hv.start(guest)?;
+        return Ok(PowerState::Running);
+    }
+    Ok(now)
+}
+
+/// Finish or undo what a previous run left in the journal.
+pub fn recover(hv: &dyn Hypervisor, journal: &Journal) -> Vec<(String, Result<()>)> {
+    let entries = match journal.list() {
+        Ok(e) => e,
+        Err(e) => return vec![("journal".into(), Err(e))],
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let id = e.operation_id().to_string();
+        let r = match &e {
+            Entry::Capture {
+                guest_name,
+                guest_uuid,
+                was_running,
+                ..
+            } => {
+                let g = GuestRef {
+                    name: guest_name.clone(),
+                    uuid: guest_uuid.clone(),
+                };
+                restore_power(hv, &g, *was_running).map(|_| ())
+            }
+            Entry::Deploy {
+                guest_name,
+                pool,
+                volumes,
+                defined_uuid,
+                ..
+            } => {
+                undo_deploy(hv, guest_name, defined_uuid.as_deref(), pool, volumes);
+                Ok(())
+            }
+        };
+        if r.is_ok() {
+            let _ = journal.remove(&id);
+        }
+        out.push((id, r));
+    }
+    out
+}
+
+fn undo_deploy(
+    hv: &dyn Hypervisor,
+    name: &str,
+    uuid: Option<&str>,
+    pool: &str,
+    volumes: &[String],
+) {
+    if let Some(uuid) = uuid {
+        let g = GuestRef {
+            name: name.to_string(),
+            uuid: uuid.to_string(),
+        };
+        if hv.power_state(&g).is_ok_and(|s| s != PowerState::ShutOff) {
+            let _ = hv.force_off(&g);
+        }
+        let _ = hv.undefine(&g);
+    }
+    for v in volumes {
+        let _ = hv.delete_volume(pool, v);
+    }
+}
+
+/// What to deploy, as received (validated by [`deploy`] before it acts).
+#[derive(Debug, Clone, Default)]
+pub struct DeploySpec {
+    /// Operation id (journal key).
+    pub operation_id: String,
+    /// Image to deploy.
+    pub image_id: String,
+    /// New domain name.
+    pub guest_name: String,
+    /// Pool for the volumes.
+    pub pool: String,
+    /// `raw` (qcow2 is not written yet).
+    pub disk_format: String,
+    /// Sizes per disk; 0 = image size.
+    pub disk_sizes_bytes: Vec<u64>,
+    /// Overrides; 0 keeps the image's.
+    pub vcpus: u32,
+    /// See `vcpus`.
+    pub memory_mib: u64,
+    /// Host name; empty: the guest name.
+    pub hostname: String,
+    /// Per NIC: (addresses, gateway4, gateway6, nameservers, search, mac).
+    pub interfaces: Vec<InterfaceSpec>,
+    /// cloud-init user-data.
+    pub user_data: String,
+    /// Start once defined.
+    pub start: bool,
+    /// Domain type for this host (`kvm`/`qemu`).
+    pub domain_type: String,
+    /// Directory for serial console logs (`<dir>/<guest>.log`).
+    pub console_log_dir: Option<PathBuf>,
+}
+
+/// One NIC as requested.
+#[derive(Debug, Clone, Default)]
+pub struct InterfaceSpec {
+    /// CIDR addresses; empty: DHCP.
+    pub addresses: Vec<String>,
+    /// Gateways.
+    pub gateway4: String,
+    /// See `gateway4`.
+    pub gateway6: String,
+    /// DNS.
+    pub nameservers: Vec<String>,
+    /// Search domains.
+    pub search_domains: Vec<String>,
+    /// Requested MAC; empty: random.
+    pub mac_address: String,
+}
+
+/// What a deploy made.
+#[derive(Debug, Clone)]
+pub struct DeployOutcome {
+    /// New guest.
+    pub guest: GuestRef,
+    /// Volume paths (disks, then seed).
+    pub volumes: Vec<String>,
+    /// New MACs.
+    pub macs: Vec<String>,
+    /// Data bytes written.
+    pub bytes_written: u64,
+    /// Seconds writing.
+    pub write_seconds: f64,
+    /// Started.
+    pub started: bool,
+}
+
+/// libvirt domain names: 1-64 of `[A-Za-z0-9_.-]`, not starting with `-` or `.`.
+pub fn validate_guest_name(n: &str) -> Result<()> {
+    if n.is_empty()
+        || n.len() > 64
+        || n.starts_with(['-', '.'])
+        || !n
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(AgentError::new(
+            Kind::InvalidArgument,
+            format!("guest name {n:?} must be 1-64 letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_ip(s: &str, what: &str) -> Result<Option<std::net::IpAddr>> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse().map(Some).map_err(|_| {
+        AgentError::new(
+            Kind::InvalidArgument,
+            format!("{what} {s:?} is not an IP address"),
+        )
+    })
+}
+
+struct Plan {
+    config: GuestConfig,
+    sizes: Vec<u64>,
+    seed: Seed,
+}
+
+fn plan(spec: &DeploySpec, manifest: &imprint_store::Manifest) -> Result<Plan> {
+    validate_guest_name(&spec.guest_name)?;
+    if !(spec.disk_format.is_empty() || spec.disk_format == "raw") {
+        return Err(AgentError::new(
+            Kind::InvalidArgument,
+            format!(
+                "disk format {:?} is not supported for deploy yet; use raw",
+                spec.disk_format
+            ),
+        ));
+    }
+    let config: GuestConfig = serde_json::from_value(manifest.config.clone()).map_err(|e| {
+        AgentError::new(
+            Kind::FailedPrecondition,
+            format!(
+                "image {} has no guest configuration this agent can deploy: {e}",
+                manifest.image_id
+            ),
+        )
+    })?;
+    if spec.disk_sizes_bytes.len() > manifest.disks.len() {
+        return Err(AgentError::new(
+            Kind::InvalidArgument,
+            format!(
+                "{} disk sizes given, the image has {} disks",
+                spec.disk_sizes_bytes.len(),
+                manifest.disks.len()
+            ),
+        ));
+    }
+    let mut sizes = Vec::new();
+    for (i, d) in manifest.disks.iter().enumerate() {
+        let want = spec.disk_sizes_bytes.get(i).copied().unwrap_or(0);
+        if want != 0 && want < d.size_bytes {
+            return Err(AgentError::new(
+                Kind::InvalidArgument,
+                format!(
+                    "disk {i} ({}) of the image is {} bytes; the requested {want} bytes is smaller",
+                    d.name, d.size_bytes
+                ),
+            ));
+        }
+        sizes.push(want.max(d.size_bytes));
+    }
+    let hostname = if spec.hostname.is_empty() {
+        spec.guest_name.replace(['_', '.'], "-")
+    } else {
+        spec.hostname.clone()
+    };
+    cloudinit::validate_hostname(&hostname)?;
+    cloudinit::validate_user_data(&spec.user_data)?;
+    if spec.interfaces.len() > config.nics.len() {
+        return Err(AgentError::new(
+            Kind::InvalidArgument,
+            format!(
+                "{} network interfaces configured, the image has {} NICs",
+                spec.interfaces.len(),
+                config.nics.len()
+            ),
+        ));
+    }
+    let mut interfaces = Vec::new();
+    let mut seen = HashSet::new();
+    for i in 0..config.nics.len() {
+        let s = spec.interfaces.get(i).cloned().unwrap_or_default();
+        let mac = if s.mac_address.is_empty() {
+            cloudinit::random_mac()
+        } else {
+            cloudinit::parse_mac(&s.mac_address)?
+        };
+        if !seen.insert(mac.clone()) {
+            return Err(AgentError::new(
+                Kind::InvalidArgument,
+                format!("MAC {mac} is given twice"),
+            ));
+        }
+        let addresses = s
+            .addresses
+            .iter()
+            .map(|a| cloudinit::parse_cidr(a))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let gateway4 = parse_ip(&s.gateway4, "gateway4")?;
+        let gateway6 = parse_ip(&s.gateway6, "gateway6")?;
+        if gateway4.is_some_and(|g| !g.is_ipv4()) || gateway6.is_some_and(|g| !g.is_ipv6()) {
+            return Err(AgentError::new(
+                Kind::InvalidArgument,
+                "gateway4 must be IPv4 and gateway6 IPv6",
+            ));
+        }
+        let nameservers = s
+            .nameservers
+            .iter()
+            .map(|n| {
+                parse_ip(n, "nameserver").map(|o| o.unwrap_or(std::net::IpAddr::from([0, 0, 0, 0])))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for d in &s.search_domains {
+            cloudinit::validate_hostname(d)?;
+        }
+        interfaces.push(Interface {
+            addresses,
+            gateway4,
+            gateway6,
+            nameservers,
+            search_domains: s.search_domains.clone(),
+            mac,
+        });
+    }
+    Ok(Plan {
+        config,
+        sizes,
+        seed: Seed {
+            instance_id: format!("i-{}", uuid::Uuid::new_v4().simple()),
+            hostname,
+            interfaces,
+            user_data: spec.user_data.clone(),
+        },
+    })
+}
+
+/// Deploy an image as a new guest; on failure nothing it created remains.
+pub fn deploy(
+    hv: &dyn Hypervisor,
+    store: &Store,
+    journal: &Journal,
+    busy: &Busy,
+    spec: &DeploySpec,
+    cancel: &Arc<AtomicBool>,
+    report: Report<'_>,
+) -> Result<DeployOutcome> {
+    let image_id: ImageId = spec.image_id.parse().map_err(AgentError::from)?;
+    let manifest = store.manifest(&image_id)?;
+    let plan = plan(spec, &manifest)?;
+    let _claim = busy.claim(
+        &format!("name:{}", spec.guest_name),
+        &format!("guest name {}", spec.guest_name),
+    )?;
+    if hv.lookup(&spec.guest_name).is_ok() {
+        return Err(AgentError::new(
+            Kind::Conflict,
+            format!(
+                "a guest named {} already exists on this host",
+                spec.guest_name
+            ),
+        ));
+    }
+    let pool = hv.pool_info(&spec.pool)?;
+    let need: u64 = manifest
+        .disks
+        .iter()
+        .map(|d| d.data_chunks * u64::from(manifest.chunk_size))
+        .sum();
+    if pool.available_bytes < need {
+        return Err(AgentError::new(
+            Kind::ResourceExhausted,
+            format!(
+                "storage pool {} has {} bytes free; the image needs up to {need}",
+                spec.pool, pool.available_bytes
+            ),
+        ));
+    }
+    let mut entry = Entry::Deploy {
+        operation_id: spec.operation_id.clone(),
+        guest_name: spec.guest_name.clone(),
+        pool: spec.pool.clone(),
+        volumes: Vec::new(),
+        defined_uuid: None,
+    };
+    journal.write(&entry)?;
+    let r = deploy_steps(
+        hv, store, journal, &mut entry, spec, &manifest, &plan, cancel, report,
+    );
+    if r.is_err() {
+        if let Entry::Deploy {
+            guest_name,
+            pool,
+            volumes,
+            defined_uuid,
+            ..
+        } = &entry
+        {
+            undo_deploy(hv, guest_name, defined_uuid.as_deref(), pool, volumes);
+        }
+    }
+    journal.remove(&spec.operation_id)?;
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deploy_steps(
+    hv: &dyn Hypervisor,
+    store: &Store,
+    journal: &Journal,
+    entry: &mut Entry,
+    spec: &DeploySpec,
+    manifest: &imprint_store::Manifest,
+    plan: &Plan,
+    cancel: &Arc<AtomicBool>,
+    report: Report<'_>,
+) -> Result<DeployOutcome> {
+    let total: u64 = manifest.disks.iter().map(|d| d.size_bytes).sum();
+    let mut done = 0;
+    let mut new_disks = Vec::new();
+    let mut paths = Vec::new();
+    let t0 = Instant::now();
+    let mut written = 0;
+    for (i, d) in manifest.disks.iter().enumerate() {
+        cancelled(cancel)?;
+        let cfg_disk = plan.config.disks.get(i);
+        let target_dev = cfg_disk.map_or_else(
+            || format!("vd{}", (b'a' + i as u8) as char),
+            |c| c.target_dev.clone(),
+        );
+        let bus = cfg_disk.map_or_else(|| "virtio".to_string(), |c| c.bus.clone());
+        let vol = format!("{}-{}.raw", spec.guest_name, target_dev);
+        report("creating volumes", done, total);
+        let path = hv.create_volume(&spec.pool, &vol, "raw", plan.sizes[i])?;
+        if let Entry::Deploy { volumes, .. } = entry {
+            volumes.push(vol.clone());
+        }
+        journal.write(entry)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| AgentError::new(Kind::Internal, format!("open volume {path}: {e}")))?;
+        // A fresh volume reads as zeros: holes need no writes.
+        let mut target = FileTarget::new(file, true);
+        let opts = RestoreOptions {
+            sync: true,
+            cancel: Some(cancel.clone()),
+            ..Default::default()
+        };
+        let stats = restore_disk(store, manifest, i, &mut target, &opts, &mut |p| {
+            report("writing volumes", done + p.bytes_done, total);
+        })
+        .map_err(|e| AgentError::from(e).context(format!("write volume {vol}")))?;
+        written += stats.bytes_written;
+        done += d.size_bytes;
+        new_disks.push(NewDisk {
+            path: path.clone(),
+            format: "raw".into(),
+            target_dev,
+            bus,
+            readonly: false,
+        });
+        paths.push(path);
+    }
+    let write_seconds = t0.elapsed().as_secs_f64();
+    cancelled(cancel)?;
+    report("writing cloud-init seed", done, total);
+    let seed_vol = format!("{}-cidata.img", spec.guest_name);
+    let seed_path = hv.create_volume(&spec.pool, &seed_vol, "raw", 1 << 20)?;
+    if let Entry::Deploy { volumes, .. } = entry {
+        volumes.push(seed_vol.clone());
+    }
+    journal.write(entry)?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&seed_path)
+        .map_err(|e| {
+            AgentError::new(Kind::Internal, format!("open seed volume {seed_path}: {e}"))
+        })?;
+    plan.seed
+        .write_vfat(&mut f)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| AgentError::new(Kind::Internal, format!("write seed {seed_path}: {e}")))?;
+    let used: HashSet<&str> = new_disks.iter().map(|d| d.target_dev.as_str()).collect();
+    let seed_dev = (b'a'..=b'z')
+        .map(|c| format!("vd{}", c as char))
+        .find(|d| !used.contains(d.as_str()))
+        .unwrap_or_else(|| "vdz".into());
+    new_disks.push(NewDisk {
+        path: seed_path.clone(),
+        format: "raw".into(),
+        target_dev: seed_dev,
+        bus: "virtio".into(),
+        readonly: true,
+    });
+    paths.push(seed_path);
+
+    let macs: Vec<String> = plan.seed.interfaces.iter().map(|i| i.mac.clone()).collect();
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let console_log = spec.console_log_dir.as_ref().map(|d| {
+        d.join(format!("{}.log", spec.guest_name))
+            .display()
+            .to_string()
+    });
+    let xml = NewDomain {
+        base: &plan.config,
+        name: spec.guest_name.clone(),
+        uuid: uuid.clone(),
+        vcpus: if spec.vcpus > 0 {
+            spec.vcpus
+        } else {
+            plan.config.vcpus
+        },
+        memory_kib: if spec.memory_mib > 0 {
+            spec.memory_mib * 1024
+        } else {
+            plan.config.memory_kib
+        },
+        domain_type: spec.domain_type.clone(),
+        disks: new_disks,
+        macs: macs.clone(),
+        console_log,
+    }
+    .to_xml();
+    report("defining guest", done, total);
+    if let Entry::Deploy { defined_uuid, .. } = entry {
+        *defined_uuid = Some(uuid.clone());
+    }
+    journal.write(entry)?;
+    let guest = hv.define(&xml)?;
+    if spec.start {
+        cancelled(cancel)?;
+        report("starting guest", done, total);
+        hv.start(&guest)?;
+    }
+    Ok(DeployOutcome {
+        guest,
+        volumes: paths,
+        macs,
+        bytes_written: written,
+        write_seconds,
+        started: spec.start,
+    })
+}

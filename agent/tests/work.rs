@@ -1,0 +1,454 @@
+//! Capture and deploy against the fake hypervisor: the power-state and
+//! clean-up rules, without libvirt. The real thing is proven in `tests/`.
+
+use std::{
+    collections::HashMap,
+    fs,
+    path::Path,
+    sync::{Arc, Mutex, atomic::AtomicBool},
+    time::Duration,
+};
+
+use imprint_agent::{
+    error::Kind,
+    hypervisor::{
+        GuestRef, Hypervisor, PowerState,
+        fake::{FakeGuest, FakeHypervisor},
+    },
+    journal::{Entry, Journal},
+    work::{Busy, CaptureSpec, DeploySpec, InterfaceSpec, capture, deploy, recover},
+};
+use imprint_store::{Store, StoreConfig};
+
+fn guest_xml(name: &str, disk: &Path) -> String {
+    format!(
+        "<domain type='qemu'><name>{name}</name><uuid>{name}-uuid</uuid><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64'>hvm</type></os><features><acpi/></features><devices>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+         <interface type='udp'><mac address='52:54:00:11:22:33'/><source address='127.0.0.1' port='5000'><local address='127.0.0.1' port='5001'/></source><model type='virtio'/></interface>\
+         </devices></domain>",
+        disk.display()
+    )
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    hv: FakeHypervisor,
+    store: Store,
+    journal: Journal,
+}
+
+fn env(obeys_acpi: bool, state: PowerState) -> Env {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let disk = tmp.path().join("a.raw");
+    let f = fs::File::create(&disk).expect("disk");
+    f.set_len(4 << 20).expect("len");
+    std::os::unix::fs::FileExt::write_all_at(&f, b"hello from guest a", 1 << 20).expect("write");
+    let pool = tmp.path().join("pool");
+    fs::create_dir(&pool).expect("pool");
+    let mut guests = HashMap::new();
+    guests.insert(
+        "a".to_string(),
+        FakeGuest {
+            r#ref: GuestRef {
+                name: "a".into(),
+                uuid: "a-uuid".into(),
+            },
+            xml: guest_xml("a", &disk),
+            state,
+            obeys_acpi,
+            acpi_requests: 0,
+        },
+    );
+    let hv = FakeHypervisor {
+        guests: Mutex::new(guests),
+        pools: HashMap::from([("p".to_string(), pool)]),
+        ..Default::default()
+    };
+    let store = Store::open_or_create_dir(&tmp.path().join("store"), false, StoreConfig::default())
+        .expect("store");
+    let journal = Journal::open(&tmp.path().join("journal")).expect("journal");
+    Env {
+        _tmp: tmp,
+        hv,
+        store,
+        journal,
+    }
+}
+
+fn spec(force: bool) -> CaptureSpec {
+    CaptureSpec {
+        operation_id: "op-1".into(),
+        guest: "a".into(),
+        image_name: "img-a".into(),
+        exclude_disks: vec![],
+        shutdown_timeout: Duration::from_millis(600),
+        allow_force_off: force,
+        labels: Default::default(),
+        acpi_resend: Duration::from_millis(200),
+    }
+}
+
+fn state(e: &Env, name: &str) -> PowerState {
+    e.hv.guests.lock().expect("lock")[name].state
+}
+
+fn no_report(_: &str, _: u64, _: u64) {}
+
+#[test]
+fn running_guest_is_captured_and_started_again() {
+    let e = env(true, PowerState::Running);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let o = capture(
+        &e.hv,
+        &e.store,
+        &e.journal,
+        &Busy::default(),
+        &spec(false),
+        &cancel,
+        &no_report,
+    )
+    .expect("capture");
+    assert_eq!(o.final_state, PowerState::Running);
+    assert_eq!(state(&e, "a"), PowerState::Running);
+    let m = e.store.manifest(&o.image_id).expect("manifest");
+    assert_eq!(m.disks.len(), 1);
+    assert_eq!(m.config["vcpus"], 1);
+    assert_eq!(m.config["disks"][0]["size_bytes"], 4 << 20);
+    assert!(e.journal.list().expect("journal").is_empty());
+}
+
+#[test]
+fn guest_ignoring_acpi_without_force_is_left_running() {
+    let e = env(false, PowerState::Running);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let err = capture(
+        &e.hv,
+        &e.store,
+        &e.journal,
+        &Busy::default(),
+        &spec(false),
+        &cancel,
+        &no_report,
+    )
+    .expect_err("timeout");
+    assert_eq!(err.kind, Kind::DeadlineExceeded, "{err}");
+    assert!(err.message.contains("left running"), "{err}");
+    assert_eq!(state(&e, "a"), PowerState::Running);
+    assert!(
+        e.hv.guests.lock().expect("lock")["a"].acpi_requests >= 2,
+        "ACPI request is resent"
+    );
+    assert!(e.store.list().expect("list").is_empty());
+}
+
+#[test]
+fn guest_ignoring_acpi_with_force_is_captured() {
+    let e = env(false, PowerState::Running);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let o = capture(
+        &e.hv,
+        &e.store,
+        &e.journal,
+        &Busy::default(),
+        &spec(true),
+        &cancel,
+        &no_report,
+    )
+    .expect("capture");
+    assert_eq!(o.final_state, PowerState::Running);
+    assert_eq!(state(&e, "a"), PowerState::Running);
+}
+
+#[test]
+fn shut_off_guest_stays_off_and_bad_requests_cost_no_downtime() {
+    let e = env(true, PowerState::ShutOff);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let o = capture(
+        &e.hv,
+        &e.store,
+        &e.journal,
+        &Busy::default(),
+        &spec(false),
+        &cancel,
+        &no_report,
+    )
+    .expect("capture");
+    assert_eq!(o.final_state, PowerState::ShutOff);
+    assert_eq!(o.shutdown_seconds, 0.0);
+
+    let e = env(true, PowerState::Running);
+    let mut s = spec(false);
+    s.exclude_disks = vec!["vdz".into()];
+    let err = capture(
+        &e.hv,
+        &e.store,
+        &e.journal,
+        &Busy::default(),
+        &s,
+        &cancel,
+        &no_report,
+    )
+    .expect_err("bad exclude");
+    assert_eq!(err.kind, Kind::InvalidArgument);
+    s.exclude_disks = vec!["vda".into()];
+    let err = capture(
+        &e.hv,
+        &e.store,
+        &e.journal,
+        &Busy::default(),
+        &s,
+        &cancel,
+        &no_report,
+    )
+    .expect_err("nothing left");
+    assert_eq!(err.kind, Kind::InvalidArgument);
+    let mut s = spec(false);
+    s.guest = "nope".into();
+    let err = capture(
+        &e.hv,
+        &e.store,
+        &e.journal,
+        &Busy::default(),
+        &s,
+        &cancel,
+        &no_report,
+    )
+    .expect_err("unknown");
+    assert_eq!(err.kind, Kind::NotFound);
+    assert_eq!(
+        e.hv.guests.lock().expect("lock")["a"].acpi_requests,
+        0,
+        "never shut down"
+    );
+    assert_eq!(state(&e, "a"), PowerState::Running);
+}
+
+#[test]
+fn second_capture_of_the_same_guest_is_a_conflict() {
+    let e = env(true, PowerState::Running);
+    let busy = Busy::default();
+    let _held = busy.claim("a-uuid", "guest a").expect("claim");
+    let cancel = Arc::new(AtomicBool::new(false));
+    let err = capture(
+        &e.hv,
+        &e.store,
+        &e.journal,
+        &busy,
+        &spec(false),
+        &cancel,
+        &no_report,
+    )
+    .expect_err("busy");
+    assert_eq!(err.kind, Kind::Conflict);
+}
+
+#[test]
+fn cancelled_capture_still_restarts_the_guest() {
+    let e = env(true, PowerState::Running);
+    let cancel = Arc::new(AtomicBool::new(true));
+    let err = capture(
+        &e.hv,
+        &e.store,
+        &e.journal,
+        &Busy::default(),
+        &spec(false),
+        &cancel,
+        &no_report,
+    )
+    .expect_err("cancelled");
+    assert_eq!(err.kind, Kind::Cancelled);
+    assert_eq!(state(&e, "a"), PowerState::Running);
+    assert!(e.store.list().expect("list").is_empty());
+    assert!(e.journal.list().expect("journal").is_empty());
+}
+
+#[test]
+fn restart_failure_is_reported_and_journal_kept() {
+    let e = env(true, PowerState::Running);
+    *e.hv.fail_start.lock().expect("lock") = true;
+    let cancel = Arc::new(AtomicBool::new(false));
+    let err = capture(
+        &e.hv,
+        &e.store,
+        &e.journal,
+        &Busy::default(),
+        &spec(false),
+        &cancel,
+        &no_report,
+    )
+    .expect_err("no restart");
+    assert!(err.message.contains("could not be started again"), "{err}");
+    assert!(
+        e.store.list().expect("list").is_empty(),
+        "no usable image when the guest is left off"
+    );
+    assert_eq!(
+        e.journal.list().expect("journal").len(),
+        1,
+        "kept for recovery"
+    );
+    *e.hv.fail_start.lock().expect("lock") = false;
+    let r = recover(&e.hv, &e.journal);
+    assert!(r[0].1.is_ok());
+    assert_eq!(state(&e, "a"), PowerState::Running);
+}
+
+#[test]
+fn recovery_restarts_a_guest_left_off_by_a_dead_agent() {
+    let e = env(true, PowerState::ShutOff);
+    e.journal
+        .write(&Entry::Capture {
+            operation_id: "op-9".into(),
+            guest_name: "a".into(),
+            guest_uuid: "a-uuid".into(),
+            was_running: true,
+        })
+        .expect("journal");
+    let r = recover(&e.hv, &e.journal);
+    assert_eq!(r.len(), 1);
+    assert!(r[0].1.is_ok());
+    assert_eq!(state(&e, "a"), PowerState::Running);
+    assert!(e.journal.list().expect("journal").is_empty());
+}
+
+fn deploy_spec(image: &str) -> DeploySpec {
+    DeploySpec {
+        operation_id: "op-d".into(),
+        image_id: image.into(),
+        guest_name: "b".into(),
+        pool: "p".into(),
+        disk_sizes_bytes: vec![8 << 20],
+        hostname: "web-b".into(),
+        interfaces: vec![InterfaceSpec {
+            addresses: vec!["192.0.2.20/24".into()],
+            gateway4: "192.0.2.1".into(),
+            ..Default::default()
+        }],
+        start: true,
+        domain_type: "qemu".into(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn deploy_creates_volumes_seed_and_guest() {
+    let e = env(true, PowerState::ShutOff);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let img = capture(
+        &e.hv,
+        &e.store,
+        &e.journal,
+        &Busy::default(),
+        &spec(false),
+        &cancel,
+        &no_report,
+    )
+    .expect("capture");
+    let o = deploy(
+        &e.hv,
+        &e.store,
+        &e.journal,
+        &Busy::default(),
+        &deploy_spec(&img.image_id.to_string()),
+        &cancel,
+        &no_report,
+    )
+    .expect("deploy");
+    assert!(o.started);
+    assert_eq!(state(&e, "b"), PowerState::Running);
+    assert_eq!(o.volumes.len(), 2);
+    let disk = fs::read(&o.volumes[0]).expect("volume");
+    assert_eq!(disk.len(), 8 << 20, "sized as requested");
+    assert_eq!(&disk[1 << 20..(1 << 20) + 18], b"hello from guest a");
+    assert_ne!(o.macs[0], "52:54:00:11:22:33", "MACs are never reused");
+    let xml = e.hv.lookup("b").expect("b").1;
+    assert!(xml.contains(&o.macs[0]));
+    assert!(xml.contains("cidata.img"));
+}
+
+#[test]
+fn bad_deploys_leave_nothing_behind() {
+    let e = env(true, PowerState::ShutOff);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let img = capture(
+        &e.hv,
+        &e.store,
+        &e.journal,
+        &Busy::default(),
+        &spec(false),
+        &cancel,
+        &no_report,
+    )
+    .expect("capture");
+    let id = img.image_id.to_string();
+    type Mutate = Box<dyn Fn(&mut DeploySpec)>;
+    let cases: Vec<(Mutate, Kind)> = vec![
+        (
+            Box::new(|s| s.disk_sizes_bytes = vec![1 << 20]),
+            Kind::InvalidArgument,
+        ),
+        (
+            Box::new(|s| s.interfaces[0].addresses = vec!["192.0.2.300/24".into()]),
+            Kind::InvalidArgument,
+        ),
+        (
+            Box::new(|s| s.interfaces[0].addresses = vec!["192.0.2.3/40".into()]),
+            Kind::InvalidArgument,
+        ),
+        (
+            Box::new(|s| s.interfaces[0].mac_address = "01:00:5e:00:00:01".into()),
+            Kind::InvalidArgument,
+        ),
+        (
+            Box::new(|s| s.hostname = "bad_host".into()),
+            Kind::InvalidArgument,
+        ),
+        (
+            Box::new(|s| s.guest_name = "bad name".into()),
+            Kind::InvalidArgument,
+        ),
+        (Box::new(|s| s.pool = "missing".into()), Kind::NotFound),
+        (Box::new(|s| s.guest_name = "a".into()), Kind::Conflict),
+        (
+            Box::new(|s| s.image_id = "00000000-0000-4000-8000-000000000000".into()),
+            Kind::NotFound,
+        ),
+    ];
+    for (i, (mutate, kind)) in cases.into_iter().enumerate() {
+        let mut s = deploy_spec(&id);
+        mutate(&mut s);
+        let err = deploy(
+            &e.hv,
+            &e.store,
+            &e.journal,
+            &Busy::default(),
+            &s,
+            &cancel,
+            &no_report,
+        )
+        .expect_err("bad");
+        assert_eq!(err.kind, kind, "case {i}: {err}");
+    }
+    // Fails late (define): the volumes go again.
+    *e.hv.fail_define.lock().expect("lock") = true;
+    let err = deploy(
+        &e.hv,
+        &e.store,
+        &e.journal,
+        &Busy::default(),
+        &deploy_spec(&id),
+        &cancel,
+        &no_report,
+    )
+    .expect_err("define");
+    assert_eq!(err.kind, Kind::Internal);
+    let pool = e.hv.pools["p"].clone();
+    assert_eq!(
+        fs::read_dir(&pool).expect("ls").count(),
+        0,
+        "volumes removed"
+    );
+    assert!(e.hv.lookup("b").is_err());
+    assert!(e.journal.list().expect("journal").is_empty());
+}
