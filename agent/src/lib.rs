@@ -19,4 +19,5 @@ pub mod hypervisor;
 pub mod journal;
 pub mod libvirt;
 mod qcow2;
+pub mod service;
 pub mod work;

@@ -1,0 +1,167 @@
+//! `imprint-agent`: serve the agent API on this host.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use imprint_agent::{
+    hypervisor::Hypervisor,
+    journal::Journal,
+    libvirt::Libvirt,
+    service::{Agent, Settings},
+    work,
+};
+use serde::Deserialize;
+
+/// The per-host agent of imprint: captures and deploys libvirt guests.
+#[derive(Debug, Parser)]
+#[command(name = "imprint-agent", version)]
+struct Args {
+    /// TOML configuration file (flags override it).
+    #[arg(long, short, env = "IMPRINT_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// libvirt URI.
+    #[arg(long)]
+    libvirt_uri: Option<String>,
+    /// Image store directory (the SAN mount).
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Address to serve gRPC on (loopback only until TLS lands).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Journal of in-flight work.
+    #[arg(long)]
+    journal_dir: Option<PathBuf>,
+    /// Storage pool for deploys that name none.
+    #[arg(long)]
+    default_pool: Option<String>,
+    /// Domain type of deployed guests: kvm, qemu, or auto.
+    #[arg(long)]
+    domain_type: Option<String>,
+    /// Directory for deployed guests' serial console logs.
+    #[arg(long)]
+    console_log_dir: Option<PathBuf>,
+}
+
+/// The configuration file; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    libvirt_uri: Option<String>,
+    store: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    journal_dir: Option<PathBuf>,
+    default_pool: Option<String>,
+    domain_type: Option<String>,
+    console_log_dir: Option<PathBuf>,
+    shutdown_timeout_seconds: Option<u64>,
+}
+
+fn detect_domain_type() -> String {
+    // Hardware KVM needs vmx/svm; PVM-style /dev/kvm without them hangs
+    // stock guest kernels.
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw = cpu.split_whitespace().any(|w| w == "vmx" || w == "svm");
+    let pvm = std::path::Path::new("/sys/module/kvm_pvm").exists();
+    if hw && !pvm && std::path::Path::new("/dev/kvm").exists() {
+        "kvm".into()
+    } else {
+        "qemu".into()
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let file: FileConfig = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("read config {}", p.display()))?;
+            toml::from_str(&text).with_context(|| format!("parse config {}", p.display()))?
+        }
+        None => FileConfig::default(),
+    };
+    let uri = args
+        .libvirt_uri
+        .or(file.libvirt_uri)
+        .unwrap_or_else(|| "qemu:///system".into());
+    let store_dir = args
+        .store
+        .or(file.store)
+        .context("no store directory: pass --store or set store in the config")?;
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7341)));
+    if !listen.ip().is_loopback() {
+        bail!("refusing to serve on {listen}: without TLS the agent listens on loopback only");
+    }
+    let journal_dir = args
+        .journal_dir
+        .or(file.journal_dir)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/imprint-agent/journal"));
+    let domain_type = match args.domain_type.or(file.domain_type).as_deref() {
+        None | Some("auto") => detect_domain_type(),
+        Some(t @ ("kvm" | "qemu")) => t.to_string(),
+        Some(other) => bail!("domain type {other:?} must be kvm, qemu or auto"),
+    };
+    let settings = Settings {
+        default_pool: args
+            .default_pool
+            .or(file.default_pool)
+            .unwrap_or_else(|| "default".into()),
+        domain_type,
+        console_log_dir: args.console_log_dir.or(file.console_log_dir),
+        default_shutdown_timeout: Duration::from_secs(file.shutdown_timeout_seconds.unwrap_or(300)),
+    };
+    let store = imprint_store::Store::open_or_create_dir(&store_dir, false, Default::default())
+        .with_context(|| format!("open store {}", store_dir.display()))?;
+    let journal = Journal::open(&journal_dir)?;
+    let hv: Arc<dyn Hypervisor> = Arc::new(Libvirt::new(&uri));
+
+    // Finish or undo what a previous run left half-done, before serving.
+    let (hv2, j2) = (hv.clone(), journal.clone());
+    for (id, r) in tokio::task::spawn_blocking(move || work::recover(&*hv2, &j2)).await? {
+        match r {
+            Ok(()) => tracing::info!(operation = %id, "recovered operation left by a previous run"),
+            Err(e) => {
+                tracing::error!(operation = %id, error = %e, "could not recover operation; will retry at next start")
+            }
+        }
+    }
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<imprint_proto::v1::agent_service_server::AgentServiceServer<Agent>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(imprint_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    tracing::info!(%local, %uri, store = %store_dir.display(), settings = ?settings, "imprint-agent serving");
+    // Tests and scripts read this line to find a port chosen by the kernel.
+    println!("listening on {local}");
+    let agent = Agent::new(hv, store, journal, settings);
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(agent.into_server())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,504 @@
+//! The agent's gRPC service: requests are validated at the edge, turned
+//! into [`crate::work`] calls on blocking threads, and followed through
+//! in-memory operations with a watch channel for progress.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use imprint_proto::v1::{
+    self as pb,
+    agent_service_server::{AgentService, AgentServiceServer},
+};
+use imprint_store::Store;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    domain::GuestConfig,
+    error::{AgentError, Kind},
+    hypervisor::{Hypervisor, PowerState},
+    journal::Journal,
+    work::{self, Busy, CaptureSpec, DeploySpec, InterfaceSpec},
+};
+
+/// Settings the service needs beyond its parts.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Pool for deploys that name none.
+    pub default_pool: String,
+    /// Domain type of new guests on this host (`kvm` or `qemu`).
+    pub domain_type: String,
+    /// Serial console logs of deployed guests go here (`<dir>/<name>.log`).
+    pub console_log_dir: Option<PathBuf>,
+    /// Shutdown timeout when a capture gives none.
+    pub default_shutdown_timeout: Duration,
+}
+
+struct Op {
+    tx: watch::Sender<pb::AgentOperation>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// The service state, cheap to clone.
+#[derive(Clone)]
+pub struct Agent {
+    hv: Arc<dyn Hypervisor>,
+    store: Store,
+    journal: Journal,
+    busy: Busy,
+    ops: Arc<Mutex<HashMap<String, Op>>>,
+    settings: Arc<Settings>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Map an agent error to a gRPC status.
+pub fn status(e: AgentError) -> Status {
+    let code = match e.kind {
+        Kind::NotFound => tonic::Code::NotFound,
+        Kind::InvalidArgument => tonic::Code::InvalidArgument,
+        Kind::Conflict => tonic::Code::AlreadyExists,
+        Kind::FailedPrecondition => tonic::Code::FailedPrecondition,
+        Kind::Unavailable => tonic::Code::Unavailable,
+        Kind::ResourceExhausted => tonic::Code::ResourceExhausted,
+        Kind::Cancelled => tonic::Code::Cancelled,
+        Kind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+        _ => tonic::Code::Internal,
+    };
+    Status::new(code, e.message)
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn power(p: PowerState) -> pb::PowerState {
+    match p {
+        PowerState::Running => pb::PowerState::Running,
+        PowerState::ShutOff => pb::PowerState::ShutOff,
+        PowerState::Paused => pb::PowerState::Paused,
+        PowerState::Other => pb::PowerState::Other,
+    }
+}
+
+fn is_final(state: i32) -> bool {
+    state != pb::OperationState::Running as i32 && state != pb::OperationState::Unspecified as i32
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker thread failed: {e}")))?
+        .map_err(status)
+}
+
+impl Agent {
+    /// A service over these parts.
+    pub fn new(
+        hv: Arc<dyn Hypervisor>,
+        store: Store,
+        journal: Journal,
+        settings: Settings,
+    ) -> Self {
+        Self {
+            hv,
+            store,
+            journal,
+            busy: Busy::default(),
+            ops: Arc::new(Mutex::new(HashMap::new())),
+            settings: Arc::new(settings),
+        }
+    }
+
+    /// The tonic service.
+    pub fn into_server(self) -> AgentServiceServer<Self> {
+        AgentServiceServer::new(self)
+    }
+
+    fn existing(&self, id: &str) -> Option<pb::AgentOperation> {
+        self.ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|o| o.tx.borrow().clone())
+    }
+
+    /// Register a new operation and run `work` for it on a blocking thread.
+    fn launch(
+        &self,
+        id: String,
+        kind: pb::OperationKind,
+        guest: String,
+        work: impl FnOnce(
+            &Arc<AtomicBool>,
+            &(dyn Fn(&str, u64, u64) + Sync),
+        ) -> crate::error::Result<Finished>
+        + Send
+        + 'static,
+    ) -> pb::AgentOperation {
+        let first = pb::AgentOperation {
+            operation_id: id.clone(),
+            kind: kind as i32,
+            state: pb::OperationState::Running as i32,
+            phase: "queued".into(),
+            started_unix: now_unix(),
+            guest,
+            ..Default::default()
+        };
+        let (tx, _) = watch::channel(first.clone());
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.ops.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id,
+            Op {
+                tx: tx.clone(),
+                cancel: cancel.clone(),
+            },
+        );
+        tokio::task::spawn_blocking(move || {
+            let last = Mutex::new(Instant::now() - Duration::from_secs(1));
+            let report = |phase: &str, done: u64, total: u64| {
+                let mut l = last.lock().unwrap_or_else(|p| p.into_inner());
+                let phase_changed = tx.borrow().phase != phase;
+                if !phase_changed && l.elapsed() < Duration::from_millis(250) {
+                    return;
+                }
+                *l = Instant::now();
+                tx.send_modify(|o| {
+                    o.phase = phase.to_string();
+                    o.bytes_done = done;
+                    o.bytes_total = total;
+                });
+            };
+            let result = work(&cancel, &report);
+            tx.send_modify(|o| {
+                o.finished_unix = now_unix();
+                match result {
+                    Ok(Finished::Capture(r)) => {
+                        o.state = pb::OperationState::Succeeded as i32;
+                        o.phase = "done".into();
+                        o.bytes_done = r.bytes_total;
+                        o.bytes_total = r.bytes_total;
+                        o.capture = Some(r);
+                    }
+                    Ok(Finished::Deploy(r)) => {
+                        o.state = pb::OperationState::Succeeded as i32;
+                        o.phase = "done".into();
+                        o.bytes_done = o.bytes_total;
+                        o.deploy = Some(r);
+                    }
+                    Err(e) => {
+                        let s = status(e);
+                        o.state = if s.code() == tonic::Code::Cancelled {
+                            pb::OperationState::Cancelled as i32
+                        } else {
+                            pb::OperationState::Failed as i32
+                        };
+                        o.error = s.message().to_string();
+                        o.error_code = s.code() as i32;
+                    }
+                }
+            });
+            tracing::info!(operation = %tx.borrow().operation_id, state = tx.borrow().state, error = %tx.borrow().error, "operation finished");
+        });
+        first
+    }
+}
+
+enum Finished {
+    Capture(pb::CaptureResult),
+    Deploy(pb::DeployResult),
+}
+
+fn op_id(given: &str) -> Result<String, Status> {
+    if given.is_empty() {
+        return Ok(uuid::Uuid::new_v4().to_string());
+    }
+    uuid::Uuid::try_parse(given)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| Status::invalid_argument(format!("operation_id {given:?} must be a UUID")))
+}
+
+#[tonic::async_trait]
+impl AgentService for Agent {
+    async fn capture(
+        &self,
+        req: Request<pb::CaptureRequest>,
+    ) -> Result<Response<pb::AgentOperation>, Status> {
+        let r = req.into_inner();
+        let id = op_id(&r.operation_id)?;
+        if let Some(op) = self.existing(&id) {
+            return Ok(Response::new(op));
+        }
+        if r.guest.is_empty() {
+            return Err(Status::invalid_argument("guest is required"));
+        }
+        imprint_store::manifest::validate_name(&r.image_name).map_err(|e| status(e.into()))?;
+        // Unknown guests are refused now, not as a failed operation.
+        let hv = self.hv.clone();
+        let g = r.guest.clone();
+        let (guest, _) = blocking(move || hv.lookup(&g)).await?;
+        let spec = CaptureSpec {
+            operation_id: id.clone(),
+            guest: guest.uuid.clone(),
+            image_name: r.image_name,
+            exclude_disks: r.exclude_disks,
+            shutdown_timeout: if r.shutdown_timeout_seconds == 0 {
+                self.settings.default_shutdown_timeout
+            } else {
+                Duration::from_secs(u64::from(r.shutdown_timeout_seconds))
+            },
+            allow_force_off: r.allow_force_off,
+            labels: r.labels.into_iter().collect(),
+            acpi_resend: Duration::from_secs(5),
+        };
+        let (hv, store, journal, busy) = (
+            self.hv.clone(),
+            self.store.clone(),
+            self.journal.clone(),
+            self.busy.clone(),
+        );
+        let op = self.launch(
+            id,
+            pb::OperationKind::Capture,
+            guest.name,
+            move |cancel, report| {
+                let o = work::capture(&*hv, &store, &journal, &busy, &spec, cancel, report)?;
+                Ok(Finished::Capture(pb::CaptureResult {
+                    image_id: o.image_id.to_string(),
+                    bytes_total: o.stats.bytes_total,
+                    bytes_read: o.stats.bytes_read,
+                    bytes_stored: o.stats.bytes_stored,
+                    bytes_deduplicated: o.stats.bytes_deduplicated,
+                    zero_bytes_skipped: o.stats.zero_bytes_skipped,
+                    shutdown_seconds: o.shutdown_seconds,
+                    read_seconds: o.read_seconds,
+                    boot_seconds: o.boot_seconds,
+                    final_power_state: power(o.final_state) as i32,
+                }))
+            },
+        );
+        Ok(Response::new(op))
+    }
+
+    async fn deploy(
+        &self,
+        req: Request<pb::DeployRequest>,
+    ) -> Result<Response<pb::AgentOperation>, Status> {
+        let r = req.into_inner();
+        let id = op_id(&r.operation_id)?;
+        if let Some(op) = self.existing(&id) {
+            return Ok(Response::new(op));
+        }
+        work::validate_guest_name(&r.guest_name).map_err(status)?;
+        let image: imprint_store::ImageId = r
+            .image_id
+            .parse()
+            .map_err(|e: imprint_store::Error| status(e.into()))?;
+        let store = self.store.clone();
+        blocking(move || store.manifest(&image).map(|_| ()).map_err(AgentError::from)).await?;
+        let disk_format = match pb::DiskFormat::try_from(r.disk_format) {
+            Ok(pb::DiskFormat::Unspecified | pb::DiskFormat::Raw) => "raw",
+            Ok(pb::DiskFormat::Qcow2) => "qcow2",
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown disk_format {}",
+                    r.disk_format
+                )));
+            }
+        };
+        let net = r.network.unwrap_or_default();
+        let spec = DeploySpec {
+            operation_id: id.clone(),
+            image_id: r.image_id,
+            guest_name: r.guest_name.clone(),
+            pool: if r.pool.is_empty() {
+                self.settings.default_pool.clone()
+            } else {
+                r.pool
+            },
+            disk_format: disk_format.into(),
+            disk_sizes_bytes: r.disk_sizes_bytes,
+            vcpus: r.vcpus,
+            memory_mib: r.memory_mib,
+            hostname: net.hostname,
+            interfaces: net
+                .interfaces
+                .into_iter()
+                .map(|i| InterfaceSpec {
+                    addresses: i.addresses,
+                    gateway4: i.gateway4,
+                    gateway6: i.gateway6,
+                    nameservers: i.nameservers,
+                    search_domains: i.search_domains,
+                    mac_address: i.mac_address,
+                })
+                .collect(),
+            user_data: r.user_data,
+            start: r.start,
+            domain_type: self.settings.domain_type.clone(),
+            console_log_dir: self.settings.console_log_dir.clone(),
+        };
+        let (hv, store, journal, busy) = (
+            self.hv.clone(),
+            self.store.clone(),
+            self.journal.clone(),
+            self.busy.clone(),
+        );
+        let op = self.launch(
+            id,
+            pb::OperationKind::Deploy,
+            r.guest_name,
+            move |cancel, report| {
+                let o = work::deploy(&*hv, &store, &journal, &busy, &spec, cancel, report)?;
+                Ok(Finished::Deploy(pb::DeployResult {
+                    guest_name: o.guest.name,
+                    guest_uuid: o.guest.uuid,
+                    volumes: o.volumes,
+                    mac_addresses: o.macs,
+                    bytes_written: o.bytes_written,
+                    write_seconds: o.write_seconds,
+                    started: o.started,
+                }))
+            },
+        );
+        Ok(Response::new(op))
+    }
+
+    async fn list_guests(
+        &self,
+        _: Request<pb::ListGuestsRequest>,
+    ) -> Result<Response<pb::ListGuestsResponse>, Status> {
+        let hv = self.hv.clone();
+        let guests = blocking(move || {
+            let mut out = Vec::new();
+            for g in hv.list_guests()? {
+                let state = hv.power_state(&g)?;
+                out.push(pb::Guest {
+                    name: g.name,
+                    uuid: g.uuid,
+                    power_state: power(state) as i32,
+                    config_json: String::new(),
+                });
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(Response::new(pb::ListGuestsResponse { guests }))
+    }
+
+    async fn get_guest(
+        &self,
+        req: Request<pb::GetGuestRequest>,
+    ) -> Result<Response<pb::Guest>, Status> {
+        let hv = self.hv.clone();
+        let name = req.into_inner().guest;
+        let g = blocking(move || {
+            let (g, xml) = hv.lookup(&name)?;
+            let state = hv.power_state(&g)?;
+            let config = GuestConfig::from_domain_xml(&xml)
+                .map_err(|e| AgentError::new(Kind::Internal, e.to_string()))?;
+            Ok(pb::Guest {
+                name: g.name,
+                uuid: g.uuid,
+                power_state: power(state) as i32,
+                config_json: serde_json::to_string(&config).unwrap_or_default(),
+            })
+        })
+        .await?;
+        Ok(Response::new(g))
+    }
+
+    async fn get_operation(
+        &self,
+        req: Request<pb::GetOperationRequest>,
+    ) -> Result<Response<pb::AgentOperation>, Status> {
+        let id = req.into_inner().operation_id;
+        self.existing(&id).map(Response::new).ok_or_else(|| {
+            Status::not_found(format!("operation {id:?} is not known to this agent"))
+        })
+    }
+
+    async fn list_operations(
+        &self,
+        _: Request<pb::ListOperationsRequest>,
+    ) -> Result<Response<pb::ListOperationsResponse>, Status> {
+        let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        let mut operations: Vec<pb::AgentOperation> =
+            ops.values().map(|o| o.tx.borrow().clone()).collect();
+        operations.sort_by_key(|o| o.started_unix);
+        Ok(Response::new(pb::ListOperationsResponse { operations }))
+    }
+
+    type WatchOperationStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::AgentOperation, Status>> + Send>,
+    >;
+
+    async fn watch_operation(
+        &self,
+        req: Request<pb::GetOperationRequest>,
+    ) -> Result<Response<Self::WatchOperationStream>, Status> {
+        let id = req.into_inner().operation_id;
+        let mut rx = {
+            let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+            ops.get(&id).map(|o| o.tx.subscribe()).ok_or_else(|| {
+                Status::not_found(format!("operation {id:?} is not known to this agent"))
+            })?
+        };
+        let stream = async_stream(move |emit| async move {
+            loop {
+                let cur = rx.borrow_and_update().clone();
+                let done = is_final(cur.state);
+                if emit.send(Ok(cur)).await.is_err() || done {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn cancel_operation(
+        &self,
+        req: Request<pb::GetOperationRequest>,
+    ) -> Result<Response<pb::AgentOperation>, Status> {
+        let id = req.into_inner().operation_id;
+        let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        let op = ops.get(&id).ok_or_else(|| {
+            Status::not_found(format!("operation {id:?} is not known to this agent"))
+        })?;
+        op.cancel.store(true, Ordering::Relaxed);
+        Ok(Response::new(op.tx.borrow().clone()))
+    }
+}
+
+/// A stream fed by a task through a bounded channel.
+fn async_stream<F, Fut>(
+    f: F,
+) -> tokio_stream::wrappers::ReceiverStream<Result<pb::AgentOperation, Status>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<pb::AgentOperation, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(f(tx));
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
