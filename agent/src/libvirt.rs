@@ -55,6 +55,9 @@ fn kind_of(e: &VirtError) -> Kind {
 impl Libvirt {
     /// A hypervisor at `uri` (e.g. `qemu:///system`); nothing is opened yet.
     pub fn new(uri: &str) -> Self {
+        // libvirt prints every error to stderr by default; ours are
+        // returned, mapped and logged where handled.
+        virt::error::clear_error_callback();
         Self {
             uri: uri.to_string(),
             conn: Mutex::new(None),

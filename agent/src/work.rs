@@ -799,6 +799,16 @@ fn deploy_steps(
     paths.push(seed_path);
 
     let macs: Vec<String> = plan.seed.interfaces.iter().map(|i| i.mac.clone()).collect();
+    // A UDP NIC is a point-to-point tunnel: two guests cannot share its
+    // local end, so the new guest gets a free local port.
+    let mut base = plan.config.clone();
+    for nic in base.nics.iter_mut().filter(|n| n.kind == "udp") {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .map_err(|e| AgentError::new(Kind::Internal, format!("find a free UDP port: {e}")))?
+            .port();
+        nic.udp_local = Some(format!("127.0.0.1:{port}"));
+    }
     let uuid = uuid::Uuid::new_v4().to_string();
     let console_log = spec.console_log_dir.as_ref().map(|d| {
         d.join(format!("{}.log", spec.guest_name))
@@ -806,7 +816,7 @@ fn deploy_steps(
             .to_string()
     });
     let xml = NewDomain {
-        base: &plan.config,
+        base: &base,
         name: spec.guest_name.clone(),
         uuid: uuid.clone(),
         vcpus: if spec.vcpus > 0 {

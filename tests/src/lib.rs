@@ -1,1 +1,391 @@
-//! Shared helpers for the end-to-end tests in `tests/tests/`.
+//! Test infrastructure for the end-to-end tests in `tests/tests/`: a real
+//! libvirtd, real QEMU guests built by `tests/guests/*.sh`, and the real
+//! `imprint-agent` binary.
+//!
+//! Nothing here skips: when libvirt or a guest image is missing, the
+//! helpers panic with what to install or run.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+/// A binary of the workspace, built by `cargo test --workspace`.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built; run the tests with `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+/// Run a command, panic with its stderr if it fails; return stdout.
+pub fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd}: {e} (run scripts/install-deps.sh)"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `virsh -c qemu:///system ARGS`.
+pub fn virsh(args: &[&str]) -> String {
+    let mut all = vec!["-c", "qemu:///system"];
+    all.extend_from_slice(args);
+    run("virsh", &all)
+}
+
+/// The same, but failures are fine (clean-up).
+pub fn virsh_quiet(args: &[&str]) {
+    let _ = Command::new("virsh")
+        .arg("-c")
+        .arg("qemu:///system")
+        .args(args)
+        .output();
+}
+
+/// The domain type tests must use on this host: `kvm` only with hardware
+/// virtualisation (PVM-style /dev/kvm hangs stock kernels).
+pub fn domain_type() -> &'static str {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw = cpu.split_whitespace().any(|w| w == "vmx" || w == "svm");
+    if hw && !Path::new("/sys/module/kvm_pvm").exists() {
+        "kvm"
+    } else {
+        "qemu"
+    }
+}
+
+/// The busybox test guest: (kernel, initrd, disk, disk that ignores ACPI).
+#[derive(Debug, Clone)]
+pub struct BusyboxGuest {
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initramfs.
+    pub initrd: PathBuf,
+    /// Root disk (raw, 64 MiB).
+    pub disk: PathBuf,
+    /// The same disk with `/imprint/ignore-acpi`.
+    pub disk_ignore_acpi: PathBuf,
+}
+
+/// Build (or reuse from the cache) the busybox guest.
+pub fn busybox_guest() -> BusyboxGuest {
+    let script = workspace().join("tests/guests/build-busybox-guest.sh");
+    let out = run(script.to_str().expect("utf8"), &[]);
+    let get = |key: &str| -> PathBuf {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| PathBuf::from(v.trim())))
+            .unwrap_or_else(|| panic!("build-busybox-guest.sh printed no {key:?} line:\n{out}"))
+    };
+    BusyboxGuest {
+        kernel: get("kernel:"),
+        initrd: get("initrd:"),
+        disk: get("disk:"),
+        disk_ignore_acpi: get("disk (ignores ACPI power button):"),
+    }
+}
+
+/// A scratch directory QEMU (user libvirt-qemu) can traverse, removed on drop.
+#[derive(Debug)]
+pub struct Workdir(pub tempfile::TempDir);
+
+impl Workdir {
+    /// New, under /var/tmp (not a tmpfs; big sparse files are fine).
+    pub fn new(prefix: &str) -> Self {
+        let d = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in("/var/tmp")
+            .expect("workdir");
+        run("chmod", &["0755", d.path().to_str().expect("utf8")]);
+        Self(d)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    /// Copy `src` in as `name` (sparse) and return the new path.
+    pub fn copy_in(&self, src: &Path, name: &str) -> PathBuf {
+        let dst = self.path().join(name);
+        run(
+            "cp",
+            &[
+                "--sparse=always",
+                src.to_str().expect("utf8"),
+                dst.to_str().expect("utf8"),
+            ],
+        );
+        dst
+    }
+}
+
+/// A `dir` storage pool, removed (with its volumes) on drop.
+#[derive(Debug)]
+pub struct Pool {
+    /// Pool name.
+    pub name: String,
+    /// Its directory.
+    pub dir: PathBuf,
+}
+
+impl Pool {
+    /// Define and start a pool in `dir`.
+    pub fn new(name: &str, dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("pool dir");
+        run("chmod", &["0755", dir.to_str().expect("utf8")]);
+        virsh_quiet(&["pool-destroy", name]);
+        virsh_quiet(&["pool-undefine", name]);
+        virsh(&[
+            "pool-define-as",
+            name,
+            "dir",
+            "--target",
+            dir.to_str().expect("utf8"),
+        ]);
+        virsh(&["pool-start", name]);
+        Self {
+            name: name.into(),
+            dir: dir.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        virsh_quiet(&["pool-destroy", &self.name]);
+        virsh_quiet(&["pool-undefine", &self.name]);
+    }
+}
+
+/// A defined domain, destroyed and undefined on drop.
+#[derive(Debug)]
+pub struct Domain {
+    /// Name.
+    pub name: String,
+}
+
+impl Domain {
+    /// Define from XML (written next to `dir`).
+    pub fn define(name: &str, xml: &str, dir: &Path) -> Self {
+        virsh_quiet(&["destroy", name]);
+        virsh_quiet(&["undefine", name, "--nvram"]);
+        let p = dir.join(format!("{name}.xml"));
+        std::fs::write(&p, xml).expect("xml");
+        virsh(&["define", p.to_str().expect("utf8")]);
+        Self { name: name.into() }
+    }
+
+    /// Adopt a domain someone else defined (the agent), for clean-up.
+    pub fn adopt(name: &str) -> Self {
+        Self { name: name.into() }
+    }
+
+    /// `virsh domstate`.
+    pub fn state(&self) -> String {
+        virsh(&["domstate", &self.name]).trim().to_string()
+    }
+
+    /// Start it.
+    pub fn start(&self) {
+        virsh(&["start", &self.name]);
+    }
+}
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        virsh_quiet(&["destroy", &self.name]);
+        virsh_quiet(&["undefine", &self.name, "--nvram"]);
+    }
+}
+
+/// XML of a busybox test guest with its disks (raw files), a UDP NIC on
+/// loopback, and the serial console appended to `log`.
+pub fn busybox_xml(
+    name: &str,
+    g: &BusyboxGuest,
+    kernel_dir: &Path,
+    disks: &[(&Path, &str)],
+    log: &Path,
+    udp_port: u16,
+) -> String {
+    let kernel = kernel_dir.join("vmlinuz");
+    let initrd = kernel_dir.join("initrd.img");
+    if !kernel.exists() {
+        std::fs::copy(&g.kernel, &kernel).expect("kernel");
+        std::fs::copy(&g.initrd, &initrd).expect("initrd");
+    }
+    let mut devs = String::new();
+    for (i, (path, format)) in disks.iter().enumerate() {
+        devs.push_str(&format!(
+            "<disk type='file' device='disk'><driver name='qemu' type='{format}'/><source file='{}'/><target dev='vd{}' bus='virtio'/></disk>\n",
+            path.display(),
+            (b'a' + i as u8) as char
+        ));
+    }
+    format!(
+        "<domain type='{dt}'>
+  <name>{name}</name>
+  <memory unit='MiB'>256</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64'>hvm</type>
+    <kernel>{k}</kernel>
+    <initrd>{i}</initrd>
+    <cmdline>console=ttyS0 root=/dev/vda</cmdline>
+  </os>
+  <features><acpi/><apic/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <devices>
+    {devs}
+    <interface type='udp'>
+      <source address='127.0.0.1' port='{rp}'><local address='127.0.0.1' port='{lp}'/></source>
+      <model type='virtio'/>
+    </interface>
+    <serial type='file'><source path='{log}' append='on'/><target port='0'/></serial>
+    <console type='file'><source path='{log}' append='on'/><target type='serial' port='0'/></console>
+  </devices>
+</domain>",
+        dt = domain_type(),
+        k = kernel.display(),
+        i = initrd.display(),
+        rp = udp_port + 1,
+        lp = udp_port,
+        log = log.display(),
+    )
+}
+
+/// Wait until the serial log at `log` holds `pattern` at least `count`
+/// times; return the whole log.
+pub fn wait_for(log: &Path, pattern: &str, count: usize, timeout: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .replace('\r', "");
+        if text.matches(pattern).count() >= count {
+            return text;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "no {count}x {pattern:?} in {} after {timeout:?}; log:\n{text}",
+            log.display()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The value after `KEY ` on the last line starting with it.
+pub fn last_value(log: &str, key: &str) -> Option<String> {
+    log.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().to_string()))
+}
+
+/// A running `imprint-agent`, killed on drop.
+#[derive(Debug)]
+pub struct AgentProcess {
+    /// The process.
+    pub child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+}
+
+impl AgentProcess {
+    /// Start the agent on a kernel-chosen port with these extra flags.
+    pub fn start(store: &Path, journal: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(binary("imprint-agent"))
+            .args(["--listen", "127.0.0.1:0", "--store"])
+            .arg(store)
+            .arg("--journal-dir")
+            .arg(journal)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start imprint-agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("imprint-agent did not start: {line:?}"))
+            .to_string();
+        Self {
+            child,
+            endpoint: format!("http://{addr}"),
+        }
+    }
+
+    /// Kill it hard (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free local UDP port pair base (`p` and `p + 1`).
+pub fn free_udp_port() -> u16 {
+    loop {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let p = a.local_addr().expect("addr").port();
+        if p < 65000 && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Follow an agent operation until it ends; return its final state.
+pub async fn watch(
+    client: &mut imprint_proto::v1::agent_service_client::AgentServiceClient<
+        tonic::transport::Channel,
+    >,
+    id: &str,
+) -> imprint_proto::v1::AgentOperation {
+    let mut stream = client
+        .watch_operation(imprint_proto::v1::GetOperationRequest {
+            operation_id: id.into(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut last = None;
+    let mut phases = Vec::new();
+    while let Some(op) = stream.message().await.expect("stream") {
+        if phases.last() != Some(&op.phase) {
+            phases.push(op.phase.clone());
+        }
+        last = Some(op);
+    }
+    let last = last.expect("at least one update");
+    eprintln!("operation {id}: phases {phases:?}");
+    last
+}
