@@ -389,3 +389,135 @@ pub async fn watch(
     eprintln!("operation {id}: phases {phases:?}");
     last
 }
+
+/// One test's world: a work directory, two pools, a console directory and
+/// a running agent. Everything is removed on drop.
+#[derive(Debug)]
+pub struct Fixture {
+    /// Short random tag in every libvirt name of this test.
+    pub tag: String,
+    /// The agent (restartable).
+    pub agent: AgentProcess,
+    /// Where deployed guests' consoles are logged.
+    pub consoles: PathBuf,
+    /// Source pool (guests to capture live here).
+    pub pool_a: Pool,
+    /// Target pool (the agent's default for deploys).
+    pub pool_b: Pool,
+    /// The test guest's files.
+    pub guest: BusyboxGuest,
+    /// Scratch directory (last, so it outlives the pools).
+    pub wd: Workdir,
+}
+
+impl Fixture {
+    /// Set up and start an agent.
+    pub fn new() -> Self {
+        let guest = busybox_guest();
+        let wd = Workdir::new("imprint-e2e-");
+        let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        let pool_a = Pool::new(&format!("imp-{tag}-a"), &wd.path().join("pool-a"));
+        let pool_b = Pool::new(&format!("imp-{tag}-b"), &wd.path().join("pool-b"));
+        let consoles = wd.path().join("consoles");
+        std::fs::create_dir(&consoles).expect("consoles");
+        let agent = Self::spawn_agent(&wd, &consoles, &pool_b);
+        Self {
+            tag,
+            agent,
+            consoles,
+            pool_a,
+            pool_b,
+            guest,
+            wd,
+        }
+    }
+
+    fn spawn_agent(wd: &Workdir, consoles: &Path, pool_b: &Pool) -> AgentProcess {
+        AgentProcess::start(
+            &wd.path().join("store"),
+            &wd.path().join("journal"),
+            &[
+                "--domain-type",
+                domain_type(),
+                "--console-log-dir",
+                consoles.to_str().expect("utf8"),
+                "--default-pool",
+                &pool_b.name,
+            ],
+        )
+    }
+
+    /// Kill the agent and start a new one on the same store and journal.
+    pub fn restart_agent(&mut self) {
+        self.agent.kill();
+        self.agent = Self::spawn_agent(&self.wd, &self.consoles, &self.pool_b);
+    }
+
+    /// A client of the current agent.
+    pub async fn client(
+        &self,
+    ) -> imprint_proto::v1::agent_service_client::AgentServiceClient<tonic::transport::Channel>
+    {
+        imprint_proto::v1::agent_service_client::AgentServiceClient::connect(
+            self.agent.endpoint.clone(),
+        )
+        .await
+        .expect("connect to agent")
+    }
+
+    /// Define guest `imp-<tag>-<suffix>` on `disks` (in pool A's
+    /// directory), start it and wait until it is ready; returns the domain,
+    /// its name and its console log.
+    pub fn boot_guest(&self, suffix: &str, disks: &[(&Path, &str)]) -> (Domain, String, PathBuf) {
+        let name = format!("imp-{}-{suffix}", self.tag);
+        let log = self.wd.path().join(format!("{name}.log"));
+        let xml = busybox_xml(
+            &name,
+            &self.guest,
+            self.wd.path(),
+            disks,
+            &log,
+            free_udp_port(),
+        );
+        let d = Domain::define(&name, &xml, self.wd.path());
+        d.start();
+        wait_for(&log, "IMPRINT-READY", 1, Duration::from_secs(120));
+        (d, name, log)
+    }
+
+    /// Copy a cached disk into pool A's directory as `name`.
+    pub fn disk_in_pool_a(&self, src: &Path, name: &str) -> PathBuf {
+        let dst = self.pool_a.dir.join(name);
+        run(
+            "cp",
+            &[
+                "--sparse=always",
+                src.to_str().expect("utf8"),
+                dst.to_str().expect("utf8"),
+            ],
+        );
+        virsh(&["pool-refresh", &self.pool_a.name]);
+        dst
+    }
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Start a capture and follow it to the end.
+pub async fn capture(
+    client: &mut imprint_proto::v1::agent_service_client::AgentServiceClient<
+        tonic::transport::Channel,
+    >,
+    req: imprint_proto::v1::CaptureRequest,
+) -> imprint_proto::v1::AgentOperation {
+    let op = client
+        .capture(req)
+        .await
+        .expect("capture accepted")
+        .into_inner();
+    watch(client, &op.operation_id).await
+}

@@ -1,66 +1,45 @@
 //! The agent on a real libvirtd with real QEMU guests (TCG here, KVM where
-//! hardware virtualisation works): capture a running guest, deploy it as a
-//! new guest with a static address, and prove from the new guest's serial
-//! console that it has the old guest's data and the injected settings.
+//! hardware virtualisation works). Guests are the busybox test guest built
+//! by `tests/guests/build-busybox-guest.sh`; their serial consoles prove
+//! what happened inside them.
 
 use std::time::Duration;
 
-use imprint_proto::v1::{self as pb, agent_service_client::AgentServiceClient};
+use imprint_proto::v1 as pb;
 use imprint_tests::*;
 
 const BOOT: Duration = Duration::from_secs(120);
 
+fn capture_req(guest: &str, timeout: u32, force: bool) -> pb::CaptureRequest {
+    pb::CaptureRequest {
+        operation_id: uuid::Uuid::new_v4().to_string(),
+        guest: guest.into(),
+        image_name: format!("{guest}-image"),
+        shutdown_timeout_seconds: timeout,
+        allow_force_off: force,
+        ..Default::default()
+    }
+}
+
+fn ok(op: &pb::AgentOperation) {
+    assert_eq!(
+        op.state,
+        pb::OperationState::Succeeded as i32,
+        "operation failed: {}",
+        op.error
+    );
+}
+
+/// Capture A (it must go down, be read, come back up), deploy it as B with a
+/// static address and a bigger disk in another pool, and read B's console.
 #[tokio::test(flavor = "multi_thread")]
 async fn capture_running_guest_and_deploy_copy_with_static_ip() {
-    let g = busybox_guest();
-    let wd = Workdir::new("imprint-e2e-");
-    let tag = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let pool_a = Pool::new(&format!("imp-{tag}-a"), &wd.path().join("pool-a"));
-    let pool_b = Pool::new(&format!("imp-{tag}-b"), &wd.path().join("pool-b"));
-    let disk_a = pool_a.dir.join("imp-a-vda.raw");
-    run(
-        "cp",
-        &[
-            "--sparse=always",
-            g.disk.to_str().expect("utf8"),
-            disk_a.to_str().expect("utf8"),
-        ],
-    );
-    virsh(&["pool-refresh", &pool_a.name]);
-    let log_a = wd.path().join("a.log");
-    let consoles = wd.path().join("consoles");
-    std::fs::create_dir(&consoles).expect("consoles");
-    let name_a = format!("imp-{tag}-a");
-    let xml = busybox_xml(
-        &name_a,
-        &g,
-        wd.path(),
-        &[(&disk_a, "raw")],
-        &log_a,
-        free_udp_port(),
-    );
-    let a = Domain::define(&name_a, &xml, wd.path());
-    a.start();
-    let log = wait_for(&log_a, "IMPRINT-READY", 1, BOOT);
+    let f = Fixture::new();
+    let disk = f.disk_in_pool_a(&f.guest.disk, "a-vda.raw");
+    let (a, name_a, log_a) = f.boot_guest("a", &[(&disk, "raw")]);
+    let log = std::fs::read_to_string(&log_a).expect("log");
     let marker_a = last_value(&log, "IMPRINT-MARKER").expect("guest A prints its marker");
-    assert_eq!(last_value(&log, "IMPRINT-BOOT").as_deref(), Some("count=1"));
-
-    let store = wd.path().join("store");
-    let agent = AgentProcess::start(
-        &store,
-        &wd.path().join("journal"),
-        &[
-            "--domain-type",
-            domain_type(),
-            "--console-log-dir",
-            consoles.to_str().expect("utf8"),
-            "--default-pool",
-            &pool_b.name,
-        ],
-    );
-    let mut client = AgentServiceClient::connect(agent.endpoint.clone())
-        .await
-        .expect("connect");
+    let mut client = f.client().await;
 
     // Unknown guests are refused at once.
     let err = client
@@ -73,38 +52,17 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
         .expect_err("unknown guest");
     assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
 
-    // Capture A: it must go down, be read, and come back up.
+    let req = capture_req(&name_a, 90, false);
     let op = client
-        .capture(pb::CaptureRequest {
-            operation_id: uuid::Uuid::new_v4().to_string(),
-            guest: name_a.clone(),
-            image_name: "busybox-a".into(),
-            shutdown_timeout_seconds: 90,
-            allow_force_off: false,
-            ..Default::default()
-        })
+        .capture(req.clone())
         .await
         .expect("capture")
         .into_inner();
     // A retried call with the same id does not start a second capture.
-    let again = client
-        .capture(pb::CaptureRequest {
-            operation_id: op.operation_id.clone(),
-            guest: name_a.clone(),
-            image_name: "busybox-a".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("retry")
-        .into_inner();
+    let again = client.capture(req).await.expect("retry").into_inner();
     assert_eq!(again.operation_id, op.operation_id);
     let done = watch(&mut client, &op.operation_id).await;
-    assert_eq!(
-        done.state,
-        pb::OperationState::Succeeded as i32,
-        "capture failed: {}",
-        done.error
-    );
+    ok(&done);
     let r = done.capture.expect("capture result");
     assert_eq!(r.final_power_state, pb::PowerState::Running as i32);
     assert!(
@@ -125,8 +83,7 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
     assert_eq!(a.state(), "running");
     assert_eq!(last_value(&log, "IMPRINT-BOOT").as_deref(), Some("count=2"));
 
-    // Deploy it as B with a static address, a bigger disk, into pool B.
-    let name_b = format!("imp-{tag}-b");
+    let name_b = format!("imp-{}-b", f.tag);
     let _b = Domain::adopt(&name_b);
     let op = client
         .deploy(pb::DeployRequest {
@@ -149,22 +106,17 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
         .expect("deploy")
         .into_inner();
     let done = watch(&mut client, &op.operation_id).await;
-    assert_eq!(
-        done.state,
-        pb::OperationState::Succeeded as i32,
-        "deploy failed: {}",
-        done.error
-    );
+    ok(&done);
     let d = done.deploy.expect("deploy result");
     assert!(d.started);
     assert!(
         d.volumes
             .iter()
-            .all(|v| v.starts_with(pool_b.dir.to_str().expect("utf8"))),
+            .all(|v| v.starts_with(f.pool_b.dir.to_str().expect("utf8"))),
         "{:?}",
         d.volumes
     );
-    let log_b = consoles.join(format!("{name_b}.log"));
+    let log_b = f.consoles.join(format!("{name_b}.log"));
     let log = wait_for(&log_b, "IMPRINT-READY", 1, BOOT);
     assert_eq!(
         last_value(&log, "IMPRINT-MARKER"),
@@ -182,23 +134,24 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
             .any(|l| l.trim() == "IMPRINT-ADDR 192.0.2.20/24"),
         "static address applied:\n{log}"
     );
+    let sectors = format!("IMPRINT-DISK vda sectors={}", (128u64 << 20) / 512);
     assert!(
-        log.lines()
-            .any(|l| l.trim() == format!("IMPRINT-DISK vda sectors={}", (128u64 << 20) / 512)),
+        log.lines().any(|l| l.trim() == sectors),
         "disk resized:\n{log}"
     );
-    let mac_line = log
+    let nic = log
         .lines()
         .find(|l| l.contains("IMPRINT-NIC"))
         .unwrap_or_default()
         .to_string();
     assert!(
-        mac_line.contains(&d.mac_addresses[0]),
-        "new MAC {} in {mac_line:?}",
+        nic.contains(&d.mac_addresses[0]),
+        "new MAC {} in {nic:?}",
         d.mac_addresses[0]
     );
 
-    // Bad input: a second deploy with the same name, a too-small disk.
+    // Bad input: an invalid name at once; a taken name as a failed operation
+    // that leaves nothing behind.
     let err = client
         .deploy(pb::DeployRequest {
             image_id: r.image_id.clone(),
@@ -208,6 +161,28 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
         .await
         .expect_err("bad name");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = client
+        .deploy(pb::DeployRequest {
+            image_id: r.image_id.clone(),
+            guest_name: format!("imp-{}-c", f.tag),
+            network: Some(pb::NetworkConfig {
+                hostname: String::new(),
+                interfaces: vec![pb::InterfaceConfig {
+                    addresses: vec!["192.0.2.300/24".into()],
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        })
+        .await;
+    let op = err.expect("accepted").into_inner();
+    let done = watch(&mut client, &op.operation_id).await;
+    assert_eq!(
+        done.error_code,
+        tonic::Code::InvalidArgument as i32,
+        "{}",
+        done.error
+    );
     let op = client
         .deploy(pb::DeployRequest {
             image_id: r.image_id.clone(),
@@ -225,5 +200,191 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
         "{}",
         done.error
     );
-    drop(a);
+    let vols = virsh(&["vol-list", &f.pool_b.name]);
+    assert_eq!(vols.lines().filter(|l| l.contains("/pool-b/")).count(), 2, "only B's disk and seed: {vols}");
+}
+
+/// A guest that ignores ACPI: without force the capture fails and the guest
+/// keeps running; with force it is powered off, captured and started again.
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_ignoring_acpi() {
+    let f = Fixture::new();
+    let disk = f.disk_in_pool_a(&f.guest.disk_ignore_acpi, "deaf-vda.raw");
+    let (d, name, log) = f.boot_guest("deaf", &[(&disk, "raw")]);
+    let mut client = f.client().await;
+
+    let done = capture(&mut client, capture_req(&name, 12, false)).await;
+    assert_eq!(done.state, pb::OperationState::Failed as i32);
+    assert_eq!(
+        done.error_code,
+        tonic::Code::DeadlineExceeded as i32,
+        "{}",
+        done.error
+    );
+    assert!(done.error.contains("left running"), "{}", done.error);
+    assert_eq!(d.state(), "running");
+    assert_eq!(
+        std::fs::read_to_string(&log)
+            .expect("log")
+            .matches("IMPRINT-READY")
+            .count(),
+        1,
+        "never rebooted"
+    );
+
+    let done = capture(&mut client, capture_req(&name, 8, true)).await;
+    ok(&done);
+    let r = done.capture.expect("result");
+    assert!(
+        r.shutdown_seconds >= 8.0,
+        "waited for the timeout first: {r:?}"
+    );
+    assert_eq!(d.state(), "running");
+    wait_for(&log, "IMPRINT-READY", 2, BOOT);
+}
+
+/// A qcow2 disk on a backing file is read as the guest sees it, and a
+/// second (scratch) disk can be left out.
+#[tokio::test(flavor = "multi_thread")]
+async fn qcow2_overlay_and_excluded_scratch_disk() {
+    let f = Fixture::new();
+    let base = f.wd.copy_in(&f.guest.disk, "base.raw");
+    let overlay = f.pool_a.dir.join("q-vda.qcow2");
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            base.to_str().expect("utf8"),
+            "-F",
+            "raw",
+            overlay.to_str().expect("utf8"),
+        ],
+    );
+    let scratch = f.pool_a.dir.join("q-vdb.raw");
+    run("truncate", &["-s", "32M", scratch.to_str().expect("utf8")]);
+    run("chmod", &["0644", base.to_str().expect("utf8")]);
+    virsh(&["pool-refresh", &f.pool_a.name]);
+    let (_d, name, log) = f.boot_guest("q", &[(&overlay, "qcow2"), (&scratch, "raw")]);
+    let text = std::fs::read_to_string(&log).expect("log");
+    let marker = last_value(&text, "IMPRINT-MARKER").expect("marker");
+    assert!(
+        text.contains("IMPRINT-DISK vdb"),
+        "guest sees its scratch disk:\n{text}"
+    );
+    let mut client = f.client().await;
+
+    let mut req = capture_req(&name, 60, false);
+    req.exclude_disks = vec!["vdb".into()];
+    let done = capture(&mut client, req).await;
+    ok(&done);
+    let r = done.capture.expect("result");
+    assert_eq!(r.bytes_total, 64 << 20, "only the qcow2 disk: {r:?}");
+
+    let name_b = format!("imp-{}-qb", f.tag);
+    let _b = Domain::adopt(&name_b);
+    let op = client
+        .deploy(pb::DeployRequest {
+            image_id: r.image_id,
+            guest_name: name_b.clone(),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .expect("deploy")
+        .into_inner();
+    ok(&watch(&mut client, &op.operation_id).await);
+    let log = wait_for(
+        &f.consoles.join(format!("{name_b}.log")),
+        "IMPRINT-READY",
+        1,
+        BOOT,
+    );
+    assert_eq!(
+        last_value(&log, "IMPRINT-MARKER"),
+        Some(marker),
+        "data from the overlay's backing file"
+    );
+    assert!(
+        !log.contains("IMPRINT-DISK vdb sectors=65536"),
+        "the scratch disk was left out:\n{log}"
+    );
+}
+
+/// The agent dies (SIGKILL) while the guest is off for its capture; the
+/// restarted agent finds the journal and starts the guest again.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_killed_mid_capture_restores_guest_after_restart() {
+    let mut f = Fixture::new();
+    let disk = f.disk_in_pool_a(&f.guest.disk, "k-vda.raw");
+    // 768 MiB of incompressible data past the guest's filesystem keeps the
+    // read phase long enough to be interrupted.
+    run("truncate", &["-s", "1G", disk.to_str().expect("utf8")]);
+    run(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", disk.display()),
+            "bs=1M",
+            "seek=128",
+            "count=768",
+            "conv=notrunc",
+            "status=none",
+        ],
+    );
+    let (d, name, log) = f.boot_guest("k", &[(&disk, "raw")]);
+    let mut client = f.client().await;
+    let op = client
+        .capture(capture_req(&name, 60, false))
+        .await
+        .expect("capture")
+        .into_inner();
+    // Wait until the guest is off and being read, then kill the agent.
+    let start = std::time::Instant::now();
+    loop {
+        let cur = client
+            .get_operation(pb::GetOperationRequest {
+                operation_id: op.operation_id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        if cur.phase == "reading disks" && d.state() == "shut off" {
+            break;
+        }
+        assert_eq!(
+            cur.state,
+            pb::OperationState::Running as i32,
+            "finished before it could be interrupted: {cur:?}"
+        );
+        assert!(start.elapsed() < BOOT, "never reached the read phase");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    f.agent.kill();
+    assert_eq!(d.state(), "shut off", "the killed agent left the guest off");
+    f.restart_agent();
+    // Recovery runs before the new agent serves: the guest is up again.
+    assert_eq!(d.state(), "running");
+    wait_for(&log, "IMPRINT-READY", 2, BOOT);
+    let mut client = f.client().await;
+    let ops = client
+        .list_operations(pb::ListOperationsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(
+        ops.operations.is_empty(),
+        "a new agent has no running operations"
+    );
+    // No image was committed by the dead capture.
+    let out = std::process::Command::new(binary("imprint"))
+        .args(["-o", "json", "store", "list", "--store"])
+        .arg(f.wd.path().join("store"))
+        .output()
+        .expect("imprint");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list["images"].as_array().map(Vec::len), Some(0), "{list}");
 }
