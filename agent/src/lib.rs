@@ -18,6 +18,6 @@ pub mod error;
 pub mod hypervisor;
 pub mod journal;
 pub mod libvirt;
-mod qcow2;
+pub mod qcow2;
 pub mod service;
 pub mod work;

@@ -62,3 +62,52 @@ impl DiskSource for Qcow2Source {
         Ok(false)
     }
 }
+
+/// A fresh qcow2 volume written through `imago`: holes stay unallocated.
+pub struct Qcow2Target {
+    access: FormatAccess<File>,
+}
+
+impl std::fmt::Debug for Qcow2Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Qcow2Target").finish_non_exhaustive()
+    }
+}
+
+impl Qcow2Target {
+    /// Open the (new, empty) qcow2 image at `path` for writing.
+    pub fn open(path: &str) -> Result<Self> {
+        let q = Qcow2::<File>::builder_path(path)
+            .write(true)
+            .open(PermissiveImplicitOpenGate::default())
+            .map_err(|e| {
+                AgentError::new(
+                    Kind::Internal,
+                    format!("open qcow2 volume {path} for writing: {e}"),
+                )
+            })?;
+        Ok(Self {
+            access: FormatAccess::new(q),
+        })
+    }
+}
+
+impl imprint_store::source::DiskTarget for Qcow2Target {
+    fn size_bytes(&mut self) -> std::io::Result<u64> {
+        Ok(self.access.size())
+    }
+
+    fn write_all_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.access.write(buf, offset)
+    }
+
+    fn write_zeroes(&mut self, _offset: u64, _len: u64) -> std::io::Result<()> {
+        // Only fresh volumes are written: unallocated clusters read as zero.
+        Ok(())
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.access.flush()?;
+        self.access.sync()
+    }
+}

@@ -425,7 +425,7 @@ pub struct DeploySpec {
     pub guest_name: String,
     /// Pool for the volumes.
     pub pool: String,
-    /// `raw` (qcow2 is not written yet).
+    /// `raw` (default) or `qcow2`.
     pub disk_format: String,
     /// Sizes per disk; 0 = image size.
     pub disk_sizes_bytes: Vec<u64>,
@@ -518,11 +518,11 @@ struct Plan {
 
 fn plan(spec: &DeploySpec, manifest: &imprint_store::Manifest) -> Result<Plan> {
     validate_guest_name(&spec.guest_name)?;
-    if !(spec.disk_format.is_empty() || spec.disk_format == "raw") {
+    if !matches!(spec.disk_format.as_str(), "" | "raw" | "qcow2") {
         return Err(AgentError::new(
             Kind::InvalidArgument,
             format!(
-                "disk format {:?} is not supported for deploy yet; use raw",
+                "disk format {:?} is not supported; use raw or qcow2",
                 spec.disk_format
             ),
         ));
@@ -730,34 +730,44 @@ fn deploy_steps(
             |c| c.target_dev.clone(),
         );
         let bus = cfg_disk.map_or_else(|| "virtio".to_string(), |c| c.bus.clone());
-        let vol = format!("{}-{}.raw", spec.guest_name, target_dev);
+        let format = if spec.disk_format == "qcow2" {
+            "qcow2"
+        } else {
+            "raw"
+        };
+        let vol = format!("{}-{}.{format}", spec.guest_name, target_dev);
         report("creating volumes", done, total);
-        let path = hv.create_volume(&spec.pool, &vol, "raw", plan.sizes[i])?;
+        let path = hv.create_volume(&spec.pool, &vol, format, plan.sizes[i])?;
         if let Entry::Deploy { volumes, .. } = entry {
             volumes.push(vol.clone());
         }
         journal.write(entry)?;
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| AgentError::new(Kind::Internal, format!("open volume {path}: {e}")))?;
         // A fresh volume reads as zeros: holes need no writes.
-        let mut target = FileTarget::new(file, true);
+        let mut target: Box<dyn imprint_store::source::DiskTarget> = if format == "qcow2" {
+            Box::new(crate::qcow2::Qcow2Target::open(&path)?)
+        } else {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| AgentError::new(Kind::Internal, format!("open volume {path}: {e}")))?;
+            Box::new(FileTarget::new(file, true))
+        };
         let opts = RestoreOptions {
             sync: true,
             cancel: Some(cancel.clone()),
             ..Default::default()
         };
-        let stats = restore_disk(store, manifest, i, &mut target, &opts, &mut |p| {
+        let stats = restore_disk(store, manifest, i, &mut *target, &opts, &mut |p| {
             report("writing volumes", done + p.bytes_done, total);
         })
         .map_err(|e| AgentError::from(e).context(format!("write volume {vol}")))?;
         written += stats.bytes_written;
         done += d.size_bytes;
+        drop(target);
         new_disks.push(NewDisk {
             path: path.clone(),
-            format: "raw".into(),
+            format: format.into(),
             target_dev,
             bus,
             readonly: false,

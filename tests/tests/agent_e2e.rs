@@ -201,7 +201,11 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
         done.error
     );
     let vols = virsh(&["vol-list", &f.pool_b.name]);
-    assert_eq!(vols.lines().filter(|l| l.contains("/pool-b/")).count(), 2, "only B's disk and seed: {vols}");
+    assert_eq!(
+        vols.lines().filter(|l| l.contains("/pool-b/")).count(),
+        2,
+        "only B's disk and seed: {vols}"
+    );
 }
 
 /// A guest that ignores ACPI: without force the capture fails and the guest
@@ -243,8 +247,8 @@ async fn guest_ignoring_acpi() {
     wait_for(&log, "IMPRINT-READY", 2, BOOT);
 }
 
-/// A qcow2 disk on a backing file is read as the guest sees it, and a
-/// second (scratch) disk can be left out.
+/// A qcow2 disk on a backing file is read as the guest sees it, a second
+/// (scratch) disk can be left out, and deploy writes qcow2 volumes.
 #[tokio::test(flavor = "multi_thread")]
 async fn qcow2_overlay_and_excluded_scratch_disk() {
     let f = Fixture::new();
@@ -290,13 +294,25 @@ async fn qcow2_overlay_and_excluded_scratch_disk() {
         .deploy(pb::DeployRequest {
             image_id: r.image_id,
             guest_name: name_b.clone(),
+            disk_format: pb::DiskFormat::Qcow2 as i32,
+            disk_sizes_bytes: vec![96 << 20],
             start: true,
             ..Default::default()
         })
         .await
         .expect("deploy")
         .into_inner();
-    ok(&watch(&mut client, &op.operation_id).await);
+    let done = watch(&mut client, &op.operation_id).await;
+    ok(&done);
+    // The new volume is a qcow2 that qemu-img accepts.
+    let vol = done.deploy.expect("result").volumes[0].clone();
+    assert!(vol.ends_with(".qcow2"), "{vol}");
+    let info = run("qemu-img", &["info", "--output=json", "-U", &vol]);
+    assert!(info.contains("\"format\": \"qcow2\""), "{info}");
+    assert!(
+        info.contains(&format!("\"virtual-size\": {}", 96u64 << 20)),
+        "{info}"
+    );
     let log = wait_for(
         &f.consoles.join(format!("{name_b}.log")),
         "IMPRINT-READY",
@@ -312,6 +328,8 @@ async fn qcow2_overlay_and_excluded_scratch_disk() {
         !log.contains("IMPRINT-DISK vdb sectors=65536"),
         "the scratch disk was left out:\n{log}"
     );
+    let sectors = format!("IMPRINT-DISK vda sectors={}", (96u64 << 20) / 512);
+    assert!(log.contains(&sectors), "{log}");
 }
 
 /// The agent dies (SIGKILL) while the guest is off for its capture; the
