@@ -25,7 +25,7 @@ use crate::{
     error::{AgentError, Kind},
     hypervisor::{Hypervisor, PowerState},
     journal::Journal,
-    work::{self, Busy, CaptureSpec, DeploySpec, InterfaceSpec},
+    work::{self, Busy, CaptureSpec, Ctx, DeploySpec, InterfaceSpec},
 };
 
 /// Settings the service needs beyond its parts.
@@ -49,10 +49,7 @@ struct Op {
 /// The service state, cheap to clone.
 #[derive(Clone)]
 pub struct Agent {
-    hv: Arc<dyn Hypervisor>,
-    store: Store,
-    journal: Journal,
-    busy: Busy,
+    ctx: Ctx,
     ops: Arc<Mutex<HashMap<String, Op>>>,
     settings: Arc<Settings>,
 }
@@ -118,10 +115,12 @@ impl Agent {
         settings: Settings,
     ) -> Self {
         Self {
-            hv,
-            store,
-            journal,
-            busy: Busy::default(),
+            ctx: Ctx {
+                hv,
+                store,
+                journal,
+                busy: Busy::default(),
+            },
             ops: Arc::new(Mutex::new(HashMap::new())),
             settings: Arc::new(settings),
         }
@@ -251,7 +250,7 @@ impl AgentService for Agent {
         }
         imprint_store::manifest::validate_name(&r.image_name).map_err(|e| status(e.into()))?;
         // Unknown guests are refused now, not as a failed operation.
-        let hv = self.hv.clone();
+        let hv = self.ctx.hv.clone();
         let g = r.guest.clone();
         let (guest, _) = blocking(move || hv.lookup(&g)).await?;
         let spec = CaptureSpec {
@@ -268,18 +267,13 @@ impl AgentService for Agent {
             labels: r.labels.into_iter().collect(),
             acpi_resend: Duration::from_secs(5),
         };
-        let (hv, store, journal, busy) = (
-            self.hv.clone(),
-            self.store.clone(),
-            self.journal.clone(),
-            self.busy.clone(),
-        );
+        let ctx = self.ctx.clone();
         let op = self.launch(
             id,
             pb::OperationKind::Capture,
             guest.name,
             move |cancel, report| {
-                let o = work::capture(&*hv, &store, &journal, &busy, &spec, cancel, report)?;
+                let o = work::capture(&ctx, &spec, cancel, report)?;
                 Ok(Finished::Capture(pb::CaptureResult {
                     image_id: o.image_id.to_string(),
                     bytes_total: o.stats.bytes_total,
@@ -311,7 +305,7 @@ impl AgentService for Agent {
             .image_id
             .parse()
             .map_err(|e: imprint_store::Error| status(e.into()))?;
-        let store = self.store.clone();
+        let store = self.ctx.store.clone();
         blocking(move || store.manifest(&image).map(|_| ()).map_err(AgentError::from)).await?;
         let disk_format = match pb::DiskFormat::try_from(r.disk_format) {
             Ok(pb::DiskFormat::Unspecified | pb::DiskFormat::Raw) => "raw",
@@ -355,18 +349,13 @@ impl AgentService for Agent {
             domain_type: self.settings.domain_type.clone(),
             console_log_dir: self.settings.console_log_dir.clone(),
         };
-        let (hv, store, journal, busy) = (
-            self.hv.clone(),
-            self.store.clone(),
-            self.journal.clone(),
-            self.busy.clone(),
-        );
+        let ctx = self.ctx.clone();
         let op = self.launch(
             id,
             pb::OperationKind::Deploy,
             r.guest_name,
             move |cancel, report| {
-                let o = work::deploy(&*hv, &store, &journal, &busy, &spec, cancel, report)?;
+                let o = work::deploy(&ctx, &spec, cancel, report)?;
                 Ok(Finished::Deploy(pb::DeployResult {
                     guest_name: o.guest.name,
                     guest_uuid: o.guest.uuid,
@@ -385,7 +374,7 @@ impl AgentService for Agent {
         &self,
         _: Request<pb::ListGuestsRequest>,
     ) -> Result<Response<pb::ListGuestsResponse>, Status> {
-        let hv = self.hv.clone();
+        let hv = self.ctx.hv.clone();
         let guests = blocking(move || {
             let mut out = Vec::new();
             for g in hv.list_guests()? {
@@ -407,7 +396,7 @@ impl AgentService for Agent {
         &self,
         req: Request<pb::GetGuestRequest>,
     ) -> Result<Response<pb::Guest>, Status> {
-        let hv = self.hv.clone();
+        let hv = self.ctx.hv.clone();
         let name = req.into_inner().guest;
         let g = blocking(move || {
             let (g, xml) = hv.lookup(&name)?;

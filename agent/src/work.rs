@@ -30,6 +30,27 @@ use crate::{
 /// Progress sink: `(phase, bytes done, bytes total)`.
 pub type Report<'a> = &'a (dyn Fn(&str, u64, u64) + Sync);
 
+/// What capture and deploy work with on this host.
+#[derive(Clone)]
+pub struct Ctx {
+    /// The hypervisor.
+    pub hv: Arc<dyn Hypervisor>,
+    /// The image store.
+    pub store: Store,
+    /// The journal of in-flight work.
+    pub journal: Journal,
+    /// Guests with an operation running.
+    pub busy: Busy,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Guests with an operation running, so a second one is refused.
 #[derive(Debug, Default, Clone)]
 pub struct Busy(Arc<Mutex<HashSet<String>>>);
@@ -112,14 +133,12 @@ fn cancelled(cancel: &AtomicBool) -> Result<()> {
 /// Capture a guest into a new image; the guest always ends in the power
 /// state it had.
 pub fn capture(
-    hv: &dyn Hypervisor,
-    store: &Store,
-    journal: &Journal,
-    busy: &Busy,
+    ctx: &Ctx,
     spec: &CaptureSpec,
     cancel: &Arc<AtomicBool>,
     report: Report<'_>,
 ) -> Result<CaptureOutcome> {
+    let (hv, store, journal, busy) = (&*ctx.hv, &ctx.store, &ctx.journal, &ctx.busy);
     imprint_store::manifest::validate_name(&spec.image_name)?;
     report("inspecting guest", 0, 0);
     let (guest, xml) = hv.lookup(&spec.guest)?;
@@ -638,14 +657,12 @@ fn plan(spec: &DeploySpec, manifest: &imprint_store::Manifest) -> Result<Plan> {
 
 /// Deploy an image as a new guest; on failure nothing it created remains.
 pub fn deploy(
-    hv: &dyn Hypervisor,
-    store: &Store,
-    journal: &Journal,
-    busy: &Busy,
+    ctx: &Ctx,
     spec: &DeploySpec,
     cancel: &Arc<AtomicBool>,
     report: Report<'_>,
 ) -> Result<DeployOutcome> {
+    let (hv, store, journal, busy) = (&*ctx.hv, &ctx.store, &ctx.journal, &ctx.busy);
     let image_id: ImageId = spec.image_id.parse().map_err(AgentError::from)?;
     let manifest = store.manifest(&image_id)?;
     let plan = plan(spec, &manifest)?;
@@ -688,17 +705,16 @@ pub fn deploy(
     let r = deploy_steps(
         hv, store, journal, &mut entry, spec, &manifest, &plan, cancel, report,
     );
-    if r.is_err() {
-        if let Entry::Deploy {
+    if r.is_err()
+        && let Entry::Deploy {
             guest_name,
             pool,
             volumes,
             defined_uuid,
             ..
         } = &entry
-        {
-            undo_deploy(hv, guest_name, defined_uuid.as_deref(), pool, volumes);
-        }
+    {
+        undo_deploy(hv, guest_name, defined_uuid.as_deref(), pool, volumes);
     }
     journal.remove(&spec.operation_id)?;
     r

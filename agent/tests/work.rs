@@ -16,7 +16,7 @@ use imprint_agent::{
         fake::{FakeGuest, FakeHypervisor},
     },
     journal::{Entry, Journal},
-    work::{Busy, CaptureSpec, DeploySpec, InterfaceSpec, capture, deploy, recover},
+    work::{Busy, CaptureSpec, Ctx, DeploySpec, InterfaceSpec, capture, deploy, recover},
 };
 use imprint_store::{Store, StoreConfig};
 
@@ -33,7 +33,8 @@ fn guest_xml(name: &str, disk: &Path) -> String {
 
 struct Env {
     _tmp: tempfile::TempDir,
-    hv: FakeHypervisor,
+    hv: Arc<FakeHypervisor>,
+    ctx: Ctx,
     store: Store,
     journal: Journal,
 }
@@ -60,17 +61,24 @@ fn env(obeys_acpi: bool, state: PowerState) -> Env {
             acpi_requests: 0,
         },
     );
-    let hv = FakeHypervisor {
+    let hv = Arc::new(FakeHypervisor {
         guests: Mutex::new(guests),
         pools: HashMap::from([("p".to_string(), pool)]),
         ..Default::default()
-    };
+    });
     let store = Store::open_or_create_dir(&tmp.path().join("store"), false, StoreConfig::default())
         .expect("store");
     let journal = Journal::open(&tmp.path().join("journal")).expect("journal");
+    let ctx = Ctx {
+        hv: hv.clone(),
+        store: store.clone(),
+        journal: journal.clone(),
+        busy: Busy::default(),
+    };
     Env {
         _tmp: tmp,
         hv,
+        ctx,
         store,
         journal,
     }
@@ -99,16 +107,7 @@ fn no_report(_: &str, _: u64, _: u64) {}
 fn running_guest_is_captured_and_started_again() {
     let e = env(true, PowerState::Running);
     let cancel = Arc::new(AtomicBool::new(false));
-    let o = capture(
-        &e.hv,
-        &e.store,
-        &e.journal,
-        &Busy::default(),
-        &spec(false),
-        &cancel,
-        &no_report,
-    )
-    .expect("capture");
+    let o = capture(&e.ctx, &spec(false), &cancel, &no_report).expect("capture");
     assert_eq!(o.final_state, PowerState::Running);
     assert_eq!(state(&e, "a"), PowerState::Running);
     let m = e.store.manifest(&o.image_id).expect("manifest");
@@ -122,16 +121,7 @@ fn running_guest_is_captured_and_started_again() {
 fn guest_ignoring_acpi_without_force_is_left_running() {
     let e = env(false, PowerState::Running);
     let cancel = Arc::new(AtomicBool::new(false));
-    let err = capture(
-        &e.hv,
-        &e.store,
-        &e.journal,
-        &Busy::default(),
-        &spec(false),
-        &cancel,
-        &no_report,
-    )
-    .expect_err("timeout");
+    let err = capture(&e.ctx, &spec(false), &cancel, &no_report).expect_err("timeout");
     assert_eq!(err.kind, Kind::DeadlineExceeded, "{err}");
     assert!(err.message.contains("left running"), "{err}");
     assert_eq!(state(&e, "a"), PowerState::Running);
@@ -146,16 +136,7 @@ fn guest_ignoring_acpi_without_force_is_left_running() {
 fn guest_ignoring_acpi_with_force_is_captured() {
     let e = env(false, PowerState::Running);
     let cancel = Arc::new(AtomicBool::new(false));
-    let o = capture(
-        &e.hv,
-        &e.store,
-        &e.journal,
-        &Busy::default(),
-        &spec(true),
-        &cancel,
-        &no_report,
-    )
-    .expect("capture");
+    let o = capture(&e.ctx, &spec(true), &cancel, &no_report).expect("capture");
     assert_eq!(o.final_state, PowerState::Running);
     assert_eq!(state(&e, "a"), PowerState::Running);
 }
@@ -164,57 +145,21 @@ fn guest_ignoring_acpi_with_force_is_captured() {
 fn shut_off_guest_stays_off_and_bad_requests_cost_no_downtime() {
     let e = env(true, PowerState::ShutOff);
     let cancel = Arc::new(AtomicBool::new(false));
-    let o = capture(
-        &e.hv,
-        &e.store,
-        &e.journal,
-        &Busy::default(),
-        &spec(false),
-        &cancel,
-        &no_report,
-    )
-    .expect("capture");
+    let o = capture(&e.ctx, &spec(false), &cancel, &no_report).expect("capture");
     assert_eq!(o.final_state, PowerState::ShutOff);
     assert_eq!(o.shutdown_seconds, 0.0);
 
     let e = env(true, PowerState::Running);
     let mut s = spec(false);
     s.exclude_disks = vec!["vdz".into()];
-    let err = capture(
-        &e.hv,
-        &e.store,
-        &e.journal,
-        &Busy::default(),
-        &s,
-        &cancel,
-        &no_report,
-    )
-    .expect_err("bad exclude");
+    let err = capture(&e.ctx, &s, &cancel, &no_report).expect_err("bad exclude");
     assert_eq!(err.kind, Kind::InvalidArgument);
     s.exclude_disks = vec!["vda".into()];
-    let err = capture(
-        &e.hv,
-        &e.store,
-        &e.journal,
-        &Busy::default(),
-        &s,
-        &cancel,
-        &no_report,
-    )
-    .expect_err("nothing left");
+    let err = capture(&e.ctx, &s, &cancel, &no_report).expect_err("nothing left");
     assert_eq!(err.kind, Kind::InvalidArgument);
     let mut s = spec(false);
     s.guest = "nope".into();
-    let err = capture(
-        &e.hv,
-        &e.store,
-        &e.journal,
-        &Busy::default(),
-        &s,
-        &cancel,
-        &no_report,
-    )
-    .expect_err("unknown");
+    let err = capture(&e.ctx, &s, &cancel, &no_report).expect_err("unknown");
     assert_eq!(err.kind, Kind::NotFound);
     assert_eq!(
         e.hv.guests.lock().expect("lock")["a"].acpi_requests,
@@ -231,10 +176,10 @@ fn second_capture_of_the_same_guest_is_a_conflict() {
     let _held = busy.claim("a-uuid", "guest a").expect("claim");
     let cancel = Arc::new(AtomicBool::new(false));
     let err = capture(
-        &e.hv,
-        &e.store,
-        &e.journal,
-        &busy,
+        &Ctx {
+            busy: busy.clone(),
+            ..e.ctx.clone()
+        },
         &spec(false),
         &cancel,
         &no_report,
@@ -247,16 +192,7 @@ fn second_capture_of_the_same_guest_is_a_conflict() {
 fn cancelled_capture_still_restarts_the_guest() {
     let e = env(true, PowerState::Running);
     let cancel = Arc::new(AtomicBool::new(true));
-    let err = capture(
-        &e.hv,
-        &e.store,
-        &e.journal,
-        &Busy::default(),
-        &spec(false),
-        &cancel,
-        &no_report,
-    )
-    .expect_err("cancelled");
+    let err = capture(&e.ctx, &spec(false), &cancel, &no_report).expect_err("cancelled");
     assert_eq!(err.kind, Kind::Cancelled);
     assert_eq!(state(&e, "a"), PowerState::Running);
     assert!(e.store.list().expect("list").is_empty());
@@ -268,16 +204,7 @@ fn restart_failure_is_reported_and_journal_kept() {
     let e = env(true, PowerState::Running);
     *e.hv.fail_start.lock().expect("lock") = true;
     let cancel = Arc::new(AtomicBool::new(false));
-    let err = capture(
-        &e.hv,
-        &e.store,
-        &e.journal,
-        &Busy::default(),
-        &spec(false),
-        &cancel,
-        &no_report,
-    )
-    .expect_err("no restart");
+    let err = capture(&e.ctx, &spec(false), &cancel, &no_report).expect_err("no restart");
     assert!(err.message.contains("could not be started again"), "{err}");
     assert!(
         e.store.list().expect("list").is_empty(),
@@ -289,7 +216,7 @@ fn restart_failure_is_reported_and_journal_kept() {
         "kept for recovery"
     );
     *e.hv.fail_start.lock().expect("lock") = false;
-    let r = recover(&e.hv, &e.journal);
+    let r = recover(&*e.hv, &e.journal);
     assert!(r[0].1.is_ok());
     assert_eq!(state(&e, "a"), PowerState::Running);
 }
@@ -305,7 +232,7 @@ fn recovery_restarts_a_guest_left_off_by_a_dead_agent() {
             was_running: true,
         })
         .expect("journal");
-    let r = recover(&e.hv, &e.journal);
+    let r = recover(&*e.hv, &e.journal);
     assert_eq!(r.len(), 1);
     assert!(r[0].1.is_ok());
     assert_eq!(state(&e, "a"), PowerState::Running);
@@ -335,21 +262,9 @@ fn deploy_spec(image: &str) -> DeploySpec {
 fn deploy_creates_volumes_seed_and_guest() {
     let e = env(true, PowerState::ShutOff);
     let cancel = Arc::new(AtomicBool::new(false));
-    let img = capture(
-        &e.hv,
-        &e.store,
-        &e.journal,
-        &Busy::default(),
-        &spec(false),
-        &cancel,
-        &no_report,
-    )
-    .expect("capture");
+    let img = capture(&e.ctx, &spec(false), &cancel, &no_report).expect("capture");
     let o = deploy(
-        &e.hv,
-        &e.store,
-        &e.journal,
-        &Busy::default(),
+        &e.ctx,
         &deploy_spec(&img.image_id.to_string()),
         &cancel,
         &no_report,
@@ -371,16 +286,7 @@ fn deploy_creates_volumes_seed_and_guest() {
 fn bad_deploys_leave_nothing_behind() {
     let e = env(true, PowerState::ShutOff);
     let cancel = Arc::new(AtomicBool::new(false));
-    let img = capture(
-        &e.hv,
-        &e.store,
-        &e.journal,
-        &Busy::default(),
-        &spec(false),
-        &cancel,
-        &no_report,
-    )
-    .expect("capture");
+    let img = capture(&e.ctx, &spec(false), &cancel, &no_report).expect("capture");
     let id = img.image_id.to_string();
     type Mutate = Box<dyn Fn(&mut DeploySpec)>;
     let cases: Vec<(Mutate, Kind)> = vec![
@@ -418,30 +324,12 @@ fn bad_deploys_leave_nothing_behind() {
     for (i, (mutate, kind)) in cases.into_iter().enumerate() {
         let mut s = deploy_spec(&id);
         mutate(&mut s);
-        let err = deploy(
-            &e.hv,
-            &e.store,
-            &e.journal,
-            &Busy::default(),
-            &s,
-            &cancel,
-            &no_report,
-        )
-        .expect_err("bad");
+        let err = deploy(&e.ctx, &s, &cancel, &no_report).expect_err("bad");
         assert_eq!(err.kind, kind, "case {i}: {err}");
     }
     // Fails late (define): the volumes go again.
     *e.hv.fail_define.lock().expect("lock") = true;
-    let err = deploy(
-        &e.hv,
-        &e.store,
-        &e.journal,
-        &Busy::default(),
-        &deploy_spec(&id),
-        &cancel,
-        &no_report,
-    )
-    .expect_err("define");
+    let err = deploy(&e.ctx, &deploy_spec(&id), &cancel, &no_report).expect_err("define");
     assert_eq!(err.kind, Kind::Internal);
     let pool = e.hv.pools["p"].clone();
     assert_eq!(

@@ -407,11 +407,11 @@ fn capture_disk(
                     first_error.get_or_insert(e);
                 }
             }
-            if first_error.is_none() {
-                if let Err(e) = writer.maybe_heartbeat() {
-                    abort.store(true, Ordering::Relaxed);
-                    first_error = Some(e);
-                }
+            if first_error.is_none()
+                && let Err(e) = writer.maybe_heartbeat()
+            {
+                abort.store(true, Ordering::Relaxed);
+                first_error = Some(e);
             }
             if last_progress.elapsed() >= PROGRESS_EVERY {
                 last_progress = Instant::now();

@@ -155,7 +155,7 @@ impl FixedIndex {
         let chunk_size = u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]);
         let count = u64_at(24);
         let body_len = bytes.len() - INDEX_HEADER_LEN - TRAILER_LEN;
-        if body_len % 32 != 0 || (body_len / 32) as u64 != count {
+        if !body_len.is_multiple_of(32) || (body_len / 32) as u64 != count {
             return Err(Error::corrupt(format!(
                 "index is truncated or padded: header says {count} chunks, file holds {} bytes of digests",
                 body_len

@@ -168,7 +168,7 @@ impl ConcurrentTarget for FileTarget {
     }
 }
 
-const ZERO_BUF: [u8; 64 * 1024] = [0; 64 * 1024];
+static ZERO_BUF: [u8; 64 * 1024] = [0; 64 * 1024];
 
 fn write_zero_bytes(
     mut offset: u64,

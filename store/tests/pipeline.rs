@@ -426,7 +426,7 @@ fn missing_and_corrupt_chunks_are_named() {
     let bytes = fs::read(&p).expect("read");
     fs::write(&p, &bytes[..bytes.len() / 2]).expect("truncate");
 
-    let report = verify_images(&store, &[m.clone()], 2).expect("verify");
+    let report = verify_images(&store, std::slice::from_ref(&m), 2).expect("verify");
     assert!(!report.is_ok());
     assert_eq!(report.missing.len(), 1);
     assert_eq!(report.missing[0].digest, missing.to_hex());
