@@ -225,17 +225,30 @@ impl Drop for Domain {
 pub fn busybox_xml(
     name: &str,
     g: &BusyboxGuest,
-    kernel_dir: &Path,
+    dir: &Path,
     disks: &[(&Path, &str)],
     log: &Path,
     udp_port: u16,
 ) -> String {
-    let kernel = kernel_dir.join("vmlinuz");
-    let initrd = kernel_dir.join("initrd.img");
-    if !kernel.exists() {
-        std::fs::copy(&g.kernel, &kernel).expect("kernel");
-        std::fs::copy(&g.initrd, &initrd).expect("initrd");
-    }
+    guest_xml(name, (&g.kernel, &g.initrd), 256, dir, disks, log, udp_port)
+}
+
+/// XML of a direct-kernel-boot test guest: kernel and initrd copied into
+/// `dir` (libvirt relabels them while the guest runs), `memory_mib` of RAM,
+/// its disks, a UDP NIC on loopback, the serial console appended to `log`.
+pub fn guest_xml(
+    name: &str,
+    (kernel_src, initrd_src): (&Path, &Path),
+    memory_mib: u32,
+    dir: &Path,
+    disks: &[(&Path, &str)],
+    log: &Path,
+    udp_port: u16,
+) -> String {
+    let kernel = dir.join(format!("{name}-vmlinuz"));
+    let initrd = dir.join(format!("{name}-initrd.img"));
+    std::fs::copy(kernel_src, &kernel).expect("kernel");
+    std::fs::copy(initrd_src, &initrd).expect("initrd");
     let mut devs = String::new();
     for (i, (path, format)) in disks.iter().enumerate() {
         devs.push_str(&format!(
@@ -247,7 +260,7 @@ pub fn busybox_xml(
     format!(
         "<domain type='{dt}'>
   <name>{name}</name>
-  <memory unit='MiB'>256</memory>
+  <memory unit='MiB'>{memory_mib}</memory>
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64'>hvm</type>
@@ -520,4 +533,31 @@ pub async fn capture(
         .expect("capture accepted")
         .into_inner();
     watch(client, &op.operation_id).await
+}
+
+/// The Debian test guest (systemd, cloud-init): (kernel, initrd, disk).
+#[derive(Debug, Clone)]
+pub struct DebianGuest {
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initramfs.
+    pub initrd: PathBuf,
+    /// Root disk (raw, 1 GiB, ~430 MiB allocated).
+    pub disk: PathBuf,
+}
+
+/// Build (or reuse from the cache) the Debian guest (~2 min the first time).
+pub fn debian_guest() -> DebianGuest {
+    let script = workspace().join("tests/guests/build-debian-guest.sh");
+    let out = run(script.to_str().expect("utf8"), &[]);
+    let get = |key: &str| -> PathBuf {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| PathBuf::from(v.trim())))
+            .unwrap_or_else(|| panic!("build-debian-guest.sh printed no {key:?} line:\n{out}"))
+    };
+    DebianGuest {
+        kernel: get("kernel:"),
+        initrd: get("initrd:"),
+        disk: get("disk:"),
+    }
 }
