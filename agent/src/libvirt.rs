@@ -86,6 +86,16 @@ impl Libvirt {
                 if kind == Kind::Unavailable || conn.is_alive().map_or(true, |alive| !alive) {
                     *guard = None;
                 }
+                if kind == Kind::Unavailable {
+                    return Err(AgentError::new(
+                        kind,
+                        format!(
+                            "{what}: libvirt at {} is unavailable: {}",
+                            self.uri,
+                            e.message()
+                        ),
+                    ));
+                }
                 Err(AgentError::new(kind, format!("{what}: {}", e.message())))
             }
         }

@@ -299,7 +299,7 @@ fn take_down_and_read(
     })?;
     // Started by hand while we read (virsh start)? Then what we read may be
     // torn: do not keep it.
-    if hv.power_state(guest)? != PowerState::ShutOff {
+    if patiently(|| hv.power_state(guest))? != PowerState::ShutOff {
         let _ = store.delete_image(&r.manifest.image_id);
         return Err(AgentError::new(
             Kind::FailedPrecondition,
@@ -328,7 +328,7 @@ fn shut_down(
     let deadline = Instant::now() + spec.shutdown_timeout;
     let mut next_request = Instant::now();
     loop {
-        if hv.power_state(guest)? == PowerState::ShutOff {
+        if patiently(|| hv.power_state(guest))? == PowerState::ShutOff {
             return Ok(());
         }
         cancelled(cancel)?;
@@ -338,8 +338,8 @@ fn shut_down(
         }
         if now >= next_request {
             // A guest that has just gone off may refuse the request.
-            if let Err(e) = hv.request_shutdown(guest)
-                && hv.power_state(guest)? != PowerState::ShutOff
+            if let Err(e) = patiently(|| hv.request_shutdown(guest))
+                && patiently(|| hv.power_state(guest))? != PowerState::ShutOff
             {
                 return Err(e.context(format!("ask guest {} to shut down", guest.name)));
             }
@@ -348,7 +348,7 @@ fn shut_down(
         std::thread::sleep(Duration::from_millis(200).min(deadline.saturating_duration_since(now)));
     }
     if spec.allow_force_off {
-        hv.force_off(guest)?;
+        patiently(|| hv.force_off(guest))?;
         return Ok(());
     }
     Err(AgentError::new(
@@ -361,10 +361,30 @@ fn shut_down(
     ))
 }
 
+/// How long a capture waits for libvirt to come back (a restart of
+/// libvirtd) before it gives up on a call.
+const LIBVIRT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Retry `f` while libvirt is unavailable, up to [`LIBVIRT_PATIENCE`]: a
+/// guest that is off for a capture must not stay off because libvirtd
+/// restarted at the wrong moment.
+fn patiently<T>(f: impl Fn() -> Result<T>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        match f() {
+            Err(e) if e.kind == Kind::Unavailable && start.elapsed() < LIBVIRT_PATIENCE => {
+                tracing::warn!(error = %e, "libvirt unavailable; retrying");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            r => return r,
+        }
+    }
+}
+
 fn restore_power(hv: &dyn Hypervisor, guest: &GuestRef, was_running: bool) -> Result<PowerState> {
-    let now = hv.power_state(guest)?;
+    let now = patiently(|| hv.power_state(guest))?;
     if was_running && now != PowerState::Running {
-        hv.start(guest)?;
+        patiently(|| hv.start(guest))?;
         return Ok(PowerState::Running);
     }
     Ok(now)
