@@ -3,7 +3,11 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
-    let protos = ["imprint/v1/agent.proto"];
+    let protos = [
+        "imprint/v1/agent.proto",
+        "imprint/v1/images.proto",
+        "imprint/v1/operations.proto",
+    ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -3,6 +3,10 @@
 //!
 //! - `agent.proto`: the per-host agent's API (capture, deploy, guests,
 //!   operations with a progress stream).
+//! - `images.proto`, `operations.proto`: the control daemon's public API
+//!   (images, sharing, durable operations, hosts). The daemon serving them
+//!   lands with issue 4; the contract is here so clients can be written
+//!   against it now.
 
 #![allow(missing_docs, clippy::all, missing_debug_implementations)]
 
