@@ -306,7 +306,7 @@ impl Drop for WriterGuard<'_> {
 
 struct Job {
     i: usize,
-    buf: Vec<u8>,
+    buf: Arc<Pooled>,
     len: usize,
 }
 
@@ -336,14 +336,20 @@ fn capture_disk(
     let chunk_size = store.chunk_size();
     let mut index = FixedIndex::new_zeroed(size, chunk_size)?;
     let workers = opts.threads.max(1);
-    let n_bufs = 2 * workers + 2;
+    let n_bufs = 2 * workers + 4;
     let abort = AtomicBool::new(false);
     let (pool_tx, pool_rx) = bounded::<Vec<u8>>(n_bufs);
     let (job_tx, job_rx) = bounded::<Job>(n_bufs);
     let (done_tx, done_rx) = unbounded::<Done>();
     let mut stats = CaptureStats::default();
 
-    let (reader_result, first_error) = std::thread::scope(|s| {
+    let (sha_tx, sha_rx) = bounded::<ShaPart>(n_bufs);
+    let (reader_result, sha, first_error) = std::thread::scope(|s| {
+        let hasher = opts.disk_sha256.then(|| {
+            let chunk_size = chunk_size as usize;
+            s.spawn(move || hash_disk(&sha_rx, chunk_size))
+        });
+        let sha_tx = opts.disk_sha256.then_some(sha_tx);
         let reader = {
             let layout = index.layout();
             let abort = &abort;
@@ -357,8 +363,8 @@ fn capture_disk(
                     n_bufs,
                     opts,
                     abort,
-                    &pool_tx,
-                    &pool_rx,
+                    (&pool_tx, &pool_rx),
+                    sha_tx,
                     &job_tx,
                     &done_tx,
                 )
@@ -367,11 +373,8 @@ fn capture_disk(
         for _ in 0..workers {
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
-            let pool_tx = pool_tx.clone();
             let abort = &abort;
-            s.spawn(move || {
-                compress_worker(store, opts.zstd_level, abort, &job_rx, &done_tx, &pool_tx)
-            });
+            s.spawn(move || compress_worker(store, opts.zstd_level, abort, &job_rx, &done_tx));
         }
         drop((job_rx, done_tx, pool_tx));
 
@@ -424,16 +427,56 @@ fn capture_disk(
                 "capture reader thread panicked",
             ))
         });
-        (reader_result, first_error)
+        let sha = hasher.map(|h| {
+            h.join()
+                .map_err(|_| Error::new(crate::ErrorKind::Io, "SHA-256 thread panicked"))
+        });
+        (reader_result, sha, first_error)
     });
     if let Some(e) = first_error {
         return Err(e);
     }
-    let sha256 = reader_result?;
+    reader_result?;
+    let sha256 = sha.transpose()?;
     stats.seconds = started.elapsed().as_secs_f64();
     progress(&stats);
     debug_assert_eq!(stats.bytes_total, size);
     Ok((index, sha256, stats))
+}
+
+/// A chunk buffer that goes back to the pool when its last user (the
+/// SHA-256 thread or a worker) drops it.
+struct Pooled {
+    buf: Vec<u8>,
+    pool: Sender<Vec<u8>>,
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let _ = self.pool.send(std::mem::take(&mut self.buf));
+    }
+}
+
+/// What the SHA-256 thread hashes, in disk order.
+enum ShaPart {
+    Data(Arc<Pooled>),
+    Zero(usize),
+}
+
+/// Hash the disk in order, off the reader's critical path: SHA-256 is the
+/// one serial step of a capture.
+fn hash_disk(parts: &Receiver<ShaPart>, chunk_size: usize) -> [u8; 32] {
+    let mut sha = Sha256::new();
+    // Zeroed pages of a fresh allocation cost nothing until touched; SHA-256
+    // only reads them.
+    let zeros = vec![0u8; chunk_size];
+    for part in parts.iter() {
+        match part {
+            ShaPart::Data(b) => sha.update(&b.buf),
+            ShaPart::Zero(len) => sha.update(&zeros[..len]),
+        }
+    }
+    sha.finalize().into()
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -443,20 +486,12 @@ fn read_disk(
     n_bufs: usize,
     opts: &CaptureOptions,
     abort: &AtomicBool,
-    pool_tx: &Sender<Vec<u8>>,
-    pool_rx: &Receiver<Vec<u8>>,
+    pool: (&Sender<Vec<u8>>, &Receiver<Vec<u8>>),
+    sha_tx: Option<Sender<ShaPart>>,
     job_tx: &Sender<Job>,
     done_tx: &Sender<Done>,
-) -> Result<Option<[u8; 32]>> {
+) -> Result<()> {
     let chunk_size = layout.chunk_size as usize;
-    let mut sha = opts.disk_sha256.then(Sha256::new);
-    // Zeroed pages of a fresh allocation cost nothing until touched; SHA-256
-    // only reads them.
-    let zeros = if sha.is_some() {
-        vec![0u8; chunk_size]
-    } else {
-        Vec::new()
-    };
     let mut allocated = 0;
     for i in 0..layout.chunk_count() as usize {
         if abort.load(Ordering::Relaxed) {
@@ -468,11 +503,11 @@ fn read_disk(
             .may_have_data(offset, len as u64)
             .map_err(|e| Error::io(format!("find data at offset {offset}"), e))?;
         if !has_data {
-            if let Some(sha) = &mut sha {
-                sha.update(&zeros[..len]);
+            if let Some(tx) = &sha_tx {
+                let _ = tx.send(ShaPart::Zero(len));
             }
-            // Zero chunks bypass the workers' queue order but must still be
-            // counted by the collector.
+            // Zero chunks bypass the workers but must still be counted by
+            // the collector.
             let _ = done_tx.send(Done {
                 i,
                 len,
@@ -485,24 +520,28 @@ fn read_disk(
             allocated += 1;
             Vec::with_capacity(chunk_size)
         } else {
-            pool_rx
+            pool.1
                 .recv()
                 .map_err(|_| Error::new(crate::ErrorKind::Io, "capture workers stopped"))?
         };
         buf.resize(len, 0);
         if let Err(e) = source.read_exact_at(offset, &mut buf) {
-            let _ = pool_tx.send(buf);
+            let _ = pool.0.send(buf);
             abort.store(true, Ordering::Relaxed);
             return Err(Error::io(format!("read {len} bytes at offset {offset}"), e));
         }
-        if let Some(sha) = &mut sha {
-            sha.update(&buf);
+        let buf = Arc::new(Pooled {
+            buf,
+            pool: pool.0.clone(),
+        });
+        if let Some(tx) = &sha_tx {
+            let _ = tx.send(ShaPart::Data(buf.clone()));
         }
         if job_tx.send(Job { i, buf, len }).is_err() {
             return Err(Error::new(crate::ErrorKind::Io, "capture workers stopped"));
         }
     }
-    Ok(sha.map(|s| s.finalize().into()))
+    Ok(())
 }
 
 fn compress_worker(
@@ -511,7 +550,6 @@ fn compress_worker(
     abort: &AtomicBool,
     jobs: &Receiver<Job>,
     done: &Sender<Done>,
-    pool: &Sender<Vec<u8>>,
 ) {
     let mut encoder = match BlobEncoder::new(level) {
         Ok(e) => Some(e),
@@ -528,10 +566,10 @@ fn compress_worker(
     };
     for Job { i, buf, len } in jobs.iter() {
         let result = match (&mut encoder, abort.load(Ordering::Relaxed)) {
-            (Some(enc), false) => Some(store_chunk(store, enc, &buf)),
+            (Some(enc), false) => Some(store_chunk(store, enc, &buf.buf)),
             _ => None,
         };
-        let _ = pool.send(buf);
+        drop(buf);
         let _ = done.send(Done {
             i,
             len,
