@@ -99,7 +99,7 @@ pub mod fake {
         pub guests: Mutex<HashMap<String, FakeGuest>>,
         /// Pools: name → directory.
         pub pools: HashMap<String, PathBuf>,
-        /// Fail `start` calls (libvirt down).
+        /// Fail `start` calls.
         pub fail_start: Mutex<bool>,
         /// Fail `define` calls.
         pub fail_define: Mutex<bool>,
@@ -165,10 +165,7 @@ pub mod fake {
         }
         fn start(&self, g: &GuestRef) -> Result<()> {
             if *self.fail_start.lock().unwrap_or_else(|p| p.into_inner()) {
-                return Err(AgentError::new(
-                    Kind::Unavailable,
-                    "libvirt is not answering",
-                ));
+                return Err(AgentError::new(Kind::Internal, "start failed (injected)"));
             }
             self.with_guest(g, |g| {
                 if g.state == PowerState::Running {
