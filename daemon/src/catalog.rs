@@ -1,0 +1,851 @@
+//! The catalog: accounts, images and sharing, in SQLite (the embedded
+//! default) or PostgreSQL, through one code path (`sqlx::Any`, portable
+//! SQL, `$n` placeholders). Migrations run at open.
+//!
+//! Visibility rules (every read goes through them):
+//! - the owner sees its images;
+//! - everybody sees `public` images;
+//! - an account an image was shared with sees it by id whatever its
+//!   decision, and in lists once it accepted (as in Glance);
+//! - anybody else gets `NotFound`, never "permission denied", so ids do
+//!   not leak.
+
+use sqlx::{AnyPool, Row, any::AnyPoolOptions};
+
+/// Catalog failures.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// No such thing (or not visible to the caller).
+    #[error("{0}")]
+    NotFound(String),
+    /// Bad input.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Exists already / not allowed in the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The caller may see it but not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The database failed.
+    #[error("catalog database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed.
+    #[error("catalog migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Result of catalog calls.
+pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+/// An account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// UUID.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// May make images public.
+    pub can_publish: bool,
+    /// May create accounts.
+    pub is_admin: bool,
+}
+
+/// Image visibility.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Visibility {
+    /// Owner only.
+    Private,
+    /// Owner and members.
+    Shared,
+    /// Everyone.
+    Public,
+}
+
+impl Visibility {
+    fn as_str(self) -> &'static str {
+        match self {
+            Visibility::Private => "private",
+            Visibility::Shared => "shared",
+            Visibility::Public => "public",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self> {
+        match s {
+            "private" => Ok(Visibility::Private),
+            "shared" => Ok(Visibility::Shared),
+            "public" => Ok(Visibility::Public),
+            other => Err(CatalogError::InvalidArgument(format!(
+                "unknown visibility {other:?} in catalog"
+            ))),
+        }
+    }
+}
+
+/// An image row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRow {
+    /// Image id (the store's).
+    pub id: String,
+    /// Owner account id.
+    pub owner_id: String,
+    /// Owner account name.
+    pub owner: String,
+    /// Name.
+    pub name: String,
+    /// Notes.
+    pub notes: String,
+    /// Tags, sorted.
+    pub tags: Vec<String>,
+    /// `creating`, `active`, `failed`, `deprecated`, `deleting`, `deleted`.
+    pub state: String,
+    /// Visibility.
+    pub visibility: Visibility,
+    /// Refuses deletion.
+    pub protected: bool,
+    /// Why it failed.
+    pub failure_reason: String,
+    /// Guest-visible bytes.
+    pub size_bytes: i64,
+    /// Seconds since the epoch.
+    pub created_unix: i64,
+    /// Seconds since the epoch.
+    pub updated_unix: i64,
+}
+
+/// Filters and paging of [`Catalog::list_images`].
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    /// Owner account name.
+    pub owner: Option<String>,
+    /// Visibility.
+    pub visibility: Option<Visibility>,
+    /// Name prefix.
+    pub name_prefix: Option<String>,
+    /// Tag.
+    pub tag: Option<String>,
+    /// State.
+    pub state: Option<String>,
+    /// Page size (1..=1000; 0 means 50).
+    pub page_size: u32,
+    /// Token from the previous page.
+    pub page_token: Option<String>,
+}
+
+/// The catalog.
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pool: AnyPool,
+}
+
+/// SHA-256 of a token, hex: what the catalog stores.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+const SELECT_IMAGE: &str = "SELECT i.id, i.owner_id, a.name AS owner, i.name, i.notes, i.state, i.visibility, \
+     i.protected, i.failure_reason, i.size_bytes, i.created_unix, i.updated_unix \
+     FROM images i JOIN accounts a ON a.id = i.owner_id";
+
+impl Catalog {
+    /// Open `url` (`sqlite:///path/catalog.db?mode=rwc`, `postgres://...`)
+    /// and apply migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(if url.starts_with("sqlite") { 1 } else { 8 })
+            .connect(url)
+            .await?;
+        if url.starts_with("sqlite") {
+            sqlx::query("PRAGMA foreign_keys = ON")
+                .execute(&pool)
+                .await?;
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Create an account; returns it with its API token (shown once).
+    pub async fn create_account(
+        &self,
+        name: &str,
+        can_publish: bool,
+        is_admin: bool,
+    ) -> Result<(Account, String)> {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(CatalogError::InvalidArgument(format!(
+                "account name {name:?} must be 1-64 letters, digits, '-', '_' or '.'"
+            )));
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        let token = format!("imp_{}", uuid::Uuid::new_v4().simple());
+        let r = sqlx::query("INSERT INTO accounts (id, name, token_sha256, can_publish, is_admin, created_unix) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(&id)
+            .bind(name)
+            .bind(token_hash(&token))
+            .bind(i32::from(can_publish))
+            .bind(i32::from(is_admin))
+            .bind(now())
+            .execute(&self.pool)
+            .await;
+        match r {
+            Ok(_) => Ok((
+                Account {
+                    id,
+                    name: name.into(),
+                    can_publish,
+                    is_admin,
+                },
+                token,
+            )),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(
+                CatalogError::Conflict(format!("account {name:?} already exists")),
+            ),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The account a bearer token belongs to.
+    pub async fn account_by_token(&self, token: &str) -> Result<Account> {
+        let row = sqlx::query(
+            "SELECT id, name, can_publish, is_admin FROM accounts WHERE token_sha256 = $1",
+        )
+        .bind(token_hash(token))
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| CatalogError::NotFound("unknown API token".into()))?;
+        Ok(Account {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            can_publish: row.try_get::<i32, _>("can_publish")? != 0,
+            is_admin: row.try_get::<i32, _>("is_admin")? != 0,
+        })
+    }
+
+    async fn account_id_by_name(&self, name: &str) -> Result<String> {
+        sqlx::query("SELECT id FROM accounts WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get("id"))
+            .transpose()?
+            .ok_or_else(|| CatalogError::NotFound(format!("no account named {name:?}")))
+    }
+
+    /// Record a new image (state `creating`, private).
+    pub async fn insert_image(
+        &self,
+        id: &str,
+        owner: &Account,
+        name: &str,
+        notes: &str,
+        tags: &[String],
+    ) -> Result<()> {
+        let t = now();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO images (id, owner_id, name, notes, state, visibility, created_unix, updated_unix) VALUES ($1, $2, $3, $4, 'creating', 'private', $5, $5)")
+            .bind(id)
+            .bind(&owner.id)
+            .bind(name)
+            .bind(notes)
+            .bind(t)
+            .execute(&mut *tx)
+            .await?;
+        for tag in tags {
+            sqlx::query("INSERT INTO image_tags (image_id, tag) VALUES ($1, $2)")
+                .bind(id)
+                .bind(tag)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn row_to_image(&self, row: sqlx::any::AnyRow) -> Result<ImageRow> {
+        let id: String = row.try_get("id")?;
+        let tags = sqlx::query("SELECT tag FROM image_tags WHERE image_id = $1 ORDER BY tag")
+            .bind(&id)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .map(|r| r.try_get::<String, _>("tag"))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(ImageRow {
+            owner_id: row.try_get("owner_id")?,
+            owner: row.try_get("owner")?,
+            name: row.try_get("name")?,
+            notes: row.try_get("notes")?,
+            tags,
+            state: row.try_get("state")?,
+            visibility: Visibility::parse(&row.try_get::<String, _>("visibility")?)?,
+            protected: row.try_get::<i32, _>("protected")? != 0,
+            failure_reason: row.try_get("failure_reason")?,
+            size_bytes: row.try_get("size_bytes")?,
+            created_unix: row.try_get("created_unix")?,
+            updated_unix: row.try_get("updated_unix")?,
+            id,
+        })
+    }
+
+    /// An image `viewer` may see; `NotFound` otherwise (no existence leak).
+    pub async fn get_image(&self, viewer: &Account, id: &str) -> Result<ImageRow> {
+        let sql = format!(
+            "{SELECT_IMAGE} WHERE i.id = $1 AND i.state <> 'deleted' AND (i.owner_id = $2 OR i.visibility = 'public' \
+             OR EXISTS (SELECT 1 FROM image_members m WHERE m.image_id = i.id AND m.account_id = $2))"
+        );
+        // Built from constants only; every value is bound.
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(&viewer.id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("image {id} not found")))?;
+        self.row_to_image(row).await
+    }
+
+    /// The image, if `viewer` owns it; `NotFound` if it cannot see it,
+    /// `PermissionDenied` if it sees it but does not own it.
+    pub async fn owned_image(&self, viewer: &Account, id: &str) -> Result<ImageRow> {
+        let img = self.get_image(viewer, id).await?;
+        if img.owner_id != viewer.id {
+            return Err(CatalogError::PermissionDenied(format!(
+                "image {id} belongs to another account"
+            )));
+        }
+        Ok(img)
+    }
+
+    /// Images `viewer` may list, newest first, one page at a time.
+    pub async fn list_images(
+        &self,
+        viewer: &Account,
+        q: &ListQuery,
+    ) -> Result<(Vec<ImageRow>, Option<String>)> {
+        let size = match q.page_size {
+            0 => 50,
+            n if n <= 1000 => n,
+            n => {
+                return Err(CatalogError::InvalidArgument(format!(
+                    "page_size {n} is more than 1000"
+                )));
+            }
+        } as i64;
+        let mut sql = format!(
+            "{SELECT_IMAGE} WHERE i.state <> 'deleted' AND (i.owner_id = $1 OR i.visibility = 'public' \
+             OR EXISTS (SELECT 1 FROM image_members m WHERE m.image_id = i.id AND m.account_id = $1 AND m.status = 'accepted'))"
+        );
+        let mut binds: Vec<String> = vec![viewer.id.clone()];
+        let mut arg = |sql: &mut String, clause: &str, v: String| {
+            binds.push(v);
+            sql.push_str(&clause.replace("$?", &format!("${}", binds.len())));
+        };
+        if let Some(o) = &q.owner {
+            arg(&mut sql, " AND a.name = $?", o.clone());
+        }
+        if let Some(v) = q.visibility {
+            arg(&mut sql, " AND i.visibility = $?", v.as_str().to_string());
+        }
+        if let Some(p) = &q.name_prefix {
+            let escaped = p
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            arg(
+                &mut sql,
+                " AND i.name LIKE $? ESCAPE '\\'",
+                format!("{escaped}%"),
+            );
+        }
+        if let Some(t) = &q.tag {
+            arg(
+                &mut sql,
+                " AND EXISTS (SELECT 1 FROM image_tags t WHERE t.image_id = i.id AND t.tag = $?)",
+                t.clone(),
+            );
+        }
+        if let Some(s) = &q.state {
+            arg(&mut sql, " AND i.state = $?", s.clone());
+        }
+        let mut cursor: Option<(i64, String)> = None;
+        if let Some(tok) = q.page_token.as_deref().filter(|t| !t.is_empty()) {
+            cursor = Some(decode_token(tok)?);
+        }
+        if let Some((created, id)) = &cursor {
+            let n = binds.len();
+            sql.push_str(&format!(
+                " AND (i.created_unix < ${} OR (i.created_unix = ${} AND i.id < ${}))",
+                n + 1,
+                n + 1,
+                n + 2
+            ));
+            let _ = (created, id);
+        }
+        sql.push_str(" ORDER BY i.created_unix DESC, i.id DESC LIMIT ");
+        sql.push_str(&(size + 1).to_string());
+        // Built from constants and `$n` placeholders only; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for b in &binds {
+            query = query.bind(b);
+        }
+        if let Some((created, id)) = &cursor {
+            query = query.bind(*created).bind(id.clone());
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        let more = rows.len() as i64 > size;
+        let mut out = Vec::new();
+        for row in rows.into_iter().take(size as usize) {
+            out.push(self.row_to_image(row).await?);
+        }
+        let next = if more {
+            out.last().map(|l| encode_token(l.created_unix, &l.id))
+        } else {
+            None
+        };
+        Ok((out, next))
+    }
+
+    /// Move an image to `state` (with a reason for `failed`) and set its size.
+    pub async fn set_image_state(
+        &self,
+        id: &str,
+        state: &str,
+        reason: &str,
+        size_bytes: i64,
+    ) -> Result<()> {
+        sqlx::query("UPDATE images SET state = $1, failure_reason = $2, size_bytes = $3, updated_unix = $4 WHERE id = $5")
+            .bind(state)
+            .bind(reason)
+            .bind(size_bytes)
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Share an owned image with named accounts (pending until they decide).
+    pub async fn share(&self, owner: &Account, id: &str, accounts: &[String]) -> Result<()> {
+        let img = self.owned_image(owner, id).await?;
+        let mut ids = Vec::new();
+        for a in accounts {
+            // Unknown accounts are refused before anything changes.
+            ids.push(self.account_id_by_name(a).await.map_err(|_| {
+                CatalogError::InvalidArgument(format!("no account named {a:?} to share with"))
+            })?);
+        }
+        let mut tx = self.pool.begin().await?;
+        for aid in &ids {
+            if aid == &owner.id {
+                continue;
+            }
+            sqlx::query("INSERT INTO image_members (image_id, account_id, status) VALUES ($1, $2, 'pending') ON CONFLICT (image_id, account_id) DO NOTHING")
+                .bind(&img.id)
+                .bind(aid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if img.visibility == Visibility::Private && !ids.is_empty() {
+            sqlx::query("UPDATE images SET visibility = 'shared', updated_unix = $1 WHERE id = $2")
+                .bind(now())
+                .bind(&img.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A member's decision on a shared image.
+    pub async fn decide(&self, member: &Account, id: &str, accept: bool) -> Result<()> {
+        let r = sqlx::query(
+            "UPDATE image_members SET status = $1 WHERE image_id = $2 AND account_id = $3",
+        )
+        .bind(if accept { "accepted" } else { "rejected" })
+        .bind(id)
+        .bind(&member.id)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(CatalogError::NotFound(format!("image {id} not found")));
+        }
+        Ok(())
+    }
+
+    /// Make an owned image public (needs the publish right) or take it back.
+    pub async fn set_public(&self, owner: &Account, id: &str, public: bool) -> Result<()> {
+        let img = self.owned_image(owner, id).await?;
+        if public && !owner.can_publish {
+            return Err(CatalogError::PermissionDenied(format!(
+                "account {} may not publish images",
+                owner.name
+            )));
+        }
+        let members: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM image_members WHERE image_id = $1")
+                .bind(&img.id)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?;
+        let vis = if public {
+            "public"
+        } else if members > 0 {
+            "shared"
+        } else {
+            "private"
+        };
+        sqlx::query("UPDATE images SET visibility = $1, updated_unix = $2 WHERE id = $3")
+            .bind(vis)
+            .bind(now())
+            .bind(&img.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn encode_token(created: i64, id: &str) -> String {
+    hex::encode(format!("v1:{created}:{id}"))
+}
+
+fn decode_token(t: &str) -> Result<(i64, String)> {
+    let bad = || {
+        CatalogError::InvalidArgument(format!(
+            "page token {t:?} is malformed; pass the next_page_token of a previous response"
+        ))
+    };
+    let raw = String::from_utf8(hex::decode(t).map_err(|_| bad())?).map_err(|_| bad())?;
+    let mut parts = raw.splitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("v1"), Some(c), Some(id)) if uuid::Uuid::try_parse(id).is_ok() => {
+            Ok((c.parse().map_err(|_| bad())?, id.to_string()))
+        }
+        _ => Err(bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn catalog() -> (tempfile::TempDir, Catalog) {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            tmp.path().join("catalog.db").display()
+        );
+        let c = Catalog::open(&url).await.expect("open");
+        (tmp, c)
+    }
+
+    fn id() -> String {
+        uuid::Uuid::new_v4().to_string()
+    }
+
+    #[tokio::test]
+    async fn accounts_and_tokens() {
+        let (_t, c) = catalog().await;
+        let (alice, token) = c
+            .create_account("alice", false, false)
+            .await
+            .expect("alice");
+        assert_eq!(c.account_by_token(&token).await.expect("by token"), alice);
+        assert!(matches!(
+            c.account_by_token("imp_wrong").await,
+            Err(CatalogError::NotFound(_))
+        ));
+        assert!(matches!(
+            c.create_account("alice", false, false).await,
+            Err(CatalogError::Conflict(_))
+        ));
+        assert!(matches!(
+            c.create_account("bad name", false, false).await,
+            Err(CatalogError::InvalidArgument(_))
+        ));
+        // Tokens are stored hashed.
+        let stored: String = sqlx::query("SELECT token_sha256 FROM accounts WHERE name = 'alice'")
+            .fetch_one(&c.pool)
+            .await
+            .expect("row")
+            .try_get("token_sha256")
+            .expect("col");
+        assert_ne!(stored, token);
+        assert_eq!(stored, token_hash(&token));
+    }
+
+    #[tokio::test]
+    async fn visibility_private_shared_public() {
+        let (_t, c) = catalog().await;
+        let (alice, _) = c.create_account("alice", true, false).await.expect("a");
+        let (bob, _) = c.create_account("bob", false, false).await.expect("b");
+        let (carol, _) = c.create_account("carol", false, false).await.expect("c");
+        let img = id();
+        c.insert_image(&img, &alice, "web", "", &["prod".into()])
+            .await
+            .expect("insert");
+        c.set_image_state(&img, "active", "", 1 << 30)
+            .await
+            .expect("state");
+
+        assert_eq!(
+            c.get_image(&alice, &img).await.expect("owner").owner,
+            "alice"
+        );
+        assert!(
+            matches!(
+                c.get_image(&bob, &img).await,
+                Err(CatalogError::NotFound(_))
+            ),
+            "private is invisible"
+        );
+        assert!(
+            matches!(
+                c.owned_image(&bob, &img).await,
+                Err(CatalogError::NotFound(_))
+            ),
+            "no existence leak"
+        );
+
+        // Sharing with an unknown account changes nothing.
+        assert!(matches!(
+            c.share(&alice, &img, &["bob".into(), "nobody".into()])
+                .await,
+            Err(CatalogError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            c.get_image(&bob, &img).await,
+            Err(CatalogError::NotFound(_))
+        ));
+        // Only the owner shares.
+        assert!(matches!(
+            c.share(&bob, &img, &["carol".into()]).await,
+            Err(CatalogError::NotFound(_))
+        ));
+
+        c.share(&alice, &img, &["bob".into()]).await.expect("share");
+        let seen = c.get_image(&bob, &img).await.expect("member sees it by id");
+        assert_eq!(seen.visibility, Visibility::Shared);
+        assert!(
+            c.list_images(&bob, &ListQuery::default())
+                .await
+                .expect("list")
+                .0
+                .is_empty(),
+            "pending: not listed"
+        );
+        assert!(
+            matches!(
+                c.owned_image(&bob, &img).await,
+                Err(CatalogError::PermissionDenied(_))
+            ),
+            "members cannot modify"
+        );
+        c.decide(&bob, &img, true).await.expect("accept");
+        assert_eq!(
+            c.list_images(&bob, &ListQuery::default())
+                .await
+                .expect("list")
+                .0
+                .len(),
+            1
+        );
+        c.decide(&bob, &img, false).await.expect("reject");
+        assert!(
+            c.list_images(&bob, &ListQuery::default())
+                .await
+                .expect("list")
+                .0
+                .is_empty()
+        );
+        assert!(matches!(
+            c.decide(&carol, &img, true).await,
+            Err(CatalogError::NotFound(_))
+        ));
+
+        assert!(matches!(
+            c.set_public(&bob, &img, true).await,
+            Err(CatalogError::PermissionDenied(_))
+        ));
+        c.set_public(&alice, &img, true).await.expect("publish");
+        assert_eq!(
+            c.list_images(&carol, &ListQuery::default())
+                .await
+                .expect("list")
+                .0
+                .len(),
+            1
+        );
+        c.set_public(&alice, &img, false).await.expect("unpublish");
+        assert!(matches!(
+            c.get_image(&carol, &img).await,
+            Err(CatalogError::NotFound(_))
+        ));
+        assert_eq!(
+            c.get_image(&bob, &img)
+                .await
+                .expect("still a member")
+                .visibility,
+            Visibility::Shared
+        );
+
+        let (dave, _) = c.create_account("dave", false, false).await.expect("d");
+        let img2 = id();
+        c.insert_image(&img2, &dave, "x", "", &[])
+            .await
+            .expect("insert");
+        assert!(
+            matches!(
+                c.set_public(&dave, &img2, true).await,
+                Err(CatalogError::PermissionDenied(_))
+            ),
+            "publishing needs the right"
+        );
+    }
+
+    #[tokio::test]
+    async fn paging_filters_and_bad_tokens() {
+        let (_t, c) = catalog().await;
+        let (alice, _) = c.create_account("alice", false, false).await.expect("a");
+        let (bob, _) = c.create_account("bob", false, false).await.expect("b");
+        let mut all = Vec::new();
+        for i in 0..120 {
+            let img = id();
+            let name = if i % 10 == 0 {
+                format!("web_{i}")
+            } else {
+                format!("db-{i}")
+            };
+            let tags: Vec<String> = if i % 3 == 0 {
+                vec!["gold".into()]
+            } else {
+                vec![]
+            };
+            c.insert_image(&img, &alice, &name, "", &tags)
+                .await
+                .expect("insert");
+            all.push(img);
+        }
+        c.insert_image(&id(), &bob, "web_bob", "", &[])
+            .await
+            .expect("bob's");
+        let mut seen = Vec::new();
+        let mut token = None;
+        let mut pages = 0;
+        loop {
+            let (page, next) = c
+                .list_images(
+                    &alice,
+                    &ListQuery {
+                        page_size: 50,
+                        page_token: token.clone(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .expect("page");
+            pages += 1;
+            seen.extend(page.into_iter().map(|i| (i.created_unix, i.id)));
+            match next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(seen.len(), 120, "every image once");
+        let mut sorted = seen.clone();
+        sorted.sort_by(|a, b| b.cmp(a));
+        assert_eq!(seen, sorted, "newest first, stable across pages");
+
+        let q = |f: fn(&mut ListQuery)| {
+            let mut q = ListQuery {
+                page_size: 1000,
+                ..Default::default()
+            };
+            f(&mut q);
+            q
+        };
+        let n = |r: (Vec<ImageRow>, Option<String>)| r.0.len();
+        assert_eq!(
+            n(
+                c.list_images(&alice, &q(|q| q.name_prefix = Some("web_".into())))
+                    .await
+                    .expect("prefix")
+            ),
+            12
+        );
+        // `_` and `%` are literal in prefixes.
+        assert_eq!(
+            n(
+                c.list_images(&alice, &q(|q| q.name_prefix = Some("web%".into())))
+                    .await
+                    .expect("prefix")
+            ),
+            0
+        );
+        assert_eq!(
+            n(c.list_images(&alice, &q(|q| q.tag = Some("gold".into())))
+                .await
+                .expect("tag")),
+            40
+        );
+        assert_eq!(
+            n(c.list_images(&alice, &q(|q| q.owner = Some("bob".into())))
+                .await
+                .expect("owner")),
+            0,
+            "bob's is private"
+        );
+        assert_eq!(
+            n(
+                c.list_images(&alice, &q(|q| q.state = Some("creating".into())))
+                    .await
+                    .expect("state")
+            ),
+            120
+        );
+
+        for bad in [
+            "zz",
+            "00",
+            &hex::encode("v1:12:not-a-uuid"),
+            &hex::encode("v2:1:x"),
+        ] {
+            let r = c
+                .list_images(
+                    &alice,
+                    &ListQuery {
+                        page_token: Some(bad.to_string()),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            assert!(matches!(r, Err(CatalogError::InvalidArgument(_))), "{bad}");
+        }
+        let r = c
+            .list_images(
+                &alice,
+                &ListQuery {
+                    page_size: 5000,
+                    ..Default::default()
+                },
+            )
+            .await;
+        assert!(matches!(r, Err(CatalogError::InvalidArgument(_))));
+    }
+}
