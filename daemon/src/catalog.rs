@@ -544,14 +544,29 @@ fn decode_token(t: &str) -> Result<(i64, String)> {
 mod tests {
     use super::*;
 
-    async fn catalog() -> (tempfile::TempDir, Catalog) {
+    /// Keeps a backend alive for the test.
+    #[allow(dead_code)]
+    enum Backend {
+        Sqlite(tempfile::TempDir),
+        Postgres(crate::testpg::TestPostgres),
+    }
+
+    /// The same tests run against both catalogs.
+    async fn catalogs() -> Vec<(Backend, Catalog)> {
         let tmp = tempfile::tempdir().expect("tmp");
         let url = format!(
             "sqlite://{}?mode=rwc",
             tmp.path().join("catalog.db").display()
         );
-        let c = Catalog::open(&url).await.expect("open");
-        (tmp, c)
+        let sqlite = Catalog::open(&url).await.expect("open sqlite");
+        let pg = tokio::task::spawn_blocking(crate::testpg::TestPostgres::start)
+            .await
+            .expect("pg");
+        let postgres = Catalog::open(&pg.url).await.expect("open postgres");
+        vec![
+            (Backend::Sqlite(tmp), sqlite),
+            (Backend::Postgres(pg), postgres),
+        ]
     }
 
     fn id() -> String {
@@ -560,7 +575,12 @@ mod tests {
 
     #[tokio::test]
     async fn accounts_and_tokens() {
-        let (_t, c) = catalog().await;
+        for (_b, c) in catalogs().await {
+            accounts_and_tokens_on(&c).await;
+        }
+    }
+
+    async fn accounts_and_tokens_on(c: &Catalog) {
         let (alice, token) = c
             .create_account("alice", false, false)
             .await
@@ -591,7 +611,12 @@ mod tests {
 
     #[tokio::test]
     async fn visibility_private_shared_public() {
-        let (_t, c) = catalog().await;
+        for (_b, c) in catalogs().await {
+            visibility_private_shared_public_on(&c).await;
+        }
+    }
+
+    async fn visibility_private_shared_public_on(c: &Catalog) {
         let (alice, _) = c.create_account("alice", true, false).await.expect("a");
         let (bob, _) = c.create_account("bob", false, false).await.expect("b");
         let (carol, _) = c.create_account("carol", false, false).await.expect("c");
@@ -720,7 +745,12 @@ mod tests {
 
     #[tokio::test]
     async fn paging_filters_and_bad_tokens() {
-        let (_t, c) = catalog().await;
+        for (_b, c) in catalogs().await {
+            paging_filters_and_bad_tokens_on(&c).await;
+        }
+    }
+
+    async fn paging_filters_and_bad_tokens_on(c: &Catalog) {
         let (alice, _) = c.create_account("alice", false, false).await.expect("a");
         let (bob, _) = c.create_account("bob", false, false).await.expect("b");
         let mut all = Vec::new();

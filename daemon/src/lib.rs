@@ -4,3 +4,5 @@
 //! In progress (issue 4): the catalog is here; the gRPC services follow.
 
 pub mod catalog;
+#[cfg(test)]
+mod testpg;
