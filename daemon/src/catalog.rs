@@ -156,6 +156,10 @@ const SELECT_IMAGE: &str = "SELECT i.id, i.owner_id, a.name AS owner, i.name, i.
      FROM images i JOIN accounts a ON a.id = i.owner_id";
 
 impl Catalog {
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Open `url` (`sqlite:///path/catalog.db?mode=rwc`, `postgres://...`)
     /// and apply migrations.
     pub async fn open(url: &str) -> Result<Self> {
@@ -544,30 +548,7 @@ fn decode_token(t: &str) -> Result<(i64, String)> {
 mod tests {
     use super::*;
 
-    /// Keeps a backend alive for the test.
-    #[allow(dead_code)]
-    enum Backend {
-        Sqlite(tempfile::TempDir),
-        Postgres(crate::testpg::TestPostgres),
-    }
-
-    /// The same tests run against both catalogs.
-    async fn catalogs() -> Vec<(Backend, Catalog)> {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let url = format!(
-            "sqlite://{}?mode=rwc",
-            tmp.path().join("catalog.db").display()
-        );
-        let sqlite = Catalog::open(&url).await.expect("open sqlite");
-        let pg = tokio::task::spawn_blocking(crate::testpg::TestPostgres::start)
-            .await
-            .expect("pg");
-        let postgres = Catalog::open(&pg.url).await.expect("open postgres");
-        vec![
-            (Backend::Sqlite(tmp), sqlite),
-            (Backend::Postgres(pg), postgres),
-        ]
-    }
+    use crate::testpg::catalogs;
 
     fn id() -> String {
         uuid::Uuid::new_v4().to_string()

@@ -4,5 +4,6 @@
 //! In progress (issue 4): the catalog is here; the gRPC services follow.
 
 pub mod catalog;
+pub mod ops;
 #[cfg(test)]
 mod testpg;
