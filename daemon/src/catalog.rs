@@ -137,6 +137,7 @@ pub struct ListQuery {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pool: AnyPool,
+    sqlite: bool,
 }
 
 /// SHA-256 of a token, hex: what the catalog stores.
@@ -177,7 +178,10 @@ impl Catalog {
                 .await?;
         }
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            sqlite: url.starts_with("sqlite"),
+        })
     }
 
     /// Create an account; returns it with its API token (shown once).
@@ -282,30 +286,48 @@ impl Catalog {
         Ok(())
     }
 
-    async fn row_to_image(&self, row: sqlx::any::AnyRow) -> Result<ImageRow> {
-        let id: String = row.try_get("id")?;
-        let tags = sqlx::query("SELECT tag FROM image_tags WHERE image_id = $1 ORDER BY tag")
-            .bind(&id)
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(|r| r.try_get::<String, _>("tag"))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(ImageRow {
-            owner_id: row.try_get("owner_id")?,
-            owner: row.try_get("owner")?,
-            name: row.try_get("name")?,
-            notes: row.try_get("notes")?,
-            tags,
-            state: row.try_get("state")?,
-            visibility: Visibility::parse(&row.try_get::<String, _>("visibility")?)?,
-            protected: row.try_get::<i32, _>("protected")? != 0,
-            failure_reason: row.try_get("failure_reason")?,
-            size_bytes: row.try_get("size_bytes")?,
-            created_unix: row.try_get("created_unix")?,
-            updated_unix: row.try_get("updated_unix")?,
-            id,
-        })
+    /// Rows of `SELECT_IMAGE` into images, with every page's tags fetched
+    /// in one query.
+    async fn rows_to_images(&self, rows: Vec<sqlx::any::AnyRow>) -> Result<Vec<ImageRow>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            out.push(ImageRow {
+                id: row.try_get("id")?,
+                owner_id: row.try_get("owner_id")?,
+                owner: row.try_get("owner")?,
+                name: row.try_get("name")?,
+                notes: row.try_get("notes")?,
+                tags: Vec::new(),
+                state: row.try_get("state")?,
+                visibility: Visibility::parse(&row.try_get::<String, _>("visibility")?)?,
+                protected: row.try_get::<i32, _>("protected")? != 0,
+                failure_reason: row.try_get("failure_reason")?,
+                size_bytes: row.try_get("size_bytes")?,
+                created_unix: row.try_get("created_unix")?,
+                updated_unix: row.try_get("updated_unix")?,
+            });
+        }
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let marks: Vec<String> = (1..=out.len()).map(|n| format!("${n}")).collect();
+        // Placeholders only; the ids are bound.
+        let sql = format!(
+            "SELECT image_id, tag FROM image_tags WHERE image_id IN ({}) ORDER BY tag",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for img in &out {
+            q = q.bind(img.id.clone());
+        }
+        for r in q.fetch_all(&self.pool).await? {
+            let id: String = r.try_get("image_id")?;
+            let tag: String = r.try_get("tag")?;
+            if let Some(img) = out.iter_mut().find(|i| i.id == id) {
+                img.tags.push(tag);
+            }
+        }
+        Ok(out)
     }
 
     /// An image `viewer` may see; `NotFound` otherwise (no existence leak).
@@ -321,7 +343,10 @@ impl Catalog {
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| CatalogError::NotFound(format!("image {id} not found")))?;
-        self.row_to_image(row).await
+        self.rows_to_images(vec![row])
+            .await?
+            .pop()
+            .ok_or_else(|| CatalogError::NotFound(format!("image {id} not found")))
     }
 
     /// The image, if `viewer` owns it; `NotFound` if it cannot see it,
@@ -376,6 +401,14 @@ impl Catalog {
                 " AND i.name LIKE $? ESCAPE '\\'",
                 format!("{escaped}%"),
             );
+            if self.sqlite {
+                // SQLite cannot use an index for LIKE with ESCAPE; a byte-order
+                // range on the same prefix can (its BINARY collation makes the
+                // range exact). PostgreSQL keeps LIKE alone: locale collations
+                // do not order by prefix.
+                arg(&mut sql, " AND i.name >= $?", p.clone());
+                arg(&mut sql, " AND i.name < $?", format!("{p}\u{10FFFF}"));
+            }
         }
         if let Some(t) = &q.tag {
             arg(
@@ -413,10 +446,9 @@ impl Catalog {
         }
         let rows = query.fetch_all(&self.pool).await?;
         let more = rows.len() as i64 > size;
-        let mut out = Vec::new();
-        for row in rows.into_iter().take(size as usize) {
-            out.push(self.row_to_image(row).await?);
-        }
+        let out = self
+            .rows_to_images(rows.into_iter().take(size as usize).collect())
+            .await?;
         let next = if more {
             out.last().map(|l| encode_token(l.created_unix, &l.id))
         } else {
