@@ -102,6 +102,16 @@ fn external(args: &[&str]) -> Usage {
     u
 }
 
+/// Median usage of `runs` runs of an external command that writes `out`
+/// (removed before each run, so every run starts from the same state).
+fn external_runs(runs: usize, out: &Path, args: &[&str]) -> Usage {
+    let (u, _) = repeat(runs, || {
+        let _ = fs::remove_file(out);
+        (external(args), 0)
+    });
+    u
+}
+
 fn median(mut v: Vec<Usage>) -> Usage {
     v.sort_by(|a, b| a.wall.total_cmp(&b.wall));
     v[v.len() / 2]
@@ -482,21 +492,20 @@ fn main() {
 
         if have("zstd") {
             let zst = w.join("disk.zst");
-            let (u, _) = repeat(runs, || {
-                (
-                    external(&[
-                        "zstd",
-                        "-q",
-                        "-f",
-                        "-T2",
-                        "-3",
-                        disk.to_str().expect("utf8"),
-                        "-o",
-                        zst.to_str().expect("utf8"),
-                    ]),
-                    0,
-                )
-            });
+            let u = external_runs(
+                runs,
+                &zst,
+                &[
+                    "zstd",
+                    "-q",
+                    "-f",
+                    "-T2",
+                    "-3",
+                    disk.to_str().expect("utf8"),
+                    "-o",
+                    zst.to_str().expect("utf8"),
+                ],
+            );
             rows.push(Row {
                 step: "zstd -T2 -3".into(),
                 u,
@@ -506,20 +515,19 @@ fn main() {
         }
         if have("qemu-img") {
             let q = w.join("zlib.qcow2");
-            let (u, _) = repeat(1, || {
-                (
-                    external(&[
-                        "qemu-img",
-                        "convert",
-                        "-c",
-                        "-O",
-                        "qcow2",
-                        disk.to_str().expect("utf8"),
-                        q.to_str().expect("utf8"),
-                    ]),
-                    0,
-                )
-            });
+            let u = external_runs(
+                1,
+                &q,
+                &[
+                    "qemu-img",
+                    "convert",
+                    "-c",
+                    "-O",
+                    "qcow2",
+                    disk.to_str().expect("utf8"),
+                    q.to_str().expect("utf8"),
+                ],
+            );
             rows.push(Row {
                 step: "qemu-img convert -c -O qcow2 (zlib)".into(),
                 u,
@@ -527,42 +535,39 @@ fn main() {
             });
             let _ = fs::remove_file(&q);
             let q = w.join("zstd.qcow2");
-            let (u, _) = repeat(runs, || {
-                (
-                    external(&[
-                        "qemu-img",
-                        "convert",
-                        "-c",
-                        "-O",
-                        "qcow2",
-                        "-o",
-                        "compression_type=zstd",
-                        disk.to_str().expect("utf8"),
-                        q.to_str().expect("utf8"),
-                    ]),
-                    0,
-                )
-            });
+            let u = external_runs(
+                runs,
+                &q,
+                &[
+                    "qemu-img",
+                    "convert",
+                    "-c",
+                    "-O",
+                    "qcow2",
+                    "-o",
+                    "compression_type=zstd",
+                    disk.to_str().expect("utf8"),
+                    q.to_str().expect("utf8"),
+                ],
+            );
             rows.push(Row {
                 step: "qemu-img convert -c -O qcow2 -o compression_type=zstd".into(),
                 u,
                 out: format!("{} MiB", mib(file_bytes(&q))),
             });
             let raw = w.join("from-qcow2.raw");
-            let (u, _) = repeat(runs, || {
-                let _ = fs::remove_file(&raw);
-                (
-                    external(&[
-                        "qemu-img",
-                        "convert",
-                        "-O",
-                        "raw",
-                        q.to_str().expect("utf8"),
-                        raw.to_str().expect("utf8"),
-                    ]),
-                    0,
-                )
-            });
+            let u = external_runs(
+                runs,
+                &raw,
+                &[
+                    "qemu-img",
+                    "convert",
+                    "-O",
+                    "raw",
+                    q.to_str().expect("utf8"),
+                    raw.to_str().expect("utf8"),
+                ],
+            );
             rows.push(Row {
                 step: "qemu-img convert zstd qcow2 -> raw".into(),
                 u,
@@ -572,18 +577,16 @@ fn main() {
             let _ = fs::remove_file(&q);
         }
         let cp = w.join("cp.raw");
-        let (u, _) = repeat(runs, || {
-            let _ = fs::remove_file(&cp);
-            (
-                external(&[
-                    "cp",
-                    "--sparse=always",
-                    disk.to_str().expect("utf8"),
-                    cp.to_str().expect("utf8"),
-                ]),
-                0,
-            )
-        });
+        let u = external_runs(
+            runs,
+            &cp,
+            &[
+                "cp",
+                "--sparse=always",
+                disk.to_str().expect("utf8"),
+                cp.to_str().expect("utf8"),
+            ],
+        );
         rows.push(Row {
             step: "cp --sparse=always".into(),
             u,
