@@ -153,7 +153,9 @@ impl Hypervisor for Libvirt {
 
     fn power_state(&self, g: &GuestRef) -> Result<PowerState> {
         self.with(&format!("state of guest {}", g.name), |c| {
-            let (state, _) = Self::domain_of(c, g)?.state()?;
+            // `Domain::state()` swallows libvirt errors (a dead connection
+            // reads as an unknown state); `info()` reports them.
+            let state = Self::domain_of(c, g)?.info()?.state;
             Ok(match state {
                 Enum::Known(DomainState::Running | DomainState::Blocked) => PowerState::Running,
                 Enum::Known(DomainState::Shutoff) => PowerState::ShutOff,
