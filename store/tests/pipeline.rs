@@ -108,6 +108,15 @@ fn restore_to_vec(store: &Store, m: &Manifest, disk: usize) -> imprint_store::Re
     Ok(t.into_inner().into_inner())
 }
 
+/// Disk 0 of `m` to `target` with default options.
+fn restore0(
+    store: &Store,
+    m: &Manifest,
+    target: &mut dyn imprint_store::source::DiskTarget,
+) -> imprint_store::Result<imprint_store::restore::RestoreStats> {
+    restore_disk(store, m, 0, target, &RestoreOptions::default(), &mut |_| {})
+}
+
 fn chunk_path(store_dir: &Path, d: &ChunkDigest) -> PathBuf {
     let hex = d.to_hex();
     store_dir.join("store/chunks").join(&hex[..4]).join(hex)
@@ -149,15 +158,7 @@ fn round_trip_is_byte_identical_and_sha256_matches() {
     // Deploy to a fresh sparse file and to any Write + Seek.
     let out = tmp.path().join("out.raw");
     let mut target = FileTarget::create(&out, data.len() as u64).expect("target");
-    let rs = restore_disk(
-        &store,
-        m,
-        0,
-        &mut target,
-        &RestoreOptions::default(),
-        &mut |_| {},
-    )
-    .expect("restore");
+    let rs = restore0(&store, &m, &mut target).expect("restore");
     assert_eq!(fs::read(&out).expect("read"), data);
     assert_eq!(rs.zero_bytes, 15 * u64::from(CS));
     assert_eq!(restore_to_vec(&store, m, 0).expect("restore"), data);
@@ -249,15 +250,7 @@ fn deploy_target_full_is_storage_full() {
         room: 2 * u64::from(CS),
         written: 0,
     };
-    let err = restore_disk(
-        &store,
-        &m,
-        0,
-        &mut t,
-        &RestoreOptions::default(),
-        &mut |_| {},
-    )
-    .expect_err("full");
+    let err = restore0(&store, &m, &mut t).expect_err("full");
     assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
     assert!(err.to_string().contains(&m.image_id.to_string()), "{err}");
 }
@@ -274,28 +267,12 @@ fn deploy_over_used_target_zeroes_old_bytes() {
     let out = tmp.path().join("used.raw");
     fs::write(&out, vec![0x55u8; data.len() + 4096]).expect("old data");
     let mut target = FileTarget::open_existing(&out).expect("open");
-    restore_disk(
-        &store,
-        &m,
-        0,
-        &mut target,
-        &RestoreOptions::default(),
-        &mut |_| {},
-    )
-    .expect("restore");
+    restore0(&store, &m, &mut target).expect("restore");
     let got = fs::read(&out).expect("read");
     assert_eq!(&got[..data.len()], &data[..]);
 
     let mut t = WriteSeekTarget::new(Cursor::new(vec![0x77u8; data.len()]), false);
-    restore_disk(
-        &store,
-        &m,
-        0,
-        &mut t,
-        &RestoreOptions::default(),
-        &mut |_| {},
-    )
-    .expect("restore");
+    restore0(&store, &m, &mut t).expect("restore");
     assert_eq!(t.into_inner().into_inner(), data);
 }
 
@@ -377,15 +354,7 @@ fn target_too_small_is_refused_before_writing() {
         .expect("capture")
         .manifest;
     let mut t = WriteSeekTarget::new(Cursor::new(vec![9u8; data.len() - 1]), false);
-    let err = restore_disk(
-        &store,
-        &m,
-        0,
-        &mut t,
-        &RestoreOptions::default(),
-        &mut |_| {},
-    )
-    .expect_err("too small");
+    let err = restore0(&store, &m, &mut t).expect_err("too small");
     assert_eq!(err.kind(), ErrorKind::TargetTooSmall);
     assert!(err.to_string().contains(&m.image_id.to_string()), "{err}");
     assert!(
