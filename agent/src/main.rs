@@ -41,6 +41,12 @@ struct Args {
     /// Directory for deployed guests' serial console logs.
     #[arg(long)]
     console_log_dir: Option<PathBuf>,
+    /// Control daemon to register with and heartbeat to (`http://HOST:PORT`).
+    #[arg(long)]
+    daemon: Option<String>,
+    /// This host's name at the daemon (default: the system host name).
+    #[arg(long)]
+    host_name: Option<String>,
 }
 
 /// The configuration file; every key is optional.
@@ -55,6 +61,8 @@ struct FileConfig {
     domain_type: Option<String>,
     console_log_dir: Option<PathBuf>,
     shutdown_timeout_seconds: Option<u64>,
+    daemon: Option<String>,
+    host_name: Option<String>,
 }
 
 fn detect_domain_type() -> String {
@@ -151,6 +159,23 @@ async fn main() -> Result<()> {
     tracing::info!(%local, %uri, store = %store_dir.display(), settings = ?settings, "imprint-agent serving");
     // Tests and scripts read this line to find a port chosen by the kernel.
     println!("listening on {local}");
+    if let Some(daemon) = args.daemon.or(file.daemon) {
+        let name = args
+            .host_name
+            .or(file.host_name)
+            .or_else(|| {
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+            })
+            .context("no host name: pass --host-name")?;
+        tokio::spawn(register_and_heartbeat(
+            daemon,
+            name,
+            format!("http://{local}"),
+            uri.clone(),
+        ));
+    }
     let agent = Agent::new(hv, store, journal, settings);
     tonic::transport::Server::builder()
         .add_service(health_service)
@@ -164,4 +189,57 @@ async fn main() -> Result<()> {
         )
         .await?;
     Ok(())
+}
+
+/// Register with the daemon, then heartbeat at the interval it asks for;
+/// retried forever (the daemon may start later or restart).
+async fn register_and_heartbeat(
+    daemon: String,
+    name: String,
+    endpoint: String,
+    libvirt_uri: String,
+) {
+    use imprint_proto::v1::{
+        HeartbeatRequest, RegisterHostRequest, host_service_client::HostServiceClient,
+    };
+    let mut registered = false;
+    let mut interval = Duration::from_secs(10);
+    loop {
+        let result = async {
+            let mut client = HostServiceClient::connect(daemon.clone()).await?;
+            if !registered {
+                client
+                    .register_host(RegisterHostRequest {
+                        name: name.clone(),
+                        agent_endpoint: endpoint.clone(),
+                        libvirt_uri: libvirt_uri.clone(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                        cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
+                        ..Default::default()
+                    })
+                    .await?;
+                tracing::info!(%daemon, host = %name, "registered with the daemon");
+            }
+            let r = client
+                .heartbeat(HeartbeatRequest {
+                    name: name.clone(),
+                    ..Default::default()
+                })
+                .await?;
+            anyhow::Ok(r.into_inner().interval_seconds)
+        }
+        .await;
+        match result {
+            Ok(secs) => {
+                registered = true;
+                interval = Duration::from_secs(u64::from(secs.max(1)));
+            }
+            Err(e) => {
+                // A daemon that forgot us (new catalog) answers NOT_FOUND.
+                registered = false;
+                tracing::warn!(%daemon, error = %e, "cannot reach the daemon; retrying");
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
 }

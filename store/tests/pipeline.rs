@@ -158,7 +158,7 @@ fn round_trip_is_byte_identical_and_sha256_matches() {
     // Deploy to a fresh sparse file and to any Write + Seek.
     let out = tmp.path().join("out.raw");
     let mut target = FileTarget::create(&out, data.len() as u64).expect("target");
-    let rs = restore0(&store, &m, &mut target).expect("restore");
+    let rs = restore0(&store, m, &mut target).expect("restore");
     assert_eq!(fs::read(&out).expect("read"), data);
     assert_eq!(rs.zero_bytes, 15 * u64::from(CS));
     assert_eq!(restore_to_vec(&store, m, 0).expect("restore"), data);

@@ -316,35 +316,32 @@ pub fn last_value(log: &str, key: &str) -> Option<String> {
         .find_map(|l| l.trim().strip_prefix(key).map(|v| v.trim().to_string()))
 }
 
-/// A running `imprint-agent`, killed on drop.
+/// A server binary of ours that prints `listening on ADDR` when ready,
+/// killed on drop.
 #[derive(Debug)]
-pub struct AgentProcess {
+pub struct ServerProcess {
     /// The process.
     pub child: Child,
     /// `http://127.0.0.1:PORT`.
     pub endpoint: String,
 }
 
-impl AgentProcess {
-    /// Start the agent on a kernel-chosen port with these extra flags.
-    pub fn start(store: &Path, journal: &Path, extra: &[&str]) -> Self {
-        let mut child = Command::new(binary("imprint-agent"))
-            .args(["--listen", "127.0.0.1:0", "--store"])
-            .arg(store)
-            .arg("--journal-dir")
-            .arg(journal)
-            .args(extra)
+impl ServerProcess {
+    /// Start `binary` with `args` and wait for its `listening on` line.
+    pub fn start(binary_name: &str, args: &[&std::ffi::OsStr]) -> Self {
+        let mut child = Command::new(binary(binary_name))
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start imprint-agent");
+            .unwrap_or_else(|e| panic!("start {binary_name}: {e}"));
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read");
         let addr = line
             .trim()
             .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("imprint-agent did not start: {line:?}"))
+            .unwrap_or_else(|| panic!("{binary_name} did not start: {line:?}"))
             .to_string();
         Self {
             child,
@@ -359,9 +356,27 @@ impl AgentProcess {
     }
 }
 
-impl Drop for AgentProcess {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A running `imprint-agent`.
+pub type AgentProcess = ServerProcess;
+
+impl AgentProcess {
+    /// Start the agent on a kernel-chosen port with these extra flags.
+    pub fn start_agent(store: &Path, journal: &Path, extra: &[&str]) -> Self {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--store".as_ref(),
+            store.as_os_str(),
+        ];
+        args.extend(["--journal-dir".as_ref(), journal.as_os_str()]);
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        Self::start("imprint-agent", &args)
     }
 }
 
@@ -446,7 +461,7 @@ impl Fixture {
     }
 
     fn spawn_agent(wd: &Workdir, consoles: &Path, pool_b: &Pool) -> AgentProcess {
-        AgentProcess::start(
+        AgentProcess::start_agent(
             &wd.path().join("store"),
             &wd.path().join("journal"),
             &[

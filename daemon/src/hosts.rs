@@ -1,0 +1,123 @@
+//! `HostService`: agents register and heartbeat; operators list hosts.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use imprint_proto::v1::{self as pb, host_service_server::HostService};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    catalog::{Catalog, CatalogError},
+    ops::HostRow,
+};
+
+/// Seconds between agent heartbeats; a host is alive while its last one is
+/// younger than three intervals.
+pub const HEARTBEAT_INTERVAL_SECONDS: u32 = 10;
+
+/// Map catalog errors to gRPC statuses (database details stay in the log).
+pub fn status(e: CatalogError) -> Status {
+    match e {
+        CatalogError::NotFound(m) => Status::not_found(m),
+        CatalogError::InvalidArgument(m) => Status::invalid_argument(m),
+        CatalogError::Conflict(m) => Status::already_exists(m),
+        CatalogError::PermissionDenied(m) => Status::permission_denied(m),
+        other => {
+            tracing::error!(error = %other, "catalog failure");
+            Status::unavailable("the catalog database is unavailable; retry later")
+        }
+    }
+}
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct Hosts {
+    catalog: Catalog,
+}
+
+impl Hosts {
+    /// Over `catalog`.
+    pub fn new(catalog: Catalog) -> Self {
+        Self { catalog }
+    }
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn to_pb(h: HostRow) -> pb::Host {
+    pb::Host {
+        alive: now() - h.last_heartbeat_unix < 3 * i64::from(HEARTBEAT_INTERVAL_SECONDS),
+        name: h.name,
+        agent_endpoint: h.agent_endpoint,
+        libvirt_uri: h.libvirt_uri,
+        version: h.version,
+        cpus: h.cpus as u32,
+        memory_bytes: h.memory_bytes as u64,
+        site: h.site,
+        last_heartbeat_unix: h.last_heartbeat_unix,
+    }
+}
+
+#[tonic::async_trait]
+impl HostService for Hosts {
+    async fn register_host(
+        &self,
+        req: Request<pb::RegisterHostRequest>,
+    ) -> Result<Response<pb::Host>, Status> {
+        let r = req.into_inner();
+        let row = HostRow {
+            name: r.name.clone(),
+            agent_endpoint: r.agent_endpoint,
+            libvirt_uri: r.libvirt_uri,
+            version: r.version,
+            cpus: i32::try_from(r.cpus)
+                .map_err(|_| Status::invalid_argument("cpus is out of range"))?,
+            memory_bytes: i64::try_from(r.memory_bytes)
+                .map_err(|_| Status::invalid_argument("memory_bytes is out of range"))?,
+            site: r.site,
+            last_heartbeat_unix: 0,
+        };
+        self.catalog.register_host(&row).await.map_err(status)?;
+        tracing::info!(host = %r.name, "host registered");
+        let host = self
+            .catalog
+            .hosts()
+            .await
+            .map_err(status)?
+            .into_iter()
+            .find(|h| h.name == r.name)
+            .ok_or_else(|| Status::internal("registered host vanished"))?;
+        Ok(Response::new(to_pb(host)))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        self.catalog
+            .heartbeat(&req.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            interval_seconds: HEARTBEAT_INTERVAL_SECONDS,
+        }))
+    }
+
+    async fn list_hosts(
+        &self,
+        _: Request<pb::ListHostsRequest>,
+    ) -> Result<Response<pb::ListHostsResponse>, Status> {
+        let hosts = self
+            .catalog
+            .hosts()
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(to_pb)
+            .collect();
+        Ok(Response::new(pb::ListHostsResponse { hosts }))
+    }
+}

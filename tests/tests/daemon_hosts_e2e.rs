@@ -1,0 +1,80 @@
+//! Agents register with the control daemon and heartbeat; the daemon lists
+//! them as alive (HostService), on its embedded SQLite catalog.
+
+use std::time::{Duration, Instant};
+
+use imprint_proto::v1::{self as pb, host_service_client::HostServiceClient};
+use imprint_tests::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_registers_and_heartbeats() {
+    let wd = Workdir::new("imprint-daemon-");
+    let state = wd.path().join("imprintd");
+    let daemon = ServerProcess::start(
+        "imprintd",
+        &[
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+        ],
+    );
+    let _agent = AgentProcess::start_agent(
+        &wd.path().join("store"),
+        &wd.path().join("journal"),
+        &["--daemon", &daemon.endpoint, "--host-name", "kvm-01"],
+    );
+    let mut client = HostServiceClient::connect(daemon.endpoint.clone())
+        .await
+        .expect("connect");
+    let start = Instant::now();
+    let host = loop {
+        let hosts = client
+            .list_hosts(pb::ListHostsRequest {})
+            .await
+            .expect("list")
+            .into_inner()
+            .hosts;
+        if let Some(h) = hosts.into_iter().find(|h| h.name == "kvm-01") {
+            break h;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "agent never registered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(host.alive, "{host:?}");
+    assert_eq!(host.libvirt_uri, "qemu:///system");
+    assert!(
+        host.agent_endpoint.starts_with("http://127.0.0.1:"),
+        "{host:?}"
+    );
+    // The agent endpoint answers: it is the agent that registered.
+    let mut agent =
+        pb::agent_service_client::AgentServiceClient::connect(host.agent_endpoint.clone())
+            .await
+            .expect("agent");
+    agent
+        .list_operations(pb::ListOperationsRequest {})
+        .await
+        .expect("agent answers");
+
+    // Bad input gets a clear status.
+    let err = client
+        .register_host(pb::RegisterHostRequest {
+            name: String::new(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no name");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let err = client
+        .heartbeat(pb::HeartbeatRequest {
+            name: "never-registered".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown host");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
