@@ -13,5 +13,8 @@ fi
 ./scripts/install-deps.sh
 ./scripts/start-services.sh
 
-# Fuzz targets build with `cargo fuzz` only (see fuzz/); everything else:
+# The end-to-end tests start our binaries (imprintd, imprint-agent,
+# imprint): `cargo test` builds only those of packages with integration
+# tests, so build them all first. Fuzz targets build with `cargo fuzz` only.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked
