@@ -72,6 +72,36 @@ fn make_disk(path: &Path, seed: u8) -> Vec<u8> {
     data
 }
 
+/// A temporary store and a test disk made from `seed`.
+struct World {
+    tmp: tempfile::TempDir,
+    store: Store,
+    disk: PathBuf,
+    data: Vec<u8>,
+}
+
+fn world(seed: u8) -> World {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let disk = tmp.path().join("vda.raw");
+    let data = make_disk(&disk, seed);
+    World {
+        tmp,
+        store,
+        disk,
+        data,
+    }
+}
+
+/// [`world`] with the disk captured as image `img`.
+fn captured(seed: u8) -> (World, Manifest) {
+    let w = world(seed);
+    let m = capture_files(&w.store, "img", &[&w.disk])
+        .expect("capture")
+        .manifest;
+    (w, m)
+}
+
 fn opts() -> CaptureOptions {
     CaptureOptions {
         threads: 3,
@@ -124,10 +154,12 @@ fn chunk_path(store_dir: &Path, d: &ChunkDigest) -> PathBuf {
 
 #[test]
 fn round_trip_is_byte_identical_and_sha256_matches() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
-    let disk = tmp.path().join("vda.raw");
-    let data = make_disk(&disk, 1);
+    let World {
+        tmp,
+        store,
+        disk,
+        data,
+    } = world(1);
     let mut calls = 0;
     let report = capture(
         &store,
@@ -181,10 +213,12 @@ fn round_trip_is_byte_identical_and_sha256_matches() {
 
 #[test]
 fn disk_sha256_can_be_skipped() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
-    let disk = tmp.path().join("vda.raw");
-    let data = make_disk(&disk, 17);
+    let World {
+        tmp: _tmp,
+        store,
+        disk,
+        data,
+    } = world(17);
     let o = CaptureOptions {
         disk_sha256: false,
         ..opts()
@@ -238,13 +272,15 @@ impl imprint_store::source::DiskTarget for FullDisk {
 
 #[test]
 fn deploy_target_full_is_storage_full() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
-    let disk = tmp.path().join("vda.raw");
-    let data = make_disk(&disk, 18);
-    let m = capture_files(&store, "img", &[&disk])
-        .expect("capture")
-        .manifest;
+    let (
+        World {
+            tmp: _tmp,
+            store,
+            disk: _,
+            data,
+        },
+        m,
+    ) = captured(18);
     let mut t = FullDisk {
         size: data.len() as u64,
         room: 2 * u64::from(CS),
@@ -257,13 +293,15 @@ fn deploy_target_full_is_storage_full() {
 
 #[test]
 fn deploy_over_used_target_zeroes_old_bytes() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
-    let disk = tmp.path().join("vda.raw");
-    let data = make_disk(&disk, 2);
-    let m = capture_files(&store, "img", &[&disk])
-        .expect("capture")
-        .manifest;
+    let (
+        World {
+            tmp,
+            store,
+            disk: _,
+            data,
+        },
+        m,
+    ) = captured(2);
     let out = tmp.path().join("used.raw");
     fs::write(&out, vec![0x55u8; data.len() + 4096]).expect("old data");
     let mut target = FileTarget::open_existing(&out).expect("open");
@@ -278,10 +316,12 @@ fn deploy_over_used_target_zeroes_old_bytes() {
 
 #[test]
 fn recapture_stores_only_what_changed() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
-    let disk = tmp.path().join("vda.raw");
-    make_disk(&disk, 3);
+    let World {
+        tmp: _tmp,
+        store,
+        disk,
+        data: _,
+    } = world(3);
     let first = capture_files(&store, "v1", &[&disk]).expect("first");
     // Change 100 bytes inside chunk 1 and write into a hole (chunk 12).
     let f = File::options().write(true).open(&disk).expect("open");
@@ -346,13 +386,15 @@ fn any_read_seek_source_works() {
 
 #[test]
 fn target_too_small_is_refused_before_writing() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
-    let disk = tmp.path().join("vda.raw");
-    let data = make_disk(&disk, 6);
-    let m = capture_files(&store, "img", &[&disk])
-        .expect("capture")
-        .manifest;
+    let (
+        World {
+            tmp: _tmp,
+            store,
+            disk: _,
+            data,
+        },
+        m,
+    ) = captured(6);
     let mut t = WriteSeekTarget::new(Cursor::new(vec![9u8; data.len() - 1]), false);
     let err = restore0(&store, &m, &mut t).expect_err("too small");
     assert_eq!(err.kind(), ErrorKind::TargetTooSmall);
@@ -365,10 +407,12 @@ fn target_too_small_is_refused_before_writing() {
 
 #[test]
 fn missing_and_corrupt_chunks_are_named() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
-    let disk = tmp.path().join("vda.raw");
-    make_disk(&disk, 7);
+    let World {
+        tmp,
+        store,
+        disk,
+        data: _,
+    } = world(7);
     let m = capture_files(&store, "img", &[&disk])
         .expect("capture")
         .manifest;
@@ -422,10 +466,12 @@ fn missing_and_corrupt_chunks_are_named() {
 
 #[test]
 fn unknown_manifest_version_is_reported() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
-    let disk = tmp.path().join("vda.raw");
-    make_disk(&disk, 8);
+    let World {
+        tmp,
+        store,
+        disk,
+        data: _,
+    } = world(8);
     let m = capture_files(&store, "img", &[&disk])
         .expect("capture")
         .manifest;
@@ -465,10 +511,12 @@ fn opening_things_that_are_not_stores() {
 
 #[test]
 fn ambiguous_names_need_an_id() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
-    let disk = tmp.path().join("vda.raw");
-    make_disk(&disk, 9);
+    let World {
+        tmp: _tmp,
+        store,
+        disk,
+        data: _,
+    } = world(9);
     capture_files(&store, "same", &[&disk]).expect("1");
     capture_files(&store, "same", &[&disk]).expect("2");
     assert_eq!(
@@ -620,10 +668,12 @@ fn store_not_writable_is_permission_denied() {
 
 #[test]
 fn cancelled_capture_leaves_no_image() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
-    let disk = tmp.path().join("vda.raw");
-    make_disk(&disk, 12);
+    let World {
+        tmp,
+        store,
+        disk,
+        data: _,
+    } = world(12);
     let cancel = Arc::new(AtomicBool::new(false));
     let o = CaptureOptions {
         cancel: Some(cancel.clone()),
@@ -649,10 +699,12 @@ fn cancelled_capture_leaves_no_image() {
 
 #[test]
 fn bad_names_are_refused() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
-    let disk = tmp.path().join("vda.raw");
-    make_disk(&disk, 13);
+    let World {
+        tmp: _tmp,
+        store,
+        disk,
+        data: _,
+    } = world(13);
     for name in ["", "a\u{7}b", &"n".repeat(300)] {
         let err = capture_files(&store, name, &[&disk]).expect_err("bad name");
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
