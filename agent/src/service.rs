@@ -249,6 +249,12 @@ impl AgentService for Agent {
             return Err(Status::invalid_argument("guest is required"));
         }
         imprint_store::manifest::validate_name(&r.image_name).map_err(|e| status(e.into()))?;
+        let image_id = match r.image_id.as_str() {
+            "" => None,
+            s => Some(s.parse::<imprint_store::ImageId>().map_err(|_| {
+                Status::invalid_argument(format!("image_id {s:?} must be a UUID"))
+            })?),
+        };
         // Unknown guests are refused now, not as a failed operation.
         let hv = self.ctx.hv.clone();
         let g = r.guest.clone();
@@ -265,6 +271,7 @@ impl AgentService for Agent {
             },
             allow_force_off: r.allow_force_off,
             labels: r.labels.into_iter().collect(),
+            image_id,
             acpi_resend: Duration::from_secs(5),
         };
         let ctx = self.ctx.clone();

@@ -100,6 +100,8 @@ pub struct CaptureSpec {
     pub allow_force_off: bool,
     /// Labels for the image.
     pub labels: BTreeMap<String, String>,
+    /// Id of the new image (chosen by the caller), or a fresh one.
+    pub image_id: Option<ImageId>,
     /// Resend the ACPI request this often (a request sent before the guest
     /// listens is lost).
     pub acpi_resend: Duration,
@@ -162,6 +164,14 @@ pub fn capture(
                 format!("guest {} has no disk {ex:?} to exclude", guest.name),
             ));
         }
+    }
+    if let Some(id) = &spec.image_id
+        && store.manifest(id).is_ok()
+    {
+        return Err(AgentError::new(
+            Kind::Conflict,
+            format!("image {id} exists already"),
+        ));
     }
     // Resolve every source before taking the guest down: a bad disk must not
     // cost downtime.
@@ -292,6 +302,7 @@ fn take_down_and_read(
         config: serde_json::to_value(&recorded)
             .map_err(|e| AgentError::new(Kind::Internal, e.to_string()))?,
         labels: spec.labels.clone(),
+        image_id: spec.image_id.clone(),
         ..Default::default()
     };
     let r = imprint_store::capture::capture(store, &spec.image_name, inputs, &opts, &mut |p| {

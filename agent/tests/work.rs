@@ -93,6 +93,7 @@ fn spec(force: bool) -> CaptureSpec {
         shutdown_timeout: Duration::from_millis(600),
         allow_force_off: force,
         labels: Default::default(),
+        image_id: None,
         acpi_resend: Duration::from_millis(200),
     }
 }
@@ -165,6 +166,35 @@ fn shut_off_guest_stays_off_and_bad_requests_cost_no_downtime() {
         e.hv.guests.lock().expect("lock")["a"].acpi_requests,
         0,
         "never shut down"
+    );
+    // The id of an image that exists already is refused up front.
+    let first = capture(
+        &e.ctx,
+        &CaptureSpec {
+            image_id: Some("5d1e8f7a-0c1b-4a52-9d3e-6f2a1b0c9d8e".parse().expect("id")),
+            ..spec(false)
+        },
+        &cancel,
+        &no_report,
+    )
+    .expect("capture under a chosen id");
+    assert_eq!(first.image_id.to_string(), "5d1e8f7a-0c1b-4a52-9d3e-6f2a1b0c9d8e");
+    let before = e.hv.guests.lock().expect("lock")["a"].acpi_requests;
+    let err = capture(
+        &e.ctx,
+        &CaptureSpec {
+            image_id: Some(first.image_id.clone()),
+            ..spec(false)
+        },
+        &cancel,
+        &no_report,
+    )
+    .expect_err("id in use");
+    assert_eq!(err.kind, Kind::Conflict, "{err}");
+    assert_eq!(
+        e.hv.guests.lock().expect("lock")["a"].acpi_requests,
+        before,
+        "refused before the shutdown"
     );
     assert_eq!(state(&e, "a"), PowerState::Running);
 }

@@ -31,7 +31,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::{
-    ChunkDigest, Error, FixedIndex, ImageId, Manifest, Result, Store,
+    ChunkDigest, Error, ErrorKind, FixedIndex, ImageId, Manifest, Result, Store,
     backend::{Inserted, WriterInfo},
     blob::BlobEncoder,
     index::Layout,
@@ -57,6 +57,10 @@ pub struct CaptureOptions {
     /// included (about 0.8 s per GiB here): turning it off makes
     /// recaptures of mostly unchanged disks several times faster.
     pub disk_sha256: bool,
+    /// Id of the new image, chosen by the caller (the control daemon
+    /// records the image before the capture starts). `None`: a fresh one.
+    /// An id that names a committed image is refused with `Conflict`.
+    pub image_id: Option<ImageId>,
 }
 
 impl Default for CaptureOptions {
@@ -68,6 +72,7 @@ impl Default for CaptureOptions {
             config: serde_json::Value::Null,
             labels: Default::default(),
             disk_sha256: true,
+            image_id: None,
         }
     }
 }
@@ -168,7 +173,22 @@ pub fn capture(
         return Err(Error::invalid("an image needs at least one disk"));
     }
     let started = Instant::now();
-    let image_id = ImageId::generate();
+    let image_id = match &opts.image_id {
+        Some(id) => {
+            match store.backend().read_manifest(id) {
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+                Ok(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        format!("image {id} exists already"),
+                    ));
+                }
+            }
+            id.clone()
+        }
+        None => ImageId::generate(),
+    };
     let writer = WriterGuard::register(store, &image_id)?;
     let result = capture_inner(store, &image_id, name, disks, opts, progress, &writer);
     if result.is_err() {

@@ -74,6 +74,7 @@ pub mod manifest;
 pub mod restore;
 pub mod source;
 mod store;
+pub mod usage;
 pub mod verify;
 
 pub use digest::{ChunkDigest, DiskSha256, ImageId};

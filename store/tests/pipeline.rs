@@ -19,7 +19,8 @@ use imprint_store::{
     capture::{CaptureOptions, CaptureReport, DiskInput, capture},
     gc::{GcOptions, collect_garbage},
     restore::{RestoreOptions, restore_disk},
-    source::{FileSource, FileTarget, ReadSeekSource, WriteSeekTarget},
+    usage::usage,
+    source::{DiskSource, FileSource, FileTarget, ReadSeekSource, WriteSeekTarget},
     verify::{verify_images, verify_store},
 };
 use sha2::{Digest, Sha256};
@@ -242,6 +243,32 @@ fn disk_sha256_can_be_skipped() {
         restore_to_vec(&store, &r.manifest, 0).expect("restore"),
         data
     );
+}
+
+#[test]
+fn caller_chosen_image_id_is_used_and_never_overwritten() {
+    let (w, first) = captured(18);
+    let chosen: ImageId = "0b9c2f9e-5a4e-4d3b-9f57-2f1d7a3c4e11".parse().expect("id");
+    let with_id = |id: &ImageId| CaptureOptions {
+        image_id: Some(id.clone()),
+        ..opts()
+    };
+    let input = || {
+        vec![DiskInput {
+            name: "vda".into(),
+            source: Box::new(FileSource::open(&w.disk).expect("open")) as Box<dyn DiskSource>,
+        }]
+    };
+    let r = capture(&w.store, "chosen", input(), &with_id(&chosen), &mut |_| {})
+        .expect("capture under a chosen id");
+    assert_eq!(r.manifest.image_id, chosen);
+    assert_eq!(w.store.manifest(&chosen).expect("stored").name, "chosen");
+    // Capturing again under the id of a committed image is refused and
+    // leaves that image as it was.
+    let e = capture(&w.store, "again", input(), &with_id(&first.image_id), &mut |_| {})
+        .expect_err("id in use");
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert_eq!(w.store.manifest(&first.image_id).expect("intact"), first);
 }
 
 /// A target that reports room but runs out of space after `room` bytes.
@@ -727,6 +754,52 @@ fn age_all_chunks(dir: &Path, by: Duration) {
             age(&c.expect("e").path(), by);
         }
     }
+}
+
+#[test]
+fn exclusive_bytes_are_what_gc_frees_after_delete() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = new_store(tmp.path());
+    let a = tmp.path().join("a.raw");
+    make_disk(&a, 21);
+    let img_a = capture_files(&store, "a", &[&a]).expect("a").manifest;
+    let f = File::options().write(true).open(&a).expect("open");
+    f.write_all_at(b"only in b", u64::from(CS)).expect("write");
+    f.write_all_at(b"also only in b", u64::from(CS) * 2).expect("write");
+    drop(f);
+    let img_b = capture_files(&store, "b", &[&a]).expect("b").manifest;
+    let u = usage(&store).expect("usage");
+    assert!(u.unreadable.is_empty());
+    let of = |id: &ImageId| {
+        u.images
+            .iter()
+            .find(|i| &i.image_id == id)
+            .cloned()
+            .expect("listed")
+    };
+    let (ua, ub) = (of(&img_a.image_id), of(&img_b.image_id));
+    assert!(ua.exclusive_bytes > 0 && ub.exclusive_bytes > 0);
+    assert!(ua.exclusive_bytes < ua.referenced_bytes / 2, "mostly shared");
+    // Every stored chunk is referenced; shared ones are counted once.
+    assert_eq!(
+        u.stored_bytes,
+        ua.referenced_bytes + ub.exclusive_bytes,
+        "a's chunks plus b's own"
+    );
+    age_all_chunks(tmp.path(), Duration::from_secs(7200));
+    store.delete_image(&img_a.image_id).expect("delete");
+    let r = collect_garbage(
+        &store,
+        &GcOptions {
+            grace: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .expect("gc");
+    assert_eq!(r.bytes_freed, ua.exclusive_bytes, "freed if deleted");
+    let after = usage(&store).expect("usage");
+    assert_eq!(after.images.len(), 1);
+    assert_eq!(after.images[0].exclusive_bytes, ub.referenced_bytes);
 }
 
 #[test]
