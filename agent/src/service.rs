@@ -292,6 +292,17 @@ impl AgentService for Agent {
                     read_seconds: o.read_seconds,
                     boot_seconds: o.boot_seconds,
                     final_power_state: power(o.final_state) as i32,
+                    disks: o
+                        .manifest
+                        .disks
+                        .iter()
+                        .map(|d| pb::CapturedDisk {
+                            name: d.name.clone(),
+                            size_bytes: d.size_bytes,
+                            sha256: d.sha256.clone().unwrap_or_default(),
+                        })
+                        .collect(),
+                    config_json: o.manifest.config.to_string(),
                 }))
             },
         );

@@ -112,6 +112,8 @@ pub struct CaptureSpec {
 pub struct CaptureOutcome {
     /// The new image.
     pub image_id: ImageId,
+    /// Its manifest (disks, recorded configuration).
+    pub manifest: imprint_store::Manifest,
     /// Store figures.
     pub stats: CaptureStats,
     /// Seconds from the ACPI request to power-off (0 if it was off).
@@ -322,6 +324,7 @@ fn take_down_and_read(
     }
     Ok(CaptureOutcome {
         image_id: r.manifest.image_id.clone(),
+        manifest: r.manifest.clone(),
         stats: r.stats,
         shutdown_seconds,
         read_seconds: t1.elapsed().as_secs_f64(),

@@ -27,6 +27,9 @@ pub enum CatalogError {
     /// The caller may see it but not do this.
     #[error("{0}")]
     PermissionDenied(String),
+    /// Not possible in the thing's current state (protected, in use...).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The database failed.
     #[error("catalog database: {0}")]
     Database(#[from] sqlx::Error),
@@ -112,6 +115,42 @@ pub struct ImageRow {
     pub created_unix: i64,
     /// Seconds since the epoch.
     pub updated_unix: i64,
+    /// Host captured from.
+    pub source_host: String,
+    /// Guest captured from.
+    pub source_guest: String,
+    /// Guest configuration recorded at capture (JSON).
+    pub config_json: String,
+    /// The disks (JSON array of [`ImageDiskRow`]).
+    pub disks_json: String,
+    /// Stored bytes only this image references (freed if deleted).
+    pub exclusive_bytes: i64,
+    /// Stored bytes of every chunk it references.
+    pub referenced_bytes: i64,
+}
+
+/// One disk of an image, as the catalog keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageDiskRow {
+    /// Guest device at capture.
+    pub name: String,
+    /// Guest-visible size.
+    pub size_bytes: u64,
+    /// SHA-256 of the guest-visible bytes, if recorded.
+    #[serde(default)]
+    pub sha256: String,
+}
+
+impl ImageRow {
+    /// The disks (empty until the capture succeeded).
+    pub fn disks(&self) -> Vec<ImageDiskRow> {
+        serde_json::from_str(&self.disks_json).unwrap_or_default()
+    }
+
+    /// `active` or `deprecated`: may be deployed.
+    pub fn deployable(&self) -> bool {
+        matches!(self.state.as_str(), "active" | "deprecated")
+    }
 }
 
 /// Filters and paging of [`Catalog::list_images`].
@@ -127,10 +166,59 @@ pub struct ListQuery {
     pub tag: Option<String>,
     /// State.
     pub state: Option<String>,
+    /// Leave deprecated images out (the default view when no state is
+    /// asked for).
+    pub hide_deprecated: bool,
+    /// Sort order.
+    pub order: ListOrder,
     /// Page size (1..=1000; 0 means 50).
     pub page_size: u32,
     /// Token from the previous page.
     pub page_token: Option<String>,
+}
+
+/// Sort order of [`Catalog::list_images`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ListOrder {
+    /// Newest first (the default).
+    #[default]
+    CreatedDesc,
+    /// Oldest first.
+    CreatedAsc,
+    /// By name, A to Z (byte order on SQLite, the database's collation on
+    /// PostgreSQL).
+    NameAsc,
+    /// By name, Z to A.
+    NameDesc,
+}
+
+impl std::str::FromStr for ListOrder {
+    type Err = CatalogError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s {
+            "" | "created_desc" => ListOrder::CreatedDesc,
+            "created_asc" => ListOrder::CreatedAsc,
+            "name_asc" => ListOrder::NameAsc,
+            "name_desc" => ListOrder::NameDesc,
+            other => {
+                return Err(CatalogError::InvalidArgument(format!(
+                    "order_by {other:?} is not one of created_desc, created_asc, name_asc, name_desc"
+                )));
+            }
+        })
+    }
+}
+
+impl ListOrder {
+    fn tag(self) -> &'static str {
+        match self {
+            ListOrder::CreatedDesc => "cd",
+            ListOrder::CreatedAsc => "ca",
+            ListOrder::NameAsc => "na",
+            ListOrder::NameDesc => "nd",
+        }
+    }
 }
 
 /// The catalog.
@@ -146,14 +234,16 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
-fn now() -> i64 {
+/// Seconds since the Unix epoch.
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
 }
 
 const SELECT_IMAGE: &str = "SELECT i.id, i.owner_id, a.name AS owner, i.name, i.notes, i.state, i.visibility, \
-     i.protected, i.failure_reason, i.size_bytes, i.created_unix, i.updated_unix \
+     i.protected, i.failure_reason, i.size_bytes, i.created_unix, i.updated_unix, i.source_host, i.source_guest, \
+     i.config_json, i.disks_json, i.exclusive_bytes, i.referenced_bytes \
      FROM images i JOIN accounts a ON a.id = i.owner_id";
 
 impl Catalog {
@@ -305,6 +395,12 @@ impl Catalog {
                 size_bytes: row.try_get("size_bytes")?,
                 created_unix: row.try_get("created_unix")?,
                 updated_unix: row.try_get("updated_unix")?,
+                source_host: row.try_get("source_host")?,
+                source_guest: row.try_get("source_guest")?,
+                config_json: row.try_get("config_json")?,
+                disks_json: row.try_get("disks_json")?,
+                exclusive_bytes: row.try_get("exclusive_bytes")?,
+                referenced_bytes: row.try_get("referenced_bytes")?,
             });
         }
         if out.is_empty() {
@@ -420,29 +516,46 @@ impl Catalog {
         if let Some(s) = &q.state {
             arg(&mut sql, " AND i.state = $?", s.clone());
         }
-        let mut cursor: Option<(i64, String)> = None;
-        if let Some(tok) = q.page_token.as_deref().filter(|t| !t.is_empty()) {
-            cursor = Some(decode_token(tok)?);
+        if q.hide_deprecated {
+            sql.push_str(" AND i.state <> 'deprecated'");
         }
-        if let Some((created, id)) = &cursor {
+        let cursor = q
+            .page_token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .map(|t| decode_list_token(t, q.order))
+            .transpose()?;
+        let (key, dir, cmp) = match q.order {
+            ListOrder::CreatedDesc => ("i.created_unix", "DESC", "<"),
+            ListOrder::CreatedAsc => ("i.created_unix", "ASC", ">"),
+            ListOrder::NameAsc => ("i.name", "ASC", ">"),
+            ListOrder::NameDesc => ("i.name", "DESC", "<"),
+        };
+        if let Some((k, id)) = &cursor {
             let n = binds.len();
             sql.push_str(&format!(
-                " AND (i.created_unix < ${} OR (i.created_unix = ${} AND i.id < ${}))",
-                n + 1,
-                n + 1,
-                n + 2
+                " AND ({key} {cmp} ${a} OR ({key} = ${a} AND i.id {cmp} ${b}))",
+                a = n + 1,
+                b = n + 2
             ));
-            let _ = (created, id);
+            binds.push(k.clone());
+            binds.push(id.clone());
         }
-        sql.push_str(" ORDER BY i.created_unix DESC, i.id DESC LIMIT ");
-        sql.push_str(&(size + 1).to_string());
-        // Built from constants and `$n` placeholders only; every value is bound.
+        sql.push_str(&format!(" ORDER BY {key} {dir}, i.id {dir} LIMIT {}", size + 1));
+        // Built from constants and `$n` placeholders only; every value is
+        // bound. The created key is bound as a number.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for b in &binds {
-            query = query.bind(b);
-        }
-        if let Some((created, id)) = &cursor {
-            query = query.bind(*created).bind(id.clone());
+        let numeric_from = if cursor.is_some() && key == "i.created_unix" {
+            binds.len() - 2
+        } else {
+            usize::MAX
+        };
+        for (i, b) in binds.iter().enumerate() {
+            if i == numeric_from {
+                query = query.bind(b.parse::<i64>().unwrap_or_default());
+            } else {
+                query = query.bind(b.clone());
+            }
         }
         let rows = query.fetch_all(&self.pool).await?;
         let more = rows.len() as i64 > size;
@@ -450,7 +563,13 @@ impl Catalog {
             .rows_to_images(rows.into_iter().take(size as usize).collect())
             .await?;
         let next = if more {
-            out.last().map(|l| encode_token(l.created_unix, &l.id))
+            out.last().map(|l| {
+                let k = match q.order {
+                    ListOrder::CreatedDesc | ListOrder::CreatedAsc => l.created_unix.to_string(),
+                    ListOrder::NameAsc | ListOrder::NameDesc => l.name.clone(),
+                };
+                hex::encode(format!("v2:{}:{}:{k}", q.order.tag(), l.id))
+            })
         } else {
             None
         };
@@ -556,11 +675,375 @@ impl Catalog {
     }
 }
 
-fn encode_token(created: i64, id: &str) -> String {
+
+/// Checks of names and notes every write path shares.
+pub fn validate_image_name(name: &str) -> Result<()> {
+    imprint_store::manifest::validate_name(name)
+        .map_err(|e| CatalogError::InvalidArgument(e.message().to_string()))
+}
+
+/// Notes: at most 4 KiB.
+pub fn validate_notes(notes: &str) -> Result<()> {
+    if notes.len() > 4096 {
+        return Err(CatalogError::InvalidArgument(format!(
+            "notes are {} bytes; at most 4096",
+            notes.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Tags: at most 50, each 1-64 printable characters without spaces.
+pub fn validate_tags(tags: &[String]) -> Result<()> {
+    if tags.len() > 50 {
+        return Err(CatalogError::InvalidArgument(format!(
+            "{} tags; at most 50",
+            tags.len()
+        )));
+    }
+    for t in tags {
+        if t.is_empty() || t.chars().count() > 64 || t.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(CatalogError::InvalidArgument(format!(
+                "tag {t:?} must be 1-64 characters without spaces or control characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Catalog {
+    /// An account by name.
+    pub async fn account_by_name(&self, name: &str) -> Result<Account> {
+        let row = sqlx::query("SELECT id, name, can_publish, is_admin FROM accounts WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| CatalogError::NotFound(format!("no account named {name:?}")))?;
+        Ok(Account {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            can_publish: row.try_get::<i32, _>("can_publish")? != 0,
+            is_admin: row.try_get::<i32, _>("is_admin")? != 0,
+        })
+    }
+
+    /// Give an account a new API token (the old one stops working).
+    pub async fn rotate_token(&self, name: &str) -> Result<String> {
+        let token = format!("imp_{}", uuid::Uuid::new_v4().simple());
+        let r = sqlx::query("UPDATE accounts SET token_sha256 = $1 WHERE name = $2")
+            .bind(token_hash(&token))
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(CatalogError::NotFound(format!("no account named {name:?}")));
+        }
+        Ok(token)
+    }
+
+    /// Let an account use a host (`*`: every host).
+    pub async fn allow_host(&self, account: &str, host: &str) -> Result<()> {
+        if host.is_empty() {
+            return Err(CatalogError::InvalidArgument("host name is empty".into()));
+        }
+        let a = self.account_by_name(account).await?;
+        sqlx::query("INSERT INTO account_hosts (account_id, host) VALUES ($1, $2) ON CONFLICT (account_id, host) DO NOTHING")
+            .bind(&a.id)
+            .bind(host)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Take a host away from an account.
+    pub async fn disallow_host(&self, account: &str, host: &str) -> Result<()> {
+        let a = self.account_by_name(account).await?;
+        sqlx::query("DELETE FROM account_hosts WHERE account_id = $1 AND host = $2")
+            .bind(&a.id)
+            .bind(host)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether `account` may capture from and deploy to `host`.
+    pub async fn may_use_host(&self, account: &Account, host: &str) -> Result<bool> {
+        if account.is_admin {
+            return Ok(true);
+        }
+        let n: i64 = sqlx::query(
+            "SELECT COUNT(*) AS n FROM account_hosts WHERE account_id = $1 AND (host = $2 OR host = '*')",
+        )
+        .bind(&account.id)
+        .bind(host)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("n")?;
+        Ok(n > 0)
+    }
+
+    /// Change an owned image's name, notes and/or tags.
+    pub async fn update_image(
+        &self,
+        owner: &Account,
+        id: &str,
+        name: Option<&str>,
+        notes: Option<&str>,
+        tags: Option<&[String]>,
+    ) -> Result<()> {
+        if let Some(n) = name {
+            validate_image_name(n)?;
+        }
+        if let Some(n) = notes {
+            validate_notes(n)?;
+        }
+        if let Some(t) = tags {
+            validate_tags(t)?;
+        }
+        let img = self.owned_image(owner, id).await?;
+        let mut tx = self.pool.begin().await?;
+        if let Some(n) = name {
+            sqlx::query("UPDATE images SET name = $1 WHERE id = $2")
+                .bind(n)
+                .bind(&img.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(n) = notes {
+            sqlx::query("UPDATE images SET notes = $1 WHERE id = $2")
+                .bind(n)
+                .bind(&img.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(t) = tags {
+            sqlx::query("DELETE FROM image_tags WHERE image_id = $1")
+                .bind(&img.id)
+                .execute(&mut *tx)
+                .await?;
+            let mut t = t.to_vec();
+            t.sort();
+            t.dedup();
+            for tag in &t {
+                sqlx::query("INSERT INTO image_tags (image_id, tag) VALUES ($1, $2)")
+                    .bind(&img.id)
+                    .bind(tag)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        sqlx::query("UPDATE images SET updated_unix = $1 WHERE id = $2")
+            .bind(now())
+            .bind(&img.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Protect an owned image from deletion, or lift that.
+    pub async fn set_protected(&self, owner: &Account, id: &str, protected: bool) -> Result<()> {
+        let img = self.owned_image(owner, id).await?;
+        sqlx::query("UPDATE images SET protected = $1, updated_unix = $2 WHERE id = $3")
+            .bind(i32::from(protected))
+            .bind(now())
+            .bind(&img.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Move an owned image between `active` and `deprecated`.
+    pub async fn set_deprecated(&self, owner: &Account, id: &str, deprecated: bool) -> Result<()> {
+        let img = self.owned_image(owner, id).await?;
+        let (from, to) = if deprecated {
+            ("active", "deprecated")
+        } else {
+            ("deprecated", "active")
+        };
+        if img.state == to {
+            return Ok(());
+        }
+        let r = sqlx::query("UPDATE images SET state = $1, updated_unix = $2 WHERE id = $3 AND state = $4")
+            .bind(to)
+            .bind(now())
+            .bind(&img.id)
+            .bind(from)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(CatalogError::FailedPrecondition(format!(
+                "image {id} is {}; only {from} images can become {to}",
+                img.state
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stop sharing an owned image with named accounts.
+    pub async fn unshare(&self, owner: &Account, id: &str, accounts: &[String]) -> Result<()> {
+        let img = self.owned_image(owner, id).await?;
+        let mut ids = Vec::new();
+        for a in accounts {
+            ids.push(self.account_id_by_name(a).await.map_err(|_| {
+                CatalogError::InvalidArgument(format!("no account named {a:?} to unshare with"))
+            })?);
+        }
+        let mut tx = self.pool.begin().await?;
+        for aid in &ids {
+            sqlx::query("DELETE FROM image_members WHERE image_id = $1 AND account_id = $2")
+                .bind(&img.id)
+                .bind(aid)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if img.visibility == Visibility::Shared {
+            let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM image_members WHERE image_id = $1")
+                .bind(&img.id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+            if left == 0 {
+                sqlx::query("UPDATE images SET visibility = 'private', updated_unix = $1 WHERE id = $2")
+                    .bind(now())
+                    .bind(&img.id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The accounts an image is shared with and their decision.
+    pub async fn members(&self, id: &str) -> Result<Vec<(String, String)>> {
+        sqlx::query("SELECT a.name, m.status FROM image_members m JOIN accounts a ON a.id = m.account_id WHERE m.image_id = $1 ORDER BY a.name")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("status")?)))
+            .collect()
+    }
+
+    /// Check that an owned image may be deleted and move it to `deleting`;
+    /// returns the state it had.
+    pub async fn begin_delete(&self, owner: &Account, id: &str) -> Result<String> {
+        let img = self.owned_image(owner, id).await?;
+        if img.protected {
+            return Err(CatalogError::FailedPrecondition(format!(
+                "image {id} is protected; unprotect it first"
+            )));
+        }
+        match img.state.as_str() {
+            "creating" => {
+                return Err(CatalogError::FailedPrecondition(format!(
+                    "image {id} is being captured; cancel its operation first"
+                )));
+            }
+            "deleting" => {
+                return Err(CatalogError::FailedPrecondition(format!(
+                    "image {id} is being deleted already"
+                )));
+            }
+            _ => {}
+        }
+        let deploys = self.running_deploys_of(&img.id).await?;
+        if let Some(d) = deploys.first() {
+            return Err(CatalogError::FailedPrecondition(format!(
+                "image {id} is being deployed by operation {d}; delete it when the deploy ends"
+            )));
+        }
+        // Conditional on the state read above: a deploy or delete that
+        // started meanwhile makes this fail rather than race.
+        let r = sqlx::query("UPDATE images SET state = 'deleting', updated_unix = $1 WHERE id = $2 AND state = $3 AND protected = 0")
+            .bind(now())
+            .bind(&img.id)
+            .bind(&img.state)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(CatalogError::FailedPrecondition(format!(
+                "image {id} changed while it was being deleted; retry"
+            )));
+        }
+        Ok(img.state)
+    }
+
+    /// A delete that failed: back to the state it had.
+    pub async fn revert_deleting(&self, id: &str, state: &str) -> Result<()> {
+        sqlx::query("UPDATE images SET state = $1, updated_unix = $2 WHERE id = $3 AND state = 'deleting'")
+            .bind(state)
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The image is gone from the store: it stays as a tombstone, invisible.
+    pub async fn mark_deleted(&self, id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE images SET state = 'deleted', exclusive_bytes = 0, referenced_bytes = 0, updated_unix = $1 WHERE id = $2")
+            .bind(now())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM image_members WHERE image_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Record the space accounting of images (from the store's usage pass).
+    pub async fn set_usage(&self, usage: &[(String, i64, i64)]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (id, exclusive, referenced) in usage {
+            sqlx::query("UPDATE images SET exclusive_bytes = $1, referenced_bytes = $2 WHERE id = $3")
+                .bind(*exclusive)
+                .bind(*referenced)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+pub(crate) fn encode_token(created: i64, id: &str) -> String {
     hex::encode(format!("v1:{created}:{id}"))
 }
 
-fn decode_token(t: &str) -> Result<(i64, String)> {
+/// A list page token: `v2:<order>:<id>:<key>` in hex, valid only for the
+/// order it was made for.
+fn decode_list_token(t: &str, order: ListOrder) -> Result<(String, String)> {
+    let bad = || {
+        CatalogError::InvalidArgument(format!(
+            "page token {t:?} is malformed or from another order_by; pass the next_page_token of a previous response"
+        ))
+    };
+    let raw = String::from_utf8(hex::decode(t).map_err(|_| bad())?).map_err(|_| bad())?;
+    let mut parts = raw.splitn(4, ':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("v2"), Some(o), Some(id), Some(k))
+            if o == order.tag() && uuid::Uuid::try_parse(id).is_ok() =>
+        {
+            if matches!(order, ListOrder::CreatedDesc | ListOrder::CreatedAsc)
+                && k.parse::<i64>().is_err()
+            {
+                return Err(bad());
+            }
+            Ok((k.to_string(), id.to_string()))
+        }
+        _ => Err(bad()),
+    }
+}
+
+pub(crate) fn decode_token(t: &str) -> Result<(i64, String)> {
     let bad = || {
         CatalogError::InvalidArgument(format!(
             "page token {t:?} is malformed; pass the next_page_token of a previous response"

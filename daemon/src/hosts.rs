@@ -21,6 +21,7 @@ pub fn status(e: CatalogError) -> Status {
         CatalogError::InvalidArgument(m) => Status::invalid_argument(m),
         CatalogError::Conflict(m) => Status::already_exists(m),
         CatalogError::PermissionDenied(m) => Status::permission_denied(m),
+        CatalogError::FailedPrecondition(m) => Status::failed_precondition(m),
         other => {
             tracing::error!(error = %other, "catalog failure");
             Status::unavailable("the catalog database is unavailable; retry later")

@@ -1,11 +1,19 @@
 //! The control daemon (`imprintd`): the gRPC API users call, the catalog of
 //! images and operations, and dispatch of work to host agents.
 //!
-//! In progress (issue 4): the catalog and `HostService` are here; the image
-//! and operation services follow.
+//! - [`catalog`] and [`ops`]: the rows (SQLite or PostgreSQL through sqlx).
+//! - [`auth`]: bearer tokens.
+//! - [`images`], [`operations`], [`hosts`]: the gRPC services.
+//! - [`dispatch`]: sending operations to agents and following them, also
+//!   across daemon restarts.
 
+pub mod auth;
 pub mod catalog;
+pub mod dispatch;
 pub mod hosts;
+pub mod images;
+pub mod operations;
 pub mod ops;
+pub mod server;
 #[cfg(test)]
 mod testpg;

@@ -1,15 +1,15 @@
 //! `imprintd`: the control daemon.
 //!
-//! Serves today: `HostService` (agents register and heartbeat), health and
-//! reflection, on the catalog (SQLite by default, PostgreSQL by URL). The
-//! image and operation services follow (issue 4).
+//! `imprintd serve` (the default) serves the image, operation and host
+//! APIs with health and reflection on the catalog (SQLite by default,
+//! PostgreSQL by URL). `imprintd account ...` administers accounts directly
+//! in the catalog (run it where the daemon's catalog is reachable).
 
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
-use imprint_daemon::{catalog::Catalog, hosts::Hosts};
-use imprint_proto::v1::host_service_server::HostServiceServer;
+use clap::{Parser, Subcommand};
+use imprint_daemon::{catalog::Catalog, dispatch::Dispatcher};
 
 /// The control daemon of imprint.
 #[derive(Debug, Parser)]
@@ -17,14 +17,69 @@ use imprint_proto::v1::host_service_server::HostServiceServer;
 struct Args {
     /// Catalog database: `sqlite:///path/catalog.db` or `postgres://...`.
     /// Default: `<state-dir>/catalog.db`.
-    #[arg(long, env = "IMPRINTD_CATALOG")]
+    #[arg(long, env = "IMPRINTD_CATALOG", global = true)]
     catalog: Option<String>,
     /// Directory for the embedded catalog.
-    #[arg(long, default_value = "/var/lib/imprintd")]
+    #[arg(long, default_value = "/var/lib/imprintd", global = true)]
     state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: Serve,
+}
+
+#[derive(Debug, clap::Args)]
+struct Serve {
     /// gRPC address (loopback only until TLS lands).
     #[arg(long, default_value = "127.0.0.1:7340")]
     listen: SocketAddr,
+    /// The image store (the SAN mount the agents use). Needed to delete
+    /// images and to report the bytes each holds alone.
+    #[arg(long, env = "IMPRINTD_STORE")]
+    store: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve,
+    /// Administer accounts.
+    #[command(subcommand)]
+    Account(AccountCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCmd {
+    /// Create an account and print its API token (shown once).
+    Create {
+        name: String,
+        /// May make images public.
+        #[arg(long)]
+        can_publish: bool,
+        /// May use every host and see every operation.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Replace an account's API token and print the new one.
+    Token { name: String },
+    /// Let an account capture from and deploy to a host (`*`: every host).
+    AllowHost { name: String, host: String },
+    /// Take a host away from an account.
+    DisallowHost { name: String, host: String },
+}
+
+fn catalog_url(args: &Args) -> Result<String> {
+    Ok(match &args.catalog {
+        Some(u) => u.clone(),
+        None => {
+            std::fs::create_dir_all(&args.state_dir)
+                .with_context(|| format!("create {}", args.state_dir.display()))?;
+            format!(
+                "sqlite://{}?mode=rwc",
+                args.state_dir.join("catalog.db").display()
+            )
+        }
+    })
 }
 
 #[tokio::main]
@@ -37,39 +92,55 @@ async fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    let catalog = Catalog::open(&catalog_url(&args)?)
+        .await
+        .context("open the catalog")?;
+    match args.command {
+        None | Some(Command::Serve) => serve(catalog, args.serve).await,
+        Some(Command::Account(cmd)) => account(&catalog, cmd).await,
+    }
+}
+
+async fn account(catalog: &Catalog, cmd: AccountCmd) -> Result<()> {
+    match cmd {
+        AccountCmd::Create {
+            name,
+            can_publish,
+            admin,
+        } => {
+            let (a, token) = catalog.create_account(&name, can_publish, admin).await?;
+            eprintln!("created account {} ({})", a.name, a.id);
+            println!("{token}");
+        }
+        AccountCmd::Token { name } => println!("{}", catalog.rotate_token(&name).await?),
+        AccountCmd::AllowHost { name, host } => catalog.allow_host(&name, &host).await?,
+        AccountCmd::DisallowHost { name, host } => catalog.disallow_host(&name, &host).await?,
+    }
+    Ok(())
+}
+
+async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
     if !args.listen.ip().is_loopback() {
         bail!(
             "refusing to serve on {}: without TLS imprintd listens on loopback only",
             args.listen
         );
     }
-    let url = match args.catalog {
-        Some(u) => u,
-        None => {
-            std::fs::create_dir_all(&args.state_dir)
-                .with_context(|| format!("create {}", args.state_dir.display()))?;
-            format!(
-                "sqlite://{}?mode=rwc",
-                args.state_dir.join("catalog.db").display()
-            )
-        }
+    let store = match &args.store {
+        Some(dir) => Some(
+            imprint_store::Store::open_dir(dir, true)
+                .with_context(|| format!("open the image store {}", dir.display()))?,
+        ),
+        None => None,
     };
-    let catalog = Catalog::open(&url).await.context("open the catalog")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let local = listener.local_addr()?;
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<HostServiceServer<Hosts>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(imprint_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    tracing::info!(%local, "imprintd serving");
+    let router = imprint_daemon::server::router(Dispatcher::new(catalog, store)).await?;
+    tracing::info!(%local, store = ?args.store, "imprintd serving");
     println!("listening on {local}");
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(HostServiceServer::new(Hosts::new(catalog)))
+    router
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async {

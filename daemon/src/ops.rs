@@ -2,10 +2,10 @@
 
 use sqlx::Row;
 
-use crate::catalog::{Catalog, CatalogError, Result};
+use crate::catalog::{Catalog, CatalogError, Result, now};
 
 /// An operation row.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OperationRow {
     /// UUID (also the id the agent runs it under).
     pub id: String,
@@ -37,6 +37,38 @@ pub struct OperationRow {
     pub created_unix: i64,
     /// Seconds since the epoch.
     pub updated_unix: i64,
+    /// Seconds since the epoch (0 while running).
+    pub finished_unix: i64,
+    /// The request as sent to the agent (protobuf, hex).
+    pub agent_request: String,
+    /// Guest involved (capture: libvirt UUID; deploy: new name).
+    pub guest: String,
+    /// Recent progress rate.
+    pub rate_bps: f64,
+}
+
+impl OperationRow {
+    /// Still running.
+    pub fn running(&self) -> bool {
+        self.state == "running"
+    }
+}
+
+/// The image a capture creates, recorded with its operation.
+#[derive(Debug, Clone)]
+pub struct NewImage<'a> {
+    /// Id (also given to the agent).
+    pub id: &'a str,
+    /// Name.
+    pub name: &'a str,
+    /// Notes.
+    pub notes: &'a str,
+    /// Tags.
+    pub tags: &'a [String],
+    /// Host captured from.
+    pub source_host: &'a str,
+    /// Guest captured from (its name).
+    pub source_guest: &'a str,
 }
 
 /// A new operation.
@@ -52,6 +84,30 @@ pub struct NewOperation<'a> {
     pub image_id: Option<&'a str>,
     /// Host.
     pub host: &'a str,
+    /// Guest involved.
+    pub guest: &'a str,
+    /// The request to send to the agent (protobuf, hex).
+    pub agent_request: &'a str,
+    /// The image a capture creates, inserted in the same transaction.
+    pub new_image: Option<NewImage<'a>>,
+}
+
+/// How an operation's end changes its image.
+#[derive(Debug, Clone)]
+pub enum ImageOutcome {
+    /// Nothing to change.
+    None,
+    /// The capture succeeded: the image becomes `active`.
+    Active {
+        /// Guest-visible bytes.
+        size_bytes: i64,
+        /// Recorded configuration.
+        config_json: String,
+        /// Disks, JSON.
+        disks_json: String,
+    },
+    /// The capture failed: the image becomes `failed` with this reason.
+    Failed(String),
 }
 
 /// A registered host.
@@ -75,14 +131,8 @@ pub struct HostRow {
     pub last_heartbeat_unix: i64,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 const SELECT_OP: &str = "SELECT id, account_id, request_id, kind, state, phase, image_id, host, bytes_done, bytes_total, \
-     error, error_code, result, created_unix, updated_unix FROM operations";
+     error, error_code, result, created_unix, updated_unix, finished_unix, agent_request, guest, rate_bps FROM operations";
 
 fn op_from(row: &sqlx::any::AnyRow) -> Result<OperationRow> {
     Ok(OperationRow {
@@ -101,6 +151,10 @@ fn op_from(row: &sqlx::any::AnyRow) -> Result<OperationRow> {
         result: row.try_get("result")?,
         created_unix: row.try_get("created_unix")?,
         updated_unix: row.try_get("updated_unix")?,
+        finished_unix: row.try_get("finished_unix")?,
+        agent_request: row.try_get("agent_request")?,
+        guest: row.try_get("guest")?,
+        rate_bps: row.try_get("rate_bps")?,
     })
 }
 
@@ -108,6 +162,16 @@ impl Catalog {
     /// Start an operation, or return the one a previous call with the same
     /// request id started (`true` when it is new).
     pub async fn begin_operation(&self, n: &NewOperation<'_>) -> Result<(OperationRow, bool)> {
+        self.begin_operation_with_id(&uuid::Uuid::new_v4().to_string(), n)
+            .await
+    }
+
+    /// [`Catalog::begin_operation`] with the id the new operation gets.
+    pub async fn begin_operation_with_id(
+        &self,
+        id: &str,
+        n: &NewOperation<'_>,
+    ) -> Result<(OperationRow, bool)> {
         if let Some(rid) = n.request_id
             && let Some(op) = self.operation_by_request(n.account_id, rid).await?
         {
@@ -119,36 +183,180 @@ impl Catalog {
             }
             return Ok((op, false));
         }
-        let id = uuid::Uuid::new_v4().to_string();
+        if n.kind == "capture"
+            && let Some(other) = self.running_capture_of(n.host, n.guest).await?
+        {
+            return Err(CatalogError::FailedPrecondition(format!(
+                "guest {} on host {} is being captured by operation {other}; wait for it or cancel it",
+                n.guest, n.host
+            )));
+        }
+        match self.insert_operation(id, n).await {
+            Ok(()) => Ok((self.operation(id).await?, true)),
+            // A concurrent retry with the same request id won: return its
+            // row. Otherwise a concurrent capture of the same guest won.
+            Err(CatalogError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {
+                if let Some(rid) = n.request_id
+                    && let Some(op) = self.operation_by_request(n.account_id, rid).await?
+                {
+                    return Ok((op, false));
+                }
+                Err(CatalogError::FailedPrecondition(format!(
+                    "guest {} on host {} is being captured by another operation",
+                    n.guest, n.host
+                )))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn insert_operation(&self, id: &str, n: &NewOperation<'_>) -> Result<()> {
         let t = now();
-        let r = sqlx::query(
-            "INSERT INTO operations (id, account_id, request_id, kind, state, phase, image_id, host, created_unix, updated_unix) \
-             VALUES ($1, $2, $3, $4, 'running', 'queued', $5, $6, $7, $7)",
+        let mut tx = self.pool().begin().await?;
+        if let Some(img) = &n.new_image {
+            sqlx::query("INSERT INTO images (id, owner_id, name, notes, state, visibility, source_host, source_guest, created_unix, updated_unix) \
+                         VALUES ($1, $2, $3, $4, 'creating', 'private', $5, $6, $7, $7)")
+                .bind(img.id)
+                .bind(n.account_id)
+                .bind(img.name)
+                .bind(img.notes)
+                .bind(img.source_host)
+                .bind(img.source_guest)
+                .bind(t)
+                .execute(&mut *tx)
+                .await?;
+            let mut tags = img.tags.to_vec();
+            tags.sort();
+            tags.dedup();
+            for tag in &tags {
+                sqlx::query("INSERT INTO image_tags (image_id, tag) VALUES ($1, $2)")
+                    .bind(img.id)
+                    .bind(tag)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO operations (id, account_id, request_id, kind, state, phase, image_id, host, guest, agent_request, created_unix, updated_unix) \
+             VALUES ($1, $2, $3, $4, 'running', 'queued', $5, $6, $7, $8, $9, $9)",
         )
-        .bind(&id)
+        .bind(id)
         .bind(n.account_id)
         .bind(n.request_id)
         .bind(n.kind)
-        .bind(n.image_id)
+        .bind(n.image_id.or(n.new_image.as_ref().map(|i| i.id)))
         .bind(n.host)
+        .bind(n.guest)
+        .bind(n.agent_request)
         .bind(t)
-        .execute(self.pool())
-        .await;
-        match r {
-            Ok(_) => Ok((self.operation(&id).await?, true)),
-            // Two concurrent retries: the other one won; return its row.
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                let rid = n.request_id.unwrap_or_default();
-                let op = self
-                    .operation_by_request(n.account_id, rid)
-                    .await?
-                    .ok_or_else(|| {
-                        CatalogError::Conflict(format!("request id {rid:?} is in use"))
-                    })?;
-                Ok((op, false))
-            }
-            Err(e) => Err(e.into()),
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The running capture of a guest, if any.
+    pub async fn running_capture_of(&self, host: &str, guest: &str) -> Result<Option<String>> {
+        Ok(sqlx::query("SELECT id FROM operations WHERE kind = 'capture' AND state = 'running' AND host = $1 AND guest = $2")
+            .bind(host)
+            .bind(guest)
+            .fetch_optional(self.pool())
+            .await?
+            .map(|r| r.try_get("id"))
+            .transpose()?)
+    }
+
+    /// Running deploys reading an image.
+    pub async fn running_deploys_of(&self, image_id: &str) -> Result<Vec<String>> {
+        sqlx::query("SELECT id FROM operations WHERE kind = 'deploy' AND state = 'running' AND image_id = $1")
+            .bind(image_id)
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(|r| Ok(r.try_get("id")?))
+            .collect()
+    }
+
+    /// Forget an operation the agent refused outright (and the image its
+    /// capture would have made): as if the call never happened.
+    pub async fn undo_operation(&self, id: &str) -> Result<()> {
+        let op = self.operation(id).await?;
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM operations WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if op.kind == "capture"
+            && let Some(img) = &op.image_id
+        {
+            sqlx::query("DELETE FROM images WHERE id = $1 AND state = 'creating'")
+                .bind(img)
+                .execute(&mut *tx)
+                .await?;
         }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Record that the agent acknowledged the operation.
+    pub async fn set_phase(&self, id: &str, phase: &str) -> Result<()> {
+        sqlx::query("UPDATE operations SET phase = $1, updated_unix = $2 WHERE id = $3 AND state = 'running'")
+            .bind(phase)
+            .bind(now())
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// An account's operations, newest first, a page at a time.
+    pub async fn operations_of(
+        &self,
+        account_id: &str,
+        running_only: bool,
+        page_size: u32,
+        page_token: Option<&str>,
+    ) -> Result<(Vec<OperationRow>, Option<String>)> {
+        let size = match page_size {
+            0 => 50,
+            n if n <= 1000 => i64::from(n),
+            n => {
+                return Err(CatalogError::InvalidArgument(format!(
+                    "page_size {n} is more than 1000"
+                )));
+            }
+        };
+        let cursor = page_token
+            .filter(|t| !t.is_empty())
+            .map(crate::catalog::decode_token)
+            .transpose()?;
+        let mut sql = format!("{SELECT_OP} WHERE account_id = $1");
+        if running_only {
+            sql.push_str(" AND state = 'running'");
+        }
+        if cursor.is_some() {
+            sql.push_str(" AND (created_unix < $2 OR (created_unix = $2 AND id < $3))");
+        }
+        sql.push_str(&format!(" ORDER BY created_unix DESC, id DESC LIMIT {}", size + 1));
+        // Built from constants only; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account_id);
+        if let Some((c, id)) = &cursor {
+            q = q.bind(*c).bind(id.clone());
+        }
+        let rows = q.fetch_all(self.pool()).await?;
+        let more = rows.len() as i64 > size;
+        let ops: Vec<OperationRow> = rows
+            .iter()
+            .take(size as usize)
+            .map(op_from)
+            .collect::<Result<_>>()?;
+        let next = if more {
+            ops.last()
+                .map(|o| crate::catalog::encode_token(o.created_unix, &o.id))
+        } else {
+            None
+        };
+        Ok((ops, next))
     }
 
     async fn operation_by_request(
@@ -185,13 +393,15 @@ impl Catalog {
         phase: &str,
         done: i64,
         total: i64,
+        rate_bps: f64,
     ) -> Result<()> {
-        sqlx::query("UPDATE operations SET phase = $1, bytes_done = $2, bytes_total = $3, updated_unix = $4 WHERE id = $5 AND state = 'running'")
+        sqlx::query("UPDATE operations SET phase = $1, bytes_done = $2, bytes_total = $3, updated_unix = $4, rate_bps = $6 WHERE id = $5 AND state = 'running'")
             .bind(phase)
             .bind(done)
             .bind(total)
             .bind(now())
             .bind(id)
+            .bind(rate_bps)
             .execute(self.pool())
             .await?;
         Ok(())
@@ -205,6 +415,7 @@ impl Catalog {
         error: &str,
         error_code: i32,
         result: &str,
+        image: &ImageOutcome,
     ) -> Result<bool> {
         if !matches!(state, "succeeded" | "failed" | "cancelled") {
             return Err(CatalogError::InvalidArgument(format!(
@@ -212,6 +423,7 @@ impl Catalog {
             )));
         }
         let t = now();
+        let mut tx = self.pool().begin().await?;
         let r = sqlx::query(
             "UPDATE operations SET state = $1, error = $2, error_code = $3, result = $4, phase = 'done', updated_unix = $5, finished_unix = $5 \
              WHERE id = $6 AND state = 'running'",
@@ -222,9 +434,46 @@ impl Catalog {
         .bind(result)
         .bind(t)
         .bind(id)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
-        Ok(r.rows_affected() == 1)
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        let image_id: Option<String> = sqlx::query("SELECT image_id FROM operations WHERE id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("image_id")?;
+        if let Some(img) = image_id {
+            match image {
+                ImageOutcome::None => {}
+                ImageOutcome::Active {
+                    size_bytes,
+                    config_json,
+                    disks_json,
+                } => {
+                    sqlx::query("UPDATE images SET state = 'active', size_bytes = $1, config_json = $2, disks_json = $3, updated_unix = $4 \
+                                 WHERE id = $5 AND state = 'creating'")
+                        .bind(*size_bytes)
+                        .bind(config_json)
+                        .bind(disks_json)
+                        .bind(t)
+                        .bind(&img)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                ImageOutcome::Failed(reason) => {
+                    sqlx::query("UPDATE images SET state = 'failed', failure_reason = $1, updated_unix = $2 WHERE id = $3 AND state = 'creating'")
+                        .bind(reason)
+                        .bind(t)
+                        .bind(&img)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Operations still running (to re-attach to after a restart).
@@ -249,6 +498,17 @@ impl Catalog {
         )
         .bind(t)
         .bind(cutoff_unix)
+        .execute(self.pool())
+        .await?;
+        // Their images (and any left behind by a crash between the two
+        // updates of finish_operation's callers) fail with the reason.
+        sqlx::query(
+            "UPDATE images SET state = 'failed', updated_unix = $1, \
+             failure_reason = (SELECT o.error FROM operations o WHERE o.image_id = images.id AND o.kind = 'capture' AND o.state <> 'running' ORDER BY o.updated_unix DESC LIMIT 1) \
+             WHERE state = 'creating' AND EXISTS (SELECT 1 FROM operations o WHERE o.image_id = images.id AND o.kind = 'capture' AND o.state <> 'running') \
+             AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.image_id = images.id AND o.state = 'running')",
+        )
+        .bind(t)
         .execute(self.pool())
         .await?;
         Ok(r.rows_affected())
@@ -295,6 +555,24 @@ impl Catalog {
         Ok(())
     }
 
+    /// One registered host.
+    pub async fn host(&self, name: &str) -> Result<HostRow> {
+        self.hosts()
+            .await?
+            .into_iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| CatalogError::NotFound(format!("host {name:?} is not registered")))
+    }
+
+    /// The operation a request id started, if any.
+    pub async fn operation_for_request(
+        &self,
+        account_id: &str,
+        request_id: &str,
+    ) -> Result<Option<OperationRow>> {
+        self.operation_by_request(account_id, request_id).await
+    }
+
     /// Every registered host.
     pub async fn hosts(&self) -> Result<Vec<HostRow>> {
         sqlx::query("SELECT name, agent_endpoint, libvirt_uri, version, cpus, memory_bytes, site, last_heartbeat_unix FROM hosts ORDER BY name")
@@ -333,6 +611,9 @@ mod tests {
                 kind: "capture",
                 image_id: None,
                 host: "h1",
+                guest: "g1",
+                agent_request: "",
+                new_image: None,
             };
             let (op, new) = c.begin_operation(&n).await.expect("begin");
             assert!(new);
@@ -344,6 +625,7 @@ mod tests {
             let (other, new) = c
                 .begin_operation(&NewOperation {
                     account_id: &bob.id,
+                    guest: "g2",
                     ..n.clone()
                 })
                 .await
@@ -360,7 +642,7 @@ mod tests {
                 .expect_err("kind");
             assert!(matches!(err, CatalogError::Conflict(_)));
 
-            c.update_progress(&op.id, "reading disks", 10, 100)
+            c.update_progress(&op.id, "reading disks", 10, 100, 5.0)
                 .await
                 .expect("progress");
             let cur = c.operation(&op.id).await.expect("get");
@@ -370,12 +652,12 @@ mod tests {
             );
             assert_eq!(c.running_operations().await.expect("running").len(), 2);
             assert!(
-                c.finish_operation(&op.id, "succeeded", "", 0, "{\"image_id\":\"x\"}")
+                c.finish_operation(&op.id, "succeeded", "", 0, "{\"image_id\":\"x\"}", &ImageOutcome::None)
                     .await
                     .expect("finish")
             );
             assert!(
-                !c.finish_operation(&op.id, "failed", "late", 2, "")
+                !c.finish_operation(&op.id, "failed", "late", 2, "", &ImageOutcome::None)
                     .await
                     .expect("again"),
                 "final once"
@@ -383,7 +665,7 @@ mod tests {
             let done = c.operation(&op.id).await.expect("get");
             assert_eq!(done.state, "succeeded");
             assert_eq!(done.result, "{\"image_id\":\"x\"}");
-            c.update_progress(&op.id, "ignored", 1, 1)
+            c.update_progress(&op.id, "ignored", 1, 1, 0.0)
                 .await
                 .expect("progress");
             assert_eq!(
@@ -396,7 +678,7 @@ mod tests {
                 Err(CatalogError::NotFound(_))
             ));
             assert!(matches!(
-                c.finish_operation(&op.id, "running", "", 0, "").await,
+                c.finish_operation(&op.id, "running", "", 0, "", &ImageOutcome::None).await,
                 Err(CatalogError::InvalidArgument(_))
             ));
         }
@@ -446,6 +728,9 @@ mod tests {
                 kind: "capture",
                 image_id: None,
                 host: "h1",
+                guest: "g1",
+                agent_request: "",
+                new_image: None,
             };
             let (op, _) = c.begin_operation(&n).await.expect("begin");
             let beat = c.hosts().await.expect("hosts")[0].last_heartbeat_unix;

@@ -1,0 +1,563 @@
+//! Dispatch of operations to host agents, and following them to the end.
+//!
+//! An operation is a row first. The request for the agent is stored with it
+//! (protobuf, hex) and sent under the operation's id, on which agents are
+//! idempotent. Then one task per operation follows the agent's progress
+//! stream into the row until the final state. After a daemon restart every
+//! running row gets its task again ([`Dispatcher::resume_all`]): a request
+//! the agent never acknowledged is sent again; an acknowledged one is
+//! watched; one the agent no longer knows fails with that reason. Agents
+//! that stop heartbeating have their operations failed by the reaper, so
+//! nothing stays running forever.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use imprint_proto::v1::{self as pb, agent_service_client::AgentServiceClient};
+use imprint_store::Store;
+use prost::Message;
+use tokio::sync::{Notify, watch};
+use tonic::{Code, Status, transport::Channel};
+
+use crate::{
+    catalog::{Catalog, ImageDiskRow, now},
+    hosts::{HEARTBEAT_INTERVAL_SECONDS, status},
+    ops::{HostRow, ImageOutcome, OperationRow},
+};
+
+/// How long the daemon waits for an agent to accept a request.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause before retrying an agent that cannot be reached.
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+/// At most one progress write per operation this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+/// The request an operation sends to its agent.
+#[derive(Debug, Clone)]
+pub enum AgentRequest {
+    /// A capture.
+    Capture(pb::CaptureRequest),
+    /// A deploy.
+    Deploy(pb::DeployRequest),
+}
+
+impl AgentRequest {
+    /// Hex of the protobuf encoding (kept in the operation row).
+    pub fn encode(&self) -> String {
+        hex::encode(match self {
+            AgentRequest::Capture(r) => r.encode_to_vec(),
+            AgentRequest::Deploy(r) => r.encode_to_vec(),
+        })
+    }
+
+    fn decode(kind: &str, hexed: &str) -> Result<Self, String> {
+        let bytes = hex::decode(hexed).map_err(|e| e.to_string())?;
+        match kind {
+            "capture" => pb::CaptureRequest::decode(bytes.as_slice())
+                .map(AgentRequest::Capture)
+                .map_err(|e| e.to_string()),
+            "deploy" => pb::DeployRequest::decode(bytes.as_slice())
+                .map(AgentRequest::Deploy)
+                .map_err(|e| e.to_string()),
+            other => Err(format!("operations of kind {other:?} are not sent to agents")),
+        }
+    }
+}
+
+/// Whether a status means "the agent could not be reached" (retry) rather
+/// than "the agent said no" (final).
+fn unreachable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded)
+}
+
+/// Sends operations to agents and follows them.
+#[derive(Debug)]
+pub struct Dispatcher {
+    catalog: Catalog,
+    store: Option<Store>,
+    clients: Mutex<HashMap<String, AgentServiceClient<Channel>>>,
+    changed: watch::Sender<u64>,
+    usage_wanted: Notify,
+}
+
+impl Dispatcher {
+    /// Over `catalog`, with direct access to the image store when the
+    /// daemon has it (needed to delete images and account their space).
+    pub fn new(catalog: Catalog, store: Option<Store>) -> Arc<Self> {
+        Arc::new(Self {
+            catalog,
+            store,
+            clients: Mutex::default(),
+            changed: watch::Sender::new(0),
+            usage_wanted: Notify::new(),
+        })
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The store, if this daemon has one.
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    /// Ticks whenever an operation row changed (watchers re-read theirs).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Tell watchers something changed.
+    pub fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Ask for the space accounting to be redone soon.
+    pub fn usage_changed(&self) {
+        self.usage_wanted.notify_one();
+    }
+
+    /// A client for the agent of `host` (connected lazily, reused).
+    pub fn agent(&self, host: &HostRow) -> Result<AgentServiceClient<Channel>, Status> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&host.agent_endpoint) {
+            return Ok(c.clone());
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(host.agent_endpoint.clone())
+            .map_err(|e| {
+                Status::failed_precondition(format!(
+                    "host {} registered a bad agent endpoint {:?}: {e}",
+                    host.name, host.agent_endpoint
+                ))
+            })?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let c = AgentServiceClient::new(endpoint.connect_lazy());
+        clients.insert(host.agent_endpoint.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// Whether `host` sent a heartbeat recently.
+    pub fn alive(host: &HostRow) -> bool {
+        now() - host.last_heartbeat_unix < 3 * i64::from(HEARTBEAT_INTERVAL_SECONDS)
+    }
+
+    async fn send(
+        &self,
+        host: &HostRow,
+        req: &AgentRequest,
+    ) -> Result<pb::AgentOperation, Status> {
+        let mut c = self.agent(host)?;
+        let call = async {
+            match req {
+                AgentRequest::Capture(r) => c.capture(r.clone()).await,
+                AgentRequest::Deploy(r) => c.deploy(r.clone()).await,
+            }
+        };
+        match tokio::time::timeout(SEND_TIMEOUT, call).await {
+            Ok(r) => r.map(tonic::Response::into_inner),
+            Err(_) => Err(Status::unavailable(format!(
+                "the agent on host {} did not answer within {} s",
+                host.name,
+                SEND_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Send a new operation's request to its agent and follow it. If the
+    /// agent refuses it (or cannot be reached), the operation and the image
+    /// it would have made are removed and the agent's status returned:
+    /// nothing changed.
+    pub async fn dispatch(
+        self: &Arc<Self>,
+        op: OperationRow,
+        req: &AgentRequest,
+    ) -> Result<OperationRow, Status> {
+        let host = self.catalog.host(&op.host).await.map_err(status)?;
+        match self.send(&host, req).await {
+            Ok(a) => {
+                self.catalog
+                    .set_phase(&op.id, if a.phase.is_empty() { "dispatched" } else { &a.phase })
+                    .await
+                    .map_err(status)?;
+            }
+            Err(e) => {
+                if let Err(u) = self.catalog.undo_operation(&op.id).await {
+                    tracing::error!(op = %op.id, error = %u, "cannot remove a refused operation");
+                }
+                return Err(Status::new(
+                    e.code(),
+                    format!("host {}: {}", host.name, e.message()),
+                ));
+            }
+        }
+        self.bump();
+        let me = self.clone();
+        let id = op.id.clone();
+        tokio::spawn(async move { me.follow(id).await });
+        self.catalog.operation(&op.id).await.map_err(status)
+    }
+
+    /// Pick up every running operation (at start).
+    pub async fn resume_all(self: &Arc<Self>) -> Result<usize, Status> {
+        let ops = self.catalog.running_operations().await.map_err(status)?;
+        let n = ops.len();
+        for op in ops {
+            tracing::info!(op = %op.id, kind = %op.kind, host = %op.host, phase = %op.phase, "resuming operation");
+            let me = self.clone();
+            if op.kind == "delete" {
+                tokio::spawn(async move { me.finish_delete(&op).await });
+            } else {
+                tokio::spawn(async move { me.follow(op.id).await });
+            }
+        }
+        Ok(n)
+    }
+
+    /// Follow an operation until it is final (or failed by the reaper).
+    async fn follow(self: Arc<Self>, id: String) {
+        loop {
+            let op = match self.catalog.operation(&id).await {
+                Ok(op) if op.running() => op,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(op = %id, error = %e, "cannot read operation; retrying");
+                    tokio::time::sleep(RETRY_EVERY).await;
+                    continue;
+                }
+            };
+            match self.follow_once(&op).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(op = %id, error = %e, "agent not reachable; retrying");
+                    tokio::time::sleep(RETRY_EVERY).await;
+                }
+            }
+        }
+    }
+
+    /// One attempt: `Ok` when the operation reached its final state here,
+    /// `Err` to retry.
+    async fn follow_once(&self, op: &OperationRow) -> Result<(), Status> {
+        let host = match self.catalog.host(&op.host).await {
+            Ok(h) => h,
+            Err(e) => {
+                self.fail(op, Code::FailedPrecondition, &e.to_string()).await;
+                return Ok(());
+            }
+        };
+        if op.phase == "queued" {
+            // Never acknowledged: send again (idempotent on the id).
+            let req = match AgentRequest::decode(&op.kind, &op.agent_request) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.fail(op, Code::Internal, &format!("stored request is unreadable: {e}"))
+                        .await;
+                    return Ok(());
+                }
+            };
+            match self.send(&host, &req).await {
+                Ok(_) => {
+                    let _ = self.catalog.set_phase(&op.id, "dispatched").await;
+                }
+                Err(e) if unreachable(&e) => return Err(e),
+                Err(e) => {
+                    self.fail(op, e.code(), &format!("host {}: {}", host.name, e.message()))
+                        .await;
+                    return Ok(());
+                }
+            }
+        }
+        let mut client = self.agent(&host)?;
+        let mut stream = match client
+            .watch_operation(pb::GetOperationRequest {
+                operation_id: op.id.clone(),
+            })
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(e) if e.code() == Code::NotFound => {
+                self.fail(
+                    op,
+                    Code::Aborted,
+                    &format!(
+                        "the agent on host {} no longer knows this operation (it restarted while the operation ran); \
+                         a capture's guest was returned to its power state from the agent's journal",
+                        host.name
+                    ),
+                )
+                .await;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let mut rate = Rate::default();
+        let mut last_write = Instant::now() - PROGRESS_EVERY;
+        while let Some(a) = stream.message().await? {
+            if a.state == pb::OperationState::Running as i32 {
+                let bps = rate.sample(a.bytes_done);
+                if last_write.elapsed() >= PROGRESS_EVERY {
+                    last_write = Instant::now();
+                    if let Err(e) = self
+                        .catalog
+                        .update_progress(
+                            &op.id,
+                            &a.phase,
+                            a.bytes_done as i64,
+                            a.bytes_total as i64,
+                            bps,
+                        )
+                        .await
+                    {
+                        tracing::warn!(op = %op.id, error = %e, "cannot record progress");
+                    }
+                    self.bump();
+                }
+                continue;
+            }
+            self.finish(op, &a).await;
+            return Ok(());
+        }
+        Err(Status::unavailable("the progress stream ended early"))
+    }
+
+    async fn finish(&self, op: &OperationRow, a: &pb::AgentOperation) {
+        let (state, outcome) = match pb::OperationState::try_from(a.state) {
+            Ok(pb::OperationState::Succeeded) => {
+                let outcome = match &a.capture {
+                    Some(c) if op.kind == "capture" => {
+                        let disks: Vec<ImageDiskRow> = c
+                            .disks
+                            .iter()
+                            .map(|d| ImageDiskRow {
+                                name: d.name.clone(),
+                                size_bytes: d.size_bytes,
+                                sha256: d.sha256.clone(),
+                            })
+                            .collect();
+                        ImageOutcome::Active {
+                            size_bytes: disks.iter().map(|d| d.size_bytes as i64).sum(),
+                            config_json: c.config_json.clone(),
+                            disks_json: serde_json::to_string(&disks).unwrap_or_default(),
+                        }
+                    }
+                    _ => ImageOutcome::None,
+                };
+                ("succeeded", outcome)
+            }
+            Ok(pb::OperationState::Cancelled) => ("cancelled", self.image_failed(op, &a.error)),
+            _ => ("failed", self.image_failed(op, &a.error)),
+        };
+        let result = hex::encode(a.encode_to_vec());
+        match self
+            .catalog
+            .finish_operation(&op.id, state, &a.error, a.error_code, &result, &outcome)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(op = %op.id, kind = %op.kind, %state, error = %a.error, "operation finished");
+                if op.kind == "capture" && state == "succeeded" {
+                    self.usage_changed();
+                }
+            }
+            Err(e) => tracing::error!(op = %op.id, error = %e, "cannot record the end of an operation"),
+        }
+        self.bump();
+    }
+
+    fn image_failed(&self, op: &OperationRow, error: &str) -> ImageOutcome {
+        if op.kind == "capture" {
+            ImageOutcome::Failed(error.to_string())
+        } else {
+            ImageOutcome::None
+        }
+    }
+
+    /// Fail an operation from the daemon's side.
+    pub async fn fail(&self, op: &OperationRow, code: Code, error: &str) {
+        let outcome = self.image_failed(op, error);
+        if let Err(e) = self
+            .catalog
+            .finish_operation(&op.id, "failed", error, code as i32, "", &outcome)
+            .await
+        {
+            tracing::error!(op = %op.id, error = %e, "cannot record a failure");
+        }
+        tracing::warn!(op = %op.id, %error, "operation failed");
+        self.bump();
+    }
+
+    /// Ask the agent to cancel a running operation.
+    pub async fn cancel(&self, op: &OperationRow) -> Result<(), Status> {
+        if op.phase == "queued" {
+            // The agent never accepted it: nothing runs there.
+            let outcome = self.image_failed(op, "cancelled before the agent started it");
+            self.catalog
+                .finish_operation(
+                    &op.id,
+                    "cancelled",
+                    "cancelled before the agent started it",
+                    Code::Cancelled as i32,
+                    "",
+                    &outcome,
+                )
+                .await
+                .map_err(status)?;
+            self.bump();
+            return Ok(());
+        }
+        let host = self.catalog.host(&op.host).await.map_err(status)?;
+        let mut c = self.agent(&host)?;
+        match c
+            .cancel_operation(pb::GetOperationRequest {
+                operation_id: op.id.clone(),
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if unreachable(&e) => Err(Status::unavailable(format!(
+                "the agent on host {} cannot be reached to cancel: {}",
+                host.name,
+                e.message()
+            ))),
+            Err(e) => Err(Status::new(e.code(), format!("host {}: {}", host.name, e.message()))),
+        }
+    }
+
+    /// Carry out a delete operation: remove the manifest (the chunks are
+    /// GC's), then mark the image deleted. Safe to repeat.
+    pub async fn finish_delete(&self, op: &OperationRow) {
+        let Some(image_id) = op.image_id.clone() else {
+            self.fail(op, Code::Internal, "delete operation without an image").await;
+            return;
+        };
+        if let Some(store) = self.store.clone() {
+            let id = image_id.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                let id: imprint_store::ImageId = id
+                    .parse()
+                    .map_err(|e: imprint_store::Error| e.to_string())?;
+                match store.delete_image(&id) {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.kind() == imprint_store::ErrorKind::NotFound => Ok(()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+            if let Err(e) = r {
+                // The image goes back to the state it had.
+                let prior = op.agent_request.strip_prefix("prior:").unwrap_or("active");
+                if let Err(e) = self.catalog.revert_deleting(&image_id, prior).await {
+                    tracing::error!(op = %op.id, error = %e, "cannot restore image state");
+                }
+                self.fail(op, Code::Unavailable, &format!("removing the image from the store failed: {e}"))
+                    .await;
+                return;
+            }
+        }
+        if let Err(e) = self.catalog.mark_deleted(&image_id).await {
+            tracing::error!(op = %op.id, error = %e, "cannot mark image deleted");
+        }
+        let _ = self
+            .catalog
+            .finish_operation(&op.id, "succeeded", "", 0, "", &ImageOutcome::None)
+            .await;
+        self.usage_changed();
+        self.bump();
+    }
+
+    /// Background duties: fail operations of silent hosts, redo the space
+    /// accounting when images came or went.
+    pub fn start_background(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_secs(u64::from(HEARTBEAT_INTERVAL_SECONDS));
+            loop {
+                let cutoff = now() - 3 * i64::from(HEARTBEAT_INTERVAL_SECONDS);
+                match me.catalog.fail_operations_of_silent_hosts(cutoff).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(operations = n, "failed the operations of silent hosts");
+                        me.bump();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "silent-host check failed"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        if self.store.is_some() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    me.refresh_usage().await;
+                    me.usage_wanted.notified().await;
+                    // Several changes in a row make one pass.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            });
+        }
+    }
+
+    /// Recompute every image's referenced and exclusive bytes.
+    pub async fn refresh_usage(&self) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let r = tokio::task::spawn_blocking(move || imprint_store::usage::usage(&store)).await;
+        match r {
+            Ok(Ok(u)) => {
+                for (id, why) in &u.unreadable {
+                    tracing::warn!(image = %id, error = %why, "image unreadable in the store");
+                }
+                let rows: Vec<(String, i64, i64)> = u
+                    .images
+                    .iter()
+                    .map(|i| {
+                        (
+                            i.image_id.to_string(),
+                            i.exclusive_bytes as i64,
+                            i.referenced_bytes as i64,
+                        )
+                    })
+                    .collect();
+                if let Err(e) = self.catalog.set_usage(&rows).await {
+                    tracing::warn!(error = %e, "cannot record space accounting");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "space accounting failed"),
+            Err(e) => tracing::warn!(error = %e, "space accounting panicked"),
+        }
+    }
+}
+
+/// Bytes per second over the last few seconds.
+#[derive(Debug, Default)]
+struct Rate {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl Rate {
+    fn sample(&mut self, done: u64) -> f64 {
+        let t = Instant::now();
+        self.samples.push_back((t, done));
+        while self.samples.len() > 2
+            && self
+                .samples
+                .front()
+                .is_some_and(|(s, _)| t.duration_since(*s) > Duration::from_secs(5))
+        {
+            self.samples.pop_front();
+        }
+        match (self.samples.front(), self.samples.back()) {
+            (Some((t0, b0)), Some((t1, b1))) if t1 > t0 && b1 >= b0 => {
+                (b1 - b0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+}

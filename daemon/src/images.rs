@@ -1,0 +1,595 @@
+//! `ImageService`: the image API users and fleet automation call.
+//!
+//! Every call authenticates first (UNAUTHENTICATED otherwise). Images the
+//! caller cannot see answer NOT_FOUND whatever the call, so ids do not
+//! leak; images it sees but does not own answer PERMISSION_DENIED to
+//! changes. Mutating calls that take time return an operation at once and
+//! accept a request id: a retry with the same id returns the same
+//! operation and runs nothing twice.
+
+use std::sync::Arc;
+
+use imprint_proto::v1::{self as pb, image_service_server::ImageService};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    auth,
+    catalog::{
+        Account, Catalog, CatalogError, ImageRow, ListQuery, Visibility, validate_image_name,
+        validate_notes, validate_tags,
+    },
+    dispatch::{AgentRequest, Dispatcher},
+    hosts::status,
+    operations::op_to_pb,
+    ops::{NewImage, NewOperation, OperationRow},
+};
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct Images {
+    d: Arc<Dispatcher>,
+}
+
+impl Images {
+    /// Over the dispatcher (and its catalog).
+    pub fn new(d: Arc<Dispatcher>) -> Self {
+        Self { d }
+    }
+
+    fn catalog(&self) -> &Catalog {
+        self.d.catalog()
+    }
+
+    async fn image_pb(&self, viewer: &Account, row: ImageRow) -> Result<pb::Image, Status> {
+        let members = if row.owner_id == viewer.id {
+            self.catalog().members(&row.id).await.map_err(status)?
+        } else {
+            Vec::new()
+        };
+        Ok(image_to_pb(row, members))
+    }
+
+    /// The operation an earlier call with this request id started.
+    async fn replay(
+        &self,
+        who: &Account,
+        request_id: &str,
+        kind: &str,
+    ) -> Result<Option<pb::Operation>, Status> {
+        if request_id.is_empty() {
+            return Ok(None);
+        }
+        if request_id.len() > 128 {
+            return Err(Status::invalid_argument("request_id is longer than 128 characters"));
+        }
+        match self
+            .catalog()
+            .operation_for_request(&who.id, request_id)
+            .await
+            .map_err(status)?
+        {
+            Some(op) if op.kind == kind => Ok(Some(op_to_pb(&op))),
+            Some(op) => Err(Status::already_exists(format!(
+                "request id {request_id:?} was already used for a {} operation",
+                op.kind
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    /// The host, if `who` may use it and it is alive.
+    async fn usable_host(&self, who: &Account, host: &str) -> Result<crate::ops::HostRow, Status> {
+        if host.is_empty() {
+            return Err(Status::invalid_argument("host is required"));
+        }
+        let allowed = self.catalog().may_use_host(who, host).await.map_err(status)?;
+        let row = match self.catalog().host(host).await {
+            Ok(h) if allowed => h,
+            // Hosts the account may not use look like unknown hosts.
+            Ok(_) | Err(CatalogError::NotFound(_)) => {
+                return Err(Status::not_found(format!(
+                    "host {host:?} is not registered or not available to account {}",
+                    who.name
+                )));
+            }
+            Err(e) => return Err(status(e)),
+        };
+        if !Dispatcher::alive(&row) {
+            return Err(Status::unavailable(format!(
+                "host {host} has not sent a heartbeat for {} s; its agent is down",
+                crate::catalog::now() - row.last_heartbeat_unix
+            )));
+        }
+        Ok(row)
+    }
+}
+
+fn state_str(s: i32) -> Result<Option<&'static str>, Status> {
+    Ok(match pb::ImageState::try_from(s) {
+        Ok(pb::ImageState::Unspecified) => None,
+        Ok(pb::ImageState::Creating) => Some("creating"),
+        Ok(pb::ImageState::Active) => Some("active"),
+        Ok(pb::ImageState::Failed) => Some("failed"),
+        Ok(pb::ImageState::Deprecated) => Some("deprecated"),
+        Ok(pb::ImageState::Deleting) => Some("deleting"),
+        Ok(pb::ImageState::Deleted) => Some("deleted"),
+        Err(_) => return Err(Status::invalid_argument(format!("unknown image state {s}"))),
+    })
+}
+
+fn state_pb(s: &str) -> pb::ImageState {
+    match s {
+        "creating" => pb::ImageState::Creating,
+        "active" => pb::ImageState::Active,
+        "failed" => pb::ImageState::Failed,
+        "deprecated" => pb::ImageState::Deprecated,
+        "deleting" => pb::ImageState::Deleting,
+        "deleted" => pb::ImageState::Deleted,
+        _ => pb::ImageState::Unspecified,
+    }
+}
+
+/// The API's view of a catalog row.
+pub fn image_to_pb(row: ImageRow, members: Vec<(String, String)>) -> pb::Image {
+    let disks = row
+        .disks()
+        .into_iter()
+        .map(|d| pb::ImageDisk {
+            name: d.name,
+            size_bytes: d.size_bytes,
+            sha256: d.sha256,
+        })
+        .collect();
+    pb::Image {
+        state: state_pb(&row.state) as i32,
+        visibility: match row.visibility {
+            Visibility::Private => pb::Visibility::Private,
+            Visibility::Shared => pb::Visibility::Shared,
+            Visibility::Public => pb::Visibility::Public,
+        } as i32,
+        id: row.id,
+        name: row.name,
+        notes: row.notes,
+        tags: row.tags,
+        owner: row.owner,
+        protected: row.protected,
+        failure_reason: row.failure_reason,
+        source_host: row.source_host,
+        source_guest: row.source_guest,
+        disks,
+        size_bytes: row.size_bytes.max(0) as u64,
+        exclusive_bytes: row.exclusive_bytes.max(0) as u64,
+        config_json: row.config_json,
+        members: members
+            .into_iter()
+            .map(|(account, status)| pb::ShareMember { account, status })
+            .collect(),
+        created_unix: row.created_unix,
+        updated_unix: row.updated_unix,
+    }
+}
+
+/// libvirt domain names we accept for new guests.
+fn validate_guest_name(name: &str) -> Result<(), Status> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['-', '.'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "guest name {name:?} must be 1-64 letters, digits, '-', '_' or '.', not starting with '-' or '.'"
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl ImageService for Images {
+    async fn capture_image(
+        &self,
+        req: Request<pb::CaptureImageRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let r = req.into_inner();
+        if let Some(op) = self.replay(&who, &r.request_id, "capture").await? {
+            return Ok(Response::new(op));
+        }
+        validate_image_name(&r.name).map_err(status)?;
+        validate_notes(&r.notes).map_err(status)?;
+        validate_tags(&r.tags).map_err(status)?;
+        if r.guest.is_empty() {
+            return Err(Status::invalid_argument("guest is required"));
+        }
+        if r.shutdown_timeout_seconds > 86_400 {
+            return Err(Status::invalid_argument(
+                "shutdown_timeout_seconds is more than a day",
+            ));
+        }
+        let host = self.usable_host(&who, &r.host).await?;
+        // The guest must exist now; it is named by its UUID from here on, so
+        // two captures of it conflict however it was named.
+        let mut agent = self.d.agent(&host)?;
+        let guest = agent
+            .get_guest(pb::GetGuestRequest {
+                guest: r.guest.clone(),
+            })
+            .await
+            .map_err(|e| Status::new(e.code(), format!("host {}: {}", host.name, e.message())))?
+            .into_inner();
+        let image_id = uuid::Uuid::new_v4().to_string();
+        let op_id = uuid::Uuid::new_v4().to_string();
+        let agent_req = AgentRequest::Capture(pb::CaptureRequest {
+            operation_id: op_id.clone(),
+            guest: guest.uuid.clone(),
+            image_name: r.name.clone(),
+            exclude_disks: r.exclude_disks.clone(),
+            shutdown_timeout_seconds: r.shutdown_timeout_seconds,
+            allow_force_off: r.allow_force_off,
+            labels: [("imprint.owner".to_string(), who.name.clone())].into(),
+            image_id: image_id.clone(),
+        });
+        let encoded = agent_req.encode();
+        let n = NewOperation {
+            account_id: &who.id,
+            request_id: Some(r.request_id.as_str()).filter(|s| !s.is_empty()),
+            kind: "capture",
+            image_id: None,
+            host: &host.name,
+            guest: &guest.uuid,
+            agent_request: &encoded,
+            new_image: Some(NewImage {
+                id: &image_id,
+                name: &r.name,
+                notes: &r.notes,
+                tags: &r.tags,
+                source_host: &host.name,
+                source_guest: &guest.name,
+            }),
+        };
+        let (op, new) = self
+            .catalog()
+            .begin_operation_with_id(&op_id, &n)
+            .await
+            .map_err(status)?;
+        if !new {
+            return Ok(Response::new(op_to_pb(&op)));
+        }
+        let op = self.d.dispatch(op, &agent_req).await?;
+        tracing::info!(op = %op.id, image = %image_id, host = %host.name, guest = %guest.name, account = %who.name, "capture started");
+        Ok(Response::new(op_to_pb(&op)))
+    }
+
+    async fn deploy_image(
+        &self,
+        req: Request<pb::DeployImageRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let r = req.into_inner();
+        if let Some(op) = self.replay(&who, &r.request_id, "deploy").await? {
+            return Ok(Response::new(op));
+        }
+        let img = self
+            .catalog()
+            .get_image(&who, &r.image_id)
+            .await
+            .map_err(status)?;
+        if !img.deployable() {
+            return Err(Status::failed_precondition(format!(
+                "image {} is {}; only active or deprecated images can be deployed",
+                img.id, img.state
+            )));
+        }
+        validate_guest_name(&r.guest_name)?;
+        let disks = img.disks();
+        if r.disk_sizes_bytes.len() > disks.len() {
+            return Err(Status::invalid_argument(format!(
+                "{} disk sizes given; image {} has {} disk(s)",
+                r.disk_sizes_bytes.len(),
+                img.id,
+                disks.len()
+            )));
+        }
+        for (i, (want, d)) in r.disk_sizes_bytes.iter().zip(&disks).enumerate() {
+            if *want != 0 && *want < d.size_bytes {
+                return Err(Status::invalid_argument(format!(
+                    "disk {i} ({}) size {want} bytes is smaller than the image's {} bytes",
+                    d.name, d.size_bytes
+                )));
+            }
+        }
+        if r.vcpus > 1024 {
+            return Err(Status::invalid_argument(format!("{} vCPUs is more than 1024", r.vcpus)));
+        }
+        if r.memory_mib != 0 && !(16..=16 << 20).contains(&r.memory_mib) {
+            return Err(Status::invalid_argument(format!(
+                "memory_mib {} must be between 16 MiB and 16 TiB",
+                r.memory_mib
+            )));
+        }
+        let host = self.usable_host(&who, &r.host).await?;
+        let op_id = uuid::Uuid::new_v4().to_string();
+        let agent_req = AgentRequest::Deploy(pb::DeployRequest {
+            operation_id: op_id.clone(),
+            image_id: img.id.clone(),
+            guest_name: r.guest_name.clone(),
+            pool: r.pool,
+            disk_format: r.disk_format,
+            disk_sizes_bytes: r.disk_sizes_bytes,
+            vcpus: r.vcpus,
+            memory_mib: r.memory_mib,
+            network: r.network,
+            user_data: r.user_data,
+            start: r.start,
+        });
+        let encoded = agent_req.encode();
+        let n = NewOperation {
+            account_id: &who.id,
+            request_id: Some(r.request_id.as_str()).filter(|s| !s.is_empty()),
+            kind: "deploy",
+            image_id: Some(&img.id),
+            host: &host.name,
+            guest: &r.guest_name,
+            agent_request: &encoded,
+            new_image: None,
+        };
+        let (op, new) = self
+            .catalog()
+            .begin_operation_with_id(&op_id, &n)
+            .await
+            .map_err(status)?;
+        if !new {
+            return Ok(Response::new(op_to_pb(&op)));
+        }
+        let op = self.d.dispatch(op, &agent_req).await?;
+        tracing::info!(op = %op.id, image = %img.id, host = %host.name, guest = %r.guest_name, account = %who.name, "deploy started");
+        Ok(Response::new(op_to_pb(&op)))
+    }
+
+    async fn get_image(
+        &self,
+        req: Request<pb::GetImageRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let id = req.into_inner().id;
+        let row = self.catalog().get_image(&who, &id).await.map_err(status)?;
+        Ok(Response::new(self.image_pb(&who, row).await?))
+    }
+
+    async fn list_images(
+        &self,
+        req: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let r = req.into_inner();
+        let state = state_str(r.state)?;
+        let q = ListQuery {
+            owner: Some(r.owner).filter(|s| !s.is_empty()),
+            visibility: match pb::Visibility::try_from(r.visibility) {
+                Ok(pb::Visibility::Unspecified) => None,
+                Ok(pb::Visibility::Private) => Some(Visibility::Private),
+                Ok(pb::Visibility::Shared) => Some(Visibility::Shared),
+                Ok(pb::Visibility::Public) => Some(Visibility::Public),
+                Err(_) => {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown visibility {}",
+                        r.visibility
+                    )));
+                }
+            },
+            name_prefix: Some(r.name_prefix).filter(|s| !s.is_empty()),
+            tag: Some(r.tag).filter(|s| !s.is_empty()),
+            hide_deprecated: state.is_none(),
+            state: state.map(str::to_string),
+            page_size: r.page_size,
+            page_token: Some(r.page_token).filter(|s| !s.is_empty()),
+            order: r.order_by.parse().map_err(status)?,
+        };
+        let (rows, next) = self.catalog().list_images(&who, &q).await.map_err(status)?;
+        let mut images = Vec::with_capacity(rows.len());
+        for row in rows {
+            images.push(self.image_pb(&who, row).await?);
+        }
+        Ok(Response::new(pb::ListImagesResponse {
+            images,
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn update_image(
+        &self,
+        req: Request<pb::UpdateImageRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let r = req.into_inner();
+        if r.update_mask.is_empty() {
+            return Err(Status::invalid_argument(
+                "update_mask is empty; name the fields to change: name, notes, tags",
+            ));
+        }
+        for f in &r.update_mask {
+            if !matches!(f.as_str(), "name" | "notes" | "tags") {
+                return Err(Status::invalid_argument(format!(
+                    "cannot update {f:?}; update_mask takes name, notes, tags"
+                )));
+            }
+        }
+        let has = |f: &str| r.update_mask.iter().any(|m| m == f);
+        self.catalog()
+            .update_image(
+                &who,
+                &r.id,
+                has("name").then_some(r.name.as_str()),
+                has("notes").then_some(r.notes.as_str()),
+                has("tags").then_some(r.tags.as_slice()),
+            )
+            .await
+            .map_err(status)?;
+        self.get_owned(&who, &r.id).await
+    }
+
+    async fn delete_image(
+        &self,
+        req: Request<pb::DeleteImageRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let r = req.into_inner();
+        if let Some(op) = self.replay(&who, &r.request_id, "delete").await? {
+            return Ok(Response::new(op));
+        }
+        if self.d.store().is_none() {
+            // Checked after visibility so it leaks nothing.
+            self.catalog().owned_image(&who, &r.id).await.map_err(status)?;
+            return Err(Status::failed_precondition(
+                "this daemon was started without --store, so it cannot remove images from the store",
+            ));
+        }
+        let prior = self.catalog().begin_delete(&who, &r.id).await.map_err(status)?;
+        let marker = format!("prior:{prior}");
+        let n = NewOperation {
+            account_id: &who.id,
+            request_id: Some(r.request_id.as_str()).filter(|s| !s.is_empty()),
+            kind: "delete",
+            image_id: Some(&r.id),
+            host: "",
+            guest: "",
+            agent_request: &marker,
+            new_image: None,
+        };
+        let op_id = uuid::Uuid::new_v4().to_string();
+        let op: OperationRow = match self.catalog().begin_operation_with_id(&op_id, &n).await {
+            Ok((op, _)) => op,
+            Err(e) => {
+                let _ = self.catalog().revert_deleting(&r.id, &prior).await;
+                return Err(status(e));
+            }
+        };
+        self.d.finish_delete(&op).await;
+        tracing::info!(op = %op.id, image = %r.id, account = %who.name, "image deleted");
+        let op = self.catalog().operation(&op.id).await.map_err(status)?;
+        Ok(Response::new(op_to_pb(&op)))
+    }
+
+    async fn set_protected(
+        &self,
+        req: Request<pb::SetProtectedRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let r = req.into_inner();
+        self.catalog()
+            .set_protected(&who, &r.id, r.protected)
+            .await
+            .map_err(status)?;
+        self.get_owned(&who, &r.id).await
+    }
+
+    async fn deprecate_image(
+        &self,
+        req: Request<pb::DeprecateImageRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let r = req.into_inner();
+        self.catalog()
+            .set_deprecated(&who, &r.id, r.deprecated)
+            .await
+            .map_err(status)?;
+        self.get_owned(&who, &r.id).await
+    }
+
+    async fn share_image(
+        &self,
+        req: Request<pb::ShareImageRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let r = req.into_inner();
+        if r.accounts.is_empty() {
+            return Err(Status::invalid_argument("name at least one account to share with"));
+        }
+        self.catalog()
+            .share(&who, &r.id, &r.accounts)
+            .await
+            .map_err(status)?;
+        self.get_owned(&who, &r.id).await
+    }
+
+    async fn unshare_image(
+        &self,
+        req: Request<pb::ShareImageRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let r = req.into_inner();
+        if r.accounts.is_empty() {
+            return Err(Status::invalid_argument("name at least one account to unshare with"));
+        }
+        self.catalog()
+            .unshare(&who, &r.id, &r.accounts)
+            .await
+            .map_err(status)?;
+        self.get_owned(&who, &r.id).await
+    }
+
+    async fn accept_share(
+        &self,
+        req: Request<pb::ShareDecisionRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        self.decide(req, true).await
+    }
+
+    async fn reject_share(
+        &self,
+        req: Request<pb::ShareDecisionRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        self.decide(req, false).await
+    }
+
+    async fn publish_image(
+        &self,
+        req: Request<pb::PublishImageRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        self.publish(req, true).await
+    }
+
+    async fn unpublish_image(
+        &self,
+        req: Request<pb::PublishImageRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        self.publish(req, false).await
+    }
+}
+
+impl Images {
+    async fn get_owned(&self, who: &Account, id: &str) -> Result<Response<pb::Image>, Status> {
+        let row = self.catalog().get_image(who, id).await.map_err(status)?;
+        Ok(Response::new(self.image_pb(who, row).await?))
+    }
+
+    async fn decide(
+        &self,
+        req: Request<pb::ShareDecisionRequest>,
+        accept: bool,
+    ) -> Result<Response<pb::Image>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let id = req.into_inner().id;
+        self.catalog()
+            .decide(&who, &id, accept)
+            .await
+            .map_err(status)?;
+        self.get_owned(&who, &id).await
+    }
+
+    async fn publish(
+        &self,
+        req: Request<pb::PublishImageRequest>,
+        public: bool,
+    ) -> Result<Response<pb::Image>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let id = req.into_inner().id;
+        self.catalog()
+            .set_public(&who, &id, public)
+            .await
+            .map_err(status)?;
+        self.get_owned(&who, &id).await
+    }
+}

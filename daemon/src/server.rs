@@ -1,0 +1,35 @@
+//! Everything `imprintd` serves, put together (also used by tests to run
+//! the daemon in-process).
+
+use std::sync::Arc;
+
+use imprint_proto::v1::{
+    host_service_server::HostServiceServer, image_service_server::ImageServiceServer,
+    operation_service_server::OperationServiceServer,
+};
+use tonic::transport::server::Router;
+
+use crate::{dispatch::Dispatcher, hosts::Hosts, images::Images, operations::Operations};
+
+/// The router with every service, health and reflection; operations left
+/// running by a previous daemon are resumed and background duties started.
+pub async fn router(d: Arc<Dispatcher>) -> anyhow::Result<Router> {
+    let resumed = d.resume_all().await?;
+    if resumed > 0 {
+        tracing::info!(resumed, "resumed running operations");
+    }
+    d.start_background();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<HostServiceServer<Hosts>>().await;
+    health.set_serving::<ImageServiceServer<Images>>().await;
+    health.set_serving::<OperationServiceServer<Operations>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(imprint_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    Ok(tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(HostServiceServer::new(Hosts::new(d.catalog().clone())))
+        .add_service(ImageServiceServer::new(Images::new(d.clone())))
+        .add_service(OperationServiceServer::new(Operations::new(d))))
+}
