@@ -249,12 +249,13 @@ impl AgentService for Agent {
             return Err(Status::invalid_argument("guest is required"));
         }
         imprint_store::manifest::validate_name(&r.image_name).map_err(|e| status(e.into()))?;
-        let image_id = match r.image_id.as_str() {
-            "" => None,
-            s => Some(s.parse::<imprint_store::ImageId>().map_err(|_| {
-                Status::invalid_argument(format!("image_id {s:?} must be a UUID"))
-            })?),
-        };
+        let image_id =
+            match r.image_id.as_str() {
+                "" => None,
+                s => Some(s.parse::<imprint_store::ImageId>().map_err(|_| {
+                    Status::invalid_argument(format!("image_id {s:?} must be a UUID"))
+                })?),
+            };
         // Unknown guests are refused now, not as a failed operation.
         let hv = self.ctx.hv.clone();
         let g = r.guest.clone();
@@ -367,6 +368,9 @@ impl AgentService for Agent {
             domain_type: self.settings.domain_type.clone(),
             console_log_dir: self.settings.console_log_dir.clone(),
         };
+        // Refuse bad input now, as an error of this call.
+        let (ctx, check) = (self.ctx.clone(), spec.clone());
+        blocking(move || work::check_deploy(&ctx, &check).map(|_| ())).await?;
         let ctx = self.ctx.clone();
         let op = self.launch(
             id,

@@ -563,7 +563,8 @@ fn parse_ip(s: &str, what: &str) -> Result<Option<std::net::IpAddr>> {
     })
 }
 
-struct Plan {
+/// A checked deploy: the new guest's configuration, disk sizes and seed.
+pub struct Plan {
     config: GuestConfig,
     sizes: Vec<u64>,
     seed: Seed,
@@ -689,21 +690,15 @@ fn plan(spec: &DeploySpec, manifest: &imprint_store::Manifest) -> Result<Plan> {
     })
 }
 
-/// Deploy an image as a new guest; on failure nothing it created remains.
-pub fn deploy(
-    ctx: &Ctx,
-    spec: &DeploySpec,
-    cancel: &Arc<AtomicBool>,
-    report: Report<'_>,
-) -> Result<DeployOutcome> {
-    let (hv, store, journal, busy) = (&*ctx.hv, &ctx.store, &ctx.journal, &ctx.busy);
+/// Everything a deploy can refuse before it changes anything: the image,
+/// sizes, network configuration, the guest name, the pool and its free
+/// space. The service runs it before accepting the operation, so bad input
+/// is an error of the call rather than a failed operation.
+pub fn check_deploy(ctx: &Ctx, spec: &DeploySpec) -> Result<(imprint_store::Manifest, Plan)> {
+    let hv = &*ctx.hv;
     let image_id: ImageId = spec.image_id.parse().map_err(AgentError::from)?;
-    let manifest = store.manifest(&image_id)?;
+    let manifest = ctx.store.manifest(&image_id)?;
     let plan = plan(spec, &manifest)?;
-    let _claim = busy.claim(
-        &format!("name:{}", spec.guest_name),
-        &format!("guest name {}", spec.guest_name),
-    )?;
     if hv.lookup(&spec.guest_name).is_ok() {
         return Err(AgentError::new(
             Kind::Conflict,
@@ -728,6 +723,30 @@ pub fn deploy(
             ),
         ));
     }
+    Ok((manifest, plan))
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("sizes", &self.sizes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Deploy an image as a new guest; on failure nothing it created remains.
+pub fn deploy(
+    ctx: &Ctx,
+    spec: &DeploySpec,
+    cancel: &Arc<AtomicBool>,
+    report: Report<'_>,
+) -> Result<DeployOutcome> {
+    let (hv, store, journal, busy) = (&*ctx.hv, &ctx.store, &ctx.journal, &ctx.busy);
+    let _claim = busy.claim(
+        &format!("name:{}", spec.guest_name),
+        &format!("guest name {}", spec.guest_name),
+    )?;
+    let (manifest, plan) = check_deploy(ctx, spec)?;
     let mut entry = Entry::Deploy {
         operation_id: spec.operation_id.clone(),
         guest_name: spec.guest_name.clone(),

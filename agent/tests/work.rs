@@ -178,7 +178,10 @@ fn shut_off_guest_stays_off_and_bad_requests_cost_no_downtime() {
         &no_report,
     )
     .expect("capture under a chosen id");
-    assert_eq!(first.image_id.to_string(), "5d1e8f7a-0c1b-4a52-9d3e-6f2a1b0c9d8e");
+    assert_eq!(
+        first.image_id.to_string(),
+        "5d1e8f7a-0c1b-4a52-9d3e-6f2a1b0c9d8e"
+    );
     let before = e.hv.guests.lock().expect("lock")["a"].acpi_requests;
     let err = capture(
         &e.ctx,

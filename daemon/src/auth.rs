@@ -10,9 +10,10 @@ use crate::catalog::{Account, Catalog, CatalogError};
 
 /// The token of a request's `authorization` header.
 pub fn bearer<T>(req: &Request<T>) -> Result<&str, Status> {
-    let v = req.metadata().get("authorization").ok_or_else(|| {
-        Status::unauthenticated("missing 'authorization: Bearer <token>' header")
-    })?;
+    let v = req
+        .metadata()
+        .get("authorization")
+        .ok_or_else(|| Status::unauthenticated("missing 'authorization: Bearer <token>' header"))?;
     let v = v
         .to_str()
         .map_err(|_| Status::unauthenticated("the authorization header is not text"))?;
@@ -21,7 +22,9 @@ pub fn bearer<T>(req: &Request<T>) -> Result<&str, Status> {
         .or_else(|| v.strip_prefix("bearer "))
         .map(str::trim)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| Status::unauthenticated("the authorization header must be 'Bearer <token>'"))?;
+        .ok_or_else(|| {
+            Status::unauthenticated("the authorization header must be 'Bearer <token>'")
+        })?;
     Ok(token)
 }
 

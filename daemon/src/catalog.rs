@@ -541,7 +541,10 @@ impl Catalog {
             binds.push(k.clone());
             binds.push(id.clone());
         }
-        sql.push_str(&format!(" ORDER BY {key} {dir}, i.id {dir} LIMIT {}", size + 1));
+        sql.push_str(&format!(
+            " ORDER BY {key} {dir}, i.id {dir} LIMIT {}",
+            size + 1
+        ));
         // Built from constants and `$n` placeholders only; every value is
         // bound. The created key is bound as a number.
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -629,16 +632,26 @@ impl Catalog {
 
     /// A member's decision on a shared image.
     pub async fn decide(&self, member: &Account, id: &str, accept: bool) -> Result<()> {
+        let img = self.get_image(member, id).await?;
+        if img.owner_id == member.id {
+            return Err(CatalogError::FailedPrecondition(format!(
+                "image {id} is yours; only accounts it is shared with accept or reject it"
+            )));
+        }
         let r = sqlx::query(
             "UPDATE image_members SET status = $1 WHERE image_id = $2 AND account_id = $3",
         )
         .bind(if accept { "accepted" } else { "rejected" })
-        .bind(id)
+        .bind(&img.id)
         .bind(&member.id)
         .execute(&self.pool)
         .await?;
         if r.rows_affected() == 0 {
-            return Err(CatalogError::NotFound(format!("image {id} not found")));
+            // Visible (public) but not shared with this account.
+            return Err(CatalogError::FailedPrecondition(format!(
+                "image {id} is not shared with account {}",
+                member.name
+            )));
         }
         Ok(())
     }
@@ -675,7 +688,6 @@ impl Catalog {
     }
 }
 
-
 /// Checks of names and notes every write path shares.
 pub fn validate_image_name(name: &str) -> Result<()> {
     imprint_store::manifest::validate_name(name)
@@ -702,7 +714,9 @@ pub fn validate_tags(tags: &[String]) -> Result<()> {
         )));
     }
     for t in tags {
-        if t.is_empty() || t.chars().count() > 64 || t.chars().any(|c| c.is_control() || c.is_whitespace())
+        if t.is_empty()
+            || t.chars().count() > 64
+            || t.chars().any(|c| c.is_control() || c.is_whitespace())
         {
             return Err(CatalogError::InvalidArgument(format!(
                 "tag {t:?} must be 1-64 characters without spaces or control characters"
@@ -715,11 +729,12 @@ pub fn validate_tags(tags: &[String]) -> Result<()> {
 impl Catalog {
     /// An account by name.
     pub async fn account_by_name(&self, name: &str) -> Result<Account> {
-        let row = sqlx::query("SELECT id, name, can_publish, is_admin FROM accounts WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| CatalogError::NotFound(format!("no account named {name:?}")))?;
+        let row =
+            sqlx::query("SELECT id, name, can_publish, is_admin FROM accounts WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?
+                .ok_or_else(|| CatalogError::NotFound(format!("no account named {name:?}")))?;
         Ok(Account {
             id: row.try_get("id")?,
             name: row.try_get("name")?,
@@ -865,13 +880,15 @@ impl Catalog {
         if img.state == to {
             return Ok(());
         }
-        let r = sqlx::query("UPDATE images SET state = $1, updated_unix = $2 WHERE id = $3 AND state = $4")
-            .bind(to)
-            .bind(now())
-            .bind(&img.id)
-            .bind(from)
-            .execute(&self.pool)
-            .await?;
+        let r = sqlx::query(
+            "UPDATE images SET state = $1, updated_unix = $2 WHERE id = $3 AND state = $4",
+        )
+        .bind(to)
+        .bind(now())
+        .bind(&img.id)
+        .bind(from)
+        .execute(&self.pool)
+        .await?;
         if r.rows_affected() == 0 {
             return Err(CatalogError::FailedPrecondition(format!(
                 "image {id} is {}; only {from} images can become {to}",
@@ -899,17 +916,20 @@ impl Catalog {
                 .await?;
         }
         if img.visibility == Visibility::Shared {
-            let left: i64 = sqlx::query("SELECT COUNT(*) AS n FROM image_members WHERE image_id = $1")
-                .bind(&img.id)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("n")?;
-            if left == 0 {
-                sqlx::query("UPDATE images SET visibility = 'private', updated_unix = $1 WHERE id = $2")
-                    .bind(now())
+            let left: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM image_members WHERE image_id = $1")
                     .bind(&img.id)
-                    .execute(&mut *tx)
-                    .await?;
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            if left == 0 {
+                sqlx::query(
+                    "UPDATE images SET visibility = 'private', updated_unix = $1 WHERE id = $2",
+                )
+                .bind(now())
+                .bind(&img.id)
+                .execute(&mut *tx)
+                .await?;
             }
         }
         tx.commit().await?;
@@ -973,12 +993,14 @@ impl Catalog {
 
     /// A delete that failed: back to the state it had.
     pub async fn revert_deleting(&self, id: &str, state: &str) -> Result<()> {
-        sqlx::query("UPDATE images SET state = $1, updated_unix = $2 WHERE id = $3 AND state = 'deleting'")
-            .bind(state)
-            .bind(now())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE images SET state = $1, updated_unix = $2 WHERE id = $3 AND state = 'deleting'",
+        )
+        .bind(state)
+        .bind(now())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -1002,12 +1024,14 @@ impl Catalog {
     pub async fn set_usage(&self, usage: &[(String, i64, i64)]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for (id, exclusive, referenced) in usage {
-            sqlx::query("UPDATE images SET exclusive_bytes = $1, referenced_bytes = $2 WHERE id = $3")
-                .bind(*exclusive)
-                .bind(*referenced)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "UPDATE images SET exclusive_bytes = $1, referenced_bytes = $2 WHERE id = $3",
+            )
+            .bind(*exclusive)
+            .bind(*referenced)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())

@@ -62,7 +62,9 @@ impl AgentRequest {
             "deploy" => pb::DeployRequest::decode(bytes.as_slice())
                 .map(AgentRequest::Deploy)
                 .map_err(|e| e.to_string()),
-            other => Err(format!("operations of kind {other:?} are not sent to agents")),
+            other => Err(format!(
+                "operations of kind {other:?} are not sent to agents"
+            )),
         }
     }
 }
@@ -146,11 +148,7 @@ impl Dispatcher {
         now() - host.last_heartbeat_unix < 3 * i64::from(HEARTBEAT_INTERVAL_SECONDS)
     }
 
-    async fn send(
-        &self,
-        host: &HostRow,
-        req: &AgentRequest,
-    ) -> Result<pb::AgentOperation, Status> {
+    async fn send(&self, host: &HostRow, req: &AgentRequest) -> Result<pb::AgentOperation, Status> {
         let mut c = self.agent(host)?;
         let call = async {
             match req {
@@ -181,7 +179,14 @@ impl Dispatcher {
         match self.send(&host, req).await {
             Ok(a) => {
                 self.catalog
-                    .set_phase(&op.id, if a.phase.is_empty() { "dispatched" } else { &a.phase })
+                    .set_phase(
+                        &op.id,
+                        if a.phase.is_empty() {
+                            "dispatched"
+                        } else {
+                            &a.phase
+                        },
+                    )
                     .await
                     .map_err(status)?;
             }
@@ -246,7 +251,8 @@ impl Dispatcher {
         let host = match self.catalog.host(&op.host).await {
             Ok(h) => h,
             Err(e) => {
-                self.fail(op, Code::FailedPrecondition, &e.to_string()).await;
+                self.fail(op, Code::FailedPrecondition, &e.to_string())
+                    .await;
                 return Ok(());
             }
         };
@@ -255,8 +261,12 @@ impl Dispatcher {
             let req = match AgentRequest::decode(&op.kind, &op.agent_request) {
                 Ok(r) => r,
                 Err(e) => {
-                    self.fail(op, Code::Internal, &format!("stored request is unreadable: {e}"))
-                        .await;
+                    self.fail(
+                        op,
+                        Code::Internal,
+                        &format!("stored request is unreadable: {e}"),
+                    )
+                    .await;
                     return Ok(());
                 }
             };
@@ -266,8 +276,12 @@ impl Dispatcher {
                 }
                 Err(e) if unreachable(&e) => return Err(e),
                 Err(e) => {
-                    self.fail(op, e.code(), &format!("host {}: {}", host.name, e.message()))
-                        .await;
+                    self.fail(
+                        op,
+                        e.code(),
+                        &format!("host {}: {}", host.name, e.message()),
+                    )
+                    .await;
                     return Ok(());
                 }
             }
@@ -364,7 +378,9 @@ impl Dispatcher {
                     self.usage_changed();
                 }
             }
-            Err(e) => tracing::error!(op = %op.id, error = %e, "cannot record the end of an operation"),
+            Err(e) => {
+                tracing::error!(op = %op.id, error = %e, "cannot record the end of an operation")
+            }
         }
         self.bump();
     }
@@ -424,7 +440,10 @@ impl Dispatcher {
                 host.name,
                 e.message()
             ))),
-            Err(e) => Err(Status::new(e.code(), format!("host {}: {}", host.name, e.message()))),
+            Err(e) => Err(Status::new(
+                e.code(),
+                format!("host {}: {}", host.name, e.message()),
+            )),
         }
     }
 
@@ -432,7 +451,8 @@ impl Dispatcher {
     /// GC's), then mark the image deleted. Safe to repeat.
     pub async fn finish_delete(&self, op: &OperationRow) {
         let Some(image_id) = op.image_id.clone() else {
-            self.fail(op, Code::Internal, "delete operation without an image").await;
+            self.fail(op, Code::Internal, "delete operation without an image")
+                .await;
             return;
         };
         if let Some(store) = self.store.clone() {
@@ -455,8 +475,12 @@ impl Dispatcher {
                 if let Err(e) = self.catalog.revert_deleting(&image_id, prior).await {
                     tracing::error!(op = %op.id, error = %e, "cannot restore image state");
                 }
-                self.fail(op, Code::Unavailable, &format!("removing the image from the store failed: {e}"))
-                    .await;
+                self.fail(
+                    op,
+                    Code::Unavailable,
+                    &format!("removing the image from the store failed: {e}"),
+                )
+                .await;
                 return;
             }
         }

@@ -60,7 +60,9 @@ impl Images {
             return Ok(None);
         }
         if request_id.len() > 128 {
-            return Err(Status::invalid_argument("request_id is longer than 128 characters"));
+            return Err(Status::invalid_argument(
+                "request_id is longer than 128 characters",
+            ));
         }
         match self
             .catalog()
@@ -82,7 +84,11 @@ impl Images {
         if host.is_empty() {
             return Err(Status::invalid_argument("host is required"));
         }
-        let allowed = self.catalog().may_use_host(who, host).await.map_err(status)?;
+        let allowed = self
+            .catalog()
+            .may_use_host(who, host)
+            .await
+            .map_err(status)?;
         let row = match self.catalog().host(host).await {
             Ok(h) if allowed => h,
             // Hosts the account may not use look like unknown hosts.
@@ -301,7 +307,10 @@ impl ImageService for Images {
             }
         }
         if r.vcpus > 1024 {
-            return Err(Status::invalid_argument(format!("{} vCPUs is more than 1024", r.vcpus)));
+            return Err(Status::invalid_argument(format!(
+                "{} vCPUs is more than 1024",
+                r.vcpus
+            )));
         }
         if r.memory_mib != 0 && !(16..=16 << 20).contains(&r.memory_mib) {
             return Err(Status::invalid_argument(format!(
@@ -441,12 +450,19 @@ impl ImageService for Images {
         }
         if self.d.store().is_none() {
             // Checked after visibility so it leaks nothing.
-            self.catalog().owned_image(&who, &r.id).await.map_err(status)?;
+            self.catalog()
+                .owned_image(&who, &r.id)
+                .await
+                .map_err(status)?;
             return Err(Status::failed_precondition(
                 "this daemon was started without --store, so it cannot remove images from the store",
             ));
         }
-        let prior = self.catalog().begin_delete(&who, &r.id).await.map_err(status)?;
+        let prior = self
+            .catalog()
+            .begin_delete(&who, &r.id)
+            .await
+            .map_err(status)?;
         let marker = format!("prior:{prior}");
         let n = NewOperation {
             account_id: &who.id,
@@ -505,7 +521,9 @@ impl ImageService for Images {
         let who = auth::account(self.catalog(), &req).await?;
         let r = req.into_inner();
         if r.accounts.is_empty() {
-            return Err(Status::invalid_argument("name at least one account to share with"));
+            return Err(Status::invalid_argument(
+                "name at least one account to share with",
+            ));
         }
         self.catalog()
             .share(&who, &r.id, &r.accounts)
@@ -521,7 +539,9 @@ impl ImageService for Images {
         let who = auth::account(self.catalog(), &req).await?;
         let r = req.into_inner();
         if r.accounts.is_empty() {
-            return Err(Status::invalid_argument("name at least one account to unshare with"));
+            return Err(Status::invalid_argument(
+                "name at least one account to unshare with",
+            ));
         }
         self.catalog()
             .unshare(&who, &r.id, &r.accounts)

@@ -7,6 +7,8 @@
 //! - [`dispatch`]: sending operations to agents and following them, also
 //!   across daemon restarts.
 
+#[cfg(test)]
+mod api_tests;
 pub mod auth;
 pub mod catalog;
 pub mod dispatch;

@@ -39,7 +39,11 @@ pub fn op_to_pb(op: &OperationRow) -> pb::Operation {
     };
     let image_id = match (&result, &op.image_id) {
         (_, Some(id)) => id.clone(),
-        (Some(r), None) => r.capture.as_ref().map(|c| c.image_id.clone()).unwrap_or_default(),
+        (Some(r), None) => r
+            .capture
+            .as_ref()
+            .map(|c| c.image_id.clone())
+            .unwrap_or_default(),
         _ => String::new(),
     };
     pb::Operation {

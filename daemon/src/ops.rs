@@ -337,7 +337,10 @@ impl Catalog {
         if cursor.is_some() {
             sql.push_str(" AND (created_unix < $2 OR (created_unix = $2 AND id < $3))");
         }
-        sql.push_str(&format!(" ORDER BY created_unix DESC, id DESC LIMIT {}", size + 1));
+        sql.push_str(&format!(
+            " ORDER BY created_unix DESC, id DESC LIMIT {}",
+            size + 1
+        ));
         // Built from constants only; every value is bound.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(account_id);
         if let Some((c, id)) = &cursor {
@@ -652,9 +655,16 @@ mod tests {
             );
             assert_eq!(c.running_operations().await.expect("running").len(), 2);
             assert!(
-                c.finish_operation(&op.id, "succeeded", "", 0, "{\"image_id\":\"x\"}", &ImageOutcome::None)
-                    .await
-                    .expect("finish")
+                c.finish_operation(
+                    &op.id,
+                    "succeeded",
+                    "",
+                    0,
+                    "{\"image_id\":\"x\"}",
+                    &ImageOutcome::None
+                )
+                .await
+                .expect("finish")
             );
             assert!(
                 !c.finish_operation(&op.id, "failed", "late", 2, "", &ImageOutcome::None)
@@ -678,7 +688,8 @@ mod tests {
                 Err(CatalogError::NotFound(_))
             ));
             assert!(matches!(
-                c.finish_operation(&op.id, "running", "", 0, "", &ImageOutcome::None).await,
+                c.finish_operation(&op.id, "running", "", 0, "", &ImageOutcome::None)
+                    .await,
                 Err(CatalogError::InvalidArgument(_))
             ));
         }

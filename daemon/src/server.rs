@@ -22,7 +22,9 @@ pub async fn router(d: Arc<Dispatcher>) -> anyhow::Result<Router> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<HostServiceServer<Hosts>>().await;
     health.set_serving::<ImageServiceServer<Images>>().await;
-    health.set_serving::<OperationServiceServer<Operations>>().await;
+    health
+        .set_serving::<OperationServiceServer<Operations>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(imprint_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;

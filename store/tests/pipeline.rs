@@ -19,8 +19,8 @@ use imprint_store::{
     capture::{CaptureOptions, CaptureReport, DiskInput, capture},
     gc::{GcOptions, collect_garbage},
     restore::{RestoreOptions, restore_disk},
-    usage::usage,
     source::{DiskSource, FileSource, FileTarget, ReadSeekSource, WriteSeekTarget},
+    usage::usage,
     verify::{verify_images, verify_store},
 };
 use sha2::{Digest, Sha256};
@@ -265,8 +265,14 @@ fn caller_chosen_image_id_is_used_and_never_overwritten() {
     assert_eq!(w.store.manifest(&chosen).expect("stored").name, "chosen");
     // Capturing again under the id of a committed image is refused and
     // leaves that image as it was.
-    let e = capture(&w.store, "again", input(), &with_id(&first.image_id), &mut |_| {})
-        .expect_err("id in use");
+    let e = capture(
+        &w.store,
+        "again",
+        input(),
+        &with_id(&first.image_id),
+        &mut |_| {},
+    )
+    .expect_err("id in use");
     assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
     assert_eq!(w.store.manifest(&first.image_id).expect("intact"), first);
 }
@@ -765,7 +771,8 @@ fn exclusive_bytes_are_what_gc_frees_after_delete() {
     let img_a = capture_files(&store, "a", &[&a]).expect("a").manifest;
     let f = File::options().write(true).open(&a).expect("open");
     f.write_all_at(b"only in b", u64::from(CS)).expect("write");
-    f.write_all_at(b"also only in b", u64::from(CS) * 2).expect("write");
+    f.write_all_at(b"also only in b", u64::from(CS) * 2)
+        .expect("write");
     drop(f);
     let img_b = capture_files(&store, "b", &[&a]).expect("b").manifest;
     let u = usage(&store).expect("usage");
@@ -779,7 +786,10 @@ fn exclusive_bytes_are_what_gc_frees_after_delete() {
     };
     let (ua, ub) = (of(&img_a.image_id), of(&img_b.image_id));
     assert!(ua.exclusive_bytes > 0 && ub.exclusive_bytes > 0);
-    assert!(ua.exclusive_bytes < ua.referenced_bytes / 2, "mostly shared");
+    assert!(
+        ua.exclusive_bytes < ua.referenced_bytes / 2,
+        "mostly shared"
+    );
     // Every stored chunk is referenced; shared ones are counted once.
     assert_eq!(
         u.stored_bytes,

@@ -1,0 +1,973 @@
+//! The daemon's API end to end in one process: the real services over gRPC
+//! on loopback, the real catalog (SQLite and PostgreSQL), the real store,
+//! and a real agent whose hypervisor is the fake one (libvirt itself is
+//! exercised by the end-to-end tests in `tests/`).
+
+use std::{collections::HashMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use imprint_agent::{
+    hypervisor::{
+        GuestRef, PowerState,
+        fake::{FakeGuest, FakeHypervisor},
+    },
+    journal::Journal,
+    service::{Agent, Settings},
+};
+use imprint_proto::v1::{
+    self as pb, image_service_client::ImageServiceClient,
+    operation_service_client::OperationServiceClient,
+};
+use imprint_store::{Store, StoreConfig};
+use tonic::{Code, Request, transport::Channel};
+
+use crate::{catalog::Catalog, dispatch::Dispatcher, ops::HostRow, testpg::catalogs};
+
+fn guest_xml(name: &str, disk: &Path) -> String {
+    format!(
+        "<domain type='qemu'><name>{name}</name><uuid>{name}-uuid</uuid><memory unit='MiB'>256</memory><vcpu>1</vcpu>\
+         <os><type arch='x86_64'>hvm</type></os><features><acpi/></features><devices>\
+         <disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/><target dev='vda' bus='virtio'/></disk>\
+         </devices></domain>",
+        disk.display()
+    )
+}
+
+/// A daemon, an agent with a fake hypervisor and one guest "a", a store,
+/// and accounts alice (may publish), bob, carol, dave with their tokens.
+struct World {
+    _tmp: tempfile::TempDir,
+    hv: Arc<FakeHypervisor>,
+    images: ImageServiceClient<Channel>,
+    ops: OperationServiceClient<Channel>,
+    tokens: HashMap<&'static str, String>,
+    catalog: Catalog,
+}
+
+async fn serve_agent(hv: Arc<FakeHypervisor>, store: Store, journal: Journal) -> SocketAddr {
+    let agent = Agent::new(
+        hv,
+        store,
+        journal,
+        Settings {
+            default_pool: "p".into(),
+            domain_type: "qemu".into(),
+            console_log_dir: None,
+            default_shutdown_timeout: Duration::from_secs(5),
+        },
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(agent.into_server())
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    addr
+}
+
+async fn world(catalog: Catalog) -> World {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let disk = tmp.path().join("a.raw");
+    let f = std::fs::File::create(&disk).expect("disk");
+    f.set_len(8 << 20).expect("len");
+    std::os::unix::fs::FileExt::write_all_at(&f, b"data of guest a", 3 << 20).expect("write");
+    let pool = tmp.path().join("pool");
+    std::fs::create_dir(&pool).expect("pool");
+    let hv = Arc::new(FakeHypervisor {
+        guests: std::sync::Mutex::new(HashMap::from([(
+            "a".to_string(),
+            FakeGuest {
+                r#ref: GuestRef {
+                    name: "a".into(),
+                    uuid: "a-uuid".into(),
+                },
+                xml: guest_xml("a", &disk),
+                state: PowerState::Running,
+                obeys_acpi: true,
+                acpi_requests: 0,
+            },
+        )])),
+        pools: HashMap::from([("p".to_string(), pool)]),
+        ..Default::default()
+    });
+    let store = Store::open_or_create_dir(&tmp.path().join("store"), false, StoreConfig::default())
+        .expect("store");
+    let journal = Journal::open(&tmp.path().join("journal")).expect("journal");
+    let agent = serve_agent(hv.clone(), store.clone(), journal).await;
+    catalog
+        .register_host(&HostRow {
+            name: "h1".into(),
+            agent_endpoint: format!("http://{agent}"),
+            libvirt_uri: "test:///fake".into(),
+            version: "test".into(),
+            cpus: 2,
+            memory_bytes: 1 << 30,
+            site: String::new(),
+            last_heartbeat_unix: 0,
+        })
+        .await
+        .expect("host");
+    let mut tokens = HashMap::new();
+    for (name, publish) in [
+        ("alice", true),
+        ("bob", false),
+        ("carol", false),
+        ("dave", false),
+    ] {
+        let (_, t) = catalog
+            .create_account(name, publish, false)
+            .await
+            .expect("account");
+        tokens.insert(name, t);
+        if name != "dave" {
+            catalog.allow_host(name, "*").await.expect("grant");
+        }
+    }
+    let d = Dispatcher::new(catalog.clone(), Some(store));
+    let router = crate::server::router(d).await.expect("router");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)));
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect_lazy();
+    World {
+        _tmp: tmp,
+        hv,
+        images: ImageServiceClient::new(ch.clone()),
+        ops: OperationServiceClient::new(ch),
+        tokens,
+        catalog,
+    }
+}
+
+/// Who calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    As(&'static str),
+    NoToken,
+    BadToken,
+}
+
+impl World {
+    fn req<T>(&self, who: Caller, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        let token = match who {
+            Caller::As(n) => Some(self.tokens[n].clone()),
+            Caller::NoToken => None,
+            Caller::BadToken => Some("imp_not_a_real_token".into()),
+        };
+        if let Some(t) = token {
+            r.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {t}").parse().expect("ascii"),
+            );
+        }
+        r
+    }
+
+    async fn wait(&self, who: Caller, op: &pb::Operation) -> pb::Operation {
+        let mut s = self
+            .ops
+            .clone()
+            .watch_operation(self.req(who, pb::GetDaemonOperationRequest { id: op.id.clone() }))
+            .await
+            .expect("watch")
+            .into_inner();
+        let mut last = None;
+        while let Some(o) = tokio::time::timeout(Duration::from_secs(60), s.message())
+            .await
+            .expect("progress within a minute")
+            .expect("stream")
+        {
+            last = Some(o);
+        }
+        let last = last.expect("at least one message");
+        assert_ne!(last.state, pb::OperationState::Running as i32, "ends final");
+        last
+    }
+
+    async fn capture(&self, who: &'static str, name: &str) -> pb::Image {
+        let op = self
+            .images
+            .clone()
+            .capture_image(self.req(
+                Caller::As(who),
+                pb::CaptureImageRequest {
+                    host: "h1".into(),
+                    guest: "a".into(),
+                    name: name.into(),
+                    tags: vec!["base".into()],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .expect("capture")
+            .into_inner();
+        assert_eq!(op.kind, "capture");
+        let done = self.wait(Caller::As(who), &op).await;
+        assert_eq!(
+            done.state,
+            pb::OperationState::Succeeded as i32,
+            "{}",
+            done.error
+        );
+        let c = done.capture.expect("capture result");
+        assert_eq!(c.image_id, op.image_id);
+        self.get(who, &op.image_id).await.expect("image")
+    }
+
+    async fn get(&self, who: &'static str, id: &str) -> Result<pb::Image, tonic::Status> {
+        self.images
+            .clone()
+            .get_image(self.req(Caller::As(who), pb::GetImageRequest { id: id.into() }))
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    async fn listed(&self, who: Caller, id: &str) -> Result<bool, tonic::Status> {
+        let r = self
+            .images
+            .clone()
+            .list_images(self.req(
+                who,
+                pb::ListImagesRequest {
+                    page_size: 1000,
+                    ..Default::default()
+                },
+            ))
+            .await?
+            .into_inner();
+        Ok(r.images.iter().any(|i| i.id == id))
+    }
+}
+
+fn code<T>(r: Result<T, tonic::Status>) -> Code {
+    match r {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn capture_deploy_and_the_access_matrix() {
+    for (backend, c) in catalogs().await {
+        eprintln!("--- {backend:?}");
+        access_matrix_on(world(c).await).await;
+    }
+}
+
+async fn access_matrix_on(w: World) {
+    // Alice captures the guest twice: S (to be shared with bob) and PUB.
+    let s = w.capture("alice", "shared-img").await;
+    assert_eq!(s.state, pb::ImageState::Active as i32);
+    assert_eq!(s.disks.len(), 1);
+    assert_eq!(s.disks[0].size_bytes, 8 << 20);
+    assert_eq!(s.disks[0].sha256.len(), 64);
+    assert_eq!(s.size_bytes, 8 << 20);
+    assert_eq!(s.source_host, "h1");
+    assert_eq!(s.source_guest, "a");
+    assert!(s.config_json.contains("vcpus"), "{}", s.config_json);
+    assert_eq!(
+        w.hv.guests.lock().expect("lock")["a"].state,
+        PowerState::Running
+    );
+    let public = w.capture("alice", "public-img").await;
+    let mut images = w.images.clone();
+    images
+        .publish_image(w.req(
+            Caller::As("alice"),
+            pb::PublishImageRequest {
+                id: public.id.clone(),
+            },
+        ))
+        .await
+        .expect("publish");
+    images
+        .share_image(w.req(
+            Caller::As("alice"),
+            pb::ShareImageRequest {
+                id: s.id.clone(),
+                accounts: vec!["bob".into()],
+            },
+        ))
+        .await
+        .expect("share");
+    images
+        .accept_share(w.req(
+            Caller::As("bob"),
+            pb::ShareDecisionRequest { id: s.id.clone() },
+        ))
+        .await
+        .expect("accept");
+
+    // Both images hold the same chunks: nothing is exclusive to either.
+    let mut freed = None;
+    for _ in 0..50 {
+        let img = w.get("alice", &s.id).await.expect("get");
+        freed = Some(img.exclusive_bytes);
+        if img.exclusive_bytes == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(freed, Some(0), "identical captures share every chunk");
+
+    use Caller::{As, BadToken, NoToken};
+    // (caller, image) for each role of the matrix.
+    let roles: [(&str, Caller, &str); 6] = [
+        ("owner", As("alice"), &s.id),
+        ("shared-with", As("bob"), &s.id),
+        ("public viewer", As("carol"), &public.id),
+        ("other account", As("carol"), &s.id),
+        ("no token", NoToken, &s.id),
+        ("bad token", BadToken, &s.id),
+    ];
+    let ok = Code::Ok;
+    let (nf, pd, ua, fp) = (
+        Code::NotFound,
+        Code::PermissionDenied,
+        Code::Unauthenticated,
+        Code::FailedPrecondition,
+    );
+    let mut deployed = 0;
+    let rpcs: &[(&str, [Code; 6])] = &[
+        ("GetImage", [ok, ok, ok, nf, ua, ua]),
+        ("ListImages", [ok, ok, ok, ok, ua, ua]),
+        ("DeployImage", [ok, ok, ok, nf, ua, ua]),
+        ("UpdateImage", [ok, pd, pd, nf, ua, ua]),
+        ("SetProtected", [ok, pd, pd, nf, ua, ua]),
+        ("DeprecateImage", [ok, pd, pd, nf, ua, ua]),
+        ("ShareImage", [ok, pd, pd, nf, ua, ua]),
+        ("UnshareImage", [ok, pd, pd, nf, ua, ua]),
+        ("AcceptShare", [fp, ok, fp, nf, ua, ua]),
+        ("RejectShare", [fp, ok, fp, nf, ua, ua]),
+        ("PublishImage", [ok, pd, pd, nf, ua, ua]),
+        ("UnpublishImage", [ok, pd, pd, nf, ua, ua]),
+        ("DeleteImage", [ok, pd, pd, nf, ua, ua]),
+    ];
+    let mut failures = Vec::new();
+    for (rpc, expect) in rpcs {
+        // The owner goes last: its calls change the images.
+        for i in [1, 2, 3, 4, 5, 0] {
+            let (role, who, id) = roles[i];
+            let id = id.to_string();
+            let mut c = w.images.clone();
+            let got = match *rpc {
+                "GetImage" => code(c.get_image(w.req(who, pb::GetImageRequest { id })).await),
+                "ListImages" => {
+                    let r = w.listed(who, &id).await;
+                    // Listed exactly when visible in lists.
+                    if let Ok(seen) = r {
+                        assert_eq!(seen, role != "other account", "{role} lists {id}");
+                    }
+                    code(r)
+                }
+                "DeployImage" => {
+                    deployed += 1;
+                    let r = c
+                        .deploy_image(w.req(
+                            who,
+                            pb::DeployImageRequest {
+                                image_id: id,
+                                host: "h1".into(),
+                                guest_name: format!("copy-{deployed}"),
+                                disk_sizes_bytes: vec![16 << 20],
+                                ..Default::default()
+                            },
+                        ))
+                        .await;
+                    if let Ok(op) = &r {
+                        let done = w.wait(who, op.get_ref()).await;
+                        assert_eq!(
+                            done.state,
+                            pb::OperationState::Succeeded as i32,
+                            "{role}: {}",
+                            done.error
+                        );
+                        assert_eq!(
+                            done.deploy.expect("result").guest_name,
+                            format!("copy-{deployed}")
+                        );
+                    }
+                    code(r)
+                }
+                "UpdateImage" => code(
+                    c.update_image(w.req(
+                        who,
+                        pb::UpdateImageRequest {
+                            id,
+                            update_mask: vec!["notes".into()],
+                            notes: "checked".into(),
+                            ..Default::default()
+                        },
+                    ))
+                    .await,
+                ),
+                "SetProtected" => code(
+                    c.set_protected(w.req(
+                        who,
+                        pb::SetProtectedRequest {
+                            id,
+                            protected: false,
+                        },
+                    ))
+                    .await,
+                ),
+                "DeprecateImage" => code(
+                    c.deprecate_image(w.req(
+                        who,
+                        pb::DeprecateImageRequest {
+                            id,
+                            deprecated: false,
+                        },
+                    ))
+                    .await,
+                ),
+                "ShareImage" => code(
+                    c.share_image(w.req(
+                        who,
+                        pb::ShareImageRequest {
+                            id,
+                            accounts: vec!["dave".into()],
+                        },
+                    ))
+                    .await,
+                ),
+                "UnshareImage" => code(
+                    c.unshare_image(w.req(
+                        who,
+                        pb::ShareImageRequest {
+                            id,
+                            accounts: vec!["dave".into()],
+                        },
+                    ))
+                    .await,
+                ),
+                "AcceptShare" => code(
+                    c.accept_share(w.req(who, pb::ShareDecisionRequest { id }))
+                        .await,
+                ),
+                "RejectShare" => {
+                    let r = c
+                        .reject_share(w.req(who, pb::ShareDecisionRequest { id: id.clone() }))
+                        .await;
+                    if r.is_ok() {
+                        // Back to accepted for the rows that follow.
+                        c.accept_share(w.req(who, pb::ShareDecisionRequest { id }))
+                            .await
+                            .expect("accept again");
+                    }
+                    code(r)
+                }
+                "PublishImage" => {
+                    let r = c
+                        .publish_image(w.req(who, pb::PublishImageRequest { id: id.clone() }))
+                        .await;
+                    if r.is_ok() {
+                        c.unpublish_image(w.req(who, pb::PublishImageRequest { id }))
+                            .await
+                            .expect("unpublish again");
+                    }
+                    code(r)
+                }
+                "UnpublishImage" => code(
+                    c.unpublish_image(w.req(who, pb::PublishImageRequest { id }))
+                        .await,
+                ),
+                "DeleteImage" => code(
+                    c.delete_image(w.req(
+                        who,
+                        pb::DeleteImageRequest {
+                            id,
+                            ..Default::default()
+                        },
+                    ))
+                    .await,
+                ),
+                other => unreachable!("{other}"),
+            };
+            if got != expect[i] {
+                failures.push(format!(
+                    "{rpc} as {role}: got {got:?}, want {:?}",
+                    expect[i]
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "access matrix:\n{}",
+        failures.join("\n")
+    );
+    // The owner's delete went through: gone for everyone, members included.
+    assert_eq!(code(w.get("alice", &s.id).await), Code::NotFound);
+    assert_eq!(code(w.get("bob", &s.id).await), Code::NotFound);
+    // Operations belong to who started them.
+    let (mine, _) = w
+        .catalog
+        .operations_of(
+            &w.catalog.account_by_name("bob").await.expect("bob").id,
+            false,
+            10,
+            None,
+        )
+        .await
+        .expect("ops");
+    let bobs = mine.first().expect("bob deployed").id.clone();
+    let mut ops = w.ops.clone();
+    assert_eq!(
+        code(
+            ops.get_operation(w.req(
+                As("bob"),
+                pb::GetDaemonOperationRequest { id: bobs.clone() }
+            ))
+            .await
+        ),
+        Code::Ok
+    );
+    for who in [As("carol"), NoToken, BadToken] {
+        let want = if who == As("carol") { nf } else { ua };
+        assert_eq!(
+            code(
+                ops.get_operation(w.req(who, pb::GetDaemonOperationRequest { id: bobs.clone() }))
+                    .await
+            ),
+            want,
+            "{who:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_input_is_refused_and_changes_nothing() {
+    for (backend, c) in catalogs().await {
+        eprintln!("--- {backend:?}");
+        bad_input_on(world(c).await).await;
+    }
+}
+
+async fn bad_input_on(w: World) {
+    use Caller::As;
+    let img = w.capture("alice", "base").await;
+    let mut c = w.images.clone();
+    let before = w.listed(As("alice"), &img.id).await.expect("list");
+    assert!(before);
+    let capture = |name: &str, guest: &str, host: &str| pb::CaptureImageRequest {
+        host: host.into(),
+        guest: guest.into(),
+        name: name.into(),
+        ..Default::default()
+    };
+    type Answer = Result<tonic::Response<pb::Operation>, tonic::Status>;
+    let cases: Vec<(&str, Code, Answer)> = vec![
+        (
+            "empty name",
+            Code::InvalidArgument,
+            c.capture_image(w.req(As("alice"), capture("", "a", "h1")))
+                .await,
+        ),
+        (
+            "over-long name",
+            Code::InvalidArgument,
+            c.capture_image(w.req(As("alice"), capture(&"n".repeat(300), "a", "h1")))
+                .await,
+        ),
+        (
+            "unknown guest",
+            Code::NotFound,
+            c.capture_image(w.req(As("alice"), capture("x", "nope", "h1")))
+                .await,
+        ),
+        (
+            "unknown host",
+            Code::NotFound,
+            c.capture_image(w.req(As("alice"), capture("x", "a", "h9")))
+                .await,
+        ),
+        (
+            "host not granted",
+            Code::NotFound,
+            c.capture_image(w.req(As("dave"), capture("x", "a", "h1")))
+                .await,
+        ),
+        (
+            "unknown image",
+            Code::NotFound,
+            c.deploy_image(w.req(
+                As("alice"),
+                pb::DeployImageRequest {
+                    image_id: uuid::Uuid::new_v4().to_string(),
+                    host: "h1".into(),
+                    guest_name: "x".into(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        ),
+        (
+            "disk smaller than the image",
+            Code::InvalidArgument,
+            c.deploy_image(w.req(
+                As("alice"),
+                pb::DeployImageRequest {
+                    image_id: img.id.clone(),
+                    host: "h1".into(),
+                    guest_name: "x".into(),
+                    disk_sizes_bytes: vec![1 << 20],
+                    ..Default::default()
+                },
+            ))
+            .await,
+        ),
+        (
+            "more sizes than disks",
+            Code::InvalidArgument,
+            c.deploy_image(w.req(
+                As("alice"),
+                pb::DeployImageRequest {
+                    image_id: img.id.clone(),
+                    host: "h1".into(),
+                    guest_name: "x".into(),
+                    disk_sizes_bytes: vec![0, 1 << 30],
+                    ..Default::default()
+                },
+            ))
+            .await,
+        ),
+        (
+            "bad guest name",
+            Code::InvalidArgument,
+            c.deploy_image(w.req(
+                As("alice"),
+                pb::DeployImageRequest {
+                    image_id: img.id.clone(),
+                    host: "h1".into(),
+                    guest_name: "-rf /".into(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        ),
+        (
+            "existing guest name (the agent refuses)",
+            Code::AlreadyExists,
+            c.deploy_image(w.req(
+                As("alice"),
+                pb::DeployImageRequest {
+                    image_id: img.id.clone(),
+                    host: "h1".into(),
+                    guest_name: "a".into(),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        ),
+        (
+            "bad static address (the agent refuses)",
+            Code::InvalidArgument,
+            c.deploy_image(w.req(
+                As("alice"),
+                pb::DeployImageRequest {
+                    image_id: img.id.clone(),
+                    host: "h1".into(),
+                    guest_name: "x".into(),
+                    network: Some(pb::NetworkConfig {
+                        hostname: String::new(),
+                        interfaces: vec![pb::InterfaceConfig {
+                            addresses: vec!["300.1.1.1/24".into()],
+                            ..Default::default()
+                        }],
+                    }),
+                    ..Default::default()
+                },
+            ))
+            .await,
+        ),
+        (
+            "too much memory",
+            Code::InvalidArgument,
+            c.deploy_image(w.req(
+                As("alice"),
+                pb::DeployImageRequest {
+                    image_id: img.id.clone(),
+                    host: "h1".into(),
+                    guest_name: "x".into(),
+                    memory_mib: u64::MAX,
+                    ..Default::default()
+                },
+            ))
+            .await,
+        ),
+    ];
+    for (what, want, got) in cases {
+        match got {
+            Ok(op) => panic!("{what}: accepted as operation {}", op.get_ref().id),
+            Err(s) => {
+                assert_eq!(s.code(), want, "{what}: {}", s.message());
+                assert!(!s.message().is_empty(), "{what}: a message");
+            }
+        }
+    }
+    let ops_after = w
+        .catalog
+        .operations_of(
+            &w.catalog.account_by_name("alice").await.expect("a").id,
+            false,
+            100,
+            None,
+        )
+        .await
+        .expect("ops")
+        .0;
+    assert_eq!(
+        ops_after.len(),
+        1,
+        "refused calls leave no operation behind"
+    );
+    assert!(w.hv.guests.lock().expect("lock").len() == 1, "and no guest");
+
+    // Lists: malformed tokens, tokens of another order, bad sizes.
+    let list = |token: &str, order: &str, size: u32| pb::ListImagesRequest {
+        page_token: token.into(),
+        order_by: order.into(),
+        page_size: size,
+        ..Default::default()
+    };
+    for (what, r) in [
+        ("garbage token", list("zz", "", 0)),
+        ("unknown order", list("", "size_desc", 0)),
+        ("page too big", list("", "", 5000)),
+    ] {
+        let e = c.list_images(w.req(As("alice"), r)).await.expect_err(what);
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}");
+    }
+    for _ in 0..2 {
+        w.capture("alice", "more").await;
+    }
+    let page = c
+        .list_images(w.req(As("alice"), list("", "name_asc", 2)))
+        .await
+        .expect("page")
+        .into_inner();
+    assert_eq!(
+        page.images
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>(),
+        ["base", "more"]
+    );
+    let e = c
+        .list_images(w.req(As("alice"), list(&page.next_page_token, "created_desc", 2)))
+        .await
+        .expect_err("token of another order");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let rest = c
+        .list_images(w.req(As("alice"), list(&page.next_page_token, "name_asc", 2)))
+        .await
+        .expect("next page")
+        .into_inner();
+    assert_eq!(rest.images.len(), 1);
+    assert_eq!(rest.images[0].name, "more");
+    assert!(rest.next_page_token.is_empty());
+
+    // Sharing with an unknown account, publishing without the right,
+    // unknown update fields: refused, image unchanged.
+    let e = c
+        .share_image(w.req(
+            As("alice"),
+            pb::ShareImageRequest {
+                id: img.id.clone(),
+                accounts: vec!["bob".into(), "nobody".into()],
+            },
+        ))
+        .await
+        .expect_err("unknown account");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("nobody"), "{}", e.message());
+    assert!(
+        w.get("alice", &img.id)
+            .await
+            .expect("get")
+            .members
+            .is_empty()
+    );
+    c.share_image(w.req(
+        As("alice"),
+        pb::ShareImageRequest {
+            id: img.id.clone(),
+            accounts: vec!["bob".into()],
+        },
+    ))
+    .await
+    .expect("share");
+    let e = c
+        .publish_image(w.req(As("bob"), pb::PublishImageRequest { id: img.id.clone() }))
+        .await
+        .expect_err("not the owner");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = c
+        .update_image(w.req(
+            As("alice"),
+            pb::UpdateImageRequest {
+                id: img.id.clone(),
+                update_mask: vec!["owner".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("unknown field");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = c
+        .update_image(w.req(
+            As("alice"),
+            pb::UpdateImageRequest {
+                id: img.id.clone(),
+                update_mask: vec!["tags".into()],
+                tags: vec!["has space".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("bad tag");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(w.get("alice", &img.id).await.expect("get").tags, ["base"]);
+
+    // Protected images are not deleted.
+    c.set_protected(w.req(
+        As("alice"),
+        pb::SetProtectedRequest {
+            id: img.id.clone(),
+            protected: true,
+        },
+    ))
+    .await
+    .expect("protect");
+    let e = c
+        .delete_image(w.req(
+            As("alice"),
+            pb::DeleteImageRequest {
+                id: img.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("protected");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert_eq!(
+        w.get("alice", &img.id).await.expect("still there").state,
+        pb::ImageState::Active as i32
+    );
+
+    // A retried capture with the same request id runs once.
+    let first = c
+        .capture_image(w.req(
+            As("alice"),
+            pb::CaptureImageRequest {
+                request_id: "nightly-2026-11-27".into(),
+                ..capture("nightly", "a", "h1")
+            },
+        ))
+        .await
+        .expect("capture")
+        .into_inner();
+    let again = c
+        .capture_image(w.req(
+            As("alice"),
+            pb::CaptureImageRequest {
+                request_id: "nightly-2026-11-27".into(),
+                ..capture("nightly", "a", "h1")
+            },
+        ))
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(again.id, first.id, "same operation");
+    assert_eq!(again.image_id, first.image_id, "same image");
+    let done = w.wait(As("alice"), &first).await;
+    assert_eq!(
+        done.state,
+        pb::OperationState::Succeeded as i32,
+        "{}",
+        done.error
+    );
+    let e = c
+        .deploy_image(w.req(
+            As("alice"),
+            pb::DeployImageRequest {
+                request_id: "nightly-2026-11-27".into(),
+                image_id: img.id.clone(),
+                host: "h1".into(),
+                guest_name: "x".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("request id reused for another call");
+    assert_eq!(e.code(), Code::AlreadyExists);
+
+    // A guest that ignores ACPI: while its capture waits, a second capture
+    // of it is refused; then the first fails (no force-off), the guest
+    // stays up and the image is FAILED with the reason, and cannot be
+    // deployed.
+    w.hv.guests
+        .lock()
+        .expect("lock")
+        .get_mut("a")
+        .expect("a")
+        .obeys_acpi = false;
+    let slow = c
+        .capture_image(w.req(
+            As("alice"),
+            pb::CaptureImageRequest {
+                shutdown_timeout_seconds: 2,
+                ..capture("stubborn", "a", "h1")
+            },
+        ))
+        .await
+        .expect("capture")
+        .into_inner();
+    let e = c
+        .capture_image(w.req(As("bob"), capture("second", "a-uuid", "h1")))
+        .await
+        .expect_err("one capture per guest");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains(&slow.id), "{}", e.message());
+    let done = w.wait(As("alice"), &slow).await;
+    assert_eq!(done.state, pb::OperationState::Failed as i32);
+    assert_eq!(
+        done.error_code,
+        Code::DeadlineExceeded as i32,
+        "{}",
+        done.error
+    );
+    let failed = w.get("alice", &slow.image_id).await.expect("image");
+    assert_eq!(failed.state, pb::ImageState::Failed as i32);
+    assert!(
+        failed.failure_reason.contains("left running"),
+        "{}",
+        failed.failure_reason
+    );
+    assert_eq!(
+        w.hv.guests.lock().expect("lock")["a"].state,
+        PowerState::Running
+    );
+    let e = c
+        .deploy_image(w.req(
+            As("alice"),
+            pb::DeployImageRequest {
+                image_id: slow.image_id.clone(),
+                host: "h1".into(),
+                guest_name: "x".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("failed image");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("failed"), "{}", e.message());
+}
