@@ -128,7 +128,7 @@ async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
     }
     let store = match &args.store {
         Some(dir) => Some(
-            imprint_store::Store::open_dir(dir, true)
+            imprint_store::Store::open_or_create_dir(dir, true, Default::default())
                 .with_context(|| format!("open the image store {}", dir.display()))?,
         ),
         None => None,

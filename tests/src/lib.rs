@@ -380,6 +380,86 @@ impl AgentProcess {
     }
 }
 
+/// A free local TCP port (for servers that must come back on the same one).
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// A running `imprintd` with its embedded catalog in `state` and the store
+/// at `store`, on a fixed port so it can be restarted under the same
+/// address (agents keep heartbeating to it).
+#[derive(Debug)]
+pub struct DaemonProcess {
+    /// The process.
+    pub server: ServerProcess,
+    /// Catalog directory.
+    pub state: PathBuf,
+    /// Image store.
+    pub store: PathBuf,
+    /// `127.0.0.1:PORT`.
+    pub listen: String,
+}
+
+impl DaemonProcess {
+    /// Start on a free port.
+    pub fn start(state: &Path, store: &Path) -> Self {
+        let listen = format!("127.0.0.1:{}", free_tcp_port());
+        let server = Self::spawn(state, store, &listen);
+        Self {
+            server,
+            state: state.into(),
+            store: store.into(),
+            listen,
+        }
+    }
+
+    fn spawn(state: &Path, store: &Path, listen: &str) -> ServerProcess {
+        ServerProcess::start(
+            "imprintd",
+            &[
+                "--listen".as_ref(),
+                listen.as_ref(),
+                "--state-dir".as_ref(),
+                state.as_os_str(),
+                "--store".as_ref(),
+                store.as_os_str(),
+            ],
+        )
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        self.server.endpoint.clone()
+    }
+
+    /// SIGKILL it and start it again on the same port and catalog.
+    pub fn crash_and_restart(&mut self) {
+        self.server.kill();
+        self.server = Self::spawn(&self.state, &self.store, &self.listen);
+    }
+
+    /// `imprintd account ...` on this daemon's catalog; its stdout.
+    pub fn admin(&self, args: &[&str]) -> String {
+        let mut all = vec!["--state-dir", self.state.to_str().expect("utf8"), "account"];
+        all.extend(args);
+        run(binary("imprintd").to_str().expect("utf8"), &all)
+    }
+
+    /// Create an account allowed on every host; its token.
+    pub fn account(&self, name: &str) -> String {
+        let token = self
+            .admin(&["create", name, "--can-publish"])
+            .trim()
+            .to_string();
+        self.admin(&["allow-host", name, "*"]);
+        token
+    }
+}
+
 /// A free local UDP port pair base (`p` and `p + 1`).
 pub fn free_udp_port() -> u16 {
     loop {
@@ -434,6 +514,8 @@ pub struct Fixture {
     pub pool_b: Pool,
     /// The test guest's files.
     pub guest: BusyboxGuest,
+    /// Extra agent flags (kept for restarts).
+    pub agent_args: Vec<String>,
     /// Scratch directory (last, so it outlives the pools).
     pub wd: Workdir,
 }
@@ -441,14 +523,27 @@ pub struct Fixture {
 impl Fixture {
     /// Set up and start an agent.
     pub fn new() -> Self {
+        Self::with_agent_args(&[])
+    }
+
+    /// [`Fixture::new`] with extra agent flags (`--daemon URL`...). The
+    /// work directory is created first, so callers that need the store's
+    /// path before the agent starts use [`Fixture::in_workdir`].
+    pub fn with_agent_args(extra: &[&str]) -> Self {
+        Self::in_workdir(Workdir::new("imprint-e2e-"), extra)
+    }
+
+    /// [`Fixture::with_agent_args`] in a given work directory (its `store`
+    /// folder is the image store).
+    pub fn in_workdir(wd: Workdir, extra: &[&str]) -> Self {
         let guest = busybox_guest();
-        let wd = Workdir::new("imprint-e2e-");
         let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         let pool_a = Pool::new(&format!("imp-{tag}-a"), &wd.path().join("pool-a"));
         let pool_b = Pool::new(&format!("imp-{tag}-b"), &wd.path().join("pool-b"));
         let consoles = wd.path().join("consoles");
         std::fs::create_dir(&consoles).expect("consoles");
-        let agent = Self::spawn_agent(&wd, &consoles, &pool_b);
+        let agent_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let agent = Self::spawn_agent(&wd, &consoles, &pool_b, &agent_args);
         Self {
             tag,
             agent,
@@ -456,29 +551,28 @@ impl Fixture {
             pool_a,
             pool_b,
             guest,
+            agent_args,
             wd,
         }
     }
 
-    fn spawn_agent(wd: &Workdir, consoles: &Path, pool_b: &Pool) -> AgentProcess {
-        AgentProcess::start_agent(
-            &wd.path().join("store"),
-            &wd.path().join("journal"),
-            &[
-                "--domain-type",
-                domain_type(),
-                "--console-log-dir",
-                consoles.to_str().expect("utf8"),
-                "--default-pool",
-                &pool_b.name,
-            ],
-        )
+    fn spawn_agent(wd: &Workdir, consoles: &Path, pool_b: &Pool, extra: &[String]) -> AgentProcess {
+        let mut args = vec![
+            "--domain-type",
+            domain_type(),
+            "--console-log-dir",
+            consoles.to_str().expect("utf8"),
+            "--default-pool",
+            &pool_b.name,
+        ];
+        args.extend(extra.iter().map(String::as_str));
+        AgentProcess::start_agent(&wd.path().join("store"), &wd.path().join("journal"), &args)
     }
 
     /// Kill the agent and start a new one on the same store and journal.
     pub fn restart_agent(&mut self) {
         self.agent.kill();
-        self.agent = Self::spawn_agent(&self.wd, &self.consoles, &self.pool_b);
+        self.agent = Self::spawn_agent(&self.wd, &self.consoles, &self.pool_b, &self.agent_args);
     }
 
     /// A client of the current agent.

@@ -1,0 +1,388 @@
+//! The whole product on a real libvirtd: `imprintd` (embedded SQLite
+//! catalog, directory store) and `imprint-agent` as separate processes, a
+//! real QEMU guest, and users calling the daemon's API with their tokens.
+
+use std::time::Duration;
+
+use imprint_proto::v1::{
+    self as pb, image_service_client::ImageServiceClient,
+    operation_service_client::OperationServiceClient,
+};
+use imprint_tests::*;
+use tonic::{
+    Request, Status,
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+};
+
+const BOOT: Duration = Duration::from_secs(120);
+const HOST: &str = "kvm-e2e";
+
+type Auth = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send + Sync>;
+
+struct Api {
+    images: ImageServiceClient<InterceptedService<Channel, Auth>>,
+    ops: OperationServiceClient<InterceptedService<Channel, Auth>>,
+}
+
+fn api(endpoint: &str, token: &str) -> Api {
+    let ch = Endpoint::from_shared(endpoint.to_string())
+        .expect("endpoint")
+        .connect_lazy();
+    let auth = |token: String| -> Auth {
+        let value: tonic::metadata::MetadataValue<_> =
+            format!("Bearer {token}").parse().expect("ascii");
+        Box::new(move |mut r: Request<()>| {
+            r.metadata_mut().insert("authorization", value.clone());
+            Ok(r)
+        })
+    };
+    Api {
+        images: ImageServiceClient::with_interceptor(ch.clone(), auth(token.into())),
+        ops: OperationServiceClient::with_interceptor(ch, auth(token.into())),
+    }
+}
+
+impl Api {
+    /// Follow an operation to its end through the daemon (reconnecting
+    /// while the daemon restarts); returns the final state and the phases.
+    async fn wait(&mut self, id: &str) -> (pb::Operation, Vec<String>) {
+        let mut phases: Vec<String> = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "operation {id} never ended"
+            );
+            let stream = self
+                .ops
+                .watch_operation(pb::GetDaemonOperationRequest { id: id.into() })
+                .await;
+            let Ok(stream) = stream else {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                continue;
+            };
+            let mut stream = stream.into_inner();
+            while let Ok(Some(op)) = stream.message().await {
+                if phases.last() != Some(&op.phase) {
+                    phases.push(op.phase.clone());
+                }
+                if op.state != pb::OperationState::Running as i32 {
+                    return (op, phases);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+}
+
+async fn registered(daemon: &DaemonProcess) {
+    let mut hosts = pb::host_service_client::HostServiceClient::connect(daemon.endpoint())
+        .await
+        .expect("connect");
+    for _ in 0..100 {
+        let list = hosts
+            .list_hosts(pb::ListHostsRequest {})
+            .await
+            .expect("hosts")
+            .into_inner()
+            .hosts;
+        if list.iter().any(|h| h.name == HOST && h.alive) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the agent never registered");
+}
+
+/// Capture a running guest through the daemon, crash the daemon (SIGKILL)
+/// while the capture runs and start it again: the capture completes, the
+/// image turns ACTIVE, and a deploy through the daemon boots a copy with
+/// a static address. Then delete, with the bytes it frees reported first.
+#[tokio::test(flavor = "multi_thread")]
+async fn capture_survives_a_daemon_crash_then_deploy_and_delete() {
+    let wd = Workdir::new("imprint-daemon-e2e-");
+    let mut daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
+    let f = Fixture::in_workdir(wd, &["--daemon", &daemon.endpoint(), "--host-name", HOST]);
+    let alice = daemon.account("alice");
+    let bob = daemon.account("bob");
+    registered(&daemon).await;
+
+    let disk = f.disk_in_pool_a(&f.guest.disk, "a-vda.raw");
+    let (a, name_a, log_a) = f.boot_guest("a", &[(&disk, "raw")]);
+    let marker_a = last_value(
+        &std::fs::read_to_string(&log_a).expect("log"),
+        "IMPRINT-MARKER",
+    )
+    .expect("marker");
+
+    let mut api_a = api(&daemon.endpoint(), &alice);
+    let op = api_a
+        .images
+        .capture_image(pb::CaptureImageRequest {
+            request_id: "capture-a".into(),
+            host: HOST.into(),
+            guest: name_a.clone(),
+            name: "web-base".into(),
+            notes: "busybox test guest".into(),
+            tags: vec!["e2e".into()],
+            shutdown_timeout_seconds: 90,
+            ..Default::default()
+        })
+        .await
+        .expect("capture")
+        .into_inner();
+    assert_eq!(op.state, pb::OperationState::Running as i32);
+    assert!(!op.image_id.is_empty());
+    let creating = api_a
+        .images
+        .get_image(pb::GetImageRequest {
+            id: op.image_id.clone(),
+        })
+        .await
+        .expect("image")
+        .into_inner();
+    assert_eq!(creating.state, pb::ImageState::Creating as i32);
+
+    // Crash the daemon while the agent works; a new one on the same
+    // catalog picks the operation up again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.crash_and_restart();
+    let mut api_a = api(&daemon.endpoint(), &alice);
+    let (done, phases) = api_a.wait(&op.id).await;
+    eprintln!("capture phases seen through the daemon: {phases:?}");
+    assert_eq!(
+        done.state,
+        pb::OperationState::Succeeded as i32,
+        "{}",
+        done.error
+    );
+    let c = done.capture.clone().expect("capture result");
+    assert_eq!(c.image_id, op.image_id);
+    assert_eq!(c.final_power_state, pb::PowerState::Running as i32);
+    wait_for(&log_a, "IMPRINT-READY", 2, BOOT);
+    assert_eq!(a.state(), "running", "A is back up");
+    // The retried call (same request id) is the same operation.
+    let again = api_a
+        .images
+        .capture_image(pb::CaptureImageRequest {
+            request_id: "capture-a".into(),
+            host: HOST.into(),
+            guest: name_a.clone(),
+            name: "web-base".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(again.id, op.id);
+    assert_eq!(again.state, pb::OperationState::Succeeded as i32);
+
+    let img = api_a
+        .images
+        .get_image(pb::GetImageRequest {
+            id: op.image_id.clone(),
+        })
+        .await
+        .expect("image")
+        .into_inner();
+    assert_eq!(img.state, pb::ImageState::Active as i32);
+    assert_eq!(img.owner, "alice");
+    assert_eq!(img.source_host, HOST);
+    assert_eq!(img.source_guest, name_a);
+    assert_eq!(img.disks.len(), 1);
+    assert_eq!(img.disks[0].size_bytes, 64 << 20);
+    assert_eq!(img.tags, ["e2e"]);
+
+    // Bob cannot see it until it is shared with him.
+    let mut api_b = api(&daemon.endpoint(), &bob);
+    let e = api_b
+        .images
+        .get_image(pb::GetImageRequest { id: img.id.clone() })
+        .await
+        .expect_err("private");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    api_a
+        .images
+        .share_image(pb::ShareImageRequest {
+            id: img.id.clone(),
+            accounts: vec!["bob".into()],
+        })
+        .await
+        .expect("share");
+
+    // Bob deploys it into pool B with a static address and a bigger disk.
+    let name_b = format!("imp-{}-b", f.tag);
+    let _b = Domain::adopt(&name_b);
+    let op = api_b
+        .images
+        .deploy_image(pb::DeployImageRequest {
+            request_id: "deploy-b".into(),
+            image_id: img.id.clone(),
+            host: HOST.into(),
+            guest_name: name_b.clone(),
+            pool: f.pool_b.name.clone(),
+            disk_sizes_bytes: vec![128 << 20],
+            network: Some(pb::NetworkConfig {
+                hostname: "imp-b".into(),
+                interfaces: vec![pb::InterfaceConfig {
+                    addresses: vec!["192.0.2.30/24".into()],
+                    gateway4: "192.0.2.1".into(),
+                    ..Default::default()
+                }],
+            }),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .expect("deploy")
+        .into_inner();
+    // While it runs, the image cannot be deleted. (If the deploy was
+    // already over, the delete goes through and the deploy must still
+    // have succeeded below.)
+    let e = api_a
+        .images
+        .delete_image(pb::DeleteImageRequest {
+            id: img.id.clone(),
+            ..Default::default()
+        })
+        .await;
+    if let Err(e) = &e {
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    }
+    let deleted_early = e.is_ok();
+    let (done, phases) = api_b.wait(&op.id).await;
+    eprintln!("deploy phases seen through the daemon: {phases:?}");
+    assert_eq!(
+        done.state,
+        pb::OperationState::Succeeded as i32,
+        "{}",
+        done.error
+    );
+    let d = done.deploy.expect("deploy result");
+    assert!(d.started);
+    let log = wait_for(
+        &f.consoles.join(format!("{name_b}.log")),
+        "IMPRINT-READY",
+        1,
+        BOOT,
+    );
+    assert_eq!(
+        last_value(&log, "IMPRINT-MARKER"),
+        Some(marker_a),
+        "B has A's data"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.trim() == "IMPRINT-ADDR 192.0.2.30/24"),
+        "static address applied:\n{log}"
+    );
+    assert_eq!(
+        last_value(&log, "IMPRINT-HOSTNAME").as_deref(),
+        Some("imp-b")
+    );
+
+    if deleted_early {
+        eprintln!("the deploy ended before the delete was tried");
+        return;
+    }
+    // Alone in the store, the image holds every byte it references.
+    let img = api_a
+        .images
+        .get_image(pb::GetImageRequest { id: img.id.clone() })
+        .await
+        .expect("image")
+        .into_inner();
+    assert!(img.exclusive_bytes > 0, "{img:?}");
+    let ops = api_b
+        .ops
+        .list_operations(pb::ListDaemonOperationsRequest::default())
+        .await
+        .expect("ops")
+        .into_inner()
+        .operations;
+    assert_eq!(ops.len(), 1, "bob sees his own operation only");
+
+    // Delete: the manifest goes, the image disappears for everyone.
+    let del = api_a
+        .images
+        .delete_image(pb::DeleteImageRequest {
+            id: img.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(
+        del.state,
+        pb::OperationState::Succeeded as i32,
+        "{}",
+        del.error
+    );
+    for api in [&mut api_a, &mut api_b] {
+        let e = api
+            .images
+            .get_image(pb::GetImageRequest { id: img.id.clone() })
+            .await
+            .expect_err("gone");
+        assert_eq!(e.code(), tonic::Code::NotFound);
+    }
+    assert!(
+        !daemon.store.join("images").join(&img.id).exists(),
+        "manifest removed from the store"
+    );
+}
+
+/// An agent that dies mid-capture and comes back without the operation:
+/// the daemon fails it with that reason, the image is FAILED, and the
+/// restarted agent returns the guest to its power state from its journal.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_lost_operation_fails_with_a_reason() {
+    let wd = Workdir::new("imprint-daemon-e2e-");
+    let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
+    let mut f = Fixture::in_workdir(wd, &["--daemon", &daemon.endpoint(), "--host-name", HOST]);
+    let alice = daemon.account("alice");
+    registered(&daemon).await;
+    let disk = f.disk_in_pool_a(&f.guest.disk_ignore_acpi, "deaf-vda.raw");
+    let (a, name_a, _log) = f.boot_guest("deaf", &[(&disk, "raw")]);
+    let mut api_a = api(&daemon.endpoint(), &alice);
+    let op = api_a
+        .images
+        .capture_image(pb::CaptureImageRequest {
+            host: HOST.into(),
+            guest: name_a.clone(),
+            name: "deaf".into(),
+            shutdown_timeout_seconds: 600,
+            ..Default::default()
+        })
+        .await
+        .expect("capture")
+        .into_inner();
+    // The guest ignores ACPI: the capture waits. Kill the agent meanwhile.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    f.restart_agent();
+    let (done, _) = api_a.wait(&op.id).await;
+    assert_eq!(done.state, pb::OperationState::Failed as i32);
+    assert_eq!(
+        done.error_code,
+        tonic::Code::Aborted as i32,
+        "{}",
+        done.error
+    );
+    assert!(done.error.contains("no longer knows"), "{}", done.error);
+    let img = api_a
+        .images
+        .get_image(pb::GetImageRequest {
+            id: op.image_id.clone(),
+        })
+        .await
+        .expect("image")
+        .into_inner();
+    assert_eq!(img.state, pb::ImageState::Failed as i32);
+    assert!(
+        img.failure_reason.contains("no longer knows"),
+        "{}",
+        img.failure_reason
+    );
+    assert_eq!(a.state(), "running", "the guest stayed up");
+}
