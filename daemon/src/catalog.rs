@@ -10,6 +10,12 @@
 //! - anybody else gets `NotFound`, never "permission denied", so ids do
 //!   not leak.
 
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
 use sqlx::{AnyPool, Row, any::AnyPoolOptions};
 
 /// Catalog failures.
@@ -226,7 +232,14 @@ impl ListOrder {
 pub struct Catalog {
     pool: AnyPool,
     sqlite: bool,
+    /// Accounts by token hash, for [`TOKEN_CACHE_TTL`]: every API call
+    /// authenticates, and this spares the database one query per call.
+    tokens: Arc<Mutex<HashMap<String, (Account, Instant)>>>,
 }
+
+/// How long a token stays valid after it was rotated away (on other
+/// daemons; this one forgets at once).
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(10);
 
 /// SHA-256 of a token, hex: what the catalog stores.
 pub fn token_hash(token: &str) -> String {
@@ -255,22 +268,39 @@ impl Catalog {
     /// and apply migrations.
     pub async fn open(url: &str) -> Result<Self> {
         sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new()
-            .max_connections(if url.starts_with("sqlite") { 1 } else { 8 })
-            .connect(url)
-            .await?;
-        if url.starts_with("sqlite") {
-            sqlx::query("PRAGMA foreign_keys = ON")
-                .execute(&pool)
+        let sqlite = url.starts_with("sqlite");
+        if sqlite {
+            // WAL (persistent in the file) lets readers run beside the
+            // writer; set it before the pool opens several connections.
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .connect(url)
                 .await?;
             sqlx::query("PRAGMA journal_mode = WAL")
                 .execute(&pool)
                 .await?;
+            pool.close().await;
         }
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 8 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // Per connection in SQLite. Writers that meet a
+                        // lock wait for it instead of failing.
+                        sqlx::Executor::execute(&mut *conn, "PRAGMA foreign_keys = ON").await?;
+                        sqlx::Executor::execute(&mut *conn, "PRAGMA busy_timeout = 10000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self {
             pool,
-            sqlite: url.starts_with("sqlite"),
+            sqlite,
+            tokens: Arc::default(),
         })
     }
 
@@ -321,19 +351,35 @@ impl Catalog {
 
     /// The account a bearer token belongs to.
     pub async fn account_by_token(&self, token: &str) -> Result<Account> {
+        let hash = token_hash(token);
+        if let Some((a, at)) = self
+            .tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&hash)
+            && at.elapsed() < TOKEN_CACHE_TTL
+        {
+            return Ok(a.clone());
+        }
         let row = sqlx::query(
             "SELECT id, name, can_publish, is_admin FROM accounts WHERE token_sha256 = $1",
         )
-        .bind(token_hash(token))
+        .bind(&hash)
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| CatalogError::NotFound("unknown API token".into()))?;
-        Ok(Account {
+        let a = Account {
             id: row.try_get("id")?,
             name: row.try_get("name")?,
             can_publish: row.try_get::<i32, _>("can_publish")? != 0,
             is_admin: row.try_get::<i32, _>("is_admin")? != 0,
-        })
+        };
+        let mut cache = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 10_000 {
+            cache.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
+        }
+        cache.insert(hash, (a.clone(), Instant::now()));
+        Ok(a)
     }
 
     async fn account_id_by_name(&self, name: &str) -> Result<String> {
@@ -754,6 +800,10 @@ impl Catalog {
         if r.rows_affected() == 0 {
             return Err(CatalogError::NotFound(format!("no account named {name:?}")));
         }
+        self.tokens
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, (a, _)| a.name != name);
         Ok(token)
     }
 
@@ -934,6 +984,34 @@ impl Catalog {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// [`Catalog::members`] of several images in one query.
+    pub async fn members_of(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, Vec<(String, String)>>> {
+        let mut out: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let marks: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        // Placeholders only; the ids are bound.
+        let sql = format!(
+            "SELECT m.image_id, a.name, m.status FROM image_members m JOIN accounts a ON a.id = m.account_id \
+             WHERE m.image_id IN ({}) ORDER BY a.name",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            q = q.bind(id.clone());
+        }
+        for r in q.fetch_all(&self.pool).await? {
+            out.entry(r.try_get("image_id")?)
+                .or_default()
+                .push((r.try_get("name")?, r.try_get("status")?));
+        }
+        Ok(out)
     }
 
     /// The accounts an image is shared with and their decision.

@@ -397,10 +397,20 @@ impl ImageService for Images {
             order: r.order_by.parse().map_err(status)?,
         };
         let (rows, next) = self.catalog().list_images(&who, &q).await.map_err(status)?;
-        let mut images = Vec::with_capacity(rows.len());
-        for row in rows {
-            images.push(self.image_pb(&who, row).await?);
-        }
+        // Members of the caller's own images, one query for the page.
+        let own: Vec<String> = rows
+            .iter()
+            .filter(|r| r.owner_id == who.id)
+            .map(|r| r.id.clone())
+            .collect();
+        let mut members = self.catalog().members_of(&own).await.map_err(status)?;
+        let images = rows
+            .into_iter()
+            .map(|row| {
+                let m = members.remove(&row.id).unwrap_or_default();
+                image_to_pb(row, m)
+            })
+            .collect();
         Ok(Response::new(pb::ListImagesResponse {
             images,
             next_page_token: next.unwrap_or_default(),
