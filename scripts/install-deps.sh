@@ -25,7 +25,7 @@ BACKPORTS_PKGS=(
 MAIN_PKGS=(
     protobuf-compiler pkg-config zstd postgresql
     debootstrap busybox-static e2fsprogs dosfstools mtools
-    cpio kmod gzip xz-utils util-linux procps
+    cpio kmod gzip xz-utils util-linux procps openssl
 )
 
 is_installed() {

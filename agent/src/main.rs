@@ -26,9 +26,24 @@ struct Args {
     /// Image store directory (the SAN mount).
     #[arg(long)]
     store: Option<PathBuf>,
-    /// Address to serve gRPC on (loopback only until TLS lands).
+    /// Address to serve gRPC on. Without TLS only loopback is allowed.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// URL the daemon reaches this agent at (default: `http(s)://` and the
+    /// listen address). Needed when listening on 0.0.0.0.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// This agent's certificate (PEM). With --tls-key and --tls-ca: serve
+    /// TLS, require daemons to present a certificate signed by the CA, and
+    /// present this one to the daemon.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// This agent's private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) that signs daemon and agent certificates.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
     /// Journal of in-flight work.
     #[arg(long)]
     journal_dir: Option<PathBuf>,
@@ -63,6 +78,10 @@ struct FileConfig {
     shutdown_timeout_seconds: Option<u64>,
     daemon: Option<String>,
     host_name: Option<String>,
+    advertise: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
 }
 
 fn detect_domain_type() -> String {
@@ -108,8 +127,16 @@ async fn main() -> Result<()> {
         .listen
         .or(file.listen)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7341)));
-    if !listen.ip().is_loopback() {
-        bail!("refusing to serve on {listen}: without TLS the agent listens on loopback only");
+    let tls = imprint_proto::tls::TlsFiles::from_parts(
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+        args.tls_ca.or(file.tls_ca),
+    )
+    .map_err(anyhow::Error::msg)?;
+    if tls.is_none() && !listen.ip().is_loopback() {
+        bail!(
+            "refusing to serve on {listen}: without TLS (--tls-cert, --tls-key, --tls-ca) the agent listens on loopback only"
+        );
     }
     let journal_dir = args
         .journal_dir
@@ -169,15 +196,33 @@ async fn main() -> Result<()> {
                     .and_then(|h| h.into_string().ok())
             })
             .context("no host name: pass --host-name")?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = args
+            .advertise
+            .or(file.advertise)
+            .unwrap_or_else(|| format!("{scheme}://{local}"));
+        let client_tls = tls
+            .as_ref()
+            .map(imprint_proto::tls::TlsFiles::client)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
         tokio::spawn(register_and_heartbeat(
             daemon,
+            client_tls,
             name,
-            format!("http://{local}"),
+            endpoint,
             uri.clone(),
         ));
     }
     let agent = Agent::new(hv, store, journal, settings);
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(t) = &tls {
+        // Only daemons (certificates of the CA) may call the agent.
+        server = server
+            .tls_config(t.server(false).map_err(anyhow::Error::msg)?)
+            .context("TLS configuration")?;
+    }
+    server
         .add_service(health_service)
         .add_service(reflection)
         .add_service(agent.into_server())
@@ -195,6 +240,7 @@ async fn main() -> Result<()> {
 /// retried forever (the daemon may start later or restart).
 async fn register_and_heartbeat(
     daemon: String,
+    tls: Option<tonic::transport::ClientTlsConfig>,
     name: String,
     endpoint: String,
     libvirt_uri: String,
@@ -206,7 +252,12 @@ async fn register_and_heartbeat(
     let mut interval = Duration::from_secs(10);
     loop {
         let result = async {
-            let mut client = HostServiceClient::connect(daemon.clone()).await?;
+            let mut ep = tonic::transport::Endpoint::from_shared(daemon.clone())?
+                .connect_timeout(Duration::from_secs(5));
+            if let Some(t) = &tls {
+                ep = ep.tls_config(t.clone())?;
+            }
+            let mut client = HostServiceClient::new(ep.connect().await?);
             if !registered {
                 client
                     .register_host(RegisterHostRequest {

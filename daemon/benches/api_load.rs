@@ -74,7 +74,7 @@ async fn main() {
         owned[k].push(id);
     }
 
-    let router = imprint_daemon::server::router(Dispatcher::new(c, None))
+    let router = imprint_daemon::server::router(Dispatcher::new(c, None), None)
         .await
         .expect("router");
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -126,7 +126,7 @@ async fn world(catalog: Catalog) -> World {
         }
     }
     let d = Dispatcher::new(catalog.clone(), Some(store));
-    let router = crate::server::router(d).await.expect("router");
+    let router = crate::server::router(d, None).await.expect("router");
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

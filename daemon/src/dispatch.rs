@@ -83,18 +83,29 @@ pub struct Dispatcher {
     clients: Mutex<HashMap<String, AgentServiceClient<Channel>>>,
     changed: watch::Sender<u64>,
     usage_wanted: Notify,
+    agent_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Dispatcher {
     /// Over `catalog`, with direct access to the image store when the
     /// daemon has it (needed to delete images and account their space).
     pub fn new(catalog: Catalog, store: Option<Store>) -> Arc<Self> {
+        Self::with_agent_tls(catalog, store, None)
+    }
+
+    /// [`Dispatcher::new`], calling agents over mutual TLS.
+    pub fn with_agent_tls(
+        catalog: Catalog,
+        store: Option<Store>,
+        agent_tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             catalog,
             store,
             clients: Mutex::default(),
             changed: watch::Sender::new(0),
             usage_wanted: Notify::new(),
+            agent_tls,
         })
     }
 
@@ -129,15 +140,30 @@ impl Dispatcher {
         if let Some(c) = clients.get(&host.agent_endpoint) {
             return Ok(c.clone());
         }
-        let endpoint = tonic::transport::Endpoint::from_shared(host.agent_endpoint.clone())
-            .map_err(|e| {
-                Status::failed_precondition(format!(
-                    "host {} registered a bad agent endpoint {:?}: {e}",
-                    host.name, host.agent_endpoint
-                ))
-            })?
+        let bad = |e: &dyn std::fmt::Display| {
+            Status::failed_precondition(format!(
+                "host {} registered agent endpoint {:?}: {e}",
+                host.name, host.agent_endpoint
+            ))
+        };
+        let mut endpoint = tonic::transport::Endpoint::from_shared(host.agent_endpoint.clone())
+            .map_err(|e| bad(&e))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
+        match (&self.agent_tls, host.agent_endpoint.starts_with("https://")) {
+            (Some(t), true) => {
+                endpoint = endpoint.tls_config(t.clone()).map_err(|e| bad(&e))?;
+            }
+            (None, true) => {
+                return Err(bad(
+                    &"it is https, but this daemon has no TLS configuration",
+                ));
+            }
+            (Some(_), false) => {
+                return Err(bad(&"this daemon calls agents over TLS only (https://)"));
+            }
+            (None, false) => {}
+        }
         let c = AgentServiceClient::new(endpoint.connect_lazy());
         clients.insert(host.agent_endpoint.clone(), c.clone());
         Ok(c)

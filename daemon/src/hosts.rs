@@ -33,12 +33,26 @@ pub fn status(e: CatalogError) -> Status {
 #[derive(Debug, Clone)]
 pub struct Hosts {
     catalog: Catalog,
+    require_cert: bool,
 }
 
 impl Hosts {
-    /// Over `catalog`.
-    pub fn new(catalog: Catalog) -> Self {
-        Self { catalog }
+    /// Over `catalog`; with `require_cert` (TLS on), registering and
+    /// heartbeating need a client certificate of the daemon's CA.
+    pub fn new(catalog: Catalog, require_cert: bool) -> Self {
+        Self {
+            catalog,
+            require_cert,
+        }
+    }
+
+    fn agent_only<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if self.require_cert && req.peer_certs().is_none_or(|c| c.is_empty()) {
+            return Err(Status::unauthenticated(
+                "agents must present a client certificate signed by the daemon's CA",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -68,6 +82,7 @@ impl HostService for Hosts {
         &self,
         req: Request<pb::RegisterHostRequest>,
     ) -> Result<Response<pb::Host>, Status> {
+        self.agent_only(&req)?;
         let r = req.into_inner();
         let row = HostRow {
             name: r.name.clone(),
@@ -98,6 +113,7 @@ impl HostService for Hosts {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        self.agent_only(&req)?;
         self.catalog
             .heartbeat(&req.into_inner().name)
             .await

@@ -30,9 +30,20 @@ struct Args {
 
 #[derive(Debug, clap::Args)]
 struct Serve {
-    /// gRPC address (loopback only until TLS lands).
+    /// gRPC address. Without TLS only loopback is allowed.
     #[arg(long, default_value = "127.0.0.1:7340")]
     listen: SocketAddr,
+    /// The daemon's certificate (PEM). With --tls-key and --tls-ca: serve
+    /// TLS (agents must show a certificate of the CA to register), and call
+    /// agents over mutual TLS with this certificate.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// The daemon's private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// CA certificate (PEM) that signs daemon and agent certificates.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
     /// The image store (the SAN mount the agents use). Needed to delete
     /// images and to report the bytes each holds alone.
     #[arg(long, env = "IMPRINTD_STORE")]
@@ -120,12 +131,19 @@ async fn account(catalog: &Catalog, cmd: AccountCmd) -> Result<()> {
 }
 
 async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
-    if !args.listen.ip().is_loopback() {
+    let tls = imprint_proto::tls::TlsFiles::from_parts(args.tls_cert, args.tls_key, args.tls_ca)
+        .map_err(anyhow::Error::msg)?;
+    if tls.is_none() && !args.listen.ip().is_loopback() {
         bail!(
-            "refusing to serve on {}: without TLS imprintd listens on loopback only",
+            "refusing to serve on {}: without TLS (--tls-cert, --tls-key, --tls-ca) imprintd listens on loopback only",
             args.listen
         );
     }
+    let agent_tls = tls
+        .as_ref()
+        .map(imprint_proto::tls::TlsFiles::client)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let store = match &args.store {
         Some(dir) => Some(
             imprint_store::Store::open_or_create_dir(dir, true, Default::default())
@@ -137,7 +155,11 @@ async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let local = listener.local_addr()?;
-    let router = imprint_daemon::server::router(Dispatcher::new(catalog, store)).await?;
+    let router = imprint_daemon::server::router(
+        Dispatcher::with_agent_tls(catalog, store, agent_tls),
+        tls.as_ref(),
+    )
+    .await?;
     tracing::info!(%local, store = ?args.store, "imprintd serving");
     println!("listening on {local}");
     router

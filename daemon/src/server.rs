@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use imprint_proto::tls::TlsFiles;
 use imprint_proto::v1::{
     host_service_server::HostServiceServer, image_service_server::ImageServiceServer,
     operation_service_server::OperationServiceServer,
@@ -13,7 +14,7 @@ use crate::{dispatch::Dispatcher, hosts::Hosts, images::Images, operations::Oper
 
 /// The router with every service, health and reflection; operations left
 /// running by a previous daemon are resumed and background duties started.
-pub async fn router(d: Arc<Dispatcher>) -> anyhow::Result<Router> {
+pub async fn router(d: Arc<Dispatcher>, tls: Option<&TlsFiles>) -> anyhow::Result<Router> {
     let resumed = d.resume_all().await?;
     if resumed > 0 {
         tracing::info!(resumed, "resumed running operations");
@@ -28,10 +29,19 @@ pub async fn router(d: Arc<Dispatcher>) -> anyhow::Result<Router> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(imprint_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    Ok(tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(t) = tls {
+        // Users come without certificates (they have tokens); agents must
+        // show one for HostService.
+        server = server.tls_config(t.server(true).map_err(anyhow::Error::msg)?)?;
+    }
+    Ok(server
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(HostServiceServer::new(Hosts::new(d.catalog().clone())))
+        .add_service(HostServiceServer::new(Hosts::new(
+            d.catalog().clone(),
+            tls.is_some(),
+        )))
         .add_service(ImageServiceServer::new(Images::new(d.clone())))
         .add_service(OperationServiceServer::new(Operations::new(d))))
 }

@@ -4,11 +4,12 @@
 //! - `agent.proto`: the per-host agent's API (capture, deploy, guests,
 //!   operations with a progress stream).
 //! - `images.proto`, `operations.proto`: the control daemon's public API
-//!   (images, sharing, durable operations, hosts). The daemon serving them
-//!   lands with issue 4; the contract is here so clients can be written
-//!   against it now.
+//!   (images, sharing, durable operations, hosts).
+//! - [`tls`]: mutual TLS between daemon and agents from PEM files.
 
 #![allow(missing_docs, clippy::all, missing_debug_implementations)]
+
+pub mod tls;
 
 /// Version 1 of the API.
 pub mod v1 {

@@ -402,33 +402,41 @@ pub struct DaemonProcess {
     pub store: PathBuf,
     /// `127.0.0.1:PORT`.
     pub listen: String,
+    /// Extra flags.
+    pub extra: Vec<String>,
 }
 
 impl DaemonProcess {
     /// Start on a free port.
     pub fn start(state: &Path, store: &Path) -> Self {
+        Self::start_with(state, store, &[])
+    }
+
+    /// Start on a free port with extra flags (kept for restarts).
+    pub fn start_with(state: &Path, store: &Path, extra: &[&str]) -> Self {
         let listen = format!("127.0.0.1:{}", free_tcp_port());
-        let server = Self::spawn(state, store, &listen);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let server = Self::spawn(state, store, &listen, &extra);
         Self {
             server,
             state: state.into(),
             store: store.into(),
             listen,
+            extra,
         }
     }
 
-    fn spawn(state: &Path, store: &Path, listen: &str) -> ServerProcess {
-        ServerProcess::start(
-            "imprintd",
-            &[
-                "--listen".as_ref(),
-                listen.as_ref(),
-                "--state-dir".as_ref(),
-                state.as_os_str(),
-                "--store".as_ref(),
-                store.as_os_str(),
-            ],
-        )
+    fn spawn(state: &Path, store: &Path, listen: &str, extra: &[String]) -> ServerProcess {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--listen".as_ref(),
+            listen.as_ref(),
+            "--state-dir".as_ref(),
+            state.as_os_str(),
+            "--store".as_ref(),
+            store.as_os_str(),
+        ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        ServerProcess::start("imprintd", &args)
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -439,7 +447,7 @@ impl DaemonProcess {
     /// SIGKILL it and start it again on the same port and catalog.
     pub fn crash_and_restart(&mut self) {
         self.server.kill();
-        self.server = Self::spawn(&self.state, &self.store, &self.listen);
+        self.server = Self::spawn(&self.state, &self.store, &self.listen, &self.extra);
     }
 
     /// `imprintd account ...` on this daemon's catalog; its stdout.
@@ -457,6 +465,111 @@ impl DaemonProcess {
             .to_string();
         self.admin(&["allow-host", name, "*"]);
         token
+    }
+}
+
+/// Certificates for mutual TLS tests, made with the `openssl` command: a
+/// CA, a daemon and an agent certificate it signs (valid for 127.0.0.1 and
+/// localhost), and an outsider signed by another CA.
+#[derive(Debug)]
+pub struct TestPki {
+    /// CA certificate.
+    pub ca: PathBuf,
+    /// (certificate, key) of the daemon.
+    pub daemon: (PathBuf, PathBuf),
+    /// (certificate, key) of the agent.
+    pub agent: (PathBuf, PathBuf),
+    /// (certificate, key) signed by an unrelated CA.
+    pub outsider: (PathBuf, PathBuf),
+}
+
+impl TestPki {
+    /// Make everything in `dir`.
+    pub fn new(dir: &Path) -> Self {
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let p = |n: &str| dir.join(n);
+        let s = |p: &Path| p.to_str().expect("utf8").to_string();
+        let ext = p("leaf.ext");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .expect("ext");
+        let ca = |name: &str| {
+            run(
+                "openssl",
+                &[
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN={name}"),
+                    "-keyout",
+                    &s(&p(&format!("{name}.key"))),
+                    "-out",
+                    &s(&p(&format!("{name}.pem"))),
+                ],
+            );
+        };
+        ca("test-ca");
+        ca("other-ca");
+        let leaf = |name: &str, ca: &str| {
+            let (cert, key, csr) = (
+                p(&format!("{name}.pem")),
+                p(&format!("{name}.key")),
+                p(&format!("{name}.csr")),
+            );
+            run(
+                "openssl",
+                &[
+                    "req",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-subj",
+                    &format!("/CN={name}"),
+                    "-keyout",
+                    &s(&key),
+                    "-out",
+                    &s(&csr),
+                ],
+            );
+            run(
+                "openssl",
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &s(&csr),
+                    "-CA",
+                    &s(&p(&format!("{ca}.pem"))),
+                    "-CAkey",
+                    &s(&p(&format!("{ca}.key"))),
+                    "-CAcreateserial",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    &s(&ext),
+                    "-out",
+                    &s(&cert),
+                ],
+            );
+            (cert, key)
+        };
+        Self {
+            ca: p("test-ca.pem"),
+            daemon: leaf("daemon", "test-ca"),
+            agent: leaf("agent", "test-ca"),
+            outsider: leaf("outsider", "other-ca"),
+        }
     }
 }
 

@@ -1,0 +1,173 @@
+//! Mutual TLS between `imprintd` and `imprint-agent` (certificates made by
+//! the test with `openssl`): agents register only with a certificate of the
+//! daemon's CA, the agent accepts only callers with one, users reach the
+//! daemon over TLS with their tokens, and plaintext is refused.
+
+use std::time::Duration;
+
+use imprint_proto::v1::{
+    self as pb, agent_service_client::AgentServiceClient, host_service_client::HostServiceClient,
+    image_service_client::ImageServiceClient,
+};
+use imprint_tests::*;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+const HOST: &str = "kvm-tls";
+
+async fn channel(
+    url: &str,
+    ca: &std::path::Path,
+    id: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<Channel, String> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(ca).expect("ca")));
+    if let Some((cert, key)) = id {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(cert).expect("cert"),
+            std::fs::read(key).expect("key"),
+        ));
+    }
+    Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .tls_config(tls)
+        .expect("tls")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_and_agent_talk_mutual_tls_only() {
+    let wd = Workdir::new("imprint-tls-");
+    let pki = TestPki::new(&wd.path().join("pki"));
+    let s = |p: &std::path::Path| p.to_str().expect("utf8").to_string();
+    let daemon = DaemonProcess::start_with(
+        &wd.path().join("imprintd"),
+        &wd.path().join("store"),
+        &[
+            "--tls-cert",
+            &s(&pki.daemon.0),
+            "--tls-key",
+            &s(&pki.daemon.1),
+            "--tls-ca",
+            &s(&pki.ca),
+        ],
+    );
+    let daemon_url = format!("https://{}", daemon.listen);
+    let token = daemon.account("alice");
+    let agent = AgentProcess::start_agent(
+        &wd.path().join("store"),
+        &wd.path().join("journal"),
+        &[
+            "--daemon",
+            &daemon_url,
+            "--host-name",
+            HOST,
+            "--tls-cert",
+            &s(&pki.agent.0),
+            "--tls-key",
+            &s(&pki.agent.1),
+            "--tls-ca",
+            &s(&pki.ca),
+        ],
+    );
+    let agent_url = agent.endpoint.replace("http://", "https://");
+
+    // A user's client: TLS with the CA, no certificate.
+    let user = channel(&daemon_url, &pki.ca, None).await.expect("user TLS");
+    let mut hosts = HostServiceClient::new(user.clone());
+    let mut alive = false;
+    for _ in 0..100 {
+        let list = hosts
+            .list_hosts(pb::ListHostsRequest {})
+            .await
+            .expect("list hosts")
+            .into_inner()
+            .hosts;
+        if let Some(h) = list.iter().find(|h| h.name == HOST) {
+            assert_eq!(h.agent_endpoint, agent_url, "advertised over https");
+            if h.alive {
+                alive = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(alive, "the agent registered over mutual TLS");
+    // Without a client certificate nobody registers or heartbeats.
+    let e = hosts
+        .heartbeat(pb::HeartbeatRequest {
+            name: HOST.into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no client certificate");
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+
+    // The daemon reaches the agent over mutual TLS: the agent's answer
+    // about an unknown guest comes back through it.
+    let mut images = ImageServiceClient::new(user);
+    let mut req = tonic::Request::new(pb::CaptureImageRequest {
+        host: HOST.into(),
+        guest: "no-such-guest".into(),
+        name: "x".into(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    let e = images.capture_image(req).await.expect_err("unknown guest");
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+    assert!(e.message().contains(HOST), "{e}");
+
+    // The agent: the daemon's certificate gets in; none, or one of another
+    // CA, does not.
+    let mut ok = AgentServiceClient::new(
+        channel(&agent_url, &pki.ca, Some(&pki.daemon))
+            .await
+            .expect("daemon certificate"),
+    );
+    ok.list_operations(pb::ListOperationsRequest {})
+        .await
+        .expect("agent answers a CA certificate");
+    for (what, id) in [
+        ("no certificate", None),
+        ("another CA", Some(&pki.outsider)),
+    ] {
+        let refused = match channel(&agent_url, &pki.ca, id).await {
+            Err(_) => true,
+            Ok(ch) => AgentServiceClient::new(ch)
+                .list_operations(pb::ListOperationsRequest {})
+                .await
+                .is_err(),
+        };
+        assert!(refused, "agent accepted a caller with {what}");
+    }
+    // Plaintext to a TLS port fails.
+    let plain = Endpoint::from_shared(format!("http://{}", daemon.listen))
+        .expect("url")
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await;
+    if let Ok(ch) = plain {
+        assert!(
+            HostServiceClient::new(ch)
+                .list_hosts(pb::ListHostsRequest {})
+                .await
+                .is_err(),
+            "plaintext call answered"
+        );
+    }
+
+    // Without TLS, only loopback.
+    let out = std::process::Command::new(binary("imprintd"))
+        .args(["--listen", "0.0.0.0:0", "--state-dir"])
+        .arg(wd.path().join("other"))
+        .output()
+        .expect("run imprintd");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loopback only"), "{err}");
+}
