@@ -733,6 +733,7 @@ mod tests {
                 Err(CatalogError::InvalidArgument(_))
             ));
 
+            let img = uuid::Uuid::new_v4().to_string();
             let n = NewOperation {
                 account_id: &alice.id,
                 request_id: None,
@@ -741,9 +742,18 @@ mod tests {
                 host: "h1",
                 guest: "g1",
                 agent_request: "",
-                new_image: None,
+                new_image: Some(NewImage {
+                    id: &img,
+                    name: "web",
+                    notes: "",
+                    tags: &[],
+                    source_host: "h1",
+                    source_guest: "g1",
+                }),
             };
             let (op, _) = c.begin_operation(&n).await.expect("begin");
+            assert_eq!(op.image_id.as_deref(), Some(img.as_str()));
+            assert_eq!(c.get_image(&alice, &img).await.expect("image").state, "creating");
             let beat = c.hosts().await.expect("hosts")[0].last_heartbeat_unix;
             // Heard from recently: nothing fails.
             assert_eq!(
@@ -767,6 +777,10 @@ mod tests {
                 "{}",
                 failed.error
             );
+            // Its image fails with the same reason: nothing stays CREATING.
+            let image = c.get_image(&alice, &img).await.expect("image");
+            assert_eq!(image.state, "failed");
+            assert_eq!(image.failure_reason, failed.error);
         }
     }
 }
