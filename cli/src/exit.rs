@@ -14,7 +14,6 @@ pub const PERMISSION: u8 = 4;
 /// Conflict: already exists, ambiguous name, busy.
 pub const CONFLICT: u8 = 5;
 /// A service is unreachable (daemon, agent, libvirt, object store).
-#[allow(dead_code)]
 pub const UNAVAILABLE: u8 = 6;
 /// Stored data failed its checks (corrupt, missing chunks, newer format).
 pub const DATA: u8 = 7;
@@ -23,9 +22,31 @@ pub const NO_SPACE: u8 = 8;
 /// Cancelled (Ctrl-C).
 pub const CANCELLED: u8 = 130;
 
-/// The exit code for an error chain: the first store error in it decides.
+/// The exit code for a gRPC status code (the daemon's answer, or a failed
+/// operation's error code).
+pub fn for_code(code: tonic::Code) -> u8 {
+    use tonic::Code as C;
+    match code {
+        C::Ok => 0,
+        C::InvalidArgument | C::OutOfRange => USAGE,
+        C::NotFound => NOT_FOUND,
+        C::PermissionDenied | C::Unauthenticated => PERMISSION,
+        C::AlreadyExists | C::FailedPrecondition | C::Aborted => CONFLICT,
+        C::Unavailable | C::DeadlineExceeded => UNAVAILABLE,
+        C::DataLoss => DATA,
+        C::ResourceExhausted => NO_SPACE,
+        C::Cancelled => CANCELLED,
+        _ => FAILURE,
+    }
+}
+
+/// The exit code for an error chain: the first store error or gRPC status
+/// in it decides.
 pub fn code_for(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        if let Some(s) = cause.downcast_ref::<tonic::Status>() {
+            return for_code(s.code());
+        }
         if let Some(se) = cause.downcast_ref::<imprint_store::Error>() {
             return match se.kind() {
                 ErrorKind::NotFound => NOT_FOUND,

@@ -9,6 +9,8 @@ pub enum Format {
     Table,
     /// One JSON object on stdout; field names are stable.
     Json,
+    /// The same document as YAML.
+    Yaml,
 }
 
 /// What every command needs to print.
@@ -27,10 +29,73 @@ impl Ctx {
     ) -> anyhow::Result<()> {
         match self.format {
             Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
+            Format::Yaml => print!("{}", yaml(&serde_json::to_value(value)?)),
             Format::Table => print!("{}", table()),
         }
         Ok(())
     }
+}
+
+/// A JSON value as block-style YAML (strings always quoted, so nothing is
+/// read back as a number, boolean or null by mistake).
+pub fn yaml(v: &serde_json::Value) -> String {
+    use serde_json::Value as V;
+    fn scalar(v: &V) -> String {
+        match v {
+            V::String(s) => serde_json::to_string(s).unwrap_or_default(),
+            other => other.to_string(),
+        }
+    }
+    fn block(v: &V, indent: usize, out: &mut String) {
+        let pad = " ".repeat(indent);
+        match v {
+            V::Object(m) if !m.is_empty() => {
+                for (k, val) in m {
+                    let key = serde_json::to_string(k).unwrap_or_default();
+                    match val {
+                        V::Object(o) if !o.is_empty() => {
+                            out.push_str(&format!("{pad}{key}:\n"));
+                            block(val, indent + 2, out);
+                        }
+                        V::Array(a) if !a.is_empty() => {
+                            out.push_str(&format!("{pad}{key}:\n"));
+                            block(val, indent, out);
+                        }
+                        other => out.push_str(&format!("{pad}{key}: {}\n", empty_or_scalar(other))),
+                    }
+                }
+            }
+            V::Array(a) if !a.is_empty() => {
+                for item in a {
+                    match item {
+                        V::Object(o) if !o.is_empty() => {
+                            let mut inner = String::new();
+                            block(item, indent + 2, &mut inner);
+                            // The first key goes on the dash line.
+                            let rest = inner.trim_start_matches(' ');
+                            out.push_str(&format!("{pad}- {rest}"));
+                        }
+                        V::Array(x) if !x.is_empty() => {
+                            out.push_str(&format!("{pad}-\n"));
+                            block(item, indent + 2, out);
+                        }
+                        other => out.push_str(&format!("{pad}- {}\n", empty_or_scalar(other))),
+                    }
+                }
+            }
+            other => out.push_str(&format!("{pad}{}\n", empty_or_scalar(other))),
+        }
+    }
+    fn empty_or_scalar(v: &V) -> String {
+        match v {
+            V::Object(_) => "{}".into(),
+            V::Array(_) => "[]".into(),
+            other => scalar(other),
+        }
+    }
+    let mut out = String::new();
+    block(v, 0, &mut out);
+    out
 }
 
 /// `1.5 GiB`-style sizes.
@@ -93,6 +158,19 @@ mod tests {
         assert_eq!(bytes(1023), "1023 B");
         assert_eq!(bytes(1536), "1.5 KiB");
         assert_eq!(bytes(1 << 30), "1.0 GiB");
+    }
+
+    #[test]
+    fn yaml_blocks() {
+        let v = serde_json::json!({
+            "images": [{"id": "a", "tags": ["x", "y"], "size": 3}, {"id": "b", "tags": []}],
+            "next": "",
+            "on": true,
+        });
+        assert_eq!(
+            yaml(&v),
+            "\"images\":\n- \"id\": \"a\"\n  \"size\": 3\n  \"tags\":\n  - \"x\"\n  - \"y\"\n- \"id\": \"b\"\n  \"tags\": []\n\"next\": \"\"\n\"on\": true\n"
+        );
     }
 
     #[test]

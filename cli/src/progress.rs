@@ -29,6 +29,25 @@ impl Progress {
         }
     }
 
+    /// Change what the line says it is doing.
+    pub fn set_label(&mut self, label: &str) {
+        if self.label != label {
+            self.label = label.to_string();
+            // A new phase is worth a line at once.
+            self.last = None;
+        }
+    }
+
+    /// Report progress with the rate and ETA the server computed.
+    pub fn update_with_rate(&mut self, done: u64, total: u64, rate: f64, eta: f64) {
+        let extra = if rate > 0.0 {
+            format!(" at {}/s, eta {eta:.0}s", bytes(rate as u64))
+        } else {
+            String::new()
+        };
+        self.update(done, total, &extra);
+    }
+
     /// Report; rate-limited so it is cheap to call often.
     pub fn update(&mut self, done: u64, total: u64, extra: &str) {
         if !self.enabled {

@@ -125,16 +125,21 @@ impl HostService for Hosts {
 
     async fn list_hosts(
         &self,
-        _: Request<pb::ListHostsRequest>,
+        req: Request<pb::ListHostsRequest>,
     ) -> Result<Response<pb::ListHostsResponse>, Status> {
-        let hosts = self
-            .catalog
-            .hosts()
-            .await
-            .map_err(status)?
-            .into_iter()
-            .map(to_pb)
-            .collect();
+        // Users see the hosts they may use (admins: all).
+        let who = crate::auth::account(&self.catalog, &req).await?;
+        let mut hosts = Vec::new();
+        for h in self.catalog.hosts().await.map_err(status)? {
+            if self
+                .catalog
+                .may_use_host(&who, &h.name)
+                .await
+                .map_err(status)?
+            {
+                hosts.push(to_pb(h));
+            }
+        }
         Ok(Response::new(pb::ListHostsResponse { hosts }))
     }
 }

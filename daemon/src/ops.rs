@@ -753,7 +753,10 @@ mod tests {
             };
             let (op, _) = c.begin_operation(&n).await.expect("begin");
             assert_eq!(op.image_id.as_deref(), Some(img.as_str()));
-            assert_eq!(c.get_image(&alice, &img).await.expect("image").state, "creating");
+            assert_eq!(
+                c.get_image(&alice, &img).await.expect("image").state,
+                "creating"
+            );
             let beat = c.hosts().await.expect("hosts")[0].last_heartbeat_unix;
             // Heard from recently: nothing fails.
             assert_eq!(

@@ -573,6 +573,16 @@ impl TestPki {
     }
 }
 
+/// `msg` with `authorization: Bearer <token>`.
+pub fn authed<T>(token: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii token"),
+    );
+    r
+}
+
 /// A free local UDP port pair base (`p` and `p + 1`).
 pub fn free_udp_port() -> u16 {
     loop {

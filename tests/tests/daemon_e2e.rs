@@ -76,13 +76,13 @@ impl Api {
     }
 }
 
-async fn registered(daemon: &DaemonProcess) {
+async fn registered(daemon: &DaemonProcess, token: &str) {
     let mut hosts = pb::host_service_client::HostServiceClient::connect(daemon.endpoint())
         .await
         .expect("connect");
     for _ in 0..100 {
         let list = hosts
-            .list_hosts(pb::ListHostsRequest {})
+            .list_hosts(authed(token, pb::ListHostsRequest {}))
             .await
             .expect("hosts")
             .into_inner()
@@ -106,7 +106,7 @@ async fn capture_survives_a_daemon_crash_then_deploy_and_delete() {
     let f = Fixture::in_workdir(wd, &["--daemon", &daemon.endpoint(), "--host-name", HOST]);
     let alice = daemon.account("alice");
     let bob = daemon.account("bob");
-    registered(&daemon).await;
+    registered(&daemon, &alice).await;
 
     let disk = f.disk_in_pool_a(&f.guest.disk, "a-vda.raw");
     let (a, name_a, log_a) = f.boot_guest("a", &[(&disk, "raw")]);
@@ -342,7 +342,7 @@ async fn agent_lost_operation_fails_with_a_reason() {
     let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
     let mut f = Fixture::in_workdir(wd, &["--daemon", &daemon.endpoint(), "--host-name", HOST]);
     let alice = daemon.account("alice");
-    registered(&daemon).await;
+    registered(&daemon, &alice).await;
     let disk = f.disk_in_pool_a(&f.guest.disk_ignore_acpi, "deaf-vda.raw");
     let (a, name_a, _log) = f.boot_guest("deaf", &[(&disk, "raw")]);
     let mut api_a = api(&daemon.endpoint(), &alice);

@@ -9,28 +9,21 @@ use imprint_tests::*;
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_registers_and_heartbeats() {
     let wd = Workdir::new("imprint-daemon-");
-    let state = wd.path().join("imprintd");
-    let daemon = ServerProcess::start(
-        "imprintd",
-        &[
-            "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
-            "--state-dir".as_ref(),
-            state.as_os_str(),
-        ],
-    );
+    let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
+    let ops = daemon.account("ops");
+    let outsider = daemon.admin(&["create", "outsider"]).trim().to_string();
     let _agent = AgentProcess::start_agent(
         &wd.path().join("store"),
         &wd.path().join("journal"),
-        &["--daemon", &daemon.endpoint, "--host-name", "kvm-01"],
+        &["--daemon", &daemon.endpoint(), "--host-name", "kvm-01"],
     );
-    let mut client = HostServiceClient::connect(daemon.endpoint.clone())
+    let mut client = HostServiceClient::connect(daemon.endpoint())
         .await
         .expect("connect");
     let start = Instant::now();
     let host = loop {
         let hosts = client
-            .list_hosts(pb::ListHostsRequest {})
+            .list_hosts(authed(&ops, pb::ListHostsRequest {}))
             .await
             .expect("list")
             .into_inner()
@@ -59,6 +52,20 @@ async fn agent_registers_and_heartbeats() {
         .list_operations(pb::ListOperationsRequest {})
         .await
         .expect("agent answers");
+
+    // Accounts see the hosts they may use; no token, no list.
+    let none = client
+        .list_hosts(authed(&outsider, pb::ListHostsRequest {}))
+        .await
+        .expect("list")
+        .into_inner()
+        .hosts;
+    assert!(none.is_empty(), "{none:?}");
+    let err = client
+        .list_hosts(pb::ListHostsRequest {})
+        .await
+        .expect_err("no token");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
     // Bad input gets a clear status.
     let err = client

@@ -80,7 +80,7 @@ async fn daemon_and_agent_talk_mutual_tls_only() {
     let mut alive = false;
     for _ in 0..100 {
         let list = hosts
-            .list_hosts(pb::ListHostsRequest {})
+            .list_hosts(authed(&token, pb::ListHostsRequest {}))
             .await
             .expect("list hosts")
             .into_inner()

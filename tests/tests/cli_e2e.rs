@@ -1,0 +1,274 @@
+//! The `imprint` CLI against a real daemon, agent and QEMU guest: capture
+//! with `--wait` and progress, list, deploy with a static address, JSON and
+//! YAML output, and the exit code of each class of error.
+
+use std::{process::Command, time::Duration};
+
+use imprint_proto::v1 as pb;
+use imprint_tests::*;
+
+const HOST: &str = "kvm-cli";
+
+struct Cli {
+    endpoint: String,
+    token: String,
+}
+
+impl Cli {
+    /// Run `imprint ARGS`; (exit code, stdout, stderr).
+    fn run(&self, args: &[&str]) -> (i32, String, String) {
+        self.run_as(&self.token, args)
+    }
+
+    fn run_as(&self, token: &str, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(binary("imprint"))
+            .args(args)
+            .env("IMPRINT_ENDPOINT", &self.endpoint)
+            .env("IMPRINT_TOKEN", token)
+            .env_remove("IMPRINT_CONFIG")
+            .env_remove("HOME")
+            .output()
+            .expect("run imprint");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["-o", "json"];
+        all.extend(args);
+        let (code, out, err) = self.run(&all);
+        assert_eq!(code, 0, "imprint {args:?}: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("JSON of {args:?}: {e}: {out}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
+    let wd = Workdir::new("imprint-cli-e2e-");
+    let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
+    let f = Fixture::in_workdir(wd, &["--daemon", &daemon.endpoint(), "--host-name", HOST]);
+    let cli = Cli {
+        endpoint: daemon.endpoint(),
+        token: daemon.account("alice"),
+    };
+    // The agent registers within a few seconds.
+    let mut alive = false;
+    for _ in 0..100 {
+        let hosts = cli.json(&["host", "list"]);
+        if hosts["hosts"]
+            .as_array()
+            .expect("hosts")
+            .iter()
+            .any(|h| h["name"] == HOST && h["alive"] == true)
+        {
+            alive = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(alive, "agent registered");
+
+    let disk = f.disk_in_pool_a(&f.guest.disk, "a-vda.raw");
+    let (_a, name_a, log_a) = f.boot_guest("a", &[(&disk, "raw")]);
+    let marker = last_value(
+        &std::fs::read_to_string(&log_a).expect("log"),
+        "IMPRINT-MARKER",
+    );
+
+    // Capture and wait: progress lines on stderr (plain: not a terminal),
+    // the final operation as JSON on stdout.
+    let (code, out, err) = cli.run(&[
+        "-o",
+        "json",
+        "image",
+        "capture",
+        "--host",
+        HOST,
+        "--guest",
+        &name_a,
+        "--name",
+        "web",
+        "--tag",
+        "e2e",
+        "--shutdown-timeout",
+        "90",
+        "--wait",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "no escape codes without a terminal: {err:?}"
+    );
+    let op: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let id = op["capture"]["image_id"]
+        .as_str()
+        .expect("image id")
+        .to_string();
+    assert!(op["capture"]["bytes_stored"].as_u64().expect("stored") > 0);
+
+    let list = cli.json(&["image", "list", "--tag", "e2e"]);
+    assert_eq!(list["images"][0]["id"], id.as_str());
+    assert_eq!(list["images"][0]["state"], "active");
+    let (code, table, _) = cli.run(&["image", "list"]);
+    assert_eq!(code, 0);
+    assert!(table.starts_with("ID  ") && table.contains(&id), "{table}");
+    let (code, yaml, _) = cli.run(&["-o", "yaml", "image", "show", &id]);
+    assert_eq!(code, 0);
+    assert!(yaml.contains("\"state\": \"active\""), "{yaml}");
+
+    // Deploy with a static address and a bigger disk; wait for it.
+    let name_b = format!("imp-{}-b", f.tag);
+    let _b = Domain::adopt(&name_b);
+    let deployed = cli.json(&[
+        "image",
+        "deploy",
+        &id,
+        "--host",
+        HOST,
+        "--name",
+        &name_b,
+        "--pool",
+        &f.pool_b.name,
+        "--disk-size",
+        "128M",
+        "--hostname",
+        "imp-b",
+        "--nic",
+        "addr=192.0.2.40/24,gw4=192.0.2.1",
+        "--start",
+        "--wait",
+    ]);
+    assert_eq!(deployed["state"], "succeeded", "{deployed}");
+    assert_eq!(deployed["deploy"]["started"], true);
+    let log = wait_for(
+        &f.consoles.join(format!("{name_b}.log")),
+        "IMPRINT-READY",
+        1,
+        Duration::from_secs(120),
+    );
+    assert_eq!(last_value(&log, "IMPRINT-MARKER"), marker, "B has A's data");
+    assert!(
+        log.lines()
+            .any(|l| l.trim() == "IMPRINT-ADDR 192.0.2.40/24"),
+        "{log}"
+    );
+
+    // Errors: one exit code per class, the server's message on stderr.
+    let missing = uuid::Uuid::new_v4().to_string();
+    let (code, _, err) = cli.run(&["image", "show", &missing]);
+    assert_eq!(code, 3, "not found: {err}");
+    assert!(err.contains("not found"), "{err}");
+    let (code, _, _) = cli.run_as("imp_bad", &["image", "list"]);
+    assert_eq!(code, 4, "bad token");
+    let (code, _, err) = cli.run(&[
+        "image",
+        "deploy",
+        &id,
+        "--host",
+        HOST,
+        "--name",
+        "x",
+        "--disk-size",
+        "1M",
+    ]);
+    assert_eq!(code, 2, "smaller than the image: {err}");
+    assert!(err.contains("smaller"), "{err}");
+    let (code, _, _) = cli.run(&[
+        "image",
+        "deploy",
+        &id,
+        "--host",
+        HOST,
+        "--name",
+        "x",
+        "--disk-size",
+        "lots",
+    ]);
+    assert_eq!(code, 2, "bad size");
+    assert_eq!(cli.run(&["image", "protect", &id]).0, 0);
+    let (code, _, err) = cli.run(&["image", "delete", &id]);
+    assert_eq!(code, 5, "protected: {err}");
+    let (code, _, err) = cli.run(&[
+        "image", "capture", "--host", "nowhere", "--guest", "g", "--name", "n",
+    ]);
+    assert_eq!(code, 3, "unknown host: {err}");
+    let (code, _, err) = Cli {
+        endpoint: "http://127.0.0.1:1".into(),
+        token: cli.token.clone(),
+    }
+    .run(&["image", "list"]);
+    assert_eq!(code, 6, "daemon down: {err}");
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    assert_eq!(cli.run(&["image", "protect", "--off", &id]).0, 0);
+    let del = cli.json(&["image", "delete", &id]);
+    assert_eq!(del["state"], "succeeded");
+    assert_eq!(cli.run(&["image", "show", &id]).0, 3);
+
+    // Operations: both of ours are listed, newest first.
+    let ops = cli.json(&["op", "list"]);
+    let kinds: Vec<&str> = ops["operations"]
+        .as_array()
+        .expect("ops")
+        .iter()
+        .map(|o| o["kind"].as_str().expect("kind"))
+        .collect();
+    assert_eq!(kinds, ["delete", "deploy", "capture"]);
+    let _ = pb::OperationState::Succeeded;
+
+    // Endpoint and token from a config file; flags beat it.
+    let cfg = f.wd.path().join("imprint.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "endpoint = \"{}\"\ntoken = \"{}\"\n",
+            cli.endpoint, cli.token
+        ),
+    )
+    .expect("config");
+    let from_file = Command::new(binary("imprint"))
+        .args(["image", "list", "--config"])
+        .arg(&cfg)
+        .env_remove("IMPRINT_ENDPOINT")
+        .env_remove("IMPRINT_TOKEN")
+        .output()
+        .expect("run");
+    assert!(
+        from_file.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_file.stderr)
+    );
+    let overridden = Command::new(binary("imprint"))
+        .args([
+            "image",
+            "list",
+            "--endpoint",
+            "http://127.0.0.1:1",
+            "--config",
+        ])
+        .arg(&cfg)
+        .env_remove("IMPRINT_ENDPOINT")
+        .env_remove("IMPRINT_TOKEN")
+        .output()
+        .expect("run");
+    assert_eq!(
+        overridden.status.code(),
+        Some(6),
+        "the flag wins over the file"
+    );
+
+    // Completions and the man page come from the same definitions.
+    let (code, bash, _) = cli.run(&["completions", "bash"]);
+    assert_eq!(code, 0);
+    assert!(bash.contains("imprint") && bash.contains("deploy"));
+    let (code, man, _) = cli.run(&["man"]);
+    assert_eq!(code, 0);
+    assert!(
+        man.contains(".TH imprint"),
+        "{}",
+        &man[..man.len().min(200)]
+    );
+}
