@@ -44,6 +44,14 @@ struct Args {
     /// CA certificate (PEM) that signs daemon and agent certificates.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// At SIGTERM, how long in-flight operations get to finish cancelling
+    /// (guests back to their power state) before the agent exits anyway;
+    /// its journal covers the rest at the next start.
+    #[arg(long, default_value_t = 120)]
+    stop_timeout_seconds: u64,
     /// Journal of in-flight work.
     #[arg(long)]
     journal_dir: Option<PathBuf>,
@@ -82,6 +90,7 @@ struct FileConfig {
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_ca: Option<PathBuf>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn detect_domain_type() -> String {
@@ -99,13 +108,7 @@ fn detect_domain_type() -> String {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    imprint_service::logging::init();
     let args = Args::parse();
     let file: FileConfig = match &args.config {
         Some(p) => {
@@ -214,7 +217,22 @@ async fn main() -> Result<()> {
             uri.clone(),
         ));
     }
+    if let Some(addr) = args.metrics_listen.or(file.metrics_listen) {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen for metrics on {addr}"))?;
+        tokio::spawn(imprint_service::metrics::serve(
+            l,
+            imprint_service::metrics::global().clone(),
+        ));
+    }
     let agent = Agent::new(hv, store, journal, settings);
+    let on_stop = agent.clone();
+    let stop_timeout = Duration::from_secs(args.stop_timeout_seconds);
+    imprint_service::notify::ready(&format!("serving on {local}, libvirt {uri}"));
+    // The watchdog proves the event loop turns; libvirtd being down is
+    // not a reason to restart the agent (it waits libvirtd out).
+    imprint_service::notify::spawn_watchdog(|| async { true });
     let mut server = tonic::transport::Server::builder();
     if let Some(t) = &tls {
         // Only daemons (certificates of the CA) may call the agent.
@@ -228,11 +246,24 @@ async fn main() -> Result<()> {
         .add_service(agent.into_server())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async {
-                let _ = tokio::signal::ctrl_c().await;
+            async move {
+                imprint_service::shutdown::terminated().await;
+                let n = on_stop.cancel_all();
+                imprint_service::notify::stopping(&format!(
+                    "stopping; cancelling {n} operation(s): guests go back to their power state"
+                ));
+                tracing::info!(operations = n, "stopping: cancelling in-flight operations");
+                let deadline = std::time::Instant::now() + stop_timeout;
+                while on_stop.running() > 0 && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                if on_stop.running() > 0 {
+                    tracing::warn!("operations still running at exit; the journal recovers them at the next start");
+                }
             },
         )
         .await?;
+    tracing::info!("imprint-agent stopped");
     Ok(())
 }
 

@@ -214,9 +214,49 @@ impl Agent {
                     }
                 }
             });
-            tracing::info!(operation = %tx.borrow().operation_id, state = tx.borrow().state, error = %tx.borrow().error, "operation finished");
+            let o = tx.borrow().clone();
+            tracing::info!(operation = %o.operation_id, state = o.state, error = %o.error, "operation finished");
+            let kind = if o.kind == pb::OperationKind::Capture as i32 {
+                "capture"
+            } else {
+                "deploy"
+            };
+            let result = match pb::OperationState::try_from(o.state) {
+                Ok(pb::OperationState::Succeeded) => "succeeded",
+                Ok(pb::OperationState::Cancelled) => "cancelled",
+                _ => "failed",
+            };
+            imprint_service::metrics::global().inc(
+                "imprint_agent_operations_total",
+                "Operations this agent finished, by kind and result.",
+                &[("kind", kind), ("result", result)],
+                1.0,
+            );
         });
         first
+    }
+
+    /// Operations still running.
+    pub fn running(&self) -> usize {
+        self.ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|o| !is_final(o.tx.borrow().state))
+            .count()
+    }
+
+    /// Ask every running operation to stop (at shutdown): captures return
+    /// their guest to its power state, deploys remove what they created.
+    /// Returns how many were asked.
+    pub fn cancel_all(&self) -> usize {
+        let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        let mut n = 0;
+        for o in ops.values().filter(|o| !is_final(o.tx.borrow().state)) {
+            o.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+            n += 1;
+        }
+        n
     }
 }
 

@@ -474,6 +474,11 @@ async fn follow(api: &mut Api, ctx: &Ctx, id: &str) -> Result<pb::Operation> {
         };
         // The stream ends early when the daemon restarts: watch again.
         while let Ok(Some(o)) = stream.message().await {
+            if o.state != pb::OperationState::Running as i32 {
+                progress.set_label(&format!("{} {}", o.kind, op_state_name(o.state)));
+                progress.finish_at(o.bytes_done, o.bytes_total, "");
+                return Ok(o);
+            }
             progress.set_label(&o.phase);
             progress.update_with_rate(
                 o.bytes_done,
@@ -481,10 +486,6 @@ async fn follow(api: &mut Api, ctx: &Ctx, id: &str) -> Result<pb::Operation> {
                 o.rate_bytes_per_second,
                 o.eta_seconds,
             );
-            if o.state != pb::OperationState::Running as i32 {
-                progress.finish(o.bytes_total, "");
-                return Ok(o);
-            }
             last = Some(o);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

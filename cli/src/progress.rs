@@ -66,6 +66,18 @@ impl Progress {
     }
 
     fn print(&self, done: u64, total: u64, extra: &str) {
+        if total == 0 && done == 0 {
+            // A phase without bytes (shutting down, starting): its name.
+            let line = format!("{}...", self.label);
+            let mut err = std::io::stderr().lock();
+            if self.tty {
+                let _ = write!(err, "\r\x1b[2K{line}");
+            } else {
+                let _ = writeln!(err, "{line}");
+            }
+            let _ = err.flush();
+            return;
+        }
         let secs = self.started.elapsed().as_secs_f64().max(0.001);
         let pct = if total == 0 {
             100.0
@@ -96,10 +108,15 @@ impl Progress {
 
     /// Final line.
     pub fn finish(&mut self, total: u64, extra: &str) {
+        self.finish_at(total, total, extra);
+    }
+
+    /// Final line, where the work stopped.
+    pub fn finish_at(&mut self, done: u64, total: u64, extra: &str) {
         if !self.enabled {
             return;
         }
-        self.print(total, total, extra);
+        self.print(done, total, extra);
         if self.tty {
             eprintln!();
         }

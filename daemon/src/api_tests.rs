@@ -216,6 +216,8 @@ impl World {
             "{}",
             done.error
         );
+        assert!(done.bytes_total > 0, "{done:?}");
+        assert_eq!(done.bytes_done, done.bytes_total, "final figures recorded");
         let c = done.capture.expect("capture result");
         assert_eq!(c.image_id, op.image_id);
         self.get(who, &op.image_id).await.expect("image")

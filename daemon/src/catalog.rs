@@ -304,6 +304,12 @@ impl Catalog {
         })
     }
 
+    /// A round trip to the database (health checks).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     /// Create an account; returns it with its API token (shown once).
     pub async fn create_account(
         &self,

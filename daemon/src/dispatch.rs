@@ -393,17 +393,33 @@ impl Dispatcher {
             _ => ("failed", self.image_failed(op, &a.error)),
         };
         let result = hex::encode(a.encode_to_vec());
+        // The final figures, so the row does not keep the last sampled ones.
+        if let Err(e) = self
+            .catalog
+            .update_progress(
+                &op.id,
+                &a.phase,
+                a.bytes_done as i64,
+                a.bytes_total as i64,
+                0.0,
+            )
+            .await
+        {
+            tracing::warn!(op = %op.id, error = %e, "cannot record final progress");
+        }
         match self
             .catalog
             .finish_operation(&op.id, state, &a.error, a.error_code, &result, &outcome)
             .await
         {
-            Ok(_) => {
+            Ok(true) => {
                 tracing::info!(op = %op.id, kind = %op.kind, %state, error = %a.error, "operation finished");
+                record_metrics(op, state, a);
                 if op.kind == "capture" && state == "succeeded" {
                     self.usage_changed();
                 }
             }
+            Ok(false) => {}
             Err(e) => {
                 tracing::error!(op = %op.id, error = %e, "cannot record the end of an operation")
             }
@@ -430,6 +446,7 @@ impl Dispatcher {
             tracing::error!(op = %op.id, error = %e, "cannot record a failure");
         }
         tracing::warn!(op = %op.id, %error, "operation failed");
+        record_metrics(op, "failed", &pb::AgentOperation::default());
         self.bump();
     }
 
@@ -517,6 +534,7 @@ impl Dispatcher {
             .catalog
             .finish_operation(&op.id, "succeeded", "", 0, "", &ImageOutcome::None)
             .await;
+        record_metrics(op, "succeeded", &pb::AgentOperation::default());
         self.usage_changed();
         self.bump();
     }
@@ -528,6 +546,7 @@ impl Dispatcher {
         tokio::spawn(async move {
             let every = Duration::from_secs(u64::from(HEARTBEAT_INTERVAL_SECONDS));
             loop {
+                me.report_status().await;
                 let cutoff = now() - 3 * i64::from(HEARTBEAT_INTERVAL_SECONDS);
                 match me.catalog.fail_operations_of_silent_hosts(cutoff).await {
                     Ok(0) => {}
@@ -550,6 +569,34 @@ impl Dispatcher {
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             });
+        }
+    }
+
+    /// `STATUS=` for systemd and gauges for /metrics: what runs now.
+    async fn report_status(&self) {
+        let running = self.catalog.running_operations().await.map(|o| o.len());
+        let hosts = self.catalog.hosts().await.map(|h| {
+            let alive = h.iter().filter(|h| Self::alive(h)).count();
+            (alive, h.len())
+        });
+        if let (Ok(running), Ok((alive, all))) = (running, hosts) {
+            imprint_service::notify::status(&format!(
+                "serving; {running} operation(s) running; {alive} of {all} host(s) alive"
+            ));
+            let m = imprint_service::metrics::global();
+            m.set(
+                "imprint_operations_running",
+                "Operations running now.",
+                &[],
+                running as f64,
+            );
+            m.set(
+                "imprint_hosts_alive",
+                "Hosts whose agent sent a heartbeat in the last 30 s.",
+                &[],
+                alive as f64,
+            );
+            m.set("imprint_hosts", "Registered hosts.", &[], all as f64);
         }
     }
 
@@ -609,5 +656,47 @@ impl Rate {
             }
             _ => 0.0,
         }
+    }
+}
+
+/// Count a finished operation in /metrics.
+fn record_metrics(op: &OperationRow, result: &str, a: &pb::AgentOperation) {
+    let m = imprint_service::metrics::global();
+    let kind = op.kind.as_str();
+    m.inc(
+        "imprint_operations_total",
+        "Operations finished, by kind and result.",
+        &[("kind", kind), ("result", result)],
+        1.0,
+    );
+    let secs = (now() - op.created_unix).max(0) as f64;
+    m.inc(
+        "imprint_operation_seconds_total",
+        "Wall-clock seconds of finished operations, by kind (divide by imprint_operations_total).",
+        &[("kind", kind)],
+        secs,
+    );
+    if let Some(c) = &a.capture {
+        for (what, n) in [
+            ("read", c.bytes_read),
+            ("stored", c.bytes_stored),
+            ("deduplicated", c.bytes_deduplicated),
+            ("zero", c.zero_bytes_skipped),
+        ] {
+            m.inc(
+                "imprint_capture_bytes_total",
+                "Bytes of successful captures: read from guests, newly stored (compressed), deduplicated, zero.",
+                &[("what", what)],
+                n as f64,
+            );
+        }
+    }
+    if let Some(d) = &a.deploy {
+        m.inc(
+            "imprint_deploy_bytes_total",
+            "Guest-visible bytes written by successful deploys.",
+            &[],
+            d.bytes_written as f64,
+        );
     }
 }

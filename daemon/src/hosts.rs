@@ -114,10 +114,14 @@ impl HostService for Hosts {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         self.agent_only(&req)?;
-        self.catalog
-            .heartbeat(&req.into_inner().name)
-            .await
-            .map_err(status)?;
+        let name = req.into_inner().name;
+        self.catalog.heartbeat(&name).await.map_err(status)?;
+        imprint_service::metrics::global().inc(
+            "imprint_agent_heartbeats_total",
+            "Heartbeats received from agents, by host.",
+            &[("host", &name)],
+            1.0,
+        );
         Ok(Response::new(pb::HeartbeatResponse {
             interval_seconds: HEARTBEAT_INTERVAL_SECONDS,
         }))

@@ -48,6 +48,9 @@ struct Serve {
     /// images and to report the bytes each holds alone.
     #[arg(long, env = "IMPRINTD_STORE")]
     store: Option<PathBuf>,
+    /// Serve Prometheus metrics (`GET /metrics`) on this address.
+    #[arg(long, env = "IMPRINTD_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,13 +98,7 @@ fn catalog_url(args: &Args) -> Result<String> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    imprint_service::logging::init();
     let args = Args::parse();
     let catalog = Catalog::open(&catalog_url(&args)?)
         .await
@@ -155,20 +152,38 @@ async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let local = listener.local_addr()?;
-    let router = imprint_daemon::server::router(
-        Dispatcher::with_agent_tls(catalog, store, agent_tls),
-        tls.as_ref(),
-    )
-    .await?;
+    if let Some(addr) = args.metrics_listen {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen for metrics on {addr}"))?;
+        tracing::info!(addr = %l.local_addr()?, "metrics on /metrics");
+        tokio::spawn(imprint_service::metrics::serve(
+            l,
+            imprint_service::metrics::global().clone(),
+        ));
+    }
+    let dispatcher = Dispatcher::with_agent_tls(catalog.clone(), store, agent_tls);
+    let router = imprint_daemon::server::router(dispatcher, tls.as_ref()).await?;
     tracing::info!(%local, store = ?args.store, "imprintd serving");
     println!("listening on {local}");
+    imprint_service::notify::ready(&format!("serving on {local}"));
+    // The watchdog is petted while the catalog answers.
+    imprint_service::notify::spawn_watchdog(move || {
+        let c = catalog.clone();
+        async move { c.ping().await.is_ok() }
+    });
     router
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             async {
-                let _ = tokio::signal::ctrl_c().await;
+                imprint_service::shutdown::terminated().await;
+                // Operations are rows: the next start resumes them.
+                imprint_service::notify::stopping(
+                    "stopping; running operations resume at the next start",
+                );
             },
         )
         .await?;
+    tracing::info!("imprintd stopped");
     Ok(())
 }

@@ -329,8 +329,18 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Start `binary` with `args` and wait for its `listening on` line.
     pub fn start(binary_name: &str, args: &[&std::ffi::OsStr]) -> Self {
+        Self::start_env(binary_name, args, &[])
+    }
+
+    /// [`ServerProcess::start`] with extra environment variables.
+    pub fn start_env(
+        binary_name: &str,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         let mut child = Command::new(binary(binary_name))
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
