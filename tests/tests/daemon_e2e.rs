@@ -386,3 +386,51 @@ async fn agent_lost_operation_fails_with_a_reason() {
     );
     assert_eq!(a.state(), "running", "the guest stayed up");
 }
+
+/// `systemctl stop` of the agent (SIGTERM) mid-capture: the capture is
+/// cancelled, the guest stays up, the daemon records CANCELLED and the
+/// image FAILED with the reason, and the agent exits cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_sigterm_cancels_in_flight_capture_cleanly() {
+    let wd = Workdir::new("imprint-daemon-e2e-");
+    let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
+    let mut f = Fixture::in_workdir(wd, &["--daemon", &daemon.endpoint(), "--host-name", HOST]);
+    let alice = daemon.account("alice");
+    registered(&daemon, &alice).await;
+    let disk = f.disk_in_pool_a(&f.guest.disk_ignore_acpi, "deaf-vda.raw");
+    let (a, name_a, _log) = f.boot_guest("deaf", &[(&disk, "raw")]);
+    let mut api_a = api(&daemon.endpoint(), &alice);
+    let op = api_a
+        .images
+        .capture_image(pb::CaptureImageRequest {
+            host: HOST.into(),
+            guest: name_a.clone(),
+            name: "deaf".into(),
+            shutdown_timeout_seconds: 600,
+            ..Default::default()
+        })
+        .await
+        .expect("capture")
+        .into_inner();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(f.agent.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let (done, _) = api_a.wait(&op.id).await;
+    assert_eq!(done.state, pb::OperationState::Cancelled as i32, "{}", done.error);
+    let status = f.agent.child.wait().expect("agent exits");
+    assert!(status.success(), "agent exit status {status}");
+    let img = api_a
+        .images
+        .get_image(pb::GetImageRequest {
+            id: op.image_id.clone(),
+        })
+        .await
+        .expect("image")
+        .into_inner();
+    assert_eq!(img.state, pb::ImageState::Failed as i32);
+    assert_eq!(a.state(), "running", "the guest stayed up");
+    f.restart_agent();
+}
