@@ -419,7 +419,12 @@ async fn agent_sigterm_cancels_in_flight_capture_cleanly() {
     )
     .expect("SIGTERM");
     let (done, _) = api_a.wait(&op.id).await;
-    assert_eq!(done.state, pb::OperationState::Cancelled as i32, "{}", done.error);
+    assert_eq!(
+        done.state,
+        pb::OperationState::Cancelled as i32,
+        "{}",
+        done.error
+    );
     let status = f.agent.child.wait().expect("agent exits");
     assert!(status.success(), "agent exit status {status}");
     let img = api_a

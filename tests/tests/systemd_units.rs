@@ -1,7 +1,8 @@
 //! The unit files in `systemd/` pass `systemd-analyze verify` (pointed at
 //! the binaries just built) and keep their hardening: the exposure score
 //! of `systemd-analyze security --offline=true` stays at or under 2.5 for
-//! the agent (root, some capabilities) and 1.5 for the daemon.
+//! the agent (root, some capabilities) and 1.5 for the daemon and the GC
+//! and verify jobs.
 
 use std::process::Command;
 
@@ -11,11 +12,16 @@ use imprint_tests::*;
 fn units_verify_and_stay_hardened() {
     let wd = Workdir::new("imprint-units-");
     let src = workspace().join("systemd");
-    for unit in [
+    let units = [
         "imprintd.service",
         "imprint-agent.service",
         "imprint.target",
-    ] {
+        "imprint-gc.service",
+        "imprint-gc.timer",
+        "imprint-verify.service",
+        "imprint-verify.timer",
+    ];
+    for unit in units {
         let text = std::fs::read_to_string(src.join(unit)).expect("unit");
         let text = text
             .replace(
@@ -25,18 +31,17 @@ fn units_verify_and_stay_hardened() {
             .replace(
                 "/usr/local/bin/imprint-agent",
                 binary("imprint-agent").to_str().expect("utf8"),
+            )
+            .replace(
+                "/usr/local/bin/imprint ",
+                &format!("{} ", binary("imprint").to_str().expect("utf8")),
             );
         std::fs::write(wd.path().join(unit), text).expect("write");
     }
     let out = Command::new("systemd-analyze")
         .current_dir(wd.path())
-        .args([
-            "verify",
-            "--man=no",
-            "imprintd.service",
-            "imprint-agent.service",
-            "imprint.target",
-        ])
+        .args(["verify", "--man=no"])
+        .args(units)
         .output()
         .expect("systemd-analyze (package systemd)");
     assert!(
@@ -45,7 +50,12 @@ fn units_verify_and_stay_hardened() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    for (unit, threshold) in [("imprintd.service", "15"), ("imprint-agent.service", "25")] {
+    for (unit, threshold) in [
+        ("imprintd.service", "15"),
+        ("imprint-agent.service", "25"),
+        ("imprint-gc.service", "15"),
+        ("imprint-verify.service", "15"),
+    ] {
         let out = Command::new("systemd-analyze")
             .current_dir(wd.path())
             .args(["security", "--offline=true", "--no-pager"])
@@ -58,7 +68,8 @@ fn units_verify_and_stay_hardened() {
         eprintln!("{score}");
         assert!(
             out.status.success(),
-            "{unit} above {threshold}/10 exposure: {score}"
+            "{unit} above {threshold}/10 exposure: {score}\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 }
