@@ -210,6 +210,29 @@ pub enum OpCommand {
     Cancel { id: String },
 }
 
+/// `imprint account ...` (admin accounts only).
+#[derive(Debug, Subcommand)]
+pub enum AccountCommand {
+    /// Create an account; prints its API token once.
+    Create {
+        name: String,
+        /// May make images public.
+        #[arg(long)]
+        can_publish: bool,
+        /// May administer accounts, use every host, see every operation.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Replace an account's token; prints the new one.
+    Token { name: String },
+    /// Let an account use a host (`*`: every host).
+    AllowHost { name: String, host: String },
+    /// Take a host away from an account.
+    DisallowHost { name: String, host: String },
+    /// Every account.
+    List,
+}
+
 /// `imprint host ...`
 #[derive(Debug, Subcommand)]
 pub enum HostCommand {
@@ -889,6 +912,119 @@ async fn host_inner(cmd: HostCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> {
                     })
                     .collect();
                 output::table(&["NAME", "STATUS", "AGENT", "VERSION"], &rows)
+            })?;
+            Ok(0)
+        }
+    }
+}
+
+fn account_json(a: &pb::Account) -> Value {
+    json!({
+        "name": a.name, "can_publish": a.can_publish, "admin": a.admin,
+        "hosts": a.hosts, "created_unix": a.created_unix,
+    })
+}
+
+fn account_row(a: &pb::Account) -> Vec<String> {
+    vec![
+        a.name.clone(),
+        if a.admin {
+            "admin"
+        } else if a.can_publish {
+            "publisher"
+        } else {
+            "user"
+        }
+        .into(),
+        if a.admin {
+            "*".into()
+        } else {
+            a.hosts.join(",")
+        },
+    ]
+}
+
+/// Run an account command.
+pub async fn account(cmd: AccountCommand, conn: &Conn, ctx: &Ctx) -> Result<u8> {
+    let mut api = conn.connect()?;
+    let endpoint = api.endpoint.clone();
+    account_inner(cmd, &mut api, ctx)
+        .await
+        .map_err(|e| unreachable_names_endpoint(e, &endpoint))
+}
+
+async fn account_inner(cmd: AccountCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> {
+    let with_token = |t: pb::AccountToken| -> Result<u8> {
+        let a = t.account.unwrap_or_default();
+        let doc = json!({"account": account_json(&a), "token": t.token});
+        // The token alone on stdout in table mode, so scripts can capture it.
+        ctx.emit(&doc, || format!("{}\n", t.token))?;
+        Ok(0)
+    };
+    match cmd {
+        AccountCommand::Create {
+            name,
+            can_publish,
+            admin,
+        } => {
+            let t = api
+                .accounts
+                .create_account(pb::CreateAccountRequest {
+                    name,
+                    can_publish,
+                    admin,
+                })
+                .await?
+                .into_inner();
+            with_token(t)
+        }
+        AccountCommand::Token { name } => {
+            let t = api
+                .accounts
+                .rotate_token(pb::AccountRequest { name })
+                .await?
+                .into_inner();
+            with_token(t)
+        }
+        AccountCommand::AllowHost { name, host } => {
+            let a = api
+                .accounts
+                .allow_host(pb::HostGrantRequest {
+                    account: name,
+                    host,
+                })
+                .await?
+                .into_inner();
+            ctx.emit(&account_json(&a), || {
+                output::table(&["NAME", "ROLE", "HOSTS"], &[account_row(&a)])
+            })?;
+            Ok(0)
+        }
+        AccountCommand::DisallowHost { name, host } => {
+            let a = api
+                .accounts
+                .disallow_host(pb::HostGrantRequest {
+                    account: name,
+                    host,
+                })
+                .await?
+                .into_inner();
+            ctx.emit(&account_json(&a), || {
+                output::table(&["NAME", "ROLE", "HOSTS"], &[account_row(&a)])
+            })?;
+            Ok(0)
+        }
+        AccountCommand::List => {
+            let list = api
+                .accounts
+                .list_accounts(pb::ListAccountsRequest {})
+                .await?
+                .into_inner()
+                .accounts;
+            let doc = json!({"accounts": list.iter().map(account_json).collect::<Vec<_>>()});
+            ctx.emit(&doc, || {
+                let rows: Vec<Vec<String>> = list.iter().map(account_row).collect();
+                output::table(&["NAME", "ROLE", "HOSTS"], &rows)
             })?;
             Ok(0)
         }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use imprint_proto::v1::{
-    host_service_client::HostServiceClient, image_service_client::ImageServiceClient,
-    operation_service_client::OperationServiceClient,
+    account_service_client::AccountServiceClient, host_service_client::HostServiceClient,
+    image_service_client::ImageServiceClient, operation_service_client::OperationServiceClient,
 };
 use serde::Deserialize;
 use tonic::{
@@ -64,6 +64,7 @@ pub struct Api {
     pub images: ImageServiceClient<Svc>,
     pub ops: OperationServiceClient<Svc>,
     pub hosts: HostServiceClient<Svc>,
+    pub accounts: AccountServiceClient<Svc>,
     pub endpoint: String,
 }
 
@@ -119,7 +120,8 @@ impl Conn {
         Ok(Api {
             images: ImageServiceClient::with_interceptor(ch.clone(), auth.clone()),
             ops: OperationServiceClient::with_interceptor(ch.clone(), auth.clone()),
-            hosts: HostServiceClient::with_interceptor(ch, auth),
+            hosts: HostServiceClient::with_interceptor(ch.clone(), auth.clone()),
+            accounts: AccountServiceClient::with_interceptor(ch, auth),
             endpoint,
         })
     }

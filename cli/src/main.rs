@@ -1,6 +1,6 @@
 //! `imprint`: the command-line client.
 //!
-//! - `imprint image|op|host ...` call the control daemon's API (endpoint
+//! - `imprint image|op|host|account ...` call the control daemon's API (endpoint
 //!   and token from flags, `IMPRINT_ENDPOINT`/`IMPRINT_TOKEN`, or the
 //!   config file, in that order).
 //! - `imprint store ...` works directly on a store directory with no
@@ -46,6 +46,9 @@ enum Command {
     /// Hosts and their agents.
     #[command(subcommand)]
     Host(api_cmd::HostCommand),
+    /// Accounts and their tokens (admin accounts only).
+    #[command(subcommand)]
+    Account(api_cmd::AccountCommand),
     /// Work directly on a store directory (no daemon needed).
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::Image(cmd) => api(Box::pin(api_cmd::image(cmd, &cli.conn, &ctx))),
         Command::Op(cmd) => api(Box::pin(api_cmd::op(cmd, &cli.conn, &ctx))),
         Command::Host(cmd) => api(Box::pin(api_cmd::host(cmd, &cli.conn, &ctx))),
+        Command::Account(cmd) => api(Box::pin(api_cmd::account(cmd, &cli.conn, &ctx))),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -795,6 +795,39 @@ impl Catalog {
         })
     }
 
+    /// Every account with the hosts it may use, by name.
+    pub async fn accounts(&self) -> Result<Vec<(Account, Vec<String>, i64)>> {
+        let rows = sqlx::query(
+            "SELECT id, name, can_publish, is_admin, created_unix FROM accounts ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let grants = sqlx::query("SELECT account_id, host FROM account_hosts ORDER BY host")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: String = r.try_get("id")?;
+            let mut hosts = Vec::new();
+            for g in &grants {
+                if g.try_get::<String, _>("account_id")? == id {
+                    hosts.push(g.try_get("host")?);
+                }
+            }
+            out.push((
+                Account {
+                    id,
+                    name: r.try_get("name")?,
+                    can_publish: r.try_get::<i32, _>("can_publish")? != 0,
+                    is_admin: r.try_get::<i32, _>("is_admin")? != 0,
+                },
+                hosts,
+                r.try_get("created_unix")?,
+            ));
+        }
+        Ok(out)
+    }
+
     /// Give an account a new API token (the old one stops working).
     pub async fn rotate_token(&self, name: &str) -> Result<String> {
         let token = format!("imp_{}", uuid::Uuid::new_v4().simple());
@@ -1211,6 +1244,22 @@ mod tests {
             .expect("col");
         assert_ne!(stored, token);
         assert_eq!(stored, token_hash(&token));
+        // Host grants, listed with the account; rotation kills the old token.
+        c.allow_host("alice", "kvm-01").await.expect("grant");
+        c.allow_host("alice", "kvm-01").await.expect("grant twice");
+        assert!(c.may_use_host(&alice, "kvm-01").await.expect("may"));
+        assert!(!c.may_use_host(&alice, "kvm-02").await.expect("may not"));
+        let all = c.accounts().await.expect("accounts");
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].1, ["kvm-01"]);
+        c.disallow_host("alice", "kvm-01").await.expect("revoke");
+        assert!(!c.may_use_host(&alice, "kvm-01").await.expect("revoked"));
+        let new = c.rotate_token("alice").await.expect("rotate");
+        assert!(matches!(
+            c.account_by_token(&token).await,
+            Err(CatalogError::NotFound(_))
+        ));
+        assert_eq!(c.account_by_token(&new).await.expect("new token"), alice);
     }
 
     #[tokio::test]

@@ -3,10 +3,11 @@
 //!
 //! - [`catalog`] and [`ops`]: the rows (SQLite or PostgreSQL through sqlx).
 //! - [`auth`]: bearer tokens.
-//! - [`images`], [`operations`], [`hosts`]: the gRPC services.
+//! - [`images`], [`operations`], [`hosts`], [`accounts`]: the gRPC services.
 //! - [`dispatch`]: sending operations to agents and following them, also
 //!   across daemon restarts.
 
+pub mod accounts;
 #[cfg(test)]
 mod api_tests;
 pub mod auth;

@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use imprint_proto::tls::TlsFiles;
 use imprint_proto::v1::{
-    host_service_server::HostServiceServer, image_service_server::ImageServiceServer,
-    operation_service_server::OperationServiceServer,
+    account_service_server::AccountServiceServer, host_service_server::HostServiceServer,
+    image_service_server::ImageServiceServer, operation_service_server::OperationServiceServer,
 };
 use tonic::transport::server::Router;
 
-use crate::{dispatch::Dispatcher, hosts::Hosts, images::Images, operations::Operations};
+use crate::{
+    accounts::Accounts, dispatch::Dispatcher, hosts::Hosts, images::Images, operations::Operations,
+};
 
 /// The router with every service, health and reflection; operations left
 /// running by a previous daemon are resumed and background duties started.
@@ -43,5 +45,8 @@ pub async fn router(d: Arc<Dispatcher>, tls: Option<&TlsFiles>) -> anyhow::Resul
             tls.is_some(),
         )))
         .add_service(ImageServiceServer::new(Images::new(d.clone())))
+        .add_service(AccountServiceServer::new(Accounts::new(
+            d.catalog().clone(),
+        )))
         .add_service(OperationServiceServer::new(Operations::new(d))))
 }

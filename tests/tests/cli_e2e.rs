@@ -260,6 +260,51 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
         "the flag wins over the file"
     );
 
+    // Accounts over the API: admins only.
+    let (code, _, _) = cli.run(&["account", "create", "mallory"]);
+    assert_eq!(code, 4, "not an admin");
+    let root = Cli {
+        endpoint: cli.endpoint.clone(),
+        token: daemon
+            .admin(&["create", "root", "--admin"])
+            .trim()
+            .to_string(),
+    };
+    let (code, token, err) = root.run(&["account", "create", "carol"]);
+    assert_eq!(code, 0, "{err}");
+    let carol = token.trim().to_string();
+    assert!(carol.starts_with("imp_"), "{carol}");
+    assert_eq!(root.run(&["account", "create", "carol"]).0, 5, "exists");
+    assert_eq!(root.run(&["account", "create", "bad name"]).0, 2);
+    let as_carol = Cli {
+        endpoint: cli.endpoint.clone(),
+        token: carol.clone(),
+    };
+    assert!(
+        as_carol.json(&["host", "list"])["hosts"]
+            .as_array()
+            .expect("hosts")
+            .is_empty()
+    );
+    let granted = root.json(&["account", "allow-host", "carol", HOST]);
+    assert_eq!(granted["hosts"][0], HOST);
+    assert_eq!(as_carol.json(&["host", "list"])["hosts"][0]["name"], HOST);
+    let list = root.json(&["account", "list"]);
+    let names: Vec<&str> = list["accounts"]
+        .as_array()
+        .expect("accounts")
+        .iter()
+        .map(|a| a["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, ["alice", "carol", "root"]);
+    let rotated = root.json(&["account", "token", "carol"]);
+    assert_ne!(rotated["token"], carol.as_str());
+    assert_eq!(
+        as_carol.run(&["image", "list"]).0,
+        4,
+        "the old token is dead"
+    );
+
     // Completions and the man page come from the same definitions.
     let (code, bash, _) = cli.run(&["completions", "bash"]);
     assert_eq!(code, 0);
