@@ -953,6 +953,23 @@ pub async fn account(cmd: AccountCommand, conn: &Conn, ctx: &Ctx) -> Result<u8> 
         .map_err(|e| unreachable_names_endpoint(e, &endpoint))
 }
 
+async fn grant(api: &mut Api, ctx: &Ctx, name: String, host: String, allow: bool) -> Result<u8> {
+    let req = pb::HostGrantRequest {
+        account: name,
+        host,
+    };
+    let a = if allow {
+        api.accounts.allow_host(req).await
+    } else {
+        api.accounts.disallow_host(req).await
+    }?
+    .into_inner();
+    ctx.emit(&account_json(&a), || {
+        output::table(&["NAME", "ROLE", "HOSTS"], &[account_row(&a)])
+    })?;
+    Ok(0)
+}
+
 async fn account_inner(cmd: AccountCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> {
     let with_token = |t: pb::AccountToken| -> Result<u8> {
         let a = t.account.unwrap_or_default();
@@ -986,34 +1003,8 @@ async fn account_inner(cmd: AccountCommand, api: &mut Api, ctx: &Ctx) -> Result<
                 .into_inner();
             with_token(t)
         }
-        AccountCommand::AllowHost { name, host } => {
-            let a = api
-                .accounts
-                .allow_host(pb::HostGrantRequest {
-                    account: name,
-                    host,
-                })
-                .await?
-                .into_inner();
-            ctx.emit(&account_json(&a), || {
-                output::table(&["NAME", "ROLE", "HOSTS"], &[account_row(&a)])
-            })?;
-            Ok(0)
-        }
-        AccountCommand::DisallowHost { name, host } => {
-            let a = api
-                .accounts
-                .disallow_host(pb::HostGrantRequest {
-                    account: name,
-                    host,
-                })
-                .await?
-                .into_inner();
-            ctx.emit(&account_json(&a), || {
-                output::table(&["NAME", "ROLE", "HOSTS"], &[account_row(&a)])
-            })?;
-            Ok(0)
-        }
+        AccountCommand::AllowHost { name, host } => grant(api, ctx, name, host, true).await,
+        AccountCommand::DisallowHost { name, host } => grant(api, ctx, name, host, false).await,
         AccountCommand::List => {
             let list = api
                 .accounts

@@ -34,6 +34,22 @@ impl Accounts {
         Ok(who)
     }
 
+    async fn grant(
+        &self,
+        req: Request<pb::HostGrantRequest>,
+        allow: bool,
+    ) -> Result<Response<pb::Account>, Status> {
+        self.admin(&req).await?;
+        let r = req.into_inner();
+        if allow {
+            self.catalog.allow_host(&r.account, &r.host).await
+        } else {
+            self.catalog.disallow_host(&r.account, &r.host).await
+        }
+        .map_err(status)?;
+        Ok(Response::new(self.view(&r.account).await?))
+    }
+
     async fn view(&self, name: &str) -> Result<pb::Account, Status> {
         self.catalog
             .accounts()
@@ -94,26 +110,14 @@ impl AccountService for Accounts {
         &self,
         req: Request<pb::HostGrantRequest>,
     ) -> Result<Response<pb::Account>, Status> {
-        self.admin(&req).await?;
-        let r = req.into_inner();
-        self.catalog
-            .allow_host(&r.account, &r.host)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(self.view(&r.account).await?))
+        self.grant(req, true).await
     }
 
     async fn disallow_host(
         &self,
         req: Request<pb::HostGrantRequest>,
     ) -> Result<Response<pb::Account>, Status> {
-        self.admin(&req).await?;
-        let r = req.into_inner();
-        self.catalog
-            .disallow_host(&r.account, &r.host)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(self.view(&r.account).await?))
+        self.grant(req, false).await
     }
 
     async fn list_accounts(

@@ -565,155 +565,123 @@ async fn bad_input_on(w: World) {
         name: name.into(),
         ..Default::default()
     };
-    type Answer = Result<tonic::Response<pb::Operation>, tonic::Status>;
-    let cases: Vec<(&str, Code, Answer)> = vec![
+    let captures = [
         (
             "empty name",
             Code::InvalidArgument,
-            c.capture_image(w.req(As("alice"), capture("", "a", "h1")))
-                .await,
+            "alice",
+            capture("", "a", "h1"),
         ),
         (
             "over-long name",
             Code::InvalidArgument,
-            c.capture_image(w.req(As("alice"), capture(&"n".repeat(300), "a", "h1")))
-                .await,
+            "alice",
+            capture(&"n".repeat(300), "a", "h1"),
         ),
         (
             "unknown guest",
             Code::NotFound,
-            c.capture_image(w.req(As("alice"), capture("x", "nope", "h1")))
-                .await,
+            "alice",
+            capture("x", "nope", "h1"),
         ),
         (
             "unknown host",
             Code::NotFound,
-            c.capture_image(w.req(As("alice"), capture("x", "a", "h9")))
-                .await,
+            "alice",
+            capture("x", "a", "h9"),
         ),
         (
             "host not granted",
             Code::NotFound,
-            c.capture_image(w.req(As("dave"), capture("x", "a", "h1")))
-                .await,
+            "dave",
+            capture("x", "a", "h1"),
         ),
+    ];
+    let base = pb::DeployImageRequest {
+        image_id: img.id.clone(),
+        host: "h1".into(),
+        guest_name: "x".into(),
+        ..Default::default()
+    };
+    let deploys = [
         (
             "unknown image",
             Code::NotFound,
-            c.deploy_image(w.req(
-                As("alice"),
-                pb::DeployImageRequest {
-                    image_id: uuid::Uuid::new_v4().to_string(),
-                    host: "h1".into(),
-                    guest_name: "x".into(),
-                    ..Default::default()
-                },
-            ))
-            .await,
+            pb::DeployImageRequest {
+                image_id: uuid::Uuid::new_v4().to_string(),
+                ..base.clone()
+            },
         ),
         (
             "disk smaller than the image",
             Code::InvalidArgument,
-            c.deploy_image(w.req(
-                As("alice"),
-                pb::DeployImageRequest {
-                    image_id: img.id.clone(),
-                    host: "h1".into(),
-                    guest_name: "x".into(),
-                    disk_sizes_bytes: vec![1 << 20],
-                    ..Default::default()
-                },
-            ))
-            .await,
+            pb::DeployImageRequest {
+                disk_sizes_bytes: vec![1 << 20],
+                ..base.clone()
+            },
         ),
         (
             "more sizes than disks",
             Code::InvalidArgument,
-            c.deploy_image(w.req(
-                As("alice"),
-                pb::DeployImageRequest {
-                    image_id: img.id.clone(),
-                    host: "h1".into(),
-                    guest_name: "x".into(),
-                    disk_sizes_bytes: vec![0, 1 << 30],
-                    ..Default::default()
-                },
-            ))
-            .await,
+            pb::DeployImageRequest {
+                disk_sizes_bytes: vec![0, 1 << 30],
+                ..base.clone()
+            },
         ),
         (
             "bad guest name",
             Code::InvalidArgument,
-            c.deploy_image(w.req(
-                As("alice"),
-                pb::DeployImageRequest {
-                    image_id: img.id.clone(),
-                    host: "h1".into(),
-                    guest_name: "-rf /".into(),
-                    ..Default::default()
-                },
-            ))
-            .await,
+            pb::DeployImageRequest {
+                guest_name: "-rf /".into(),
+                ..base.clone()
+            },
         ),
         (
             "existing guest name (the agent refuses)",
             Code::AlreadyExists,
-            c.deploy_image(w.req(
-                As("alice"),
-                pb::DeployImageRequest {
-                    image_id: img.id.clone(),
-                    host: "h1".into(),
-                    guest_name: "a".into(),
-                    ..Default::default()
-                },
-            ))
-            .await,
+            pb::DeployImageRequest {
+                guest_name: "a".into(),
+                ..base.clone()
+            },
         ),
         (
             "bad static address (the agent refuses)",
             Code::InvalidArgument,
-            c.deploy_image(w.req(
-                As("alice"),
-                pb::DeployImageRequest {
-                    image_id: img.id.clone(),
-                    host: "h1".into(),
-                    guest_name: "x".into(),
-                    network: Some(pb::NetworkConfig {
-                        hostname: String::new(),
-                        interfaces: vec![pb::InterfaceConfig {
-                            addresses: vec!["300.1.1.1/24".into()],
-                            ..Default::default()
-                        }],
-                    }),
-                    ..Default::default()
-                },
-            ))
-            .await,
+            pb::DeployImageRequest {
+                network: Some(pb::NetworkConfig {
+                    hostname: String::new(),
+                    interfaces: vec![pb::InterfaceConfig {
+                        addresses: vec!["300.1.1.1/24".into()],
+                        ..Default::default()
+                    }],
+                }),
+                ..base.clone()
+            },
         ),
         (
             "too much memory",
             Code::InvalidArgument,
-            c.deploy_image(w.req(
-                As("alice"),
-                pb::DeployImageRequest {
-                    image_id: img.id.clone(),
-                    host: "h1".into(),
-                    guest_name: "x".into(),
-                    memory_mib: u64::MAX,
-                    ..Default::default()
-                },
-            ))
-            .await,
+            pb::DeployImageRequest {
+                memory_mib: u64::MAX,
+                ..base.clone()
+            },
         ),
     ];
-    for (what, want, got) in cases {
-        match got {
-            Ok(op) => panic!("{what}: accepted as operation {}", op.get_ref().id),
-            Err(s) => {
-                assert_eq!(s.code(), want, "{what}: {}", s.message());
-                assert!(!s.message().is_empty(), "{what}: a message");
+    let refused =
+        |what: &str, want: Code, got: Result<tonic::Response<pb::Operation>, tonic::Status>| {
+            match got {
+                Ok(op) => panic!("{what}: accepted as operation {}", op.get_ref().id),
+                Err(s) => {
+                    assert_eq!(s.code(), want, "{what}: {}", s.message());
+                    assert!(!s.message().is_empty(), "{what}: a message");
+                }
             }
-        }
+        };
+    for (what, want, who, r) in captures {
+        refused(what, want, c.capture_image(w.req(As(who), r)).await);
+    }
+    for (what, want, r) in deploys {
+        refused(what, want, c.deploy_image(w.req(As("alice"), r)).await);
     }
     let ops_after = w
         .catalog

@@ -374,12 +374,7 @@ impl Catalog {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| CatalogError::NotFound("unknown API token".into()))?;
-        let a = Account {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            can_publish: row.try_get::<i32, _>("can_publish")? != 0,
-            is_admin: row.try_get::<i32, _>("is_admin")? != 0,
-        };
+        let a = account_from_row(&row)?;
         let mut cache = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() > 10_000 {
             cache.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
@@ -787,12 +782,7 @@ impl Catalog {
                 .fetch_optional(&self.pool)
                 .await?
                 .ok_or_else(|| CatalogError::NotFound(format!("no account named {name:?}")))?;
-        Ok(Account {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            can_publish: row.try_get::<i32, _>("can_publish")? != 0,
-            is_admin: row.try_get::<i32, _>("is_admin")? != 0,
-        })
+        account_from_row(&row)
     }
 
     /// Every account with the hosts it may use, by name.
@@ -814,16 +804,7 @@ impl Catalog {
                     hosts.push(g.try_get("host")?);
                 }
             }
-            out.push((
-                Account {
-                    id,
-                    name: r.try_get("name")?,
-                    can_publish: r.try_get::<i32, _>("can_publish")? != 0,
-                    is_admin: r.try_get::<i32, _>("is_admin")? != 0,
-                },
-                hosts,
-                r.try_get("created_unix")?,
-            ));
+            out.push((account_from_row(&r)?, hosts, r.try_get("created_unix")?));
         }
         Ok(out)
     }
@@ -1161,6 +1142,15 @@ pub(crate) fn encode_token(created: i64, id: &str) -> String {
 
 /// A list page token: `v2:<order>:<id>:<key>` in hex, valid only for the
 /// order it was made for.
+fn account_from_row(row: &sqlx::any::AnyRow) -> Result<Account> {
+    Ok(Account {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        can_publish: row.try_get::<i32, _>("can_publish")? != 0,
+        is_admin: row.try_get::<i32, _>("is_admin")? != 0,
+    })
+}
+
 fn decode_list_token(t: &str, order: ListOrder) -> Result<(String, String)> {
     let bad = || {
         CatalogError::InvalidArgument(format!(

@@ -342,19 +342,7 @@ impl Dispatcher {
                 let bps = rate.sample(a.bytes_done);
                 if last_write.elapsed() >= PROGRESS_EVERY {
                     last_write = Instant::now();
-                    if let Err(e) = self
-                        .catalog
-                        .update_progress(
-                            &op.id,
-                            &a.phase,
-                            a.bytes_done as i64,
-                            a.bytes_total as i64,
-                            bps,
-                        )
-                        .await
-                    {
-                        tracing::warn!(op = %op.id, error = %e, "cannot record progress");
-                    }
+                    self.record_progress(&op.id, &a, bps).await;
                     self.bump();
                 }
                 continue;
@@ -394,19 +382,7 @@ impl Dispatcher {
         };
         let result = hex::encode(a.encode_to_vec());
         // The final figures, so the row does not keep the last sampled ones.
-        if let Err(e) = self
-            .catalog
-            .update_progress(
-                &op.id,
-                &a.phase,
-                a.bytes_done as i64,
-                a.bytes_total as i64,
-                0.0,
-            )
-            .await
-        {
-            tracing::warn!(op = %op.id, error = %e, "cannot record final progress");
-        }
+        self.record_progress(&op.id, a, 0.0).await;
         match self
             .catalog
             .finish_operation(&op.id, state, &a.error, a.error_code, &result, &outcome)
@@ -425,6 +401,16 @@ impl Dispatcher {
             }
         }
         self.bump();
+    }
+
+    async fn record_progress(&self, id: &str, a: &pb::AgentOperation, bps: f64) {
+        if let Err(e) = self
+            .catalog
+            .update_progress(id, &a.phase, a.bytes_done as i64, a.bytes_total as i64, bps)
+            .await
+        {
+            tracing::warn!(op = %id, error = %e, "cannot record progress");
+        }
     }
 
     fn image_failed(&self, op: &OperationRow, error: &str) -> ImageOutcome {

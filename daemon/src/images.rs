@@ -528,36 +528,14 @@ impl ImageService for Images {
         &self,
         req: Request<pb::ShareImageRequest>,
     ) -> Result<Response<pb::Image>, Status> {
-        let who = auth::account(self.catalog(), &req).await?;
-        let r = req.into_inner();
-        if r.accounts.is_empty() {
-            return Err(Status::invalid_argument(
-                "name at least one account to share with",
-            ));
-        }
-        self.catalog()
-            .share(&who, &r.id, &r.accounts)
-            .await
-            .map_err(status)?;
-        self.get_owned(&who, &r.id).await
+        self.members(req, true).await
     }
 
     async fn unshare_image(
         &self,
         req: Request<pb::ShareImageRequest>,
     ) -> Result<Response<pb::Image>, Status> {
-        let who = auth::account(self.catalog(), &req).await?;
-        let r = req.into_inner();
-        if r.accounts.is_empty() {
-            return Err(Status::invalid_argument(
-                "name at least one account to unshare with",
-            ));
-        }
-        self.catalog()
-            .unshare(&who, &r.id, &r.accounts)
-            .await
-            .map_err(status)?;
-        self.get_owned(&who, &r.id).await
+        self.members(req, false).await
     }
 
     async fn accept_share(
@@ -590,6 +568,29 @@ impl ImageService for Images {
 }
 
 impl Images {
+    /// Share with (or unshare from) named accounts.
+    async fn members(
+        &self,
+        req: Request<pb::ShareImageRequest>,
+        share: bool,
+    ) -> Result<Response<pb::Image>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let r = req.into_inner();
+        if r.accounts.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "name at least one account to {} with",
+                if share { "share" } else { "unshare" }
+            )));
+        }
+        if share {
+            self.catalog().share(&who, &r.id, &r.accounts).await
+        } else {
+            self.catalog().unshare(&who, &r.id, &r.accounts).await
+        }
+        .map_err(status)?;
+        self.get_owned(&who, &r.id).await
+    }
+
     async fn get_owned(&self, who: &Account, id: &str) -> Result<Response<pb::Image>, Status> {
         let row = self.catalog().get_image(who, id).await.map_err(status)?;
         Ok(Response::new(self.image_pb(who, row).await?))

@@ -333,18 +333,24 @@ async fn capture_survives_a_daemon_crash_then_deploy_and_delete() {
     );
 }
 
-/// An agent that dies mid-capture and comes back without the operation:
-/// the daemon fails it with that reason, the image is FAILED, and the
-/// restarted agent returns the guest to its power state from its journal.
-#[tokio::test(flavor = "multi_thread")]
-async fn agent_lost_operation_fails_with_a_reason() {
+/// A daemon and agent, and a capture of a guest that ignores ACPI (600 s
+/// timeout, no force-off) waiting for its shutdown.
+struct Deaf {
+    daemon: DaemonProcess,
+    f: Fixture,
+    guest: Domain,
+    api_a: Api,
+    op: pb::Operation,
+}
+
+async fn deaf_capture_running() -> Deaf {
     let wd = Workdir::new("imprint-daemon-e2e-");
     let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
-    let mut f = Fixture::in_workdir(wd, &["--daemon", &daemon.endpoint(), "--host-name", HOST]);
+    let f = Fixture::in_workdir(wd, &["--daemon", &daemon.endpoint(), "--host-name", HOST]);
     let alice = daemon.account("alice");
     registered(&daemon, &alice).await;
     let disk = f.disk_in_pool_a(&f.guest.disk_ignore_acpi, "deaf-vda.raw");
-    let (a, name_a, _log) = f.boot_guest("deaf", &[(&disk, "raw")]);
+    let (guest, name_a, _log) = f.boot_guest("deaf", &[(&disk, "raw")]);
     let mut api_a = api(&daemon.endpoint(), &alice);
     let op = api_a
         .images
@@ -358,8 +364,29 @@ async fn agent_lost_operation_fails_with_a_reason() {
         .await
         .expect("capture")
         .into_inner();
-    // The guest ignores ACPI: the capture waits. Kill the agent meanwhile.
+    // The guest ignores ACPI: the capture waits for its shutdown.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    Deaf {
+        daemon,
+        f,
+        guest,
+        api_a,
+        op,
+    }
+}
+
+/// An agent that dies mid-capture and comes back without the operation:
+/// the daemon fails it with that reason, the image is FAILED, and the
+/// restarted agent returns the guest to its power state from its journal.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_lost_operation_fails_with_a_reason() {
+    let Deaf {
+        daemon: _daemon,
+        mut f,
+        guest: a,
+        mut api_a,
+        op,
+    } = deaf_capture_running().await;
     f.restart_agent();
     let (done, _) = api_a.wait(&op.id).await;
     assert_eq!(done.state, pb::OperationState::Failed as i32);
@@ -392,27 +419,13 @@ async fn agent_lost_operation_fails_with_a_reason() {
 /// image FAILED with the reason, and the agent exits cleanly.
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_sigterm_cancels_in_flight_capture_cleanly() {
-    let wd = Workdir::new("imprint-daemon-e2e-");
-    let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
-    let mut f = Fixture::in_workdir(wd, &["--daemon", &daemon.endpoint(), "--host-name", HOST]);
-    let alice = daemon.account("alice");
-    registered(&daemon, &alice).await;
-    let disk = f.disk_in_pool_a(&f.guest.disk_ignore_acpi, "deaf-vda.raw");
-    let (a, name_a, _log) = f.boot_guest("deaf", &[(&disk, "raw")]);
-    let mut api_a = api(&daemon.endpoint(), &alice);
-    let op = api_a
-        .images
-        .capture_image(pb::CaptureImageRequest {
-            host: HOST.into(),
-            guest: name_a.clone(),
-            name: "deaf".into(),
-            shutdown_timeout_seconds: 600,
-            ..Default::default()
-        })
-        .await
-        .expect("capture")
-        .into_inner();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let Deaf {
+        daemon: _daemon,
+        mut f,
+        guest: a,
+        mut api_a,
+        op,
+    } = deaf_capture_running().await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(f.agent.child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
