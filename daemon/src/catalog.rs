@@ -645,16 +645,22 @@ impl Catalog {
         Ok(())
     }
 
+    /// Ids of named accounts; an unknown one is refused (before anything
+    /// changes) as bad input of `verb`.
+    async fn account_ids(&self, accounts: &[String], verb: &str) -> Result<Vec<String>> {
+        let mut ids = Vec::with_capacity(accounts.len());
+        for a in accounts {
+            ids.push(self.account_id_by_name(a).await.map_err(|_| {
+                CatalogError::InvalidArgument(format!("no account named {a:?} to {verb} with"))
+            })?);
+        }
+        Ok(ids)
+    }
+
     /// Share an owned image with named accounts (pending until they decide).
     pub async fn share(&self, owner: &Account, id: &str, accounts: &[String]) -> Result<()> {
         let img = self.owned_image(owner, id).await?;
-        let mut ids = Vec::new();
-        for a in accounts {
-            // Unknown accounts are refused before anything changes.
-            ids.push(self.account_id_by_name(a).await.map_err(|_| {
-                CatalogError::InvalidArgument(format!("no account named {a:?} to share with"))
-            })?);
-        }
+        let ids = self.account_ids(accounts, "share").await?;
         let mut tx = self.pool.begin().await?;
         for aid in &ids {
             if aid == &owner.id {
@@ -971,12 +977,7 @@ impl Catalog {
     /// Stop sharing an owned image with named accounts.
     pub async fn unshare(&self, owner: &Account, id: &str, accounts: &[String]) -> Result<()> {
         let img = self.owned_image(owner, id).await?;
-        let mut ids = Vec::new();
-        for a in accounts {
-            ids.push(self.account_id_by_name(a).await.map_err(|_| {
-                CatalogError::InvalidArgument(format!("no account named {a:?} to unshare with"))
-            })?);
-        }
+        let ids = self.account_ids(accounts, "unshare").await?;
         let mut tx = self.pool.begin().await?;
         for aid in &ids {
             sqlx::query("DELETE FROM image_members WHERE image_id = $1 AND account_id = $2")
