@@ -183,9 +183,13 @@ async fn main() -> Result<()> {
     health
         .set_serving::<imprint_proto::v1::agent_service_server::AgentServiceServer<Agent>>()
         .await;
+    // Reflection v1 and v1alpha: grpcurl and older clients ask the latter.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(imprint_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(imprint_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
     tracing::info!(%local, %uri, store = %store_dir.display(), settings = ?settings, "imprint-agent serving");
     // Tests and scripts read this line to find a port chosen by the kernel.
     println!("listening on {local}");
@@ -243,6 +247,7 @@ async fn main() -> Result<()> {
     server
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(agent.into_server())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),

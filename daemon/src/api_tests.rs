@@ -41,6 +41,7 @@ struct World {
     ops: OperationServiceClient<Channel>,
     tokens: HashMap<&'static str, String>,
     catalog: Catalog,
+    channel: Channel,
 }
 
 async fn serve_agent(hv: Arc<FakeHypervisor>, store: Store, journal: Journal) -> SocketAddr {
@@ -139,9 +140,10 @@ async fn world(catalog: Catalog) -> World {
         _tmp: tmp,
         hv,
         images: ImageServiceClient::new(ch.clone()),
-        ops: OperationServiceClient::new(ch),
+        ops: OperationServiceClient::new(ch.clone()),
         tokens,
         catalog,
+        channel: ch,
     }
 }
 
@@ -940,4 +942,66 @@ async fn bad_input_on(w: World) {
         .expect_err("failed image");
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("failed"), "{}", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_lists_every_service() {
+    use tonic_reflection::pb::{v1, v1alpha};
+    let (_b, c) = catalogs().await.into_iter().next().expect("sqlite");
+    let w = world(c).await;
+    let ch = w.channel.clone();
+    let mut seen = Vec::new();
+    // v1 (current clients) ...
+    let mut r1 = v1::server_reflection_client::ServerReflectionClient::new(ch.clone());
+    let req = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut s = r1
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection v1")
+        .into_inner();
+    if let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(l)) = s
+        .message()
+        .await
+        .expect("answer")
+        .and_then(|m| m.message_response)
+    {
+        seen.push(l.service.into_iter().map(|s| s.name).collect::<Vec<_>>());
+    }
+    // ... and v1alpha (grpcurl, older clients).
+    let mut ra = v1alpha::server_reflection_client::ServerReflectionClient::new(ch);
+    let req = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+    };
+    let mut s = ra
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection v1alpha")
+        .into_inner();
+    if let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(l)) = s
+        .message()
+        .await
+        .expect("answer")
+        .and_then(|m| m.message_response)
+    {
+        seen.push(l.service.into_iter().map(|s| s.name).collect::<Vec<_>>());
+    }
+    assert_eq!(seen.len(), 2, "both versions answer");
+    for names in seen {
+        for want in [
+            "imprint.v1.ImageService",
+            "imprint.v1.OperationService",
+            "imprint.v1.HostService",
+            "imprint.v1.AccountService",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+        }
+    }
 }

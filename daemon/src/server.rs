@@ -28,9 +28,13 @@ pub async fn router(d: Arc<Dispatcher>, tls: Option<&TlsFiles>) -> anyhow::Resul
     health
         .set_serving::<OperationServiceServer<Operations>>()
         .await;
+    // Reflection v1 and v1alpha: grpcurl and older clients ask the latter.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(imprint_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(imprint_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
     let mut server = tonic::transport::Server::builder();
     if let Some(t) = tls {
         // Users come without certificates (they have tokens); agents must
@@ -40,6 +44,7 @@ pub async fn router(d: Arc<Dispatcher>, tls: Option<&TlsFiles>) -> anyhow::Resul
     Ok(server
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(HostServiceServer::new(Hosts::new(
             d.catalog().clone(),
             tls.is_some(),
