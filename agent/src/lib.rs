@@ -20,4 +20,5 @@ pub mod journal;
 pub mod libvirt;
 pub mod qcow2;
 pub mod service;
+pub mod transfer;
 pub mod work;

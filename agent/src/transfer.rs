@@ -1,0 +1,361 @@
+//! Import and export: bring a disk image file (raw or qcow2) into the
+//! store as a new image, and write an image's disk out as a raw or qcow2
+//! file that `qemu-img compare` finds identical to the guest-visible disk.
+//!
+//! What is refused before anything is written, with the reason:
+//! - files that are not disk images we read: empty, a size that is not a
+//!   multiple of 512, or another container format (VMDK, VHD/VHDX, VDI,
+//!   LUKS: convert it with `qemu-img convert` first);
+//! - qcow2 with an external data file;
+//! - qcow2 whose backing chain leaves the directory of the imported file
+//!   (the import would read files the caller did not name).
+//!
+//! An export never leaves a partial file under the requested name: it is
+//! written beside it and renamed at the end.
+
+use std::{
+    fs::File,
+    io::Read,
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    sync::{Arc, atomic::AtomicBool},
+};
+
+use imprint_store::{
+    ImageId, Store,
+    capture::{CaptureOptions, DiskInput},
+    restore::{RestoreOptions, restore_disk},
+    source::{DiskSource, DiskTarget, FileSource, FileTarget},
+};
+
+use crate::{
+    error::{AgentError, Kind, Result},
+    work::Report,
+};
+
+/// A disk image file's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Raw bytes.
+    Raw,
+    /// qcow2 (version 2 or 3).
+    Qcow2,
+}
+
+impl Format {
+    /// `raw`, `qcow2`; empty means "detect" (import) or raw (export).
+    pub fn parse(s: &str) -> Result<Option<Self>> {
+        match s {
+            "" => Ok(None),
+            "raw" => Ok(Some(Format::Raw)),
+            "qcow2" => Ok(Some(Format::Qcow2)),
+            other => Err(invalid(format!("format {other:?} is not raw or qcow2"))),
+        }
+    }
+}
+
+fn invalid(m: String) -> AgentError {
+    AgentError::new(Kind::InvalidArgument, m)
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> AgentError {
+    let kind = match e.kind() {
+        std::io::ErrorKind::NotFound => Kind::NotFound,
+        std::io::ErrorKind::PermissionDenied => Kind::FailedPrecondition,
+        std::io::ErrorKind::StorageFull => Kind::ResourceExhausted,
+        _ => Kind::Internal,
+    };
+    AgentError::new(kind, format!("{what} {}: {e}", path.display()))
+}
+
+/// Other formats' signatures, so a wrong file gets a useful answer.
+fn foreign_format(head: &[u8], tail: &[u8]) -> Option<&'static str> {
+    let at = |b: &[u8], off: usize, sig: &[u8]| {
+        b.len() >= off + sig.len() && &b[off..off + sig.len()] == sig
+    };
+    if at(head, 0, b"KDMV") || at(head, 0, b"# Disk DescriptorFile") {
+        Some("VMDK")
+    } else if at(head, 0, b"vhdxfile") {
+        Some("VHDX")
+    } else if at(head, 0, b"conectix") || at(tail, 0, b"conectix") {
+        Some("VHD")
+    } else if at(head, 64, &[0x7f, 0x10, 0xda, 0xbe]) {
+        Some("VDI")
+    } else if at(head, 0, b"LUKS\xba\xbe") {
+        Some("LUKS")
+    } else if at(head, 0, b"QFI\xfb") {
+        Some("qcow2")
+    } else {
+        None
+    }
+}
+
+/// What a qcow2 header says about files beyond the image itself.
+struct Qcow2Header {
+    backing: Option<String>,
+    external_data_file: bool,
+}
+
+fn qcow2_header(f: &File, path: &Path) -> Result<Qcow2Header> {
+    let mut h = [0u8; 80];
+    f.read_exact_at(&mut h[..72], 0)
+        .map_err(|e| io("read qcow2 header of", path, e))?;
+    if u32::from_be_bytes([h[4], h[5], h[6], h[7]]) >= 3 {
+        f.read_exact_at(&mut h[72..80], 72)
+            .map_err(|e| io("read qcow2 header of", path, e))?;
+    }
+    let h = h;
+    let be32 = |o: usize| u32::from_be_bytes(h[o..o + 4].try_into().expect("4 bytes"));
+    let be64 = |o: usize| u64::from_be_bytes(h[o..o + 8].try_into().expect("8 bytes"));
+    let version = be32(4);
+    if !(2..=3).contains(&version) {
+        return Err(invalid(format!(
+            "{} is qcow2 version {version}; versions 2 and 3 are read",
+            path.display()
+        )));
+    }
+    let mut external_data_file = false;
+    if version == 3 {
+        // Incompatible feature bit 2: the guest data lives in another file.
+        external_data_file = be64(72) & (1 << 2) != 0;
+    }
+    let (off, len) = (be64(8), be32(16) as usize);
+    let backing = if off == 0 || len == 0 {
+        None
+    } else if len > 1023 {
+        return Err(invalid(format!(
+            "{}: backing file name too long",
+            path.display()
+        )));
+    } else {
+        let mut name = vec![0u8; len];
+        f.read_exact_at(&mut name, off)
+            .map_err(|e| io("read backing file name of", path, e))?;
+        Some(String::from_utf8(name).map_err(|_| {
+            invalid(format!(
+                "{}: backing file name is not UTF-8",
+                path.display()
+            ))
+        })?)
+    };
+    Ok(Qcow2Header {
+        backing,
+        external_data_file,
+    })
+}
+
+/// Check `path` (and, for qcow2, its whole backing chain) before import;
+/// returns the detected format.
+pub fn check_import(path: &Path, want: Option<Format>) -> Result<Format> {
+    let canonical = path.canonicalize().map_err(|e| io("open", path, e))?;
+    let dir = canonical
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let mut current = canonical.clone();
+    let mut first = None;
+    for depth in 0..16 {
+        let mut f = File::open(&current).map_err(|e| io("open", &current, e))?;
+        let meta = f.metadata().map_err(|e| io("stat", &current, e))?;
+        if !meta.file_type().is_file() {
+            return Err(invalid(format!(
+                "{} is not a regular file",
+                current.display()
+            )));
+        }
+        let len = meta.len();
+        let mut head = [0u8; 512];
+        let n = f.read(&mut head).map_err(|e| io("read", &current, e))?;
+        let mut tail = [0u8; 512];
+        if len >= 512 {
+            f.read_exact_at(&mut tail, len - 512)
+                .map_err(|e| io("read", &current, e))?;
+        }
+        let detected = match foreign_format(&head[..n], &tail) {
+            Some("qcow2") => Format::Qcow2,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "{} is a {other} image; convert it to raw or qcow2 with qemu-img convert first",
+                    current.display()
+                )));
+            }
+            None => Format::Raw,
+        };
+        if depth == 0 {
+            if let Some(w) = want
+                && w != detected
+            {
+                return Err(invalid(format!(
+                    "{} is {}, not {}",
+                    path.display(),
+                    if detected == Format::Qcow2 {
+                        "qcow2"
+                    } else {
+                        "raw"
+                    },
+                    if w == Format::Qcow2 { "qcow2" } else { "raw" }
+                )));
+            }
+            first = Some(detected);
+        }
+        if detected == Format::Raw {
+            if len == 0 || len % 512 != 0 {
+                return Err(invalid(format!(
+                    "{} is not a disk image: {len} bytes is not a positive multiple of 512",
+                    current.display()
+                )));
+            }
+            break;
+        }
+        let h = qcow2_header(&f, &current)?;
+        if h.external_data_file {
+            return Err(invalid(format!(
+                "{} keeps its data in an external data file; merge it with qemu-img convert first",
+                current.display()
+            )));
+        }
+        let Some(backing) = h.backing else { break };
+        let base = current.parent().map(Path::to_path_buf).unwrap_or_default();
+        let next = base.join(&backing);
+        let next = next
+            .canonicalize()
+            .map_err(|e| io(&format!("open backing file {backing:?} of"), &current, e))?;
+        if !next.starts_with(&dir) {
+            return Err(invalid(format!(
+                "{} has backing file {} outside {}; flatten it with qemu-img convert first",
+                current.display(),
+                next.display(),
+                dir.display()
+            )));
+        }
+        current = next;
+        if depth == 15 {
+            return Err(invalid(format!(
+                "{}: backing chain deeper than 16",
+                path.display()
+            )));
+        }
+    }
+    first.ok_or_else(|| invalid(format!("{} cannot be read", path.display())))
+}
+
+/// Import the disk image at `path` as a new image named `name`.
+pub fn import(
+    store: &Store,
+    path: &Path,
+    want: Option<Format>,
+    name: &str,
+    image_id: Option<ImageId>,
+    cancel: &Arc<AtomicBool>,
+    report: Report<'_>,
+) -> Result<imprint_store::capture::CaptureReport> {
+    imprint_store::manifest::validate_name(name)?;
+    let format = check_import(path, want)?;
+    report("reading disk", 0, 0);
+    let source: Box<dyn DiskSource> = match format {
+        Format::Raw => Box::new(FileSource::open(path).map_err(|e| io("open", path, e))?),
+        Format::Qcow2 => crate::qcow2::open(&path.to_string_lossy())?,
+    };
+    let opts = CaptureOptions {
+        cancel: Some(cancel.clone()),
+        image_id,
+        labels: [(
+            "imprint.imported_from".to_string(),
+            path.display().to_string(),
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let disk = DiskInput {
+        name: "vda".into(),
+        source,
+    };
+    Ok(imprint_store::capture::capture(
+        store,
+        name,
+        vec![disk],
+        &opts,
+        &mut |p| report("reading disk", p.bytes_done, p.bytes_total),
+    )?)
+}
+
+/// Write disk `disk` of image `image` to `path` as `format`; an existing
+/// file is refused. Returns the guest-visible bytes written.
+pub fn export(
+    store: &Store,
+    image: &ImageId,
+    disk: usize,
+    path: &Path,
+    format: Format,
+    cancel: &Arc<AtomicBool>,
+    report: Report<'_>,
+) -> Result<u64> {
+    let manifest = store.manifest(image)?;
+    let entry = manifest.disks.get(disk).ok_or_else(|| {
+        invalid(format!(
+            "image {image} has {} disk(s); there is no disk {disk}",
+            manifest.disks.len()
+        ))
+    })?;
+    if path.exists() {
+        return Err(AgentError::new(
+            Kind::Conflict,
+            format!("{} exists; export writes new files only", path.display()),
+        ));
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| invalid(format!("{} names no file", path.display())))?;
+    let tmp = parent.join(format!(".{}.imprint-partial", file_name.to_string_lossy()));
+    let result = (|| {
+        let mut target: Box<dyn DiskTarget> = match format {
+            Format::Raw => Box::new(
+                FileTarget::create(&tmp, entry.size_bytes).map_err(|e| io("create", &tmp, e))?,
+            ),
+            Format::Qcow2 => {
+                let out = std::process::Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2"])
+                    .arg(&tmp)
+                    .arg(entry.size_bytes.to_string())
+                    .output()
+                    .map_err(|e| {
+                        AgentError::new(
+                            Kind::FailedPrecondition,
+                            format!("qemu-img (package qemu-utils) is needed for qcow2: {e}"),
+                        )
+                    })?;
+                if !out.status.success() {
+                    return Err(AgentError::new(
+                        Kind::Internal,
+                        format!(
+                            "qemu-img create {}: {}",
+                            tmp.display(),
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        ),
+                    ));
+                }
+                Box::new(crate::qcow2::Qcow2Target::open(&tmp.to_string_lossy())?)
+            }
+        };
+        let opts = RestoreOptions {
+            cancel: Some(cancel.clone()),
+            sync: true,
+            ..Default::default()
+        };
+        let total = entry.size_bytes;
+        restore_disk(store, &manifest, disk, &mut *target, &opts, &mut |p| {
+            report("writing file", p.bytes_done, total)
+        })?;
+        drop(target);
+        std::fs::rename(&tmp, path).map_err(|e| io("rename into", path, e))?;
+        Ok(entry.size_bytes)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
