@@ -47,6 +47,10 @@ struct Args {
     /// Serve Prometheus metrics (`GET /metrics`) on this address.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Imports read and exports write files only below this directory
+    /// (default /var/lib/imprint-agent/transfer).
+    #[arg(long)]
+    transfer_dir: Option<PathBuf>,
     /// At SIGTERM, how long in-flight operations get to finish cancelling
     /// (guests back to their power state) before the agent exits anyway;
     /// its journal covers the rest at the next start.
@@ -91,6 +95,7 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     tls_ca: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
+    transfer_dir: Option<PathBuf>,
 }
 
 fn detect_domain_type() -> String {
@@ -158,7 +163,16 @@ async fn main() -> Result<()> {
         domain_type,
         console_log_dir: args.console_log_dir.or(file.console_log_dir),
         default_shutdown_timeout: Duration::from_secs(file.shutdown_timeout_seconds.unwrap_or(300)),
+        transfer_dir: Some(
+            args.transfer_dir
+                .or(file.transfer_dir)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/imprint-agent/transfer")),
+        ),
     };
+    if let Some(dir) = &settings.transfer_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("create transfer directory {}", dir.display()))?;
+    }
     let store = imprint_store::Store::open_or_create_dir(&store_dir, false, Default::default())
         .with_context(|| format!("open store {}", store_dir.display()))?;
     let journal = Journal::open(&journal_dir)?;

@@ -25,6 +25,7 @@ use crate::{
     error::{AgentError, Kind},
     hypervisor::{Hypervisor, PowerState},
     journal::Journal,
+    transfer,
     work::{self, Busy, CaptureSpec, Ctx, DeploySpec, InterfaceSpec},
 };
 
@@ -39,6 +40,9 @@ pub struct Settings {
     pub console_log_dir: Option<PathBuf>,
     /// Shutdown timeout when a capture gives none.
     pub default_shutdown_timeout: Duration,
+    /// Imports read and exports write only below this directory (none:
+    /// imports and exports are refused).
+    pub transfer_dir: Option<PathBuf>,
 }
 
 struct Op {
@@ -131,6 +135,47 @@ impl Agent {
         AgentServiceServer::new(self)
     }
 
+    /// `given` if it is absolute and (for imports: resolved, for exports:
+    /// its directory) inside the transfer directory.
+    fn transfer_path(&self, given: &str, must_exist: bool) -> Result<PathBuf, Status> {
+        let Some(dir) = &self.settings.transfer_dir else {
+            return Err(Status::failed_precondition(
+                "this agent has no transfer directory (transfer_dir) for imports and exports",
+            ));
+        };
+        let p = PathBuf::from(given);
+        if !p.is_absolute() {
+            return Err(Status::invalid_argument(format!(
+                "path {given:?} must be absolute"
+            )));
+        }
+        let dir = dir.canonicalize().map_err(|e| {
+            Status::failed_precondition(format!("transfer directory {}: {e}", dir.display()))
+        })?;
+        let resolved = if must_exist {
+            p.canonicalize()
+                .map_err(|e| Status::not_found(format!("{given}: {e}")))?
+        } else {
+            let parent = p
+                .parent()
+                .ok_or_else(|| Status::invalid_argument(format!("path {given:?} names no file")))?
+                .canonicalize()
+                .map_err(|e| Status::not_found(format!("directory of {given}: {e}")))?;
+            parent.join(
+                p.file_name().ok_or_else(|| {
+                    Status::invalid_argument(format!("path {given:?} names no file"))
+                })?,
+            )
+        };
+        if !resolved.starts_with(&dir) {
+            return Err(Status::permission_denied(format!(
+                "{given} is outside this agent's transfer directory {}",
+                dir.display()
+            )));
+        }
+        Ok(resolved)
+    }
+
     fn existing(&self, id: &str) -> Option<pb::AgentOperation> {
         self.ops
             .lock()
@@ -196,6 +241,13 @@ impl Agent {
                         o.bytes_total = r.bytes_total;
                         o.capture = Some(r);
                     }
+                    Ok(Finished::Export(r)) => {
+                        o.state = pb::OperationState::Succeeded as i32;
+                        o.phase = "done".into();
+                        o.bytes_done = r.size_bytes;
+                        o.bytes_total = r.size_bytes;
+                        o.export = Some(r);
+                    }
                     Ok(Finished::Deploy(r)) => {
                         o.state = pb::OperationState::Succeeded as i32;
                         o.phase = "done".into();
@@ -216,10 +268,11 @@ impl Agent {
             });
             let o = tx.borrow().clone();
             tracing::info!(operation = %o.operation_id, state = o.state, error = %o.error, "operation finished");
-            let kind = if o.kind == pb::OperationKind::Capture as i32 {
-                "capture"
-            } else {
-                "deploy"
+            let kind = match pb::OperationKind::try_from(o.kind) {
+                Ok(pb::OperationKind::Capture) => "capture",
+                Ok(pb::OperationKind::Import) => "import",
+                Ok(pb::OperationKind::Export) => "export",
+                _ => "deploy",
             };
             let result = match pb::OperationState::try_from(o.state) {
                 Ok(pb::OperationState::Succeeded) => "succeeded",
@@ -263,6 +316,7 @@ impl Agent {
 enum Finished {
     Capture(pb::CaptureResult),
     Deploy(pb::DeployResult),
+    Export(pb::ExportResult),
 }
 
 fn op_id(given: &str) -> Result<String, Status> {
@@ -426,6 +480,137 @@ impl AgentService for Agent {
                     bytes_written: o.bytes_written,
                     write_seconds: o.write_seconds,
                     started: o.started,
+                }))
+            },
+        );
+        Ok(Response::new(op))
+    }
+
+    async fn import(
+        &self,
+        req: Request<pb::ImportRequest>,
+    ) -> Result<Response<pb::AgentOperation>, Status> {
+        let r = req.into_inner();
+        let id = op_id(&r.operation_id)?;
+        if let Some(op) = self.existing(&id) {
+            return Ok(Response::new(op));
+        }
+        imprint_store::manifest::validate_name(&r.image_name).map_err(|e| status(e.into()))?;
+        let path = self.transfer_path(&r.path, true)?;
+        let want = match pb::DiskFormat::try_from(r.format) {
+            Ok(pb::DiskFormat::Unspecified) => None,
+            Ok(pb::DiskFormat::Raw) => Some(transfer::Format::Raw),
+            Ok(pb::DiskFormat::Qcow2) => Some(transfer::Format::Qcow2),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown format {}",
+                    r.format
+                )));
+            }
+        };
+        let image_id =
+            match r.image_id.as_str() {
+                "" => None,
+                s => Some(s.parse::<imprint_store::ImageId>().map_err(|_| {
+                    Status::invalid_argument(format!("image_id {s:?} must be a UUID"))
+                })?),
+            };
+        // Refuse what cannot be imported now, as an error of this call.
+        let check = path.clone();
+        blocking(move || transfer::check_import(&check, want).map(|_| ())).await?;
+        let store = self.ctx.store.clone();
+        let op = self.launch(
+            id,
+            pb::OperationKind::Import,
+            String::new(),
+            move |cancel, report| {
+                let r =
+                    transfer::import(&store, &path, want, &r.image_name, image_id, cancel, report)?;
+                Ok(Finished::Capture(pb::CaptureResult {
+                    image_id: r.manifest.image_id.to_string(),
+                    bytes_total: r.stats.bytes_total,
+                    bytes_read: r.stats.bytes_read,
+                    bytes_stored: r.stats.bytes_stored,
+                    bytes_deduplicated: r.stats.bytes_deduplicated,
+                    zero_bytes_skipped: r.stats.zero_bytes_skipped,
+                    read_seconds: r.stats.seconds,
+                    disks: r
+                        .manifest
+                        .disks
+                        .iter()
+                        .map(|d| pb::CapturedDisk {
+                            name: d.name.clone(),
+                            size_bytes: d.size_bytes,
+                            sha256: d.sha256.clone().unwrap_or_default(),
+                        })
+                        .collect(),
+                    config_json: r.manifest.config.to_string(),
+                    ..Default::default()
+                }))
+            },
+        );
+        Ok(Response::new(op))
+    }
+
+    async fn export(
+        &self,
+        req: Request<pb::ExportRequest>,
+    ) -> Result<Response<pb::AgentOperation>, Status> {
+        let r = req.into_inner();
+        let id = op_id(&r.operation_id)?;
+        if let Some(op) = self.existing(&id) {
+            return Ok(Response::new(op));
+        }
+        let path = self.transfer_path(&r.path, false)?;
+        let (format, pb_format) = match pb::DiskFormat::try_from(r.format) {
+            Ok(pb::DiskFormat::Unspecified | pb::DiskFormat::Raw) => {
+                (transfer::Format::Raw, pb::DiskFormat::Raw)
+            }
+            Ok(pb::DiskFormat::Qcow2) => (transfer::Format::Qcow2, pb::DiskFormat::Qcow2),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown format {}",
+                    r.format
+                )));
+            }
+        };
+        let image: imprint_store::ImageId = r
+            .image_id
+            .parse()
+            .map_err(|e: imprint_store::Error| status(e.into()))?;
+        if path.exists() {
+            return Err(Status::already_exists(format!(
+                "{} exists; export writes new files only",
+                path.display()
+            )));
+        }
+        let store = self.ctx.store.clone();
+        let (check, disk) = (image.clone(), r.disk as usize);
+        blocking(move || {
+            let m = store.manifest(&check).map_err(AgentError::from)?;
+            if disk >= m.disks.len() {
+                return Err(AgentError::new(
+                    Kind::InvalidArgument,
+                    format!(
+                        "image {check} has {} disk(s); there is no disk {disk}",
+                        m.disks.len()
+                    ),
+                ));
+            }
+            Ok(())
+        })
+        .await?;
+        let store = self.ctx.store.clone();
+        let op = self.launch(
+            id,
+            pb::OperationKind::Export,
+            String::new(),
+            move |cancel, report| {
+                let size = transfer::export(&store, &image, disk, &path, format, cancel, report)?;
+                Ok(Finished::Export(pb::ExportResult {
+                    path: path.display().to_string(),
+                    size_bytes: size,
+                    format: pb_format as i32,
                 }))
             },
         );

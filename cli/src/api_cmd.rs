@@ -29,6 +29,52 @@ pub enum ImageCommand {
     Capture(CaptureArgs),
     /// Deploy an image as a new guest.
     Deploy(DeployArgs),
+    /// Import a raw or qcow2 file lying on a host (in its agent's transfer
+    /// directory) as a new image.
+    Import {
+        /// Host whose agent reads the file.
+        #[arg(long)]
+        host: String,
+        /// Absolute path on that host.
+        #[arg(long)]
+        path: String,
+        /// Name of the new image.
+        #[arg(long)]
+        name: String,
+        /// raw or qcow2 (default: detect).
+        #[arg(long = "disk-format")]
+        disk_format: Option<String>,
+        #[arg(long, default_value = "")]
+        notes: String,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Wait until done, with progress; exit non-zero if it fails.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Write one disk of an image to a new raw or qcow2 file on a host.
+    Export {
+        id: String,
+        /// Host whose agent writes the file.
+        #[arg(long)]
+        host: String,
+        /// Absolute path of the new file on that host.
+        #[arg(long)]
+        path: String,
+        /// Disk number (0: the first).
+        #[arg(long, default_value_t = 0)]
+        disk: u32,
+        /// raw or qcow2.
+        #[arg(long = "disk-format", default_value = "raw")]
+        disk_format: String,
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Wait until done, with progress; exit non-zero if it fails.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Change name, notes or tags.
     Update {
         id: String,
@@ -288,6 +334,14 @@ fn parse_nic(s: &str) -> Result<pb::InterfaceConfig, String> {
     Ok(nic)
 }
 
+fn disk_format_pb(s: &str) -> Result<i32> {
+    Ok(match s {
+        "raw" => pb::DiskFormat::Raw,
+        "qcow2" => pb::DiskFormat::Qcow2,
+        o => bail!(usage(format!("unknown disk format {o:?} (raw, qcow2)"))),
+    } as i32)
+}
+
 fn state_name(s: i32) -> &'static str {
     match pb::ImageState::try_from(s) {
         Ok(pb::ImageState::Creating) => "creating",
@@ -373,6 +427,7 @@ fn op_json(o: &pb::Operation) -> Value {
         "rate_bytes_per_second": o.rate_bytes_per_second, "eta_seconds": o.eta_seconds,
         "image_id": o.image_id, "host": o.host, "error": o.error, "error_code": o.error_code,
         "capture": capture, "deploy": deploy, "request_id": o.request_id,
+        "export": o.export.as_ref().map(|e| json!({"path": e.path, "size_bytes": e.size_bytes})),
         "created_unix": o.created_unix, "updated_unix": o.updated_unix, "finished_unix": o.finished_unix,
     })
 }
@@ -645,11 +700,7 @@ async fn image_inner(cmd: ImageCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> 
             op_result(api, ctx, op, a.wait).await
         }
         ImageCommand::Deploy(a) => {
-            let disk_format = match a.disk_format.as_str() {
-                "raw" => pb::DiskFormat::Raw,
-                "qcow2" => pb::DiskFormat::Qcow2,
-                o => bail!(usage(format!("unknown format {o:?} (raw, qcow2)"))),
-            } as i32;
+            let disk_format = disk_format_pb(&a.disk_format)?;
             let user_data = match &a.user_data {
                 Some(p) => std::fs::read_to_string(p)
                     .with_context(|| format!("read user-data {}", p.display()))?,
@@ -678,6 +729,58 @@ async fn image_inner(cmd: ImageCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> 
                 .await?
                 .into_inner();
             op_result(api, ctx, op, a.wait).await
+        }
+        ImageCommand::Import {
+            host,
+            path,
+            name,
+            disk_format,
+            notes,
+            tags,
+            request_id,
+            wait,
+        } => {
+            let format = match disk_format.as_deref() {
+                None => pb::DiskFormat::Unspecified as i32,
+                Some(f) => disk_format_pb(f)?,
+            };
+            let op = api
+                .images
+                .import_image(pb::ImportImageRequest {
+                    request_id: request_id.unwrap_or_default(),
+                    host,
+                    path,
+                    format,
+                    name,
+                    notes,
+                    tags,
+                })
+                .await?
+                .into_inner();
+            op_result(api, ctx, op, wait).await
+        }
+        ImageCommand::Export {
+            id,
+            host,
+            path,
+            disk,
+            disk_format,
+            request_id,
+            wait,
+        } => {
+            let op = api
+                .images
+                .export_image(pb::ExportImageRequest {
+                    request_id: request_id.unwrap_or_default(),
+                    image_id: id,
+                    host,
+                    disk,
+                    path,
+                    format: disk_format_pb(&disk_format)?,
+                })
+                .await?
+                .into_inner();
+            op_result(api, ctx, op, wait).await
         }
         ImageCommand::Update {
             id,

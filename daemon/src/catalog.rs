@@ -1071,7 +1071,7 @@ impl Catalog {
         let deploys = self.running_deploys_of(&img.id).await?;
         if let Some(d) = deploys.first() {
             return Err(CatalogError::FailedPrecondition(format!(
-                "image {id} is being deployed by operation {d}; delete it when the deploy ends"
+                "image {id} is being read by operation {d} (deploy or export); delete it when that ends"
             )));
         }
         // Conditional on the state read above: a deploy or delete that

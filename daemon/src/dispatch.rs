@@ -42,6 +42,10 @@ pub enum AgentRequest {
     Capture(pb::CaptureRequest),
     /// A deploy.
     Deploy(pb::DeployRequest),
+    /// An import of a file on the host.
+    Import(pb::ImportRequest),
+    /// An export to a file on the host.
+    Export(pb::ExportRequest),
 }
 
 impl AgentRequest {
@@ -50,6 +54,8 @@ impl AgentRequest {
         hex::encode(match self {
             AgentRequest::Capture(r) => r.encode_to_vec(),
             AgentRequest::Deploy(r) => r.encode_to_vec(),
+            AgentRequest::Import(r) => r.encode_to_vec(),
+            AgentRequest::Export(r) => r.encode_to_vec(),
         })
     }
 
@@ -61,6 +67,12 @@ impl AgentRequest {
                 .map_err(|e| e.to_string()),
             "deploy" => pb::DeployRequest::decode(bytes.as_slice())
                 .map(AgentRequest::Deploy)
+                .map_err(|e| e.to_string()),
+            "import" => pb::ImportRequest::decode(bytes.as_slice())
+                .map(AgentRequest::Import)
+                .map_err(|e| e.to_string()),
+            "export" => pb::ExportRequest::decode(bytes.as_slice())
+                .map(AgentRequest::Export)
                 .map_err(|e| e.to_string()),
             other => Err(format!(
                 "operations of kind {other:?} are not sent to agents"
@@ -180,6 +192,8 @@ impl Dispatcher {
             match req {
                 AgentRequest::Capture(r) => c.capture(r.clone()).await,
                 AgentRequest::Deploy(r) => c.deploy(r.clone()).await,
+                AgentRequest::Import(r) => c.import(r.clone()).await,
+                AgentRequest::Export(r) => c.export(r.clone()).await,
             }
         };
         match tokio::time::timeout(SEND_TIMEOUT, call).await {
@@ -357,7 +371,7 @@ impl Dispatcher {
         let (state, outcome) = match pb::OperationState::try_from(a.state) {
             Ok(pb::OperationState::Succeeded) => {
                 let outcome = match &a.capture {
-                    Some(c) if op.kind == "capture" => {
+                    Some(c) if op.kind == "capture" || op.kind == "import" => {
                         let disks: Vec<ImageDiskRow> = c
                             .disks
                             .iter()
@@ -391,7 +405,7 @@ impl Dispatcher {
             Ok(true) => {
                 tracing::info!(op = %op.id, kind = %op.kind, %state, error = %a.error, "operation finished");
                 record_metrics(op, state, a);
-                if op.kind == "capture" && state == "succeeded" {
+                if (op.kind == "capture" || op.kind == "import") && state == "succeeded" {
                     self.usage_changed();
                 }
             }
@@ -414,7 +428,7 @@ impl Dispatcher {
     }
 
     fn image_failed(&self, op: &OperationRow, error: &str) -> ImageOutcome {
-        if op.kind == "capture" {
+        if op.kind == "capture" || op.kind == "import" {
             ImageOutcome::Failed(error.to_string())
         } else {
             ImageOutcome::None

@@ -255,17 +255,7 @@ impl ImageService for Images {
                 source_guest: &guest.name,
             }),
         };
-        let (op, new) = self
-            .catalog()
-            .begin_operation_with_id(&op_id, &n)
-            .await
-            .map_err(status)?;
-        if !new {
-            return Ok(Response::new(op_to_pb(&op)));
-        }
-        let op = self.d.dispatch(op, &agent_req).await?;
-        tracing::info!(op = %op.id, image = %image_id, host = %host.name, guest = %guest.name, account = %who.name, "capture started");
-        Ok(Response::new(op_to_pb(&op)))
+        self.start(&op_id, &n, &agent_req).await
     }
 
     async fn deploy_image(
@@ -344,17 +334,107 @@ impl ImageService for Images {
             agent_request: &encoded,
             new_image: None,
         };
-        let (op, new) = self
+        self.start(&op_id, &n, &agent_req).await
+    }
+
+    async fn import_image(
+        &self,
+        req: Request<pb::ImportImageRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let r = req.into_inner();
+        if let Some(op) = self.replay(&who, &r.request_id, "import").await? {
+            return Ok(Response::new(op));
+        }
+        validate_image_name(&r.name).map_err(status)?;
+        validate_notes(&r.notes).map_err(status)?;
+        validate_tags(&r.tags).map_err(status)?;
+        if r.path.is_empty() {
+            return Err(Status::invalid_argument("path is required"));
+        }
+        let host = self.usable_host(&who, &r.host).await?;
+        let image_id = uuid::Uuid::new_v4().to_string();
+        let op_id = uuid::Uuid::new_v4().to_string();
+        let agent_req = AgentRequest::Import(pb::ImportRequest {
+            operation_id: op_id.clone(),
+            path: r.path.clone(),
+            format: r.format,
+            image_name: r.name.clone(),
+            image_id: image_id.clone(),
+        });
+        let encoded = agent_req.encode();
+        let n = NewOperation {
+            account_id: &who.id,
+            request_id: Some(r.request_id.as_str()).filter(|s| !s.is_empty()),
+            kind: "import",
+            image_id: None,
+            host: &host.name,
+            guest: "",
+            agent_request: &encoded,
+            new_image: Some(NewImage {
+                id: &image_id,
+                name: &r.name,
+                notes: &r.notes,
+                tags: &r.tags,
+                source_host: &host.name,
+                source_guest: &r.path,
+            }),
+        };
+        self.start(&op_id, &n, &agent_req).await
+    }
+
+    async fn export_image(
+        &self,
+        req: Request<pb::ExportImageRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let r = req.into_inner();
+        if let Some(op) = self.replay(&who, &r.request_id, "export").await? {
+            return Ok(Response::new(op));
+        }
+        let img = self
             .catalog()
-            .begin_operation_with_id(&op_id, &n)
+            .get_image(&who, &r.image_id)
             .await
             .map_err(status)?;
-        if !new {
-            return Ok(Response::new(op_to_pb(&op)));
+        if !img.deployable() {
+            return Err(Status::failed_precondition(format!(
+                "image {} is {}; only active or deprecated images can be exported",
+                img.id, img.state
+            )));
         }
-        let op = self.d.dispatch(op, &agent_req).await?;
-        tracing::info!(op = %op.id, image = %img.id, host = %host.name, guest = %r.guest_name, account = %who.name, "deploy started");
-        Ok(Response::new(op_to_pb(&op)))
+        if r.disk as usize >= img.disks().len() {
+            return Err(Status::invalid_argument(format!(
+                "image {} has {} disk(s); there is no disk {}",
+                img.id,
+                img.disks().len(),
+                r.disk
+            )));
+        }
+        if r.path.is_empty() {
+            return Err(Status::invalid_argument("path is required"));
+        }
+        let host = self.usable_host(&who, &r.host).await?;
+        let op_id = uuid::Uuid::new_v4().to_string();
+        let agent_req = AgentRequest::Export(pb::ExportRequest {
+            operation_id: op_id.clone(),
+            image_id: img.id.clone(),
+            disk: r.disk,
+            path: r.path.clone(),
+            format: r.format,
+        });
+        let encoded = agent_req.encode();
+        let n = NewOperation {
+            account_id: &who.id,
+            request_id: Some(r.request_id.as_str()).filter(|s| !s.is_empty()),
+            kind: "export",
+            image_id: Some(&img.id),
+            host: &host.name,
+            guest: "",
+            agent_request: &encoded,
+            new_image: None,
+        };
+        self.start(&op_id, &n, &agent_req).await
     }
 
     async fn get_image(
@@ -568,6 +648,27 @@ impl ImageService for Images {
 }
 
 impl Images {
+    /// Record a new operation and hand it to its agent (or return the one a
+    /// retry with the same request id started).
+    async fn start(
+        &self,
+        op_id: &str,
+        n: &NewOperation<'_>,
+        agent_req: &AgentRequest,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let (op, new) = self
+            .catalog()
+            .begin_operation_with_id(op_id, n)
+            .await
+            .map_err(status)?;
+        if !new {
+            return Ok(Response::new(op_to_pb(&op)));
+        }
+        let op = self.d.dispatch(op, agent_req).await?;
+        tracing::info!(op = %op.id, kind = %op.kind, image = ?op.image_id, host = %op.host, "operation started");
+        Ok(Response::new(op_to_pb(&op)))
+    }
+
     /// Share with (or unshare from) named accounts.
     async fn members(
         &self,

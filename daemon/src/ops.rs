@@ -266,9 +266,9 @@ impl Catalog {
             .transpose()?)
     }
 
-    /// Running deploys reading an image.
+    /// Running deploys and exports reading an image.
     pub async fn running_deploys_of(&self, image_id: &str) -> Result<Vec<String>> {
-        sqlx::query("SELECT id FROM operations WHERE kind = 'deploy' AND state = 'running' AND image_id = $1")
+        sqlx::query("SELECT id FROM operations WHERE kind IN ('deploy', 'export') AND state = 'running' AND image_id = $1")
             .bind(image_id)
             .fetch_all(self.pool())
             .await?
@@ -286,7 +286,7 @@ impl Catalog {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        if op.kind == "capture"
+        if (op.kind == "capture" || op.kind == "import")
             && let Some(img) = &op.image_id
         {
             sqlx::query("DELETE FROM images WHERE id = $1 AND state = 'creating'")

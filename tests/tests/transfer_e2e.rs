@@ -1,0 +1,166 @@
+//! Import and export through the daemon, from the CLI: a raw file on the
+//! agent's host becomes an image; the image comes back out as qcow2 that
+//! `qemu-img compare` finds identical; files outside the agent's transfer
+//! directory, foreign formats and existing targets are refused.
+
+use std::{process::Command, time::Duration};
+
+use imprint_tests::*;
+
+const HOST: &str = "kvm-transfer";
+
+fn imprint(endpoint: &str, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(binary("imprint"))
+        .args(args)
+        .env("IMPRINT_ENDPOINT", endpoint)
+        .env("IMPRINT_TOKEN", token)
+        .env_remove("IMPRINT_CONFIG")
+        .env_remove("HOME")
+        .output()
+        .expect("run imprint");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn import_and_export_through_the_daemon() {
+    let wd = Workdir::new("imprint-transfer-");
+    let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
+    let transfer = wd.path().join("transfer");
+    std::fs::create_dir(&transfer).expect("transfer dir");
+    let _agent = AgentProcess::start_agent(
+        &wd.path().join("store"),
+        &wd.path().join("journal"),
+        &[
+            "--daemon",
+            &daemon.endpoint(),
+            "--host-name",
+            HOST,
+            "--transfer-dir",
+            transfer.to_str().expect("utf8"),
+        ],
+    );
+    let token = daemon.account("alice");
+    let outsider = daemon.admin(&["create", "outsider"]).trim().to_string();
+    let ep = daemon.endpoint();
+    let run = |args: &[&str]| imprint(&ep, &token, args);
+    let mut up = false;
+    for _ in 0..100 {
+        let (_, out, _) = run(&["-o", "json", "host", "list"]);
+        if out.contains("\"alive\": true") {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(up, "agent registered");
+
+    let raw = transfer.join("disk.raw");
+    let f = std::fs::File::create(&raw).expect("raw");
+    f.set_len(24 << 20).expect("len");
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x5au8; 8192], 5 << 20).expect("write");
+    drop(f);
+    let raw_s = raw.to_str().expect("utf8");
+
+    let (code, out, err) = run(&[
+        "-o", "json", "image", "import", "--host", HOST, "--path", raw_s, "--name", "imported",
+        "--tag", "import", "--wait",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let op: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(op["kind"], "import");
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let id = op["image_id"].as_str().expect("id").to_string();
+    let (code, out, _) = run(&["-o", "json", "image", "show", &id]);
+    assert_eq!(code, 0);
+    let img: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(img["state"], "active");
+    assert_eq!(img["disks"][0]["size_bytes"], 24 << 20);
+    assert_eq!(img["source_guest"], raw_s, "where it came from");
+
+    let qcow2 = transfer.join("out.qcow2");
+    let qcow2_s = qcow2.to_str().expect("utf8");
+    let (code, out, err) = run(&[
+        "-o",
+        "json",
+        "image",
+        "export",
+        &id,
+        "--host",
+        HOST,
+        "--path",
+        qcow2_s,
+        "--disk-format",
+        "qcow2",
+        "--wait",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let op: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(op["export"]["path"], qcow2_s, "{op}");
+    let cmp = Command::new("qemu-img")
+        .args(["compare", raw_s, qcow2_s])
+        .output()
+        .expect("qemu-img");
+    assert!(
+        cmp.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cmp.stdout)
+    );
+
+    // Refused, with the class of error in the exit code.
+    let (code, _, err) = run(&[
+        "image", "export", &id, "--host", HOST, "--path", qcow2_s, "--wait",
+    ]);
+    assert_eq!(code, 5, "exists: {err}");
+    let (code, _, err) = run(&[
+        "image", "export", &id, "--host", HOST, "--path", qcow2_s, "--disk", "3",
+    ]);
+    assert_eq!(code, 2, "no disk 3: {err}");
+    let (code, _, err) = run(&[
+        "image",
+        "import",
+        "--host",
+        HOST,
+        "--path",
+        "/etc/hostname",
+        "--name",
+        "x",
+    ]);
+    assert_eq!(code, 4, "outside the transfer directory: {err}");
+    assert!(err.contains("transfer directory"), "{err}");
+    let vmdk = transfer.join("disk.vmdk");
+    let made = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "vmdk"])
+        .arg(&vmdk)
+        .arg("1M")
+        .status()
+        .expect("qemu-img");
+    assert!(made.success());
+    let (code, _, err) = run(&[
+        "image",
+        "import",
+        "--host",
+        HOST,
+        "--path",
+        vmdk.to_str().expect("utf8"),
+        "--name",
+        "x",
+    ]);
+    assert_eq!(code, 2, "VMDK: {err}");
+    assert!(err.contains("VMDK"), "{err}");
+    let (code, _, err) = imprint(
+        &ep,
+        &outsider,
+        &[
+            "image", "import", "--host", HOST, "--path", raw_s, "--name", "x",
+        ],
+    );
+    assert_eq!(code, 3, "host not granted: {err}");
+    // Only the one import made an image.
+    let (_, out, _) = run(&["-o", "json", "image", "list"]);
+    let list: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(list["images"].as_array().expect("images").len(), 1);
+}
