@@ -672,7 +672,7 @@ impl Catalog {
                 .execute(&mut *tx)
                 .await?;
         }
-        if img.visibility == Visibility::Private && !ids.is_empty() {
+        if img.visibility == Visibility::Private && ids.iter().any(|aid| aid != &owner.id) {
             sqlx::query("UPDATE images SET visibility = 'shared', updated_unix = $1 WHERE id = $2")
                 .bind(now())
                 .bind(&img.id)
@@ -1068,25 +1068,35 @@ impl Catalog {
             }
             _ => {}
         }
-        let deploys = self.running_deploys_of(&img.id).await?;
-        if let Some(d) = deploys.first() {
-            return Err(CatalogError::FailedPrecondition(format!(
-                "image {id} is being read by operation {d} (deploy or export); delete it when that ends"
-            )));
-        }
-        // Conditional on the state read above: a deploy or delete that
-        // started meanwhile makes this fail rather than race.
+        // One transaction: the state change first (it locks the row that a
+        // deploy's or export's insert also updates), then the check for
+        // readers, so a reader either finished inserting and is seen here,
+        // or finds the image 'deleting' and is refused.
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query("UPDATE images SET state = 'deleting', updated_unix = $1 WHERE id = $2 AND state = $3 AND protected = 0")
             .bind(now())
             .bind(&img.id)
             .bind(&img.state)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         if r.rows_affected() == 0 {
             return Err(CatalogError::FailedPrecondition(format!(
                 "image {id} changed while it was being deleted; retry"
             )));
         }
+        let reader: Option<String> = sqlx::query("SELECT id FROM operations WHERE kind IN ('deploy', 'export') AND state = 'running' AND image_id = $1")
+            .bind(&img.id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.try_get("id"))
+            .transpose()?;
+        if let Some(d) = reader {
+            // Dropping the transaction rolls the state back.
+            return Err(CatalogError::FailedPrecondition(format!(
+                "image {id} is being read by operation {d} (deploy or export); delete it when that ends"
+            )));
+        }
+        tx.commit().await?;
         Ok(img.state)
     }
 
@@ -1106,7 +1116,7 @@ impl Catalog {
     /// The image is gone from the store: it stays as a tombstone, invisible.
     pub async fn mark_deleted(&self, id: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE images SET state = 'deleted', exclusive_bytes = 0, referenced_bytes = 0, updated_unix = $1 WHERE id = $2")
+        sqlx::query("UPDATE images SET state = 'deleted', exclusive_bytes = 0, referenced_bytes = 0, updated_unix = $1 WHERE id = $2 AND state = 'deleting'")
             .bind(now())
             .bind(id)
             .execute(&mut *tx)

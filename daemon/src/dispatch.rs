@@ -198,7 +198,7 @@ impl Dispatcher {
         };
         match tokio::time::timeout(SEND_TIMEOUT, call).await {
             Ok(r) => r.map(tonic::Response::into_inner),
-            Err(_) => Err(Status::unavailable(format!(
+            Err(_) => Err(Status::deadline_exceeded(format!(
                 "the agent on host {} did not answer within {} s",
                 host.name,
                 SEND_TIMEOUT.as_secs()
@@ -209,26 +209,58 @@ impl Dispatcher {
     /// Send a new operation's request to its agent and follow it. If the
     /// agent refuses it (or cannot be reached), the operation and the image
     /// it would have made are removed and the agent's status returned:
-    /// nothing changed.
+    /// nothing changed. If the agent does not answer in time it may have
+    /// started: the operation stays and is followed (the request is sent
+    /// again, idempotently, until the agent answers or goes silent).
+    ///
+    /// Runs in its own task: a client that hangs up mid-call does not leave
+    /// an operation nobody follows.
     pub async fn dispatch(
         self: &Arc<Self>,
         op: OperationRow,
         req: &AgentRequest,
     ) -> Result<OperationRow, Status> {
-        let host = self.catalog.host(&op.host).await.map_err(status)?;
+        let (me, req) = (self.clone(), req.clone());
+        tokio::spawn(async move { me.dispatch_inner(op, &req).await })
+            .await
+            .map_err(|e| Status::internal(format!("dispatch task failed: {e}")))?
+    }
+
+    async fn dispatch_inner(
+        self: &Arc<Self>,
+        op: OperationRow,
+        req: &AgentRequest,
+    ) -> Result<OperationRow, Status> {
+        let host = match self.catalog.host(&op.host).await {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = self.catalog.undo_operation(&op.id).await;
+                return Err(status(e));
+            }
+        };
         match self.send(&host, req).await {
             Ok(a) => {
-                self.catalog
-                    .set_phase(
-                        &op.id,
-                        if a.phase.is_empty() {
-                            "dispatched"
-                        } else {
-                            &a.phase
-                        },
-                    )
+                let phase = if a.phase.is_empty() {
+                    "dispatched"
+                } else {
+                    &a.phase
+                };
+                if let Err(e) = self.catalog.set_phase(&op.id, phase).await {
+                    // Still 'queued': the follower sends again (idempotent).
+                    tracing::warn!(op = %op.id, error = %e, "cannot record dispatch");
+                }
+                // Cancelled while the request was on its way: tell the agent.
+                if self
+                    .catalog
+                    .operation(&op.id)
                     .await
-                    .map_err(status)?;
+                    .is_ok_and(|o| !o.running())
+                {
+                    let _ = self.agent_cancel(&host, &op.id).await;
+                }
+            }
+            Err(e) if e.code() == Code::DeadlineExceeded => {
+                tracing::warn!(op = %op.id, error = %e.message(), "no answer yet; following the operation");
             }
             Err(e) => {
                 if let Err(u) = self.catalog.undo_operation(&op.id).await {
@@ -245,6 +277,15 @@ impl Dispatcher {
         let id = op.id.clone();
         tokio::spawn(async move { me.follow(id).await });
         self.catalog.operation(&op.id).await.map_err(status)
+    }
+
+    async fn agent_cancel(&self, host: &HostRow, id: &str) -> Result<(), Status> {
+        let mut c = self.agent(host)?;
+        c.cancel_operation(pb::GetOperationRequest {
+            operation_id: id.to_string(),
+        })
+        .await
+        .map(|_| ())
     }
 
     /// Pick up every running operation (at start).
@@ -326,7 +367,13 @@ impl Dispatcher {
                 }
             }
         }
-        let mut client = self.agent(&host)?;
+        let mut client = match self.agent(&host) {
+            Ok(c) => c,
+            Err(e) => {
+                self.fail(op, e.code(), e.message()).await;
+                return Ok(());
+            }
+        };
         let mut stream = match client
             .watch_operation(pb::GetOperationRequest {
                 operation_id: op.id.clone(),
@@ -347,7 +394,16 @@ impl Dispatcher {
                 .await;
                 return Ok(());
             }
-            Err(e) => return Err(e),
+            Err(e) if unreachable(&e) => return Err(e),
+            Err(e) => {
+                self.fail(
+                    op,
+                    e.code(),
+                    &format!("host {}: {}", host.name, e.message()),
+                )
+                .await;
+                return Ok(());
+            }
         };
         let mut rate = Rate::default();
         let mut last_write = Instant::now() - PROGRESS_EVERY;
@@ -361,13 +417,14 @@ impl Dispatcher {
                 }
                 continue;
             }
-            self.finish(op, &a).await;
-            return Ok(());
+            // A final state not recorded (database down) is retried: the
+            // agent sends it again on the next watch.
+            return self.finish(op, &a).await;
         }
         Err(Status::unavailable("the progress stream ended early"))
     }
 
-    async fn finish(&self, op: &OperationRow, a: &pb::AgentOperation) {
+    async fn finish(&self, op: &OperationRow, a: &pb::AgentOperation) -> Result<(), Status> {
         let (state, outcome) = match pb::OperationState::try_from(a.state) {
             Ok(pb::OperationState::Succeeded) => {
                 let outcome = match &a.capture {
@@ -411,10 +468,12 @@ impl Dispatcher {
             }
             Ok(false) => {}
             Err(e) => {
-                tracing::error!(op = %op.id, error = %e, "cannot record the end of an operation")
+                tracing::error!(op = %op.id, error = %e, "cannot record the end of an operation; retrying");
+                return Err(Status::unavailable(e.to_string()));
             }
         }
         self.bump();
+        Ok(())
     }
 
     async fn record_progress(&self, id: &str, a: &pb::AgentOperation, bps: f64) {
@@ -452,7 +511,16 @@ impl Dispatcher {
 
     /// Ask the agent to cancel a running operation.
     pub async fn cancel(&self, op: &OperationRow) -> Result<(), Status> {
+        if op.kind == "delete" {
+            return Err(Status::failed_precondition(
+                "a delete cannot be cancelled once started",
+            ));
+        }
         if op.phase == "queued" {
+            // It may be reaching the agent right now: ask it to stop too.
+            if let Ok(host) = self.catalog.host(&op.host).await {
+                let _ = self.agent_cancel(&host, &op.id).await;
+            }
             // The agent never accepted it: nothing runs there.
             let outcome = self.image_failed(op, "cancelled before the agent started it");
             self.catalog
@@ -469,15 +537,15 @@ impl Dispatcher {
             self.bump();
             return Ok(());
         }
-        let host = self.catalog.host(&op.host).await.map_err(status)?;
-        let mut c = self.agent(&host)?;
-        match c
-            .cancel_operation(pb::GetOperationRequest {
-                operation_id: op.id.clone(),
-            })
-            .await
-        {
-            Ok(_) => Ok(()),
+        let host = self.catalog.host(&op.host).await.map_err(|e| {
+            Status::failed_precondition(format!("cannot reach the operation's host: {e}"))
+        })?;
+        match self.agent_cancel(&host, &op.id).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Code::NotFound => Err(Status::failed_precondition(format!(
+                "the agent on host {} no longer knows this operation; it ends when the host's silence is noticed",
+                host.name
+            ))),
             Err(e) if unreachable(&e) => Err(Status::unavailable(format!(
                 "the agent on host {} cannot be reached to cancel: {}",
                 host.name,
@@ -528,7 +596,9 @@ impl Dispatcher {
             }
         }
         if let Err(e) = self.catalog.mark_deleted(&image_id).await {
+            // The operation stays running; the next start finishes it.
             tracing::error!(op = %op.id, error = %e, "cannot mark image deleted");
+            return;
         }
         let _ = self
             .catalog
@@ -545,10 +615,20 @@ impl Dispatcher {
         let me = self.clone();
         tokio::spawn(async move {
             let every = Duration::from_secs(u64::from(HEARTBEAT_INTERVAL_SECONDS));
+            // Agents need a few intervals to reach a daemon that was down:
+            // judge silence only from then on.
+            let started = now();
             loop {
                 me.report_status().await;
-                let cutoff = now() - 3 * i64::from(HEARTBEAT_INTERVAL_SECONDS);
-                match me.catalog.fail_operations_of_silent_hosts(cutoff).await {
+                let silence = 3 * i64::from(HEARTBEAT_INTERVAL_SECONDS);
+                let sweep = if now() - started < silence {
+                    Ok(0)
+                } else {
+                    me.catalog
+                        .fail_operations_of_silent_hosts(now() - silence)
+                        .await
+                };
+                match sweep {
                     Ok(0) => {}
                     Ok(n) => {
                         tracing::warn!(operations = n, "failed the operations of silent hosts");

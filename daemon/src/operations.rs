@@ -149,7 +149,11 @@ impl OperationService for Operations {
             loop {
                 // Woken by this daemon's changes; re-read anyway every
                 // second for changes made by another daemon.
-                let _ = tokio::time::timeout(Duration::from_secs(1), changed.changed()).await;
+                tokio::select! {
+                    _ = tokio::time::timeout(Duration::from_secs(1), changed.changed()) => {}
+                    // The client went away: stop reading the catalog for it.
+                    () = tx.closed() => return,
+                }
                 let op = match d.catalog().operation(&first.id).await {
                     Ok(op) => op,
                     Err(e) => {

@@ -186,6 +186,12 @@ impl Catalog {
         if n.kind == "capture"
             && let Some(other) = self.running_capture_of(n.host, n.guest).await?
         {
+            // A concurrent retry of this very request may have won.
+            if let Some(rid) = n.request_id
+                && let Some(op) = self.operation_by_request(n.account_id, rid).await?
+            {
+                return Ok((op, false));
+            }
             return Err(CatalogError::FailedPrecondition(format!(
                 "guest {} on host {} is being captured by operation {other}; wait for it or cancel it",
                 n.guest, n.host
@@ -234,6 +240,23 @@ impl Catalog {
                     .bind(tag)
                     .execute(&mut *tx)
                     .await?;
+            }
+        }
+        if matches!(n.kind, "deploy" | "export")
+            && let Some(img) = n.image_id
+        {
+            // Touch the image row (a lock in PostgreSQL, the write lock in
+            // SQLite) on the condition that it is still readable: a delete
+            // that got there first makes this fail, one that comes later
+            // sees this operation (see Catalog::begin_delete).
+            let r = sqlx::query("UPDATE images SET updated_unix = updated_unix WHERE id = $1 AND state IN ('active', 'deprecated')")
+                .bind(img)
+                .execute(&mut *tx)
+                .await?;
+            if r.rows_affected() == 0 {
+                return Err(CatalogError::FailedPrecondition(format!(
+                    "image {img} is being deleted"
+                )));
             }
         }
         sqlx::query(
@@ -691,6 +714,72 @@ mod tests {
                 c.finish_operation(&op.id, "running", "", 0, "", &ImageOutcome::None)
                     .await,
                 Err(CatalogError::InvalidArgument(_))
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn deletes_and_readers_exclude_each_other() {
+        for (_b, c) in catalogs().await {
+            let (alice, _) = c.create_account("alice", false, false).await.expect("a");
+            let img = uuid::Uuid::new_v4().to_string();
+            c.insert_image(&img, &alice, "web", "", &[])
+                .await
+                .expect("insert");
+            c.set_image_state(&img, "active", "", 1 << 20)
+                .await
+                .expect("active");
+            let deploy = |kind: &'static str| NewOperation {
+                account_id: "",
+                request_id: None,
+                kind,
+                image_id: None,
+                host: "h1",
+                guest: "g",
+                agent_request: "",
+                new_image: None,
+            };
+            let (op, _) = c
+                .begin_operation(&NewOperation {
+                    account_id: &alice.id,
+                    image_id: Some(&img),
+                    ..deploy("deploy")
+                })
+                .await
+                .expect("deploy");
+            // A running reader blocks the delete, and the refusal changes
+            // nothing.
+            assert!(matches!(
+                c.begin_delete(&alice, &img).await,
+                Err(CatalogError::FailedPrecondition(_))
+            ));
+            assert_eq!(
+                c.get_image(&alice, &img).await.expect("img").state,
+                "active"
+            );
+            c.finish_operation(&op.id, "succeeded", "", 0, "", &ImageOutcome::None)
+                .await
+                .expect("finish");
+            assert_eq!(
+                c.begin_delete(&alice, &img).await.expect("delete"),
+                "active"
+            );
+            // Once deleting, no new reader gets in.
+            for kind in ["deploy", "export"] {
+                assert!(matches!(
+                    c.begin_operation(&NewOperation {
+                        account_id: &alice.id,
+                        image_id: Some(&img),
+                        ..deploy(kind)
+                    })
+                    .await,
+                    Err(CatalogError::FailedPrecondition(_))
+                ));
+            }
+            c.mark_deleted(&img).await.expect("deleted");
+            assert!(matches!(
+                c.get_image(&alice, &img).await,
+                Err(CatalogError::NotFound(_))
             ));
         }
     }
