@@ -116,6 +116,18 @@ pub enum StoreCommand {
         /// Image id or unique name.
         image: String,
     },
+    /// Copy an image to another store (another site), sending only the
+    /// chunks it lacks. The destination is created when missing, with the
+    /// source's chunk size.
+    Copy {
+        #[command(flatten)]
+        store: StoreArg,
+        /// Image id or unique name.
+        image: String,
+        /// Destination store directory.
+        #[arg(long)]
+        to: PathBuf,
+    },
     /// Delete an image (its chunks go at the next gc unless shared).
     Delete {
         #[command(flatten)]
@@ -498,6 +510,41 @@ pub fn run(cmd: StoreCommand, ctx: &Ctx) -> Result<u8> {
                     &rows,
                 ));
                 s
+            })?;
+            Ok(0)
+        }
+        StoreCommand::Copy { store, image, to } => {
+            let st = open(&store)?;
+            let same = std::fs::canonicalize(&store.store)
+                .ok()
+                .zip(std::fs::canonicalize(&to).ok())
+                .is_some_and(|(a, b)| a == b);
+            if same {
+                return Err(imprint_store::Error::new(
+                    imprint_store::ErrorKind::InvalidArgument,
+                    "the source and destination are the same store",
+                )
+                .into());
+            }
+            let m = st.resolve(&image)?;
+            let dst = Store::open_or_create_dir(&to, false, st.config().clone())?;
+            // Progress in guest bytes covered (chunks × chunk size).
+            let cs = u64::from(st.chunk_size());
+            let mut progress = Progress::new("copying", ctx.quiet);
+            let r = imprint_store::copy::copy_image(&st, &dst, &m.image_id, &mut |done, total| {
+                progress.update(done * cs, total * cs, "")
+            })?;
+            progress.finish(r.chunks_total * cs, "");
+            ctx.emit(&r, || {
+                format!(
+                    "copied image {} to {}: {} of {} chunks sent ({}), {} already there\n",
+                    r.image_id,
+                    to.display(),
+                    r.chunks_sent,
+                    r.chunks_total,
+                    bytes(r.bytes_sent),
+                    r.chunks_present
+                )
             })?;
             Ok(0)
         }

@@ -335,3 +335,64 @@ fn store_not_writable_is_permission_denied() {
         "nothing half-written"
     );
 }
+
+#[test]
+fn copy_to_another_store_sends_what_it_lacks() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (a, b) = (tmp.path().join("site-a"), tmp.path().join("site-b"));
+    let (sa, sb) = (a.to_str().expect("utf8"), b.to_str().expect("utf8"));
+    let disk = tmp.path().join("vda.raw");
+    let data = make_disk(&disk, 16 << 20);
+    let d = disk.to_str().expect("utf8");
+    json(&imprint(&[
+        "-q", "-o", "json", "store", "put", "--store", sa, "--name", "web", d,
+    ]));
+    let first = json(&imprint(&[
+        "-q", "-o", "json", "store", "copy", "--store", sa, "web", "--to", sb,
+    ]));
+    assert!(first["chunks_sent"].as_u64().expect("sent") > 0);
+    assert_eq!(first["chunks_sent"], first["chunks_total"]);
+    // A second image of the same disk: nothing new crosses.
+    json(&imprint(&[
+        "-q", "-o", "json", "store", "put", "--store", sa, "--name", "web2", d,
+    ]));
+    let second = json(&imprint(&[
+        "-q", "-o", "json", "store", "copy", "--store", sa, "web2", "--to", sb,
+    ]));
+    assert_eq!(second["chunks_sent"], 0);
+    assert_eq!(second["bytes_sent"], 0);
+    let out = tmp.path().join("out.raw");
+    json(&imprint(&[
+        "-q",
+        "-o",
+        "json",
+        "store",
+        "get",
+        "--store",
+        sb,
+        "web2",
+        "--output",
+        out.to_str().expect("utf8"),
+    ]));
+    assert!(fs::read(&out).expect("read") == data, "identical at site B");
+    assert_eq!(
+        code(&imprint(&[
+            "-q", "store", "copy", "--store", sa, "web", "--to", sb
+        ])),
+        5,
+        "exists"
+    );
+    assert_eq!(
+        code(&imprint(&[
+            "-q", "store", "copy", "--store", sa, "web", "--to", sa
+        ])),
+        2,
+        "same store"
+    );
+    assert_eq!(
+        code(&imprint(&[
+            "-q", "store", "copy", "--store", sa, "nope", "--to", sb
+        ])),
+        3
+    );
+}

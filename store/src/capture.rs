@@ -280,14 +280,14 @@ fn check_cancel(opts: &CaptureOptions) -> Result<()> {
 }
 
 /// Keeps the capture registered as a writer so GC spares its chunks.
-struct WriterGuard<'a> {
+pub(crate) struct WriterGuard<'a> {
     store: &'a Store,
     writer_id: String,
     last_beat: std::cell::Cell<Instant>,
 }
 
 impl<'a> WriterGuard<'a> {
-    fn register(store: &'a Store, image_id: &ImageId) -> Result<Self> {
+    pub(crate) fn register(store: &'a Store, image_id: &ImageId) -> Result<Self> {
         let writer_id = uuid::Uuid::new_v4().to_string();
         let host = nix::unistd::gethostname()
             .ok()
@@ -309,7 +309,7 @@ impl<'a> WriterGuard<'a> {
         })
     }
 
-    fn maybe_heartbeat(&self) -> Result<()> {
+    pub(crate) fn maybe_heartbeat(&self) -> Result<()> {
         if self.last_beat.get().elapsed() >= HEARTBEAT_EVERY {
             self.store.backend().heartbeat_writer(&self.writer_id)?;
             self.last_beat.set(Instant::now());

@@ -63,6 +63,7 @@
 pub mod backend;
 pub mod blob;
 pub mod capture;
+pub mod copy;
 mod digest;
 mod dir;
 mod error;
