@@ -313,6 +313,18 @@ impl Agent {
     }
 }
 
+/// The disks of a new image as the API reports them.
+fn captured_disks(m: &imprint_store::Manifest) -> Vec<pb::CapturedDisk> {
+    m.disks
+        .iter()
+        .map(|d| pb::CapturedDisk {
+            name: d.name.clone(),
+            size_bytes: d.size_bytes,
+            sha256: d.sha256.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
 enum Finished {
     Capture(pb::CaptureResult),
     Deploy(pb::DeployResult),
@@ -387,16 +399,7 @@ impl AgentService for Agent {
                     read_seconds: o.read_seconds,
                     boot_seconds: o.boot_seconds,
                     final_power_state: power(o.final_state) as i32,
-                    disks: o
-                        .manifest
-                        .disks
-                        .iter()
-                        .map(|d| pb::CapturedDisk {
-                            name: d.name.clone(),
-                            size_bytes: d.size_bytes,
-                            sha256: d.sha256.clone().unwrap_or_default(),
-                        })
-                        .collect(),
+                    disks: captured_disks(&o.manifest),
                     config_json: o.manifest.config.to_string(),
                 }))
             },
@@ -534,16 +537,7 @@ impl AgentService for Agent {
                     bytes_deduplicated: r.stats.bytes_deduplicated,
                     zero_bytes_skipped: r.stats.zero_bytes_skipped,
                     read_seconds: r.stats.seconds,
-                    disks: r
-                        .manifest
-                        .disks
-                        .iter()
-                        .map(|d| pb::CapturedDisk {
-                            name: d.name.clone(),
-                            size_bytes: d.size_bytes,
-                            sha256: d.sha256.clone().unwrap_or_default(),
-                        })
-                        .collect(),
+                    disks: captured_disks(&r.manifest),
                     config_json: r.manifest.config.to_string(),
                     ..Default::default()
                 }))

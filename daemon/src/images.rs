@@ -267,17 +267,7 @@ impl ImageService for Images {
         if let Some(op) = self.replay(&who, &r.request_id, "deploy").await? {
             return Ok(Response::new(op));
         }
-        let img = self
-            .catalog()
-            .get_image(&who, &r.image_id)
-            .await
-            .map_err(status)?;
-        if !img.deployable() {
-            return Err(Status::failed_precondition(format!(
-                "image {} is {}; only active or deprecated images can be deployed",
-                img.id, img.state
-            )));
-        }
+        let img = self.readable(&who, &r.image_id, "deployed").await?;
         validate_guest_name(&r.guest_name)?;
         let disks = img.disks();
         if r.disk_sizes_bytes.len() > disks.len() {
@@ -392,17 +382,7 @@ impl ImageService for Images {
         if let Some(op) = self.replay(&who, &r.request_id, "export").await? {
             return Ok(Response::new(op));
         }
-        let img = self
-            .catalog()
-            .get_image(&who, &r.image_id)
-            .await
-            .map_err(status)?;
-        if !img.deployable() {
-            return Err(Status::failed_precondition(format!(
-                "image {} is {}; only active or deprecated images can be exported",
-                img.id, img.state
-            )));
-        }
+        let img = self.readable(&who, &r.image_id, "exported").await?;
         if r.disk as usize >= img.disks().len() {
             return Err(Status::invalid_argument(format!(
                 "image {} has {} disk(s); there is no disk {}",
@@ -652,6 +632,19 @@ impl ImageService for Images {
 }
 
 impl Images {
+    /// An image `who` sees and whose data may be read (active or
+    /// deprecated), to be `what` ("deployed", "exported").
+    async fn readable(&self, who: &Account, id: &str, what: &str) -> Result<ImageRow, Status> {
+        let img = self.catalog().get_image(who, id).await.map_err(status)?;
+        if !img.deployable() {
+            return Err(Status::failed_precondition(format!(
+                "image {} is {}; only active or deprecated images can be {what}",
+                img.id, img.state
+            )));
+        }
+        Ok(img)
+    }
+
     /// Record a new operation and hand it to its agent (or return the one a
     /// retry with the same request id started).
     async fn start(
