@@ -233,24 +233,20 @@ impl Agent {
             let result = work(&cancel, &report);
             tx.send_modify(|o| {
                 o.finished_unix = now_unix();
+                if result.is_ok() {
+                    o.state = pb::OperationState::Succeeded as i32;
+                    o.phase = "done".into();
+                }
                 match result {
                     Ok(Finished::Capture(r)) => {
-                        o.state = pb::OperationState::Succeeded as i32;
-                        o.phase = "done".into();
-                        o.bytes_done = r.bytes_total;
-                        o.bytes_total = r.bytes_total;
+                        (o.bytes_done, o.bytes_total) = (r.bytes_total, r.bytes_total);
                         o.capture = Some(r);
                     }
                     Ok(Finished::Export(r)) => {
-                        o.state = pb::OperationState::Succeeded as i32;
-                        o.phase = "done".into();
-                        o.bytes_done = r.size_bytes;
-                        o.bytes_total = r.size_bytes;
+                        (o.bytes_done, o.bytes_total) = (r.size_bytes, r.size_bytes);
                         o.export = Some(r);
                     }
                     Ok(Finished::Deploy(r)) => {
-                        o.state = pb::OperationState::Succeeded as i32;
-                        o.phase = "done".into();
                         o.bytes_done = o.bytes_total;
                         o.deploy = Some(r);
                     }

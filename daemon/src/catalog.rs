@@ -412,13 +412,7 @@ impl Catalog {
             .bind(t)
             .execute(&mut *tx)
             .await?;
-        for tag in tags {
-            sqlx::query("INSERT INTO image_tags (image_id, tag) VALUES ($1, $2)")
-                .bind(id)
-                .bind(tag)
-                .execute(&mut *tx)
-                .await?;
-        }
+        insert_tags(&mut tx, id, tags).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -913,16 +907,7 @@ impl Catalog {
                 .bind(&img.id)
                 .execute(&mut *tx)
                 .await?;
-            let mut t = t.to_vec();
-            t.sort();
-            t.dedup();
-            for tag in &t {
-                sqlx::query("INSERT INTO image_tags (image_id, tag) VALUES ($1, $2)")
-                    .bind(&img.id)
-                    .bind(tag)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            insert_tags(&mut tx, &img.id, t).await?;
         }
         sqlx::query("UPDATE images SET updated_unix = $1 WHERE id = $2")
             .bind(now())
@@ -1153,6 +1138,25 @@ pub(crate) fn encode_token(created: i64, id: &str) -> String {
 
 /// A list page token: `v2:<order>:<id>:<key>` in hex, valid only for the
 /// order it was made for.
+/// Add `tags` (sorted, each once) to an image, inside a transaction.
+pub(crate) async fn insert_tags(
+    conn: &mut sqlx::AnyConnection,
+    image_id: &str,
+    tags: &[String],
+) -> Result<()> {
+    let mut tags = tags.to_vec();
+    tags.sort();
+    tags.dedup();
+    for tag in &tags {
+        sqlx::query("INSERT INTO image_tags (image_id, tag) VALUES ($1, $2)")
+            .bind(image_id)
+            .bind(tag)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 fn account_from_row(row: &sqlx::any::AnyRow) -> Result<Account> {
     Ok(Account {
         id: row.try_get("id")?,

@@ -25,7 +25,7 @@ use tonic::{Code, Status, transport::Channel};
 use crate::{
     catalog::{Catalog, ImageDiskRow, now},
     hosts::{HEARTBEAT_INTERVAL_SECONDS, status},
-    ops::{HostRow, ImageOutcome, OperationRow},
+    ops::{HostRow, ImageOutcome, OperationRow, creates_image},
 };
 
 /// How long the daemon waits for an agent to accept a request.
@@ -428,7 +428,7 @@ impl Dispatcher {
         let (state, outcome) = match pb::OperationState::try_from(a.state) {
             Ok(pb::OperationState::Succeeded) => {
                 let outcome = match &a.capture {
-                    Some(c) if op.kind == "capture" || op.kind == "import" => {
+                    Some(c) if creates_image(&op.kind) => {
                         let disks: Vec<ImageDiskRow> = c
                             .disks
                             .iter()
@@ -462,7 +462,7 @@ impl Dispatcher {
             Ok(true) => {
                 tracing::info!(op = %op.id, kind = %op.kind, %state, error = %a.error, "operation finished");
                 record_metrics(op, state, a);
-                if (op.kind == "capture" || op.kind == "import") && state == "succeeded" {
+                if creates_image(&op.kind) && state == "succeeded" {
                     self.usage_changed();
                 }
             }
@@ -487,7 +487,7 @@ impl Dispatcher {
     }
 
     fn image_failed(&self, op: &OperationRow, error: &str) -> ImageOutcome {
-        if op.kind == "capture" || op.kind == "import" {
+        if creates_image(&op.kind) {
             ImageOutcome::Failed(error.to_string())
         } else {
             ImageOutcome::None

@@ -47,6 +47,11 @@ pub struct OperationRow {
     pub rate_bps: f64,
 }
 
+/// Whether operations of `kind` make a new image (capture, import).
+pub fn creates_image(kind: &str) -> bool {
+    matches!(kind, "capture" | "import")
+}
+
 impl OperationRow {
     /// Still running.
     pub fn running(&self) -> bool {
@@ -231,16 +236,7 @@ impl Catalog {
                 .bind(t)
                 .execute(&mut *tx)
                 .await?;
-            let mut tags = img.tags.to_vec();
-            tags.sort();
-            tags.dedup();
-            for tag in &tags {
-                sqlx::query("INSERT INTO image_tags (image_id, tag) VALUES ($1, $2)")
-                    .bind(img.id)
-                    .bind(tag)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            crate::catalog::insert_tags(&mut tx, img.id, img.tags).await?;
         }
         if matches!(n.kind, "deploy" | "export")
             && let Some(img) = n.image_id
@@ -309,7 +305,7 @@ impl Catalog {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        if (op.kind == "capture" || op.kind == "import")
+        if creates_image(&op.kind)
             && let Some(img) = &op.image_id
         {
             sqlx::query("DELETE FROM images WHERE id = $1 AND state = 'creating'")
