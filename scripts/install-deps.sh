@@ -29,6 +29,22 @@ MAIN_PKGS=(
     cpio kmod gzip xz-utils util-linux procps openssl python3 systemd
 )
 
+# The S3 server the store's tests run against (a Rust crate, no Debian
+# package): s3s-fs 0.14.1 (0.15+ needs a newer Rust), into cargo's bin dir.
+S3S_FS_VERSION=0.14.1
+install_s3s_fs() {
+    local bin="${CARGO_HOME:-$HOME/.cargo}/bin/s3s-fs"
+    if [[ -x $bin ]] && "$bin" --version 2>/dev/null | grep -q "$S3S_FS_VERSION"; then
+        return
+    fi
+    if ! command -v cargo >/dev/null; then
+        echo "install-deps.sh: cargo is missing: cannot install s3s-fs (the S3 tests need it)" >&2
+        return
+    fi
+    echo "install-deps.sh: installing s3s-fs $S3S_FS_VERSION (cargo install, ~3 min)"
+    cargo install --quiet --locked "s3s-fs@$S3S_FS_VERSION" --features binary
+}
+
 is_installed() {
     [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true) == installed ]]
 }
@@ -44,6 +60,7 @@ if is_installed libvirt-daemon; then
 fi
 
 if [[ ${#missing[@]} -eq 0 ]] && grep -rqs "$BACKPORTS_SUITE" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    install_s3s_fs
     echo "install-deps.sh: all packages already installed"
     exit 0
 fi
@@ -95,5 +112,7 @@ apt-get install -y -q --no-install-recommends "${MAIN_PKGS[@]}"
 
 # Without udev nobody creates the kvm group; QEMU runs as libvirt-qemu:kvm.
 getent group kvm >/dev/null || groupadd --system kvm
+
+install_s3s_fs
 
 echo "install-deps.sh: done"

@@ -60,6 +60,7 @@ impl From<imprint_store::Error> for AgentError {
             K::PermissionDenied => Kind::FailedPrecondition,
             K::StorageFull => Kind::ResourceExhausted,
             K::Cancelled => Kind::Cancelled,
+            K::Unavailable => Kind::Unavailable,
             K::Corrupt | K::UnsupportedVersion => Kind::FailedPrecondition,
             _ => Kind::Internal,
         };

@@ -56,6 +56,7 @@ pub fn code_for(e: &anyhow::Error) -> u8 {
                 ErrorKind::Corrupt | ErrorKind::UnsupportedVersion => DATA,
                 ErrorKind::StorageFull => NO_SPACE,
                 ErrorKind::Cancelled => CANCELLED,
+                ErrorKind::Unavailable => UNAVAILABLE,
                 _ => FAILURE,
             };
         }

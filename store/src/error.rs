@@ -26,6 +26,8 @@ pub enum ErrorKind {
     TargetTooSmall,
     /// The operation was cancelled by its caller.
     Cancelled,
+    /// The store could not be reached (network, object store down).
+    Unavailable,
     /// Any other I/O failure.
     Io,
 }

@@ -1,7 +1,11 @@
 //! [`Store`]: a backend plus the store's settings, and the image-level
 //! operations (list, resolve, read index, delete) the pipelines build on.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +14,60 @@ use crate::{
     backend::{Backend, ImageStore},
     format::{DEFAULT_CHUNK_SIZE, STORE_LAYOUT_VERSION},
     index::validate_chunk_size,
+    s3::{S3Options, S3Store},
 };
+
+/// Where a store lives: a directory (the SAN mount) or an S3 bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A directory.
+    Dir(PathBuf),
+    /// A prefix in an S3 bucket.
+    S3(S3Options),
+}
+
+impl Location {
+    /// `s3://bucket/prefix` (endpoint and credentials from the `AWS_*`
+    /// environment, see [`S3Options::from_url_and_env`]) or a path.
+    pub fn parse(s: &str) -> Result<Self> {
+        if s.starts_with("s3://") {
+            return Ok(Self::S3(S3Options::from_url_and_env(s)?));
+        }
+        if s.contains("://") {
+            return Err(Error::invalid(format!(
+                "store {s:?}: only directories and s3:// URLs are supported"
+            )));
+        }
+        if s.is_empty() {
+            return Err(Error::invalid("store location is empty"));
+        }
+        Ok(Self::Dir(PathBuf::from(s)))
+    }
+
+    /// Whether both name the same store (same folder, or same endpoint,
+    /// bucket and prefix).
+    pub fn same_store(&self, other: &Location) -> bool {
+        match (self, other) {
+            (Self::Dir(a), Self::Dir(b)) => {
+                let canon = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+                canon(a) == canon(b)
+            }
+            (Self::S3(a), Self::S3(b)) => {
+                a.endpoint == b.endpoint && a.bucket == b.bucket && a.prefix == b.prefix
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Dir(p) => write!(f, "{}", p.display()),
+            Self::S3(o) => f.write_str(&o.url()),
+        }
+    }
+}
 
 /// Settings fixed when the store is created (`imprint-store.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +164,47 @@ impl Store {
             )));
         }
         Self::create(backend, config)
+    }
+
+    /// Open the store at `location`.
+    pub fn open_at(location: &Location, fsync: bool) -> Result<Self> {
+        match location {
+            Location::Dir(dir) => Self::open_dir(dir, fsync),
+            Location::S3(o) => {
+                let backend = Arc::new(S3Store::connect(o.clone())?);
+                Self::open(backend).map_err(|e| {
+                    if e.kind() == ErrorKind::NotFound {
+                        Error::not_found(format!("{location} is not an imprint store"))
+                    } else {
+                        e
+                    }
+                })
+            }
+        }
+    }
+
+    /// Open the store at `location`, creating it (with `config`) where
+    /// nothing is stored yet (an empty or missing folder, an empty prefix).
+    pub fn open_or_create_at(
+        location: &Location,
+        fsync: bool,
+        config: StoreConfig,
+    ) -> Result<Self> {
+        match location {
+            Location::Dir(dir) => Self::open_or_create_dir(dir, fsync, config),
+            Location::S3(o) => {
+                let backend = Arc::new(S3Store::connect(o.clone())?);
+                if backend.read_config()?.is_some() {
+                    return Self::open(backend);
+                }
+                if !backend.is_empty()? {
+                    return Err(Error::invalid(format!(
+                        "{location} holds objects but no imprint store; refusing to create one there"
+                    )));
+                }
+                Self::create(backend, config)
+            }
+        }
     }
 
     /// The backend, for pipelines.
