@@ -1,8 +1,13 @@
 //! Copies between stores: only missing chunks cross, the copy is
-//! byte-identical, and bad cases leave nothing at the destination.
+//! byte-identical, and bad cases leave nothing at the destination. Copies
+//! run between directory stores and between a directory and an S3 store
+//! both ways.
+
+mod common;
 
 use std::{fs, io::Cursor, path::Path};
 
+use common::{Kind, TestStore};
 use imprint_store::{
     ErrorKind, Store, StoreConfig,
     capture::{CaptureOptions, DiskInput, capture},
@@ -15,16 +20,13 @@ use imprint_store::{
 const CS: u32 = 64 * 1024;
 const CHUNKS: usize = 100;
 
-fn store(dir: &Path, chunk_size: u32) -> Store {
-    Store::open_or_create_dir(
-        dir,
-        false,
-        StoreConfig {
-            chunk_size,
-            ..Default::default()
-        },
-    )
-    .expect("store")
+fn store(kind: Kind, dir: &Path, name: &str, chunk_size: u32) -> (TestStore, Store) {
+    let ts = TestStore::new(kind, dir, name);
+    let st = ts.create(StoreConfig {
+        chunk_size,
+        ..Default::default()
+    });
+    (ts, st)
 }
 
 /// 100 chunks of noise (zstd cannot shrink it, so bytes track chunks);
@@ -61,12 +63,24 @@ fn put(s: &Store, name: &str, path: &Path) -> imprint_store::Manifest {
 }
 
 #[test]
-fn copies_send_only_missing_chunks_and_are_identical() {
+fn dir_to_dir_copies_send_only_missing_chunks() {
+    copies_send_only_missing_chunks_and_are_identical(Kind::Dir, Kind::Dir);
+}
+
+#[test]
+fn dir_to_s3_copies_send_only_missing_chunks() {
+    copies_send_only_missing_chunks_and_are_identical(Kind::Dir, Kind::S3);
+}
+
+#[test]
+fn s3_to_dir_copies_send_only_missing_chunks() {
+    copies_send_only_missing_chunks_and_are_identical(Kind::S3, Kind::Dir);
+}
+
+fn copies_send_only_missing_chunks_and_are_identical(from: Kind, to: Kind) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let (a, b) = (
-        store(&tmp.path().join("site-a"), CS),
-        store(&tmp.path().join("site-b"), CS),
-    );
+    let (_, a) = store(from, tmp.path(), "site-a", CS);
+    let (_, b) = store(to, tmp.path(), "site-b", CS);
     let path = tmp.path().join("disk.raw");
     disk(&path, &[]);
     let v1 = put(&a, "v1", &path);
@@ -114,20 +128,19 @@ fn copies_send_only_missing_chunks_and_are_identical() {
     }
 }
 
-#[test]
-fn bad_copies_leave_nothing_at_the_destination() {
+fn bad_copies_leave_nothing_at_the_destination(kind: Kind) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let a = store(&tmp.path().join("a"), CS);
+    let (ta, a) = store(kind, tmp.path(), "a", CS);
     let path = tmp.path().join("disk.raw");
     disk(&path, &[]);
     let img = put(&a, "img", &path);
 
-    let other = store(&tmp.path().join("other"), 4 * CS);
+    let (_, other) = store(kind, tmp.path(), "other", 4 * CS);
     let e = copy_image(&a, &other, &img.image_id, &mut |_, _| {}).expect_err("chunk size");
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
 
     // A damaged source chunk is caught before it is stored.
-    let chunks = tmp.path().join("a/chunks");
+    let chunks = ta.files.join("chunks");
     let victim = fs::read_dir(&chunks)
         .expect("ls")
         .filter_map(|d| d.ok())
@@ -139,7 +152,7 @@ fn bad_copies_leave_nothing_at_the_destination() {
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
     fs::write(&victim, bytes).expect("damage");
-    let b = store(&tmp.path().join("b"), CS);
+    let (_, b) = store(kind, tmp.path(), "b", CS);
     let e = copy_image(&a, &b, &img.image_id, &mut |_, _| {}).expect_err("corrupt");
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(
@@ -155,3 +168,5 @@ fn bad_copies_leave_nothing_at_the_destination() {
     .expect_err("unknown");
     assert_eq!(e.kind(), ErrorKind::NotFound);
 }
+
+on_both_backends!(bad_copies_leave_nothing_at_the_destination);

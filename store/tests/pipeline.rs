@@ -1,5 +1,9 @@
-//! Capture → store → deploy through the public API, on a directory store in
-//! a temporary folder, plus every bad-input case of the store issue.
+//! Capture → store → deploy through the public API, plus every bad-input
+//! case of the store issue. Each test runs twice: on a directory store in a
+//! temporary folder (`dir::`) and on an S3 store in a real S3 server
+//! (`s3::`); the few that are about directories only run once.
+
+mod common;
 
 use std::{
     fs::{self, File},
@@ -13,8 +17,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use common::{Kind, TestStore, age};
 use imprint_store::{
-    ChunkDigest, DirStore, ErrorKind, ImageId, Manifest, Store, StoreConfig,
+    ChunkDigest, ErrorKind, ImageId, Manifest, Store, StoreConfig,
     backend::{Backend, ChunkInfo, ChunkStore, ImageStore, Inserted, WriterInfo, WriterRecord},
     capture::{CaptureOptions, CaptureReport, DiskInput, capture},
     gc::{GcOptions, collect_garbage},
@@ -34,8 +39,10 @@ fn small_config() -> StoreConfig {
     }
 }
 
-fn new_store(dir: &Path) -> Store {
-    Store::open_or_create_dir(&dir.join("store"), false, small_config()).expect("create store")
+fn new_store(kind: Kind, dir: &Path) -> (TestStore, Store) {
+    let ts = TestStore::new(kind, dir, "store");
+    let st = ts.create(small_config());
+    (ts, st)
 }
 
 /// A disk with data, a hole, an explicit zero chunk, repeated content and a
@@ -76,18 +83,20 @@ fn make_disk(path: &Path, seed: u8) -> Vec<u8> {
 /// A temporary store and a test disk made from `seed`.
 struct World {
     tmp: tempfile::TempDir,
+    ts: TestStore,
     store: Store,
     disk: PathBuf,
     data: Vec<u8>,
 }
 
-fn world(seed: u8) -> World {
+fn world(kind: Kind, seed: u8) -> World {
     let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
+    let (ts, store) = new_store(kind, tmp.path());
     let disk = tmp.path().join("vda.raw");
     let data = make_disk(&disk, seed);
     World {
         tmp,
+        ts,
         store,
         disk,
         data,
@@ -95,8 +104,8 @@ fn world(seed: u8) -> World {
 }
 
 /// [`world`] with the disk captured as image `img`.
-fn captured(seed: u8) -> (World, Manifest) {
-    let w = world(seed);
+fn captured(kind: Kind, seed: u8) -> (World, Manifest) {
+    let w = world(kind, seed);
     let m = capture_files(&w.store, "img", &[&w.disk])
         .expect("capture")
         .manifest;
@@ -148,19 +157,14 @@ fn restore0(
     restore_disk(store, m, 0, target, &RestoreOptions::default(), &mut |_| {})
 }
 
-fn chunk_path(store_dir: &Path, d: &ChunkDigest) -> PathBuf {
-    let hex = d.to_hex();
-    store_dir.join("store/chunks").join(&hex[..4]).join(hex)
-}
-
-#[test]
-fn round_trip_is_byte_identical_and_sha256_matches() {
+fn round_trip_is_byte_identical_and_sha256_matches(kind: Kind) {
     let World {
         tmp,
+        ts,
         store,
         disk,
         data,
-    } = world(1);
+    } = world(kind, 1);
     let mut calls = 0;
     let report = capture(
         &store,
@@ -197,7 +201,7 @@ fn round_trip_is_byte_identical_and_sha256_matches() {
     assert_eq!(restore_to_vec(&store, m, 0).expect("restore"), data);
 
     // Reopened store resolves by id and by name.
-    let reopened = Store::open_dir(&tmp.path().join("store"), false).expect("open");
+    let reopened = ts.reopen();
     assert_eq!(
         reopened.resolve("golden").expect("by name").image_id,
         m.image_id
@@ -212,14 +216,14 @@ fn round_trip_is_byte_identical_and_sha256_matches() {
     assert!(verify_store(&reopened, 2).expect("verify").is_ok());
 }
 
-#[test]
-fn disk_sha256_can_be_skipped() {
+fn disk_sha256_can_be_skipped(kind: Kind) {
     let World {
         tmp: _tmp,
+        ts: _,
         store,
         disk,
         data,
-    } = world(17);
+    } = world(kind, 17);
     let o = CaptureOptions {
         disk_sha256: false,
         ..opts()
@@ -245,9 +249,8 @@ fn disk_sha256_can_be_skipped() {
     );
 }
 
-#[test]
-fn caller_chosen_image_id_is_used_and_never_overwritten() {
-    let (w, first) = captured(18);
+fn caller_chosen_image_id_is_used_and_never_overwritten(kind: Kind) {
+    let (w, first) = captured(kind, 18);
     let chosen: ImageId = "0b9c2f9e-5a4e-4d3b-9f57-2f1d7a3c4e11".parse().expect("id");
     let with_id = |id: &ImageId| CaptureOptions {
         image_id: Some(id.clone()),
@@ -303,17 +306,17 @@ impl imprint_store::source::DiskTarget for FullDisk {
     }
 }
 
-#[test]
-fn deploy_target_full_is_storage_full() {
+fn deploy_target_full_is_storage_full(kind: Kind) {
     let (
         World {
             tmp: _tmp,
+            ts: _,
             store,
             disk: _,
             data,
         },
         m,
-    ) = captured(18);
+    ) = captured(kind, 18);
     let mut t = FullDisk {
         size: data.len() as u64,
         room: 2 * u64::from(CS),
@@ -324,17 +327,17 @@ fn deploy_target_full_is_storage_full() {
     assert!(err.to_string().contains(&m.image_id.to_string()), "{err}");
 }
 
-#[test]
-fn deploy_over_used_target_zeroes_old_bytes() {
+fn deploy_over_used_target_zeroes_old_bytes(kind: Kind) {
     let (
         World {
             tmp,
+            ts: _,
             store,
             disk: _,
             data,
         },
         m,
-    ) = captured(2);
+    ) = captured(kind, 2);
     let out = tmp.path().join("used.raw");
     fs::write(&out, vec![0x55u8; data.len() + 4096]).expect("old data");
     let mut target = FileTarget::open_existing(&out).expect("open");
@@ -347,14 +350,14 @@ fn deploy_over_used_target_zeroes_old_bytes() {
     assert_eq!(t.into_inner().into_inner(), data);
 }
 
-#[test]
-fn recapture_stores_only_what_changed() {
+fn recapture_stores_only_what_changed(kind: Kind) {
     let World {
         tmp: _tmp,
+        ts: _,
         store,
         disk,
         data: _,
-    } = world(3);
+    } = world(kind, 3);
     let first = capture_files(&store, "v1", &[&disk]).expect("first");
     // Change 100 bytes inside chunk 1 and write into a hole (chunk 12).
     let f = File::options().write(true).open(&disk).expect("open");
@@ -375,10 +378,9 @@ fn recapture_stores_only_what_changed() {
     );
 }
 
-#[test]
-fn several_disks_and_an_empty_one() {
+fn several_disks_and_an_empty_one(kind: Kind) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
+    let (_ts, store) = new_store(kind, tmp.path());
     let a = tmp.path().join("a.raw");
     let b = tmp.path().join("b.raw");
     let c = tmp.path().join("empty.raw");
@@ -395,10 +397,9 @@ fn several_disks_and_an_empty_one() {
     assert_eq!(m.disks[2].sha256, Some(hex::encode(Sha256::digest(b""))));
 }
 
-#[test]
-fn any_read_seek_source_works() {
+fn any_read_seek_source_works(kind: Kind) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
+    let (_ts, store) = new_store(kind, tmp.path());
     let data: Vec<u8> = (0..300_000u32).map(|i| (i / 1000) as u8).collect();
     let r = capture(
         &store,
@@ -417,17 +418,17 @@ fn any_read_seek_source_works() {
     );
 }
 
-#[test]
-fn target_too_small_is_refused_before_writing() {
+fn target_too_small_is_refused_before_writing(kind: Kind) {
     let (
         World {
             tmp: _tmp,
+            ts: _,
             store,
             disk: _,
             data,
         },
         m,
-    ) = captured(6);
+    ) = captured(kind, 6);
     let mut t = WriteSeekTarget::new(Cursor::new(vec![9u8; data.len() - 1]), false);
     let err = restore0(&store, &m, &mut t).expect_err("too small");
     assert_eq!(err.kind(), ErrorKind::TargetTooSmall);
@@ -438,14 +439,14 @@ fn target_too_small_is_refused_before_writing() {
     );
 }
 
-#[test]
-fn missing_and_corrupt_chunks_are_named() {
+fn missing_and_corrupt_chunks_are_named(kind: Kind) {
     let World {
-        tmp,
+        tmp: _tmp,
+        ts,
         store,
         disk,
         data: _,
-    } = world(7);
+    } = world(kind, 7);
     let m = capture_files(&store, "img", &[&disk])
         .expect("capture")
         .manifest;
@@ -458,17 +459,17 @@ fn missing_and_corrupt_chunks_are_named() {
         .collect();
     let (missing, flipped, truncated) = (data_chunks[0], data_chunks[1], data_chunks[2]);
 
-    fs::remove_file(chunk_path(tmp.path(), &missing)).expect("rm");
+    fs::remove_file(ts.chunk_file(&missing.to_hex())).expect("rm");
     let err = restore_to_vec(&store, &m, 0).expect_err("missing");
     assert_eq!(err.kind(), ErrorKind::NotFound);
     assert!(err.to_string().contains(&missing.to_hex()), "{err}");
 
-    let p = chunk_path(tmp.path(), &flipped);
+    let p = ts.chunk_file(&flipped.to_hex());
     let mut bytes = fs::read(&p).expect("read");
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01;
     fs::write(&p, &bytes).expect("write");
-    let p = chunk_path(tmp.path(), &truncated);
+    let p = ts.chunk_file(&truncated.to_hex());
     let bytes = fs::read(&p).expect("read");
     fs::write(&p, &bytes[..bytes.len() / 2]).expect("truncate");
 
@@ -492,27 +493,23 @@ fn missing_and_corrupt_chunks_are_named() {
     );
 
     // Restore the missing one: deploy now fails on a corrupt chunk instead.
-    fs::write(chunk_path(tmp.path(), &missing), b"junk").expect("junk");
+    fs::write(ts.chunk_file(&missing.to_hex()), b"junk").expect("junk");
     let err = restore_to_vec(&store, &m, 0).expect_err("corrupt");
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
 }
 
-#[test]
-fn unknown_manifest_version_is_reported() {
+fn unknown_manifest_version_is_reported(kind: Kind) {
     let World {
-        tmp,
+        tmp: _tmp,
+        ts,
         store,
         disk,
         data: _,
-    } = world(8);
+    } = world(kind, 8);
     let m = capture_files(&store, "img", &[&disk])
         .expect("capture")
         .manifest;
-    let path = tmp
-        .path()
-        .join("store/images")
-        .join(m.image_id.to_string())
-        .join("manifest");
+    let path = ts.image_file(&m.image_id.to_string(), "manifest");
     let mut bytes = fs::read(&path).expect("read");
     bytes[7] = 2;
     fs::write(&path, bytes).expect("write");
@@ -535,21 +532,21 @@ fn opening_things_that_are_not_stores() {
     fs::write(tmp.path().join("x"), b"x").expect("write");
     let err = Store::open_or_create_dir(tmp.path(), false, small_config()).expect_err("non-empty");
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
-    let store = new_store(tmp.path());
+    let (_, store) = new_store(Kind::Dir, tmp.path());
     assert_eq!(
         store.resolve("nothing").expect_err("none").kind(),
         ErrorKind::NotFound
     );
 }
 
-#[test]
-fn ambiguous_names_need_an_id() {
+fn ambiguous_names_need_an_id(kind: Kind) {
     let World {
         tmp: _tmp,
+        ts: _,
         store,
         disk,
         data: _,
-    } = world(9);
+    } = world(kind, 9);
     capture_files(&store, "same", &[&disk]).expect("1");
     capture_files(&store, "same", &[&disk]).expect("2");
     assert_eq!(
@@ -561,7 +558,7 @@ fn ambiguous_names_need_an_id() {
 /// Wraps a backend and fails chunk inserts from the n-th on with `errno`.
 #[derive(Debug)]
 struct Faulty {
-    inner: DirStore,
+    inner: Store,
     fail_after: usize,
     errno: i32,
     inserts: AtomicUsize,
@@ -575,138 +572,136 @@ impl ChunkStore for Faulty {
                 io::Error::from_raw_os_error(self.errno),
             ));
         }
-        self.inner.insert_chunk(d, blob)
+        self.inner.backend().insert_chunk(d, blob)
     }
     fn touch_chunk(&self, d: &ChunkDigest) -> imprint_store::Result<bool> {
-        self.inner.touch_chunk(d)
+        self.inner.backend().touch_chunk(d)
     }
     fn read_chunk(&self, d: &ChunkDigest, buf: &mut Vec<u8>) -> imprint_store::Result<()> {
-        self.inner.read_chunk(d, buf)
+        self.inner.backend().read_chunk(d, buf)
     }
     fn list_chunks(
         &self,
         f: &mut dyn FnMut(ChunkInfo) -> imprint_store::Result<()>,
     ) -> imprint_store::Result<()> {
-        self.inner.list_chunks(f)
+        self.inner.backend().list_chunks(f)
     }
     fn remove_chunk_if_older(
         &self,
         d: &ChunkDigest,
         c: SystemTime,
     ) -> imprint_store::Result<Option<u64>> {
-        self.inner.remove_chunk_if_older(d, c)
+        self.inner.backend().remove_chunk_if_older(d, c)
     }
     fn remove_stray_files(&self, c: SystemTime, dry: bool) -> imprint_store::Result<u64> {
-        self.inner.remove_stray_files(c, dry)
+        self.inner.backend().remove_stray_files(c, dry)
     }
 }
 
 impl ImageStore for Faulty {
     fn read_config(&self) -> imprint_store::Result<Option<Vec<u8>>> {
-        self.inner.read_config()
+        self.inner.backend().read_config()
     }
     fn create_config(&self, b: &[u8]) -> imprint_store::Result<()> {
-        self.inner.create_config(b)
+        self.inner.backend().create_config(b)
     }
     fn write_image_file(&self, i: &ImageId, n: &str, b: &[u8]) -> imprint_store::Result<()> {
-        self.inner.write_image_file(i, n, b)
+        self.inner.backend().write_image_file(i, n, b)
     }
     fn read_image_file(&self, i: &ImageId, n: &str) -> imprint_store::Result<Vec<u8>> {
-        self.inner.read_image_file(i, n)
+        self.inner.backend().read_image_file(i, n)
     }
     fn commit_manifest(&self, i: &ImageId, b: &[u8]) -> imprint_store::Result<()> {
-        self.inner.commit_manifest(i, b)
+        self.inner.backend().commit_manifest(i, b)
     }
     fn read_manifest(&self, i: &ImageId) -> imprint_store::Result<Vec<u8>> {
-        self.inner.read_manifest(i)
+        self.inner.backend().read_manifest(i)
     }
     fn list_images(&self) -> imprint_store::Result<Vec<ImageId>> {
-        self.inner.list_images()
+        self.inner.backend().list_images()
     }
     fn list_incomplete(&self) -> imprint_store::Result<Vec<(ImageId, SystemTime)>> {
-        self.inner.list_incomplete()
+        self.inner.backend().list_incomplete()
     }
     fn delete_image(&self, i: &ImageId) -> imprint_store::Result<()> {
-        self.inner.delete_image(i)
+        self.inner.backend().delete_image(i)
     }
     fn register_writer(&self, w: &WriterInfo) -> imprint_store::Result<()> {
-        self.inner.register_writer(w)
+        self.inner.backend().register_writer(w)
     }
     fn heartbeat_writer(&self, w: &str) -> imprint_store::Result<()> {
-        self.inner.heartbeat_writer(w)
+        self.inner.backend().heartbeat_writer(w)
     }
     fn unregister_writer(&self, w: &str) -> imprint_store::Result<()> {
-        self.inner.unregister_writer(w)
+        self.inner.backend().unregister_writer(w)
     }
     fn list_writers(&self) -> imprint_store::Result<Vec<WriterRecord>> {
-        self.inner.list_writers()
+        self.inner.backend().list_writers()
     }
 }
 
-fn faulty_store(dir: &Path, fail_after: usize, errno: i32) -> Store {
-    let root = dir.join("store");
-    new_store(dir);
+fn faulty_store(kind: Kind, dir: &Path, fail_after: usize, errno: i32) -> (TestStore, Store) {
+    let (ts, inner) = new_store(kind, dir);
     let backend: Arc<dyn Backend> = Arc::new(Faulty {
-        inner: DirStore::new(&root, false),
+        inner,
         fail_after,
         errno,
         inserts: AtomicUsize::new(0),
     });
-    Store::open(backend).expect("open faulty")
+    (ts, Store::open(backend).expect("open faulty"))
 }
 
-fn assert_no_image_left(dir: &Path) {
-    let images: Vec<_> = fs::read_dir(dir.join("store/images"))
-        .expect("ls")
-        .collect();
-    assert!(images.is_empty(), "a failed capture left {images:?}");
-    let writers: Vec<_> = fs::read_dir(dir.join("store/writers"))
-        .expect("ls")
-        .collect();
+fn assert_no_image_left(store: &Store) {
+    let b = store.backend();
+    let images = b.list_images().expect("list");
+    let incomplete = b.list_incomplete().expect("list");
+    assert!(
+        images.is_empty() && incomplete.is_empty(),
+        "a failed capture left {images:?} {incomplete:?}"
+    );
+    let writers = b.list_writers().expect("list");
     assert!(
         writers.is_empty(),
         "a failed capture stayed registered: {writers:?}"
     );
 }
 
-#[test]
-fn store_full_fails_cleanly_and_a_retry_reuses_chunks() {
+fn store_full_fails_cleanly_and_a_retry_reuses_chunks(kind: Kind) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let store = faulty_store(tmp.path(), 2, nix::libc::ENOSPC);
+    let (ts, store) = faulty_store(kind, tmp.path(), 2, nix::libc::ENOSPC);
     let disk = tmp.path().join("vda.raw");
     make_disk(&disk, 10);
     let err = capture_files(&store, "img", &[&disk]).expect_err("full");
     assert_eq!(err.kind(), ErrorKind::StorageFull, "{err}");
     assert!(err.to_string().contains("vda.raw"), "names the disk: {err}");
     assert!(store.list().expect("list").is_empty());
-    assert_no_image_left(tmp.path());
+    assert_no_image_left(&store);
 
     // Space is back: the retry stores only the chunks the failed run lacked.
-    let store = new_store(tmp.path());
+    let store = ts.reopen();
     let r = capture_files(&store, "img", &[&disk]).expect("retry");
     assert_eq!(r.stats.chunks_new, 3, "{:?}", r.stats);
     assert_eq!(r.stats.chunks_deduplicated, 3, "{:?}", r.stats);
 }
 
-#[test]
-fn store_not_writable_is_permission_denied() {
+fn store_not_writable_is_permission_denied(kind: Kind) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let store = faulty_store(tmp.path(), 0, nix::libc::EACCES);
+    let (_ts, store) = faulty_store(kind, tmp.path(), 0, nix::libc::EACCES);
     let disk = tmp.path().join("vda.raw");
     make_disk(&disk, 11);
     let err = capture_files(&store, "img", &[&disk]).expect_err("denied");
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
-    assert_no_image_left(tmp.path());
+    assert_no_image_left(&store);
 }
 
-#[test]
-fn cancelled_capture_leaves_no_image() {
+fn cancelled_capture_leaves_no_image(kind: Kind) {
     let World {
-        tmp,
+        tmp: _tmp,
+        ts: _,
         store,
         disk,
         data: _,
-    } = world(12);
+    } = world(kind, 12);
     let cancel = Arc::new(AtomicBool::new(false));
     let o = CaptureOptions {
         cancel: Some(cancel.clone()),
@@ -727,17 +722,17 @@ fn cancelled_capture_leaves_no_image() {
     // catches it.
     let err = err.expect_err("cancelled");
     assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
-    assert_no_image_left(tmp.path());
+    assert_no_image_left(&store);
 }
 
-#[test]
-fn bad_names_are_refused() {
+fn bad_names_are_refused(kind: Kind) {
     let World {
         tmp: _tmp,
+        ts: _,
         store,
         disk,
         data: _,
-    } = world(13);
+    } = world(kind, 13);
     for name in ["", "a\u{7}b", &"n".repeat(300)] {
         let err = capture_files(&store, name, &[&disk]).expect_err("bad name");
         assert_eq!(err.kind(), ErrorKind::InvalidArgument);
@@ -746,26 +741,9 @@ fn bad_names_are_refused() {
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 }
 
-fn age(path: &Path, by: Duration) {
-    let t = SystemTime::now() - by;
-    File::open(path)
-        .expect("open")
-        .set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
-        .expect("set times");
-}
-
-fn age_all_chunks(dir: &Path, by: Duration) {
-    for prefix in fs::read_dir(dir.join("store/chunks")).expect("ls") {
-        for c in fs::read_dir(prefix.expect("e").path()).expect("ls") {
-            age(&c.expect("e").path(), by);
-        }
-    }
-}
-
-#[test]
-fn exclusive_bytes_are_what_gc_frees_after_delete() {
+fn exclusive_bytes_are_what_gc_frees_after_delete(kind: Kind) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
+    let (ts, store) = new_store(kind, tmp.path());
     let a = tmp.path().join("a.raw");
     make_disk(&a, 21);
     let img_a = capture_files(&store, "a", &[&a]).expect("a").manifest;
@@ -796,7 +774,7 @@ fn exclusive_bytes_are_what_gc_frees_after_delete() {
         ua.referenced_bytes + ub.exclusive_bytes,
         "a's chunks plus b's own"
     );
-    age_all_chunks(tmp.path(), Duration::from_secs(7200));
+    ts.age_all_chunks(Duration::from_secs(7200));
     store.delete_image(&img_a.image_id).expect("delete");
     let r = collect_garbage(
         &store,
@@ -812,10 +790,9 @@ fn exclusive_bytes_are_what_gc_frees_after_delete() {
     assert_eq!(after.images[0].exclusive_bytes, ub.referenced_bytes);
 }
 
-#[test]
-fn gc_frees_only_what_no_image_uses() {
+fn gc_frees_only_what_no_image_uses(kind: Kind) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
+    let (ts, store) = new_store(kind, tmp.path());
     let a = tmp.path().join("a.raw");
     make_disk(&a, 14);
     let img_a = capture_files(&store, "a", &[&a]).expect("a").manifest;
@@ -824,7 +801,7 @@ fn gc_frees_only_what_no_image_uses() {
     f.write_all_at(b"only in b", u64::from(CS)).expect("write");
     drop(f);
     let img_b = capture_files(&store, "b", &[&a]).expect("b").manifest;
-    age_all_chunks(tmp.path(), Duration::from_secs(7200));
+    ts.age_all_chunks(Duration::from_secs(7200));
 
     // Nothing unreferenced: nothing to do.
     let r = collect_garbage(
@@ -884,15 +861,14 @@ fn gc_frees_only_what_no_image_uses() {
     );
 }
 
-#[test]
-fn gc_spares_chunks_a_running_capture_relies_on() {
+fn gc_spares_chunks_a_running_capture_relies_on(kind: Kind) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
+    let (ts, store) = new_store(kind, tmp.path());
     let a = tmp.path().join("a.raw");
     make_disk(&a, 15);
     let img = capture_files(&store, "a", &[&a]).expect("a").manifest;
     store.delete_image(&img.image_id).expect("delete");
-    age_all_chunks(tmp.path(), Duration::from_secs(7200));
+    ts.age_all_chunks(Duration::from_secs(7200));
     let backend = store.backend();
     let index_digest = ChunkDigest::of(&fs::read(&a).expect("read")[..CS as usize]);
 
@@ -935,16 +911,15 @@ fn gc_spares_chunks_a_running_capture_relies_on() {
     // is stale.
     backend.unregister_writer("w1").expect("unregister");
     age(
-        &tmp.path()
-            .join("store/images")
-            .join(new_image.to_string())
-            .join("disk0.fidx"),
+        &ts.image_file(&new_image.to_string(), "disk0.fidx"),
         Duration::from_secs(7200),
     );
-    age(
-        &tmp.path().join("store/images").join(new_image.to_string()),
-        Duration::from_secs(7200),
-    );
+    if kind == Kind::Dir {
+        age(
+            &ts.files.join("images").join(new_image.to_string()),
+            Duration::from_secs(7200),
+        );
+    }
     let r = collect_garbage(
         &store,
         &GcOptions {
@@ -956,14 +931,13 @@ fn gc_spares_chunks_a_running_capture_relies_on() {
     assert_eq!(r.incomplete_images_removed, 1);
 }
 
-#[test]
-fn sweep_keeps_a_chunk_touched_after_it_was_listed() {
+fn sweep_keeps_a_chunk_touched_after_it_was_listed(kind: Kind) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let store = new_store(tmp.path());
+    let (ts, store) = new_store(kind, tmp.path());
     let a = tmp.path().join("a.raw");
     make_disk(&a, 16);
     capture_files(&store, "a", &[&a]).expect("a");
-    age_all_chunks(tmp.path(), Duration::from_secs(7200));
+    ts.age_all_chunks(Duration::from_secs(7200));
     let d = ChunkDigest::of(&fs::read(&a).expect("read")[..CS as usize]);
     let cutoff = SystemTime::now() - Duration::from_secs(60);
     // Touched between listing and removal: kept.
@@ -977,7 +951,7 @@ fn sweep_keeps_a_chunk_touched_after_it_was_listed() {
     );
     assert!(store.backend().touch_chunk(&d).expect("kept"));
     // Old: removed, and a later touch reports it absent (so it is re-stored).
-    age(&chunk_path(tmp.path(), &d), Duration::from_secs(7200));
+    ts.age_chunk(&d.to_hex(), Duration::from_secs(7200));
     assert!(
         store
             .backend()
@@ -987,3 +961,26 @@ fn sweep_keeps_a_chunk_touched_after_it_was_listed() {
     );
     assert!(!store.backend().touch_chunk(&d).expect("gone"));
 }
+
+on_both_backends!(
+    round_trip_is_byte_identical_and_sha256_matches,
+    disk_sha256_can_be_skipped,
+    caller_chosen_image_id_is_used_and_never_overwritten,
+    deploy_target_full_is_storage_full,
+    deploy_over_used_target_zeroes_old_bytes,
+    recapture_stores_only_what_changed,
+    several_disks_and_an_empty_one,
+    any_read_seek_source_works,
+    target_too_small_is_refused_before_writing,
+    missing_and_corrupt_chunks_are_named,
+    unknown_manifest_version_is_reported,
+    ambiguous_names_need_an_id,
+    store_full_fails_cleanly_and_a_retry_reuses_chunks,
+    store_not_writable_is_permission_denied,
+    cancelled_capture_leaves_no_image,
+    bad_names_are_refused,
+    exclusive_bytes_are_what_gc_frees_after_delete,
+    gc_frees_only_what_no_image_uses,
+    gc_spares_chunks_a_running_capture_relies_on,
+    sweep_keeps_a_chunk_touched_after_it_was_listed,
+);
