@@ -23,9 +23,11 @@ struct Args {
     /// libvirt URI.
     #[arg(long)]
     libvirt_uri: Option<String>,
-    /// Image store directory (the SAN mount).
+    /// Image store: a directory (the SAN mount) or `s3://bucket/prefix`
+    /// (endpoint and keys from `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`).
     #[arg(long)]
-    store: Option<PathBuf>,
+    store: Option<String>,
     /// Address to serve gRPC on. Without TLS only loopback is allowed.
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -81,7 +83,7 @@ struct Args {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     libvirt_uri: Option<String>,
-    store: Option<PathBuf>,
+    store: Option<String>,
     listen: Option<SocketAddr>,
     journal_dir: Option<PathBuf>,
     default_pool: Option<String>,
@@ -130,7 +132,8 @@ async fn main() -> Result<()> {
     let store_dir = args
         .store
         .or(file.store)
-        .context("no store directory: pass --store or set store in the config")?;
+        .context("no store: pass --store or set store in the config")?;
+    let store_location = imprint_store::Location::parse(&store_dir)?;
     let listen = args
         .listen
         .or(file.listen)
@@ -173,8 +176,8 @@ async fn main() -> Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("create transfer directory {}", dir.display()))?;
     }
-    let store = imprint_store::Store::open_or_create_dir(&store_dir, false, Default::default())
-        .with_context(|| format!("open store {}", store_dir.display()))?;
+    let store = imprint_store::Store::open_or_create_at(&store_location, false, Default::default())
+        .with_context(|| format!("open store {store_location}"))?;
     let journal = Journal::open(&journal_dir)?;
     let hv: Arc<dyn Hypervisor> = Arc::new(Libvirt::new(&uri));
 
@@ -204,7 +207,7 @@ async fn main() -> Result<()> {
     let reflection_alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(imprint_proto::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    tracing::info!(%local, %uri, store = %store_dir.display(), settings = ?settings, "imprint-agent serving");
+    tracing::info!(%local, %uri, store = %store_location, settings = ?settings, "imprint-agent serving");
     // Tests and scripts read this line to find a port chosen by the kernel.
     println!("listening on {local}");
     if let Some(daemon) = args.daemon.or(file.daemon) {

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use imprint_store::{
-    Store, StoreConfig,
+    Location, Store, StoreConfig,
     capture::{CaptureOptions, CaptureStats, DiskInput, capture},
     gc::{GcOptions, collect_garbage},
     restore::{RestoreOptions, RestoreStats, restore_disk},
@@ -29,9 +29,17 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub struct StoreArg {
-    /// The store directory (the SAN mount).
+    /// The store: a directory (the SAN mount) or `s3://bucket/prefix`
+    /// (endpoint and keys from `AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`).
     #[arg(long, env = "IMPRINT_STORE")]
-    store: PathBuf,
+    store: String,
+}
+
+impl StoreArg {
+    fn location(&self) -> Result<Location> {
+        Ok(Location::parse(&self.store)?)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,9 +132,9 @@ pub enum StoreCommand {
         store: StoreArg,
         /// Image id or unique name.
         image: String,
-        /// Destination store directory.
+        /// Destination store: a directory or `s3://bucket/prefix`.
         #[arg(long)]
-        to: PathBuf,
+        to: String,
     },
     /// Delete an image (its chunks go at the next gc unless shared).
     Delete {
@@ -163,7 +171,7 @@ fn threads(t: Option<usize>) -> usize {
 }
 
 fn open(store: &StoreArg) -> Result<Store> {
-    Ok(Store::open_dir(&store.store, false)?)
+    Ok(Store::open_at(&store.location()?, false)?)
 }
 
 /// Ctrl-C sets the flag; pipelines then stop and clean up.
@@ -248,7 +256,7 @@ pub fn run(cmd: StoreCommand, ctx: &Ctx) -> Result<u8> {
                 chunk_size,
                 ..StoreConfig::default()
             };
-            let st = Store::open_or_create_dir(&store.store, fsync, config)?;
+            let st = Store::open_or_create_at(&store.location()?, fsync, config)?;
             let opts = CaptureOptions {
                 zstd_level: level,
                 threads: threads(t),
@@ -515,11 +523,8 @@ pub fn run(cmd: StoreCommand, ctx: &Ctx) -> Result<u8> {
         }
         StoreCommand::Copy { store, image, to } => {
             let st = open(&store)?;
-            let same = std::fs::canonicalize(&store.store)
-                .ok()
-                .zip(std::fs::canonicalize(&to).ok())
-                .is_some_and(|(a, b)| a == b);
-            if same {
+            let to = Location::parse(&to)?;
+            if store.location()?.same_store(&to) {
                 return Err(imprint_store::Error::new(
                     imprint_store::ErrorKind::InvalidArgument,
                     "the source and destination are the same store",
@@ -527,7 +532,7 @@ pub fn run(cmd: StoreCommand, ctx: &Ctx) -> Result<u8> {
                 .into());
             }
             let m = st.resolve(&image)?;
-            let dst = Store::open_or_create_dir(&to, false, st.config().clone())?;
+            let dst = Store::open_or_create_at(&to, false, st.config().clone())?;
             // Progress in guest bytes covered (chunks × chunk size).
             let cs = u64::from(st.chunk_size());
             let mut progress = Progress::new("copying", ctx.quiet);
@@ -539,7 +544,7 @@ pub fn run(cmd: StoreCommand, ctx: &Ctx) -> Result<u8> {
                 format!(
                     "copied image {} to {}: {} of {} chunks sent ({}), {} already there\n",
                     r.image_id,
-                    to.display(),
+                    to,
                     r.chunks_sent,
                     r.chunks_total,
                     bytes(r.bytes_sent),

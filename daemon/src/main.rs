@@ -44,10 +44,11 @@ struct Serve {
     /// CA certificate (PEM) that signs daemon and agent certificates.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
-    /// The image store (the SAN mount the agents use). Needed to delete
-    /// images and to report the bytes each holds alone.
+    /// The image store the agents use: a directory (the SAN mount) or
+    /// `s3://bucket/prefix` (keys from the `AWS_*` environment). Needed to
+    /// delete images and to report the bytes each holds alone.
     #[arg(long, env = "IMPRINTD_STORE")]
-    store: Option<PathBuf>,
+    store: Option<String>,
     /// Serve Prometheus metrics (`GET /metrics`) on this address.
     #[arg(long, env = "IMPRINTD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -142,10 +143,13 @@ async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let store = match &args.store {
-        Some(dir) => Some(
-            imprint_store::Store::open_or_create_dir(dir, true, Default::default())
-                .with_context(|| format!("open the image store {}", dir.display()))?,
-        ),
+        Some(s) => {
+            let location = imprint_store::Location::parse(s)?;
+            Some(
+                imprint_store::Store::open_or_create_at(&location, true, Default::default())
+                    .with_context(|| format!("open the image store {location}"))?,
+            )
+        }
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

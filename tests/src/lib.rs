@@ -378,15 +378,30 @@ pub type AgentProcess = ServerProcess;
 impl AgentProcess {
     /// Start the agent on a kernel-chosen port with these extra flags.
     pub fn start_agent(store: &Path, journal: &Path, extra: &[&str]) -> Self {
+        Self::start_agent_env(store.as_os_str(), journal, extra, &[])
+    }
+
+    /// [`AgentProcess::start_agent`] on any store location (a directory or
+    /// `s3://...`) with extra environment variables (S3 keys).
+    pub fn start_agent_env(
+        store: &std::ffi::OsStr,
+        journal: &Path,
+        extra: &[&str],
+        env: &[(String, String)],
+    ) -> Self {
         let mut args: Vec<&std::ffi::OsStr> = vec![
             "--listen".as_ref(),
             "127.0.0.1:0".as_ref(),
             "--store".as_ref(),
-            store.as_os_str(),
+            store,
         ];
         args.extend(["--journal-dir".as_ref(), journal.as_os_str()]);
         args.extend(extra.iter().map(std::ffi::OsStr::new));
-        Self::start("imprint-agent", &args)
+        let env: Vec<(&str, &std::ffi::OsStr)> = env
+            .iter()
+            .map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v)))
+            .collect();
+        Self::start_env("imprint-agent", &args, &env)
     }
 }
 
@@ -649,6 +664,9 @@ pub struct Fixture {
     pub guest: BusyboxGuest,
     /// Extra agent flags (kept for restarts).
     pub agent_args: Vec<String>,
+    /// The agent's store: `None` for the work directory's `store` folder,
+    /// or a location (`s3://...`) and the environment it needs.
+    pub store: Option<(String, Vec<(String, String)>)>,
     /// Scratch directory (last, so it outlives the pools).
     pub wd: Workdir,
 }
@@ -669,6 +687,24 @@ impl Fixture {
     /// [`Fixture::with_agent_args`] in a given work directory (its `store`
     /// folder is the image store).
     pub fn in_workdir(wd: Workdir, extra: &[&str]) -> Self {
+        Self::build(wd, extra, None)
+    }
+
+    /// [`Fixture::new`] with the agent on another store (`s3://...`) and
+    /// the environment variables it needs (`AWS_*`).
+    pub fn on_store(location: &str, env: &[(&str, &str)]) -> Self {
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::build(
+            Workdir::new("imprint-e2e-"),
+            &[],
+            Some((location.to_string(), env)),
+        )
+    }
+
+    fn build(wd: Workdir, extra: &[&str], store: Option<(String, Vec<(String, String)>)>) -> Self {
         let guest = busybox_guest();
         let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
         let pool_a = Pool::new(&format!("imp-{tag}-a"), &wd.path().join("pool-a"));
@@ -676,7 +712,7 @@ impl Fixture {
         let consoles = wd.path().join("consoles");
         std::fs::create_dir(&consoles).expect("consoles");
         let agent_args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let agent = Self::spawn_agent(&wd, &consoles, &pool_b, &agent_args);
+        let agent = Self::spawn_agent(&wd, &consoles, &pool_b, &agent_args, store.as_ref());
         Self {
             tag,
             agent,
@@ -685,11 +721,18 @@ impl Fixture {
             pool_b,
             guest,
             agent_args,
+            store,
             wd,
         }
     }
 
-    fn spawn_agent(wd: &Workdir, consoles: &Path, pool_b: &Pool, extra: &[String]) -> AgentProcess {
+    fn spawn_agent(
+        wd: &Workdir,
+        consoles: &Path,
+        pool_b: &Pool,
+        extra: &[String],
+        store: Option<&(String, Vec<(String, String)>)>,
+    ) -> AgentProcess {
         let mut args = vec![
             "--domain-type",
             domain_type(),
@@ -699,13 +742,25 @@ impl Fixture {
             &pool_b.name,
         ];
         args.extend(extra.iter().map(String::as_str));
-        AgentProcess::start_agent(&wd.path().join("store"), &wd.path().join("journal"), &args)
+        let journal = wd.path().join("journal");
+        match store {
+            None => AgentProcess::start_agent(&wd.path().join("store"), &journal, &args),
+            Some((location, env)) => {
+                AgentProcess::start_agent_env(location.as_ref(), &journal, &args, env)
+            }
+        }
     }
 
     /// Kill the agent and start a new one on the same store and journal.
     pub fn restart_agent(&mut self) {
         self.agent.kill();
-        self.agent = Self::spawn_agent(&self.wd, &self.consoles, &self.pool_b, &self.agent_args);
+        self.agent = Self::spawn_agent(
+            &self.wd,
+            &self.consoles,
+            &self.pool_b,
+            &self.agent_args,
+            self.store.as_ref(),
+        );
     }
 
     /// A client of the current agent.
