@@ -2,7 +2,11 @@
 //!
 //! ```text
 //! cargo bench -p imprint-store --bench capture -- --disk /path/disk.raw [--runs 3] [--sparse-gib 16]
+//!     [--only hash,chunk,compare,sparse,s3]
 //! ```
+//!
+//! The `s3` section captures and deploys the same disk through a directory
+//! store and through an S3 store on a local s3s-fs server, in one run.
 //!
 //! Every step runs in its own child process (ours are forked, the others
 //! are executed), so wall, user and system seconds and peak RSS come from
@@ -19,7 +23,7 @@ use std::{
 };
 
 use imprint_store::{
-    Store, StoreConfig,
+    Location, Store, StoreConfig,
     capture::{CaptureOptions, DiskInput, capture},
     restore::{RestoreOptions, restore_disk},
     source::{FileSource, FileTarget},
@@ -165,14 +169,28 @@ fn ours_capture_with(
     name: &str,
     sha: bool,
 ) -> (Usage, u64) {
-    let (store_dir, disk, name) = (
-        store_dir.to_path_buf(),
-        disk.to_path_buf(),
-        name.to_string(),
-    );
+    ours_capture_at(
+        &Location::Dir(store_dir.to_path_buf()),
+        disk,
+        chunk_size,
+        level,
+        name,
+        sha,
+    )
+}
+
+fn ours_capture_at(
+    location: &Location,
+    disk: &Path,
+    chunk_size: u32,
+    level: i32,
+    name: &str,
+    sha: bool,
+) -> (Usage, u64) {
+    let (location, disk, name) = (location.clone(), disk.to_path_buf(), name.to_string());
     forked(move || {
-        let st = Store::open_or_create_dir(
-            &store_dir,
+        let st = Store::open_or_create_at(
+            &location,
             false,
             StoreConfig {
                 chunk_size,
@@ -200,9 +218,13 @@ fn ours_capture_with(
 }
 
 fn ours_deploy(store_dir: &Path, name: &str, out: &Path) -> (Usage, u64) {
-    let (store_dir, out, name) = (store_dir.to_path_buf(), out.to_path_buf(), name.to_string());
+    ours_deploy_from(&Location::Dir(store_dir.to_path_buf()), name, out)
+}
+
+fn ours_deploy_from(location: &Location, name: &str, out: &Path) -> (Usage, u64) {
+    let (location, out, name) = (location.clone(), out.to_path_buf(), name.to_string());
     forked(move || {
-        let st = Store::open_dir(&store_dir, false).expect("store");
+        let st = Store::open_at(&location, false).expect("store");
         let m = st.resolve(&name).expect("image");
         let mut t = FileTarget::create(&out, m.disks[0].size_bytes).expect("target");
         let s = restore_disk(&st, &m, 0, &mut t, &RestoreOptions::default(), &mut |_| {})
@@ -595,6 +617,74 @@ fn main() {
         let _ = fs::remove_file(&cp);
         print("Against zstd and qemu-img (same disk, same run)", &rows);
         let _ = fs::remove_dir_all(&sd);
+    }
+
+    if sections.contains("s3") {
+        let server = imprint_store::s3_server::S3Server::start();
+        let mut rows = Vec::new();
+        let changed = w.join("changed.raw");
+        let out = w.join("deploy.raw");
+        let size_mib = size as f64 / f64::from(1u32 << 20);
+        for (label, location, files) in [
+            (
+                "directory",
+                Location::Dir(w.join("cmp-store")),
+                w.join("cmp-store"),
+            ),
+            (
+                "S3 (s3s-fs, 127.0.0.1)",
+                Location::S3(server.options("bench")),
+                server.store_dir("bench"),
+            ),
+        ] {
+            let (u, stored) = repeat(runs, || {
+                let _ = fs::remove_dir_all(&files);
+                ours_capture_at(&location, &disk, 1 << 20, 3, "first", true)
+            });
+            rows.push(Row {
+                step: format!("capture (first) → {label}"),
+                u,
+                out: format!(
+                    "{} MiB stored, {:.0} MiB/s of disk",
+                    mib(stored),
+                    size_mib / u.wall
+                ),
+            });
+            let mut seed = 300;
+            let (u, _) = repeat(runs, || {
+                seed += 1;
+                changed_copy(&disk, &changed, seed);
+                ours_capture_at(&location, &changed, 1 << 20, 3, &format!("re-{seed}"), true)
+            });
+            rows.push(Row {
+                step: format!("recapture after 1 % change → {label}"),
+                u,
+                out: format!("{:.0} MiB/s of disk", size_mib / u.wall),
+            });
+            let (u, _) = repeat(runs, || {
+                let _ = fs::remove_file(&out);
+                ours_deploy_from(&location, "first", &out)
+            });
+            let same = Command::new("cmp")
+                .arg("-s")
+                .arg(&disk)
+                .arg(&out)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(same, "deploy from {label} is not byte-identical");
+            rows.push(Row {
+                step: format!("deploy ← {label}"),
+                u,
+                out: format!("identical, {:.0} MiB/s of disk", size_mib / u.wall),
+            });
+            let _ = fs::remove_file(&out);
+            let _ = fs::remove_dir_all(&files);
+        }
+        let _ = fs::remove_file(&changed);
+        print(
+            "Directory store against S3 store (same disk, same run)",
+            &rows,
+        );
     }
 
     if sections.contains("sparse") {

@@ -57,6 +57,11 @@ pub trait ChunkStore: Send + Sync + Debug {
     /// Remove leftovers of interrupted writes older than `cutoff`; return
     /// bytes freed.
     fn remove_stray_files(&self, cutoff: SystemTime, dry_run: bool) -> Result<u64>;
+    /// Requests each pipeline worker should have in flight: 1 for local
+    /// storage; more for a network store, where a worker mostly waits.
+    fn io_depth(&self) -> usize {
+        1
+    }
 }
 
 /// A registered writer (a capture in progress), so GC keeps what it touches.

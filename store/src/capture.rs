@@ -19,8 +19,9 @@
 //! until GC collects them.
 
 use std::{
+    collections::HashSet,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -355,7 +356,8 @@ fn capture_disk(
     let size = source.size_bytes();
     let chunk_size = store.chunk_size();
     let mut index = FixedIndex::new_zeroed(size, chunk_size)?;
-    let workers = opts.threads.max(1);
+    // Network stores want several requests in flight per core.
+    let workers = opts.threads.max(1) * store.backend().io_depth().max(1);
     let n_bufs = 2 * workers + 4;
     let abort = AtomicBool::new(false);
     let (pool_tx, pool_rx) = bounded::<Vec<u8>>(n_bufs);
@@ -364,6 +366,9 @@ fn capture_disk(
     let mut stats = CaptureStats::default();
 
     let (sha_tx, sha_rx) = bounded::<ShaPart>(n_bufs);
+    // Digests being stored right now: a second copy of a chunk (inside one
+    // image) arriving meanwhile is a duplicate, not a second upload.
+    let in_flight = Mutex::new(HashSet::new());
     let (reader_result, sha, first_error) = std::thread::scope(|s| {
         let hasher = opts.disk_sha256.then(|| {
             let chunk_size = chunk_size as usize;
@@ -394,7 +399,10 @@ fn capture_disk(
             let job_rx = job_rx.clone();
             let done_tx = done_tx.clone();
             let abort = &abort;
-            s.spawn(move || compress_worker(store, opts.zstd_level, abort, &job_rx, &done_tx));
+            let in_flight = &in_flight;
+            s.spawn(move || {
+                compress_worker(store, opts.zstd_level, abort, in_flight, &job_rx, &done_tx)
+            });
         }
         drop((job_rx, done_tx, pool_tx));
 
@@ -568,6 +576,7 @@ fn compress_worker(
     store: &Store,
     level: i32,
     abort: &AtomicBool,
+    in_flight: &Mutex<HashSet<ChunkDigest>>,
     jobs: &Receiver<Job>,
     done: &Sender<Done>,
 ) {
@@ -586,7 +595,7 @@ fn compress_worker(
     };
     for Job { i, buf, len } in jobs.iter() {
         let result = match (&mut encoder, abort.load(Ordering::Relaxed)) {
-            (Some(enc), false) => Some(store_chunk(store, enc, &buf.buf)),
+            (Some(enc), false) => Some(store_chunk(store, enc, in_flight, &buf.buf)),
             _ => None,
         };
         drop(buf);
@@ -602,12 +611,32 @@ fn compress_worker(
 fn store_chunk(
     store: &Store,
     enc: &mut BlobEncoder,
+    in_flight: &Mutex<HashSet<ChunkDigest>>,
     data: &[u8],
 ) -> Result<(ChunkDigest, Outcome)> {
     if is_all_zero(data) {
         return Ok((ChunkDigest::ZERO_CHUNK, Outcome::Zero));
     }
     let digest = ChunkDigest::of(data);
+    let claim = |d: ChunkDigest| in_flight.lock().map_or(true, |mut s| s.insert(d));
+    if !claim(digest) {
+        // Another worker is storing this very chunk; if it fails, the
+        // capture fails with it.
+        return Ok((digest, Outcome::Existing));
+    }
+    let r = touch_or_insert(store, enc, digest, data);
+    if let Ok(mut s) = in_flight.lock() {
+        s.remove(&digest);
+    }
+    r
+}
+
+fn touch_or_insert(
+    store: &Store,
+    enc: &mut BlobEncoder,
+    digest: ChunkDigest,
+    data: &[u8],
+) -> Result<(ChunkDigest, Outcome)> {
     if store.backend().touch_chunk(&digest)? {
         return Ok((digest, Outcome::Existing));
     }

@@ -121,7 +121,8 @@ pub fn restore_disk(
         stats.zero_bytes += len;
     }
 
-    let workers = opts.threads.max(1);
+    // Network stores want several requests in flight per core.
+    let workers = opts.threads.max(1) * store.backend().io_depth().max(1);
     let n_bufs = 2 * workers + 2;
     let abort = AtomicBool::new(false);
     let (job_tx, job_rx) = bounded::<(usize, ChunkDigest)>(n_bufs);

@@ -624,6 +624,11 @@ impl ChunkStore for S3Store {
         Ok(Some(bytes.len() as u64))
     }
 
+    fn io_depth(&self) -> usize {
+        // A GET or PUT is mostly round trip: keep several per core going.
+        8
+    }
+
     fn remove_stray_files(&self, cutoff: SystemTime, dry_run: bool) -> Result<u64> {
         // Markers of chunks that are gone. Interrupted multipart uploads are
         // the bucket's lifecycle rule's job (AbortIncompleteMultipartUpload).

@@ -593,6 +593,9 @@ impl ChunkStore for Faulty {
     ) -> imprint_store::Result<Option<u64>> {
         self.inner.backend().remove_chunk_if_older(d, c)
     }
+    fn io_depth(&self) -> usize {
+        self.inner.backend().io_depth()
+    }
     fn remove_stray_files(&self, c: SystemTime, dry: bool) -> imprint_store::Result<u64> {
         self.inner.backend().remove_stray_files(c, dry)
     }
