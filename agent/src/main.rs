@@ -70,9 +70,11 @@ struct Args {
     /// Directory for deployed guests' serial console logs.
     #[arg(long)]
     console_log_dir: Option<PathBuf>,
-    /// Control daemon to register with and heartbeat to (`http://HOST:PORT`).
-    #[arg(long)]
-    daemon: Option<String>,
+    /// Control daemon(s) to register with and heartbeat to
+    /// (`http://HOST:PORT`; several, comma-separated or repeated, for
+    /// daemons sharing one catalog: the agent fails over between them).
+    #[arg(long, value_delimiter = ',')]
+    daemon: Vec<String>,
     /// This host's name at the daemon (default: the system host name).
     #[arg(long)]
     host_name: Option<String>,
@@ -210,7 +212,19 @@ async fn main() -> Result<()> {
     tracing::info!(%local, %uri, store = %store_location, settings = ?settings, "imprint-agent serving");
     // Tests and scripts read this line to find a port chosen by the kernel.
     println!("listening on {local}");
-    if let Some(daemon) = args.daemon.or(file.daemon) {
+    let daemons: Vec<String> = if args.daemon.is_empty() {
+        file.daemon
+            .map(|d| {
+                d.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        args.daemon
+    };
+    if !daemons.is_empty() {
         let name = args
             .host_name
             .or(file.host_name)
@@ -231,7 +245,7 @@ async fn main() -> Result<()> {
             .transpose()
             .map_err(anyhow::Error::msg)?;
         tokio::spawn(register_and_heartbeat(
-            daemon,
+            daemons,
             client_tls,
             name,
             endpoint,
@@ -289,10 +303,11 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// Register with the daemon, then heartbeat at the interval it asks for;
-/// retried forever (the daemon may start later or restart).
+/// Register with a daemon, then heartbeat at the interval it asks for;
+/// retried forever (a daemon may start later or restart). With several
+/// daemons (one catalog), a failed call moves on to the next one at once.
 async fn register_and_heartbeat(
-    daemon: String,
+    daemons: Vec<String>,
     tls: Option<tonic::transport::ClientTlsConfig>,
     name: String,
     endpoint: String,
@@ -303,7 +318,10 @@ async fn register_and_heartbeat(
     };
     let mut registered = false;
     let mut interval = Duration::from_secs(10);
+    let mut current = 0;
+    let mut failures_in_a_row = 0;
     loop {
+        let daemon = daemons[current % daemons.len()].clone();
         let result = async {
             let mut ep = tonic::transport::Endpoint::from_shared(daemon.clone())?
                 .connect_timeout(Duration::from_secs(5));
@@ -336,12 +354,23 @@ async fn register_and_heartbeat(
         match result {
             Ok(secs) => {
                 registered = true;
+                failures_in_a_row = 0;
                 interval = Duration::from_secs(u64::from(secs.max(1)));
             }
             Err(e) => {
                 // A daemon that forgot us (new catalog) answers NOT_FOUND.
                 registered = false;
-                tracing::warn!(%daemon, error = %e, "cannot reach the daemon; retrying");
+                failures_in_a_row += 1;
+                current += 1;
+                if daemons.len() > 1 {
+                    tracing::warn!(%daemon, next = %daemons[current % daemons.len()], error = %e, "cannot reach the daemon; trying the next one");
+                } else {
+                    tracing::warn!(%daemon, error = %e, "cannot reach the daemon; retrying");
+                }
+                // Straight on to the next daemon until each was tried once.
+                if failures_in_a_row % daemons.len() != 0 {
+                    continue;
+                }
             }
         }
         tokio::time::sleep(interval).await;

@@ -235,6 +235,8 @@ pub struct Catalog {
     /// Accounts by token hash, for [`TOKEN_CACHE_TTL`]: every API call
     /// authenticates, and this spares the database one query per call.
     tokens: Arc<Mutex<HashMap<String, (Account, Instant)>>>,
+    /// This daemon's name in operation leases.
+    daemon_id: Arc<str>,
 }
 
 /// How long a token stays valid after it was rotated away (on other
@@ -301,7 +303,21 @@ impl Catalog {
             pool,
             sqlite,
             tokens: Arc::default(),
+            daemon_id: Arc::from(format!("pid-{}", std::process::id())),
         })
+    }
+
+    /// The same catalog, taking operation leases as `id` (one name per
+    /// daemon on a shared catalog; the same name across restarts lets a
+    /// restarted daemon take its operations back at once).
+    pub fn with_daemon_id(mut self, id: &str) -> Self {
+        self.daemon_id = Arc::from(id);
+        self
+    }
+
+    /// This daemon's name in operation leases.
+    pub fn daemon_id(&self) -> &str {
+        &self.daemon_id
     }
 
     /// A round trip to the database (health checks).

@@ -9,9 +9,17 @@
 //! watched; one the agent no longer knows fails with that reason. Agents
 //! that stop heartbeating have their operations failed by the reaper, so
 //! nothing stays running forever.
+//!
+//! Several daemons may share one catalog (PostgreSQL). Each running
+//! operation is driven by the daemon holding its lease in the row
+//! ([`crate::ops::LEASE_SECONDS`]); every daemon renews its leases every
+//! [`LEASE_RENEW_EVERY`] and claims operations whose lease expired, so the
+//! operations of a daemon that died are taken over within
+//! `LEASE_SECONDS + LEASE_RENEW_EVERY`. A daemon that finds it lost a lease
+//! (it stalled) stops following that operation.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -34,6 +42,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const RETRY_EVERY: Duration = Duration::from_secs(2);
 /// At most one progress write per operation this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// How often a daemon renews its leases and looks for orphaned operations.
+pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(5);
 
 /// The request an operation sends to its agent.
 #[derive(Debug, Clone)]
@@ -96,6 +106,8 @@ pub struct Dispatcher {
     changed: watch::Sender<u64>,
     usage_wanted: Notify,
     agent_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Operations this daemon drives now, by id.
+    following: Mutex<HashMap<String, tokio::task::AbortHandle>>,
 }
 
 impl Dispatcher {
@@ -118,6 +130,7 @@ impl Dispatcher {
             changed: watch::Sender::new(0),
             usage_wanted: Notify::new(),
             agent_tls,
+            following: Mutex::default(),
         })
     }
 
@@ -273,10 +286,78 @@ impl Dispatcher {
             }
         }
         self.bump();
-        let me = self.clone();
-        let id = op.id.clone();
-        tokio::spawn(async move { me.follow(id).await });
+        self.spawn_follower(op.clone());
         self.catalog.operation(&op.id).await.map_err(status)
+    }
+
+    /// Drive `op` to its end in a task of its own, unless this daemon
+    /// already does; returns the task when it is new.
+    pub fn spawn_follower(
+        self: &Arc<Self>,
+        op: OperationRow,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
+        if following.contains_key(&op.id) {
+            return None;
+        }
+        let (me, id) = (self.clone(), op.id.clone());
+        let task = tokio::spawn(async move {
+            if op.kind == "delete" {
+                me.finish_delete(&op).await;
+            } else {
+                me.clone().follow(op.id.clone()).await;
+            }
+            me.following
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&op.id);
+        });
+        following.insert(id, task.abort_handle());
+        Some(task)
+    }
+
+    /// Operations this daemon drives now.
+    pub fn following(&self) -> usize {
+        self.following.lock().map_or(0, |f| f.len())
+    }
+
+    /// Renew this daemon's leases, stop following operations it lost, and
+    /// claim operations whose daemon died (with `include_own`, also the
+    /// ones this daemon held before a restart). Returns how many it took.
+    pub async fn lease_pass(self: &Arc<Self>, include_own: bool) -> Result<usize, Status> {
+        let held: HashSet<String> = self
+            .catalog
+            .renew_leases()
+            .await
+            .map_err(status)?
+            .into_iter()
+            .collect();
+        {
+            let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
+            following.retain(|id, task| {
+                if held.contains(id) || task.is_finished() {
+                    return true;
+                }
+                // Ended meanwhile, or this daemon stalled past its lease and
+                // another one drives it now.
+                tracing::info!(op = %id, "no longer holding the operation's lease; stopped following it");
+                task.abort();
+                false
+            });
+        }
+        let claimed = self
+            .catalog
+            .claim_operations(include_own)
+            .await
+            .map_err(status)?;
+        let mut n = 0;
+        for op in claimed {
+            tracing::info!(op = %op.id, kind = %op.kind, host = %op.host, phase = %op.phase, "driving operation");
+            if self.spawn_follower(op).is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     async fn agent_cancel(&self, host: &HostRow, id: &str) -> Result<(), Status> {
@@ -288,20 +369,10 @@ impl Dispatcher {
         .map(|_| ())
     }
 
-    /// Pick up every running operation (at start).
+    /// At start: pick up this daemon's operations from before a restart
+    /// and those of daemons that died.
     pub async fn resume_all(self: &Arc<Self>) -> Result<usize, Status> {
-        let ops = self.catalog.running_operations().await.map_err(status)?;
-        let n = ops.len();
-        for op in ops {
-            tracing::info!(op = %op.id, kind = %op.kind, host = %op.host, phase = %op.phase, "resuming operation");
-            let me = self.clone();
-            if op.kind == "delete" {
-                tokio::spawn(async move { me.finish_delete(&op).await });
-            } else {
-                tokio::spawn(async move { me.follow(op.id).await });
-            }
-        }
-        Ok(n)
+        self.lease_pass(true).await
     }
 
     /// Follow an operation until it is final (or failed by the reaper).
@@ -612,6 +683,20 @@ impl Dispatcher {
     /// Background duties: fail operations of silent hosts, redo the space
     /// accounting when images came or went.
     pub fn start_background(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LEASE_RENEW_EVERY).await;
+                match me.lease_pass(false).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::warn!(operations = n, "took over operations whose daemon stopped");
+                        me.bump();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "lease renewal failed"),
+                }
+            }
+        });
         let me = self.clone();
         tokio::spawn(async move {
             let every = Duration::from_secs(u64::from(HEARTBEAT_INTERVAL_SECONDS));

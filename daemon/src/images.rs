@@ -553,10 +553,10 @@ impl ImageService for Images {
             }
         };
         // In its own task: a client that hangs up does not stop it halfway.
-        let (d, o) = (self.d.clone(), op.clone());
-        tokio::spawn(async move { d.finish_delete(&o).await })
-            .await
-            .map_err(|e| Status::internal(format!("delete task failed: {e}")))?;
+        if let Some(task) = self.d.spawn_follower(op.clone()) {
+            task.await
+                .map_err(|e| Status::internal(format!("delete task failed: {e}")))?;
+        }
         tracing::info!(op = %op.id, image = %r.id, account = %who.name, "image deleted");
         let op = self.catalog().operation(&op.id).await.map_err(status)?;
         Ok(Response::new(op_to_pb(&op)))

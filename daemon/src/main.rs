@@ -49,6 +49,11 @@ struct Serve {
     /// delete images and to report the bytes each holds alone.
     #[arg(long, env = "IMPRINTD_STORE")]
     store: Option<String>,
+    /// This daemon's name in operation leases, unique among the daemons
+    /// sharing a catalog and kept across restarts (default: host name and
+    /// port, `HOST:PORT`).
+    #[arg(long, env = "IMPRINTD_DAEMON_ID")]
+    daemon_id: Option<String>,
     /// Serve Prometheus metrics (`GET /metrics`) on this address.
     #[arg(long, env = "IMPRINTD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -156,6 +161,14 @@ async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
     let local = listener.local_addr()?;
+    let daemon_id = args.daemon_id.clone().unwrap_or_else(|| {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "imprintd".into());
+        format!("{host}:{}", local.port())
+    });
+    let catalog = catalog.with_daemon_id(&daemon_id);
     if let Some(addr) = args.metrics_listen {
         let l = tokio::net::TcpListener::bind(addr)
             .await
@@ -168,7 +181,7 @@ async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
     }
     let dispatcher = Dispatcher::with_agent_tls(catalog.clone(), store, agent_tls);
     let router = imprint_daemon::server::router(dispatcher, tls.as_ref()).await?;
-    tracing::info!(%local, store = ?args.store, "imprintd serving");
+    tracing::info!(%local, store = ?args.store, %daemon_id, "imprintd serving");
     println!("listening on {local}");
     imprint_service::notify::ready(&format!("serving on {local}"));
     // The watchdog is petted while the catalog answers.

@@ -4,6 +4,10 @@ use sqlx::Row;
 
 use crate::catalog::{Catalog, CatalogError, Result, now};
 
+/// How long an operation's lease lasts without renewal: the time another
+/// daemon waits before it takes over the operations of a dead one.
+pub const LEASE_SECONDS: i64 = 15;
+
 /// An operation row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OperationRow {
@@ -45,6 +49,10 @@ pub struct OperationRow {
     pub guest: String,
     /// Recent progress rate.
     pub rate_bps: f64,
+    /// Daemon driving it.
+    pub lease_owner: String,
+    /// Its lease ends then (seconds since the epoch) unless renewed.
+    pub lease_until: i64,
 }
 
 /// Whether operations of `kind` make a new image (capture, import).
@@ -137,7 +145,7 @@ pub struct HostRow {
 }
 
 const SELECT_OP: &str = "SELECT id, account_id, request_id, kind, state, phase, image_id, host, bytes_done, bytes_total, \
-     error, error_code, result, created_unix, updated_unix, finished_unix, agent_request, guest, rate_bps FROM operations";
+     error, error_code, result, created_unix, updated_unix, finished_unix, agent_request, guest, rate_bps, lease_owner, lease_until FROM operations";
 
 fn op_from(row: &sqlx::any::AnyRow) -> Result<OperationRow> {
     Ok(OperationRow {
@@ -160,6 +168,8 @@ fn op_from(row: &sqlx::any::AnyRow) -> Result<OperationRow> {
         agent_request: row.try_get("agent_request")?,
         guest: row.try_get("guest")?,
         rate_bps: row.try_get("rate_bps")?,
+        lease_owner: row.try_get("lease_owner")?,
+        lease_until: row.try_get("lease_until")?,
     })
 }
 
@@ -256,8 +266,8 @@ impl Catalog {
             }
         }
         sqlx::query(
-            "INSERT INTO operations (id, account_id, request_id, kind, state, phase, image_id, host, guest, agent_request, created_unix, updated_unix) \
-             VALUES ($1, $2, $3, $4, 'running', 'queued', $5, $6, $7, $8, $9, $9)",
+            "INSERT INTO operations (id, account_id, request_id, kind, state, phase, image_id, host, guest, agent_request, created_unix, updated_unix, lease_owner, lease_until) \
+             VALUES ($1, $2, $3, $4, 'running', 'queued', $5, $6, $7, $8, $9, $9, $10, $11)",
         )
         .bind(id)
         .bind(n.account_id)
@@ -268,6 +278,8 @@ impl Catalog {
         .bind(n.guest)
         .bind(n.agent_request)
         .bind(t)
+        .bind(self.daemon_id())
+        .bind(t + LEASE_SECONDS)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -496,6 +508,48 @@ impl Catalog {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    /// Take the lease of every running operation whose lease has expired
+    /// (its daemon died) and, with `include_own`, of those already this
+    /// daemon's (from before a restart); returns them. Several daemons may run this at once: each
+    /// operation goes to one.
+    pub async fn claim_operations(&self, include_own: bool) -> Result<Vec<OperationRow>> {
+        let t = now();
+        let ids: Vec<String> = sqlx::query(
+            "UPDATE operations SET lease_owner = $1, lease_until = $2 \
+             WHERE state = 'running' AND (lease_until < $3 OR (lease_owner = $1 AND $4)) RETURNING id",
+        )
+        .bind(self.daemon_id())
+        .bind(t + LEASE_SECONDS)
+        .bind(t)
+        .bind(include_own)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<std::result::Result<_, _>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.operation(&id).await?);
+        }
+        Ok(out)
+    }
+
+    /// Extend this daemon's leases; returns the running operations it
+    /// still holds (one it lost while stalled is not among them).
+    pub async fn renew_leases(&self) -> Result<Vec<String>> {
+        let t = now();
+        sqlx::query(
+            "UPDATE operations SET lease_until = $1 WHERE state = 'running' AND lease_owner = $2 RETURNING id",
+        )
+        .bind(t + LEASE_SECONDS)
+        .bind(self.daemon_id())
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get("id").map_err(CatalogError::from))
+        .collect()
     }
 
     /// Operations still running (to re-attach to after a restart).
@@ -777,6 +831,59 @@ mod tests {
                 c.get_image(&alice, &img).await,
                 Err(CatalogError::NotFound(_))
             ));
+        }
+    }
+
+    #[tokio::test]
+    async fn leases_pass_to_another_daemon_only_when_they_expire() {
+        for (_b, c) in catalogs().await {
+            let one = c.clone().with_daemon_id("daemon-1");
+            let two = c.clone().with_daemon_id("daemon-2");
+            let (alice, _) = one.create_account("alice", false, false).await.expect("a");
+            let n = NewOperation {
+                account_id: &alice.id,
+                request_id: None,
+                kind: "deploy",
+                image_id: None,
+                host: "h1",
+                guest: "g1",
+                agent_request: "",
+                new_image: None,
+            };
+            let (op, _) = one.begin_operation(&n).await.expect("begin");
+            assert_eq!(op.lease_owner, "daemon-1", "the creating daemon drives it");
+            assert!(op.lease_until > now());
+            // Alive: renewing keeps it; the other daemon cannot take it.
+            assert_eq!(
+                one.renew_leases().await.expect("renew"),
+                vec![op.id.clone()]
+            );
+            assert!(two.claim_operations(true).await.expect("claim").is_empty());
+            assert!(two.renew_leases().await.expect("renew").is_empty());
+            // A restarted daemon 1 (same name) takes its own back at once.
+            let mine = one.claim_operations(true).await.expect("own");
+            assert_eq!(mine.len(), 1);
+            assert!(one.claim_operations(false).await.expect("none").is_empty());
+
+            // Daemon 1 dies: its lease runs out, daemon 2 claims it once.
+            sqlx::query("UPDATE operations SET lease_until = $1 WHERE id = $2")
+                .bind(now() - 1)
+                .bind(&op.id)
+                .execute(c.pool())
+                .await
+                .expect("expire");
+            let taken = two.claim_operations(false).await.expect("claim");
+            assert_eq!(taken.len(), 1);
+            assert_eq!(taken[0].lease_owner, "daemon-2");
+            assert!(two.claim_operations(false).await.expect("again").is_empty());
+            // Daemon 1 comes back from a stall: it no longer holds it.
+            assert!(one.renew_leases().await.expect("renew").is_empty());
+            assert!(one.claim_operations(false).await.expect("claim").is_empty());
+            // Finished operations are nobody's.
+            one.finish_operation(&op.id, "succeeded", "", 0, "", &ImageOutcome::None)
+                .await
+                .expect("finish");
+            assert!(two.renew_leases().await.expect("renew").is_empty());
         }
     }
 
