@@ -5,6 +5,9 @@
 //! Nothing here skips: when libvirt or a guest image is missing, the
 //! helpers panic with what to install or run.
 
+pub mod daemon_api;
+pub mod pg;
+
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -477,7 +480,12 @@ impl DaemonProcess {
 
     /// `imprintd account ...` on this daemon's catalog; its stdout.
     pub fn admin(&self, args: &[&str]) -> String {
-        let mut all = vec!["--state-dir", self.state.to_str().expect("utf8"), "account"];
+        let mut all = vec!["--state-dir", self.state.to_str().expect("utf8")];
+        // A shared catalog (`--catalog postgres://...`) among the extra flags.
+        if let Some(i) = self.extra.iter().position(|a| a == "--catalog") {
+            all.extend(["--catalog", self.extra[i + 1].as_str()]);
+        }
+        all.push("account");
         all.extend(args);
         run(binary("imprintd").to_str().expect("utf8"), &all)
     }

@@ -4,96 +4,14 @@
 
 use std::time::Duration;
 
-use imprint_proto::v1::{
-    self as pb, image_service_client::ImageServiceClient,
-    operation_service_client::OperationServiceClient,
-};
-use imprint_tests::*;
-use tonic::{
-    Request, Status,
-    service::interceptor::InterceptedService,
-    transport::{Channel, Endpoint},
+use imprint_proto::v1 as pb;
+use imprint_tests::{
+    daemon_api::{Api, api, registered},
+    *,
 };
 
 const BOOT: Duration = Duration::from_secs(120);
 const HOST: &str = "kvm-e2e";
-
-type Auth = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send + Sync>;
-
-struct Api {
-    images: ImageServiceClient<InterceptedService<Channel, Auth>>,
-    ops: OperationServiceClient<InterceptedService<Channel, Auth>>,
-}
-
-fn api(endpoint: &str, token: &str) -> Api {
-    let ch = Endpoint::from_shared(endpoint.to_string())
-        .expect("endpoint")
-        .connect_lazy();
-    let auth = |token: String| -> Auth {
-        let value: tonic::metadata::MetadataValue<_> =
-            format!("Bearer {token}").parse().expect("ascii");
-        Box::new(move |mut r: Request<()>| {
-            r.metadata_mut().insert("authorization", value.clone());
-            Ok(r)
-        })
-    };
-    Api {
-        images: ImageServiceClient::with_interceptor(ch.clone(), auth(token.into())),
-        ops: OperationServiceClient::with_interceptor(ch, auth(token.into())),
-    }
-}
-
-impl Api {
-    /// Follow an operation to its end through the daemon (reconnecting
-    /// while the daemon restarts); returns the final state and the phases.
-    async fn wait(&mut self, id: &str) -> (pb::Operation, Vec<String>) {
-        let mut phases: Vec<String> = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
-        loop {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "operation {id} never ended"
-            );
-            let stream = self
-                .ops
-                .watch_operation(pb::GetDaemonOperationRequest { id: id.into() })
-                .await;
-            let Ok(stream) = stream else {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                continue;
-            };
-            let mut stream = stream.into_inner();
-            while let Ok(Some(op)) = stream.message().await {
-                if phases.last() != Some(&op.phase) {
-                    phases.push(op.phase.clone());
-                }
-                if op.state != pb::OperationState::Running as i32 {
-                    return (op, phases);
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-}
-
-async fn registered(daemon: &DaemonProcess, token: &str) {
-    let mut hosts = pb::host_service_client::HostServiceClient::connect(daemon.endpoint())
-        .await
-        .expect("connect");
-    for _ in 0..100 {
-        let list = hosts
-            .list_hosts(authed(token, pb::ListHostsRequest {}))
-            .await
-            .expect("hosts")
-            .into_inner()
-            .hosts;
-        if list.iter().any(|h| h.name == HOST && h.alive) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("the agent never registered");
-}
 
 /// Capture a running guest through the daemon, crash the daemon (SIGKILL)
 /// while the capture runs and start it again: the capture completes, the
@@ -106,7 +24,7 @@ async fn capture_survives_a_daemon_crash_then_deploy_and_delete() {
     let f = Fixture::in_workdir(wd, &["--daemon", &daemon.endpoint(), "--host-name", HOST]);
     let alice = daemon.account("alice");
     let bob = daemon.account("bob");
-    registered(&daemon, &alice).await;
+    registered(&daemon.endpoint(), HOST, &alice).await;
 
     let disk = f.disk_in_pool_a(&f.guest.disk, "a-vda.raw");
     let (a, name_a, log_a) = f.boot_guest("a", &[(&disk, "raw")]);
@@ -348,7 +266,7 @@ async fn deaf_capture_running() -> Deaf {
     let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
     let f = Fixture::in_workdir(wd, &["--daemon", &daemon.endpoint(), "--host-name", HOST]);
     let alice = daemon.account("alice");
-    registered(&daemon, &alice).await;
+    registered(&daemon.endpoint(), HOST, &alice).await;
     let disk = f.disk_in_pool_a(&f.guest.disk_ignore_acpi, "deaf-vda.raw");
     let (guest, name_a, _log) = f.boot_guest("deaf", &[(&disk, "raw")]);
     let mut api_a = api(&daemon.endpoint(), &alice);
