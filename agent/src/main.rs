@@ -78,6 +78,11 @@ struct Args {
     /// This host's name at the daemon (default: the system host name).
     #[arg(long)]
     host_name: Option<String>,
+    /// The site (datacenter) this host is in; its --store is that site's
+    /// store. Deploys read from the store of the host's site when the image
+    /// is there.
+    #[arg(long)]
+    site: Option<String>,
 }
 
 /// The configuration file; every key is optional.
@@ -94,6 +99,7 @@ struct FileConfig {
     shutdown_timeout_seconds: Option<u64>,
     daemon: Option<String>,
     host_name: Option<String>,
+    site: Option<String>,
     advertise: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -244,8 +250,10 @@ async fn main() -> Result<()> {
             .map(imprint_proto::tls::TlsFiles::client)
             .transpose()
             .map_err(anyhow::Error::msg)?;
+        let site = args.site.or(file.site).unwrap_or_default();
         tokio::spawn(register_and_heartbeat(
             daemons,
+            site,
             client_tls,
             name,
             endpoint,
@@ -261,7 +269,8 @@ async fn main() -> Result<()> {
             imprint_service::metrics::global().clone(),
         ));
     }
-    let agent = Agent::new(hv, store, journal, settings);
+    let agent =
+        Agent::new(hv, store, journal, settings).with_store_location(store_location.clone());
     let on_stop = agent.clone();
     let stop_timeout = Duration::from_secs(args.stop_timeout_seconds);
     imprint_service::notify::ready(&format!("serving on {local}, libvirt {uri}"));
@@ -308,6 +317,7 @@ async fn main() -> Result<()> {
 /// daemons (one catalog), a failed call moves on to the next one at once.
 async fn register_and_heartbeat(
     daemons: Vec<String>,
+    site: String,
     tls: Option<tonic::transport::ClientTlsConfig>,
     name: String,
     endpoint: String,
@@ -337,6 +347,7 @@ async fn register_and_heartbeat(
                         libvirt_uri: libvirt_uri.clone(),
                         version: env!("CARGO_PKG_VERSION").into(),
                         cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
+                        site: site.clone(),
                         ..Default::default()
                     })
                     .await?;

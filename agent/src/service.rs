@@ -56,6 +56,10 @@ pub struct Agent {
     ctx: Ctx,
     ops: Arc<Mutex<HashMap<String, Op>>>,
     settings: Arc<Settings>,
+    /// Where the agent's own store is (to recognise it in requests).
+    own_location: Option<imprint_store::Location>,
+    /// Other sites' stores, opened on first use, by location.
+    other_stores: Arc<Mutex<HashMap<String, Store>>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -127,7 +131,50 @@ impl Agent {
             },
             ops: Arc::new(Mutex::new(HashMap::new())),
             settings: Arc::new(settings),
+            own_location: None,
+            other_stores: Arc::default(),
         }
+    }
+
+    /// Tell the agent where its own store is, so requests naming that
+    /// location use it rather than opening it again.
+    pub fn with_store_location(mut self, location: imprint_store::Location) -> Self {
+        self.own_location = Some(location);
+        self
+    }
+
+    /// The store at `location` (a directory or `s3://` URL, reached with
+    /// this agent's mounts and `AWS_*` keys); empty: the agent's own.
+    async fn store_at(&self, location: &str) -> Result<Store, Status> {
+        if location.is_empty() {
+            return Ok(self.ctx.store.clone());
+        }
+        let loc = imprint_store::Location::parse(location).map_err(|e| status(e.into()))?;
+        if self
+            .own_location
+            .as_ref()
+            .is_some_and(|own| own.same_store(&loc))
+        {
+            return Ok(self.ctx.store.clone());
+        }
+        if let Some(s) = self
+            .other_stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(location)
+        {
+            return Ok(s.clone());
+        }
+        let opened = blocking(move || {
+            Store::open_at(&loc, false)
+                .map_err(|e| AgentError::from(e).context(format!("store {loc}")))
+        })
+        .await?;
+        self.other_stores
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(location.to_string(), opened.clone());
+        Ok(opened)
     }
 
     /// The tonic service.
@@ -246,6 +293,10 @@ impl Agent {
                         (o.bytes_done, o.bytes_total) = (r.size_bytes, r.size_bytes);
                         o.export = Some(r);
                     }
+                    Ok(Finished::Copy(r)) => {
+                        (o.bytes_done, o.bytes_total) = (r.image_size_bytes, r.image_size_bytes);
+                        o.copy = Some(r);
+                    }
                     Ok(Finished::Deploy(r)) => {
                         o.bytes_done = o.bytes_total;
                         o.deploy = Some(r);
@@ -268,6 +319,7 @@ impl Agent {
                 Ok(pb::OperationKind::Capture) => "capture",
                 Ok(pb::OperationKind::Import) => "import",
                 Ok(pb::OperationKind::Export) => "export",
+                Ok(pb::OperationKind::Copy) => "copy",
                 _ => "deploy",
             };
             let result = match pb::OperationState::try_from(o.state) {
@@ -325,6 +377,7 @@ enum Finished {
     Capture(pb::CaptureResult),
     Deploy(pb::DeployResult),
     Export(pb::ExportResult),
+    Copy(pb::CopyResult),
 }
 
 fn op_id(given: &str) -> Result<String, Status> {
@@ -417,8 +470,15 @@ impl AgentService for Agent {
             .image_id
             .parse()
             .map_err(|e: imprint_store::Error| status(e.into()))?;
-        let store = self.ctx.store.clone();
-        blocking(move || store.manifest(&image).map(|_| ()).map_err(AgentError::from)).await?;
+        let store = self.store_at(&r.store).await?;
+        let reader = store.clone();
+        blocking(move || {
+            reader
+                .manifest(&image)
+                .map(|_| ())
+                .map_err(AgentError::from)
+        })
+        .await?;
         let disk_format = match pb::DiskFormat::try_from(r.disk_format) {
             Ok(pb::DiskFormat::Unspecified | pb::DiskFormat::Raw) => "raw",
             Ok(pb::DiskFormat::Qcow2) => "qcow2",
@@ -462,9 +522,11 @@ impl AgentService for Agent {
             console_log_dir: self.settings.console_log_dir.clone(),
         };
         // Refuse bad input now, as an error of this call.
-        let (ctx, check) = (self.ctx.clone(), spec.clone());
-        blocking(move || work::check_deploy(&ctx, &check).map(|_| ())).await?;
-        let ctx = self.ctx.clone();
+        // The image may come from another site's store.
+        let mut ctx = self.ctx.clone();
+        ctx.store = store;
+        let (check_ctx, check) = (ctx.clone(), spec.clone());
+        blocking(move || work::check_deploy(&check_ctx, &check).map(|_| ())).await?;
         let op = self.launch(
             id,
             pb::OperationKind::Deploy,
@@ -574,8 +636,9 @@ impl AgentService for Agent {
                 path.display()
             )));
         }
-        let store = self.ctx.store.clone();
+        let store = self.store_at(&r.store).await?;
         let (check, disk) = (image.clone(), r.disk as usize);
+        let reader = store.clone();
         blocking(move || {
             let m = store.manifest(&check).map_err(AgentError::from)?;
             if disk >= m.disks.len() {
@@ -590,7 +653,7 @@ impl AgentService for Agent {
             Ok(())
         })
         .await?;
-        let store = self.ctx.store.clone();
+        let store = reader;
         let op = self.launch(
             id,
             pb::OperationKind::Export,
@@ -602,6 +665,49 @@ impl AgentService for Agent {
                     size_bytes: size,
                     format: pb_format as i32,
                 }))
+            },
+        );
+        Ok(Response::new(op))
+    }
+
+    async fn copy(
+        &self,
+        req: Request<pb::CopyRequest>,
+    ) -> Result<Response<pb::AgentOperation>, Status> {
+        let r = req.into_inner();
+        let id = op_id(&r.operation_id)?;
+        if let Some(op) = self.existing(&id) {
+            return Ok(Response::new(op));
+        }
+        let image: imprint_store::ImageId = r
+            .image_id
+            .parse()
+            .map_err(|e: imprint_store::Error| status(e.into()))?;
+        let same = r.source_store == r.target_store
+            || match (
+                imprint_store::Location::parse(&r.source_store),
+                imprint_store::Location::parse(&r.target_store),
+            ) {
+                (Ok(a), Ok(b)) => a.same_store(&b),
+                _ => false,
+            };
+        if same {
+            return Err(Status::invalid_argument(
+                "the source and target are the same store; a copy needs two stores",
+            ));
+        }
+        let src = self.store_at(&r.source_store).await?;
+        let dst = self.store_at(&r.target_store).await?;
+        // Refuse now what cannot work: no such image, or already there.
+        let (s, d, check) = (src.clone(), dst.clone(), image.clone());
+        blocking(move || transfer::check_copy(&s, &d, &check)).await?;
+        let op = self.launch(
+            id,
+            pb::OperationKind::Copy,
+            String::new(),
+            move |cancel, report| {
+                let r = transfer::copy(&src, &dst, &image, cancel, report)?;
+                Ok(Finished::Copy(r))
             },
         );
         Ok(Response::new(op))

@@ -281,6 +281,73 @@ pub fn import(
 
 /// Write disk `disk` of image `image` to `path` as `format`; an existing
 /// file is refused. Returns the guest-visible bytes written.
+/// Refuse a copy that cannot work before it starts: the image must be in
+/// `src`, not yet in `dst`, and both stores must cut images alike.
+pub fn check_copy(src: &Store, dst: &Store, image: &ImageId) -> Result<()> {
+    src.manifest(image)?;
+    if src.chunk_size() != dst.chunk_size() {
+        return Err(invalid(format!(
+            "the stores cut images differently ({} and {} byte chunks)",
+            src.chunk_size(),
+            dst.chunk_size()
+        )));
+    }
+    match dst.manifest(image) {
+        Ok(_) => Err(AgentError::new(
+            Kind::Conflict,
+            format!("image {image} is in the target store already"),
+        )),
+        Err(e) if e.kind() == imprint_store::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Copy `image` from `src` to `dst` (only the chunks `dst` lacks), then
+/// read every chunk of the copy back at `dst` and check it; a copy that
+/// fails the check is removed again.
+pub fn copy(
+    src: &Store,
+    dst: &Store,
+    image: &ImageId,
+    cancel: &Arc<AtomicBool>,
+    report: Report<'_>,
+) -> Result<imprint_proto::v1::CopyResult> {
+    let manifest = src.manifest(image)?;
+    let size: u64 = manifest.disks.iter().map(|d| d.size_bytes).sum();
+    let cs = u64::from(src.chunk_size());
+    let r =
+        imprint_store::copy::copy_image_with(src, dst, image, Some(cancel), &mut |done, total| {
+            report(
+                "copying chunks",
+                (done * cs).min(size),
+                (total * cs).min(size),
+            )
+        })?;
+    report("verifying the copy", 0, size);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let v = imprint_store::verify::verify_images(dst, std::slice::from_ref(&manifest), threads)?;
+    if !v.is_ok() {
+        let _ = dst.delete_image(image);
+        return Err(AgentError::new(
+            Kind::FailedPrecondition,
+            format!(
+                "the copy of image {image} failed its check at the target ({} missing, {} corrupt chunks); it was removed",
+                v.missing.len(),
+                v.corrupt.len()
+            ),
+        ));
+    }
+    Ok(imprint_proto::v1::CopyResult {
+        chunks_total: r.chunks_total,
+        chunks_sent: r.chunks_sent,
+        chunks_present: r.chunks_present,
+        bytes_sent: r.bytes_sent,
+        image_size_bytes: size,
+        bytes_verified: v.bytes_checked,
+        seconds: r.seconds + v.seconds,
+    })
+}
+
 pub fn export(
     store: &Store,
     image: &ImageId,

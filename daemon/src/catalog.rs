@@ -1085,7 +1085,7 @@ impl Catalog {
                 "image {id} changed while it was being deleted; retry"
             )));
         }
-        let reader: Option<String> = sqlx::query("SELECT id FROM operations WHERE kind IN ('deploy', 'export') AND state = 'running' AND image_id = $1")
+        let reader: Option<String> = sqlx::query("SELECT id FROM operations WHERE kind IN ('deploy', 'export', 'copy') AND state = 'running' AND image_id = $1")
             .bind(&img.id)
             .fetch_optional(&mut *tx)
             .await?

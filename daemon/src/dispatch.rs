@@ -34,6 +34,7 @@ use crate::{
     catalog::{Catalog, ImageDiskRow, now},
     hosts::{HEARTBEAT_INTERVAL_SECONDS, status},
     ops::{HostRow, ImageOutcome, OperationRow, creates_image},
+    sites::{DEFAULT_SITE, site_of_host},
 };
 
 /// How long the daemon waits for an agent to accept a request.
@@ -56,6 +57,8 @@ pub enum AgentRequest {
     Import(pb::ImportRequest),
     /// An export to a file on the host.
     Export(pb::ExportRequest),
+    /// A copy between two sites' stores.
+    Copy(pb::CopyRequest),
 }
 
 impl AgentRequest {
@@ -66,6 +69,7 @@ impl AgentRequest {
             AgentRequest::Deploy(r) => r.encode_to_vec(),
             AgentRequest::Import(r) => r.encode_to_vec(),
             AgentRequest::Export(r) => r.encode_to_vec(),
+            AgentRequest::Copy(r) => r.encode_to_vec(),
         })
     }
 
@@ -83,6 +87,9 @@ impl AgentRequest {
                 .map_err(|e| e.to_string()),
             "export" => pb::ExportRequest::decode(bytes.as_slice())
                 .map(AgentRequest::Export)
+                .map_err(|e| e.to_string()),
+            "copy" => pb::CopyRequest::decode(bytes.as_slice())
+                .map(AgentRequest::Copy)
                 .map_err(|e| e.to_string()),
             other => Err(format!(
                 "operations of kind {other:?} are not sent to agents"
@@ -108,6 +115,8 @@ pub struct Dispatcher {
     agent_tls: Option<tonic::transport::ClientTlsConfig>,
     /// Operations this daemon drives now, by id.
     following: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Sites' stores, opened on first use.
+    site_stores: Mutex<HashMap<String, Store>>,
 }
 
 impl Dispatcher {
@@ -131,7 +140,68 @@ impl Dispatcher {
             usage_wanted: Notify::new(),
             agent_tls,
             following: Mutex::default(),
+            site_stores: Mutex::default(),
         })
+    }
+
+    /// The store of site `site` (the daemon's own `--store` for the default
+    /// site), for metadata work: deletes, never bulk data.
+    pub async fn site_store(&self, site: &str) -> Result<Store, Status> {
+        if site == DEFAULT_SITE
+            && let Some(s) = &self.store
+        {
+            return Ok(s.clone());
+        }
+        if let Some(s) = self
+            .site_stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(site)
+        {
+            return Ok(s.clone());
+        }
+        let row = self.catalog.site(site).await.map_err(status)?;
+        let location = imprint_store::Location::parse(&row.store)
+            .map_err(|e| Status::failed_precondition(format!("site {site}: {e}")))?;
+        let store = tokio::task::spawn_blocking(move || Store::open_at(&location, false))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(format!("site {site}: {e}")))?;
+        self.site_stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(site.to_string(), store.clone());
+        Ok(store)
+    }
+
+    /// Where a deploy or export on `host` reads image `image_id` from: ""
+    /// (the agent's own store) when the image is at the host's site,
+    /// otherwise the store of another site that has it (by name).
+    pub async fn source_store(&self, image_id: &str, host: &HostRow) -> Result<String, Status> {
+        let here = site_of_host(&host.site);
+        let available: Vec<String> = self
+            .catalog
+            .locations(image_id)
+            .await
+            .map_err(status)?
+            .into_iter()
+            .filter(|l| l.state == "available")
+            .map(|l| l.site)
+            .collect();
+        if available.iter().any(|s| s == here) {
+            return Ok(String::new());
+        }
+        let Some(other) = available.first() else {
+            return Err(Status::failed_precondition(format!(
+                "image {image_id} has no complete copy at any site"
+            )));
+        };
+        let site = self.catalog.site(other).await.map_err(|_| {
+            Status::failed_precondition(format!(
+                "image {image_id} is stored at site {other}, whose store is not configured (imprintd --site {other}=LOCATION)"
+            ))
+        })?;
+        Ok(site.store)
     }
 
     /// The catalog.
@@ -207,6 +277,7 @@ impl Dispatcher {
                 AgentRequest::Deploy(r) => c.deploy(r.clone()).await,
                 AgentRequest::Import(r) => c.import(r.clone()).await,
                 AgentRequest::Export(r) => c.export(r.clone()).await,
+                AgentRequest::Copy(r) => c.copy(r.clone()).await,
             }
         };
         match tokio::time::timeout(SEND_TIMEOUT, call).await {
@@ -496,6 +567,11 @@ impl Dispatcher {
     }
 
     async fn finish(&self, op: &OperationRow, a: &pb::AgentOperation) -> Result<(), Status> {
+        // A new image is stored at its host's site.
+        let site = match self.catalog.host(&op.host).await {
+            Ok(h) => site_of_host(&h.site).to_string(),
+            Err(_) => DEFAULT_SITE.to_string(),
+        };
         let (state, outcome) = match pb::OperationState::try_from(a.state) {
             Ok(pb::OperationState::Succeeded) => {
                 let outcome = match &a.capture {
@@ -513,6 +589,7 @@ impl Dispatcher {
                             size_bytes: disks.iter().map(|d| d.size_bytes as i64).sum(),
                             config_json: c.config_json.clone(),
                             disks_json: serde_json::to_string(&disks).unwrap_or_default(),
+                            site,
                         }
                     }
                     _ => ImageOutcome::None,
@@ -536,6 +613,7 @@ impl Dispatcher {
                 if creates_image(&op.kind) && state == "succeeded" {
                     self.usage_changed();
                 }
+                self.settle_copy(op).await;
             }
             Ok(false) => {}
             Err(e) => {
@@ -577,7 +655,18 @@ impl Dispatcher {
         }
         tracing::warn!(op = %op.id, %error, "operation failed");
         record_metrics(op, "failed", &pb::AgentOperation::default());
+        self.settle_copy(op).await;
         self.bump();
+    }
+
+    /// After a copy ended: its location becomes available, or goes.
+    async fn settle_copy(&self, op: &OperationRow) {
+        if op.kind == "copy"
+            && let Err(e) = self.catalog.settle_locations().await
+        {
+            // The background pass settles it later.
+            tracing::warn!(op = %op.id, error = %e, "cannot settle the copy's location");
+        }
     }
 
     /// Ask the agent to cancel a running operation.
@@ -637,20 +726,37 @@ impl Dispatcher {
                 .await;
             return;
         };
-        if let Some(store) = self.store.clone() {
-            let id = image_id.clone();
-            let r = tokio::task::spawn_blocking(move || {
-                let id: imprint_store::ImageId = id
-                    .parse()
-                    .map_err(|e: imprint_store::Error| e.to_string())?;
-                match store.delete_image(&id) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == imprint_store::ErrorKind::NotFound => Ok(()),
-                    Err(e) => Err(e.to_string()),
+        // Every site that holds (or is receiving) a copy.
+        let mut sites: Vec<String> = match self.catalog.locations(&image_id).await {
+            Ok(l) => l.into_iter().map(|l| l.site).collect(),
+            Err(e) => {
+                tracing::error!(op = %op.id, error = %e, "cannot read the image's locations; retrying later");
+                return;
+            }
+        };
+        if sites.is_empty() && self.store.is_some() {
+            sites.push(DEFAULT_SITE.to_string());
+        }
+        for site in sites {
+            let r = match self.site_store(&site).await {
+                Ok(store) => {
+                    let id = image_id.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let id: imprint_store::ImageId = id
+                            .parse()
+                            .map_err(|e: imprint_store::Error| e.to_string())?;
+                        match store.delete_image(&id) {
+                            Ok(()) => Ok(()),
+                            Err(e) if e.kind() == imprint_store::ErrorKind::NotFound => Ok(()),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
                 }
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()));
+                Err(e) => Err(e.message().to_string()),
+            };
+            let r = r.map_err(|e| format!("site {site}: {e}"));
             if let Err(e) = r {
                 // The image goes back to the state it had.
                 let prior = op.agent_request.strip_prefix("prior:").unwrap_or("active");
@@ -664,6 +770,9 @@ impl Dispatcher {
                 )
                 .await;
                 return;
+            }
+            if let Err(e) = self.catalog.remove_location(&image_id, &site).await {
+                tracing::warn!(op = %op.id, %site, error = %e, "cannot forget a removed location");
             }
         }
         if let Err(e) = self.catalog.mark_deleted(&image_id).await {
@@ -687,6 +796,9 @@ impl Dispatcher {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(LEASE_RENEW_EVERY).await;
+                if let Err(e) = me.catalog.settle_locations().await {
+                    tracing::warn!(error = %e, "cannot settle copy locations");
+                }
                 match me.lease_pass(false).await {
                     Ok(0) => {}
                     Ok(n) => {

@@ -22,6 +22,7 @@ use crate::{
     hosts::status,
     operations::op_to_pb,
     ops::{NewImage, NewOperation, OperationRow},
+    sites::{LocationRow, site_of_host},
 };
 
 /// The service.
@@ -46,7 +47,8 @@ impl Images {
         } else {
             Vec::new()
         };
-        Ok(image_to_pb(row, members))
+        let locations = self.catalog().locations(&row.id).await.map_err(status)?;
+        Ok(image_to_pb(row, members, locations))
     }
 
     /// The operation an earlier call with this request id started.
@@ -136,7 +138,11 @@ fn state_pb(s: &str) -> pb::ImageState {
 }
 
 /// The API's view of a catalog row.
-pub fn image_to_pb(row: ImageRow, members: Vec<(String, String)>) -> pb::Image {
+pub fn image_to_pb(
+    row: ImageRow,
+    members: Vec<(String, String)>,
+    locations: Vec<LocationRow>,
+) -> pb::Image {
     let disks = row
         .disks()
         .into_iter()
@@ -172,6 +178,17 @@ pub fn image_to_pb(row: ImageRow, members: Vec<(String, String)>) -> pb::Image {
             .collect(),
         created_unix: row.created_unix,
         updated_unix: row.updated_unix,
+        locations: locations
+            .into_iter()
+            .map(|l| pb::ImageLocation {
+                state: if l.state == "available" {
+                    pb::LocationState::Available
+                } else {
+                    pb::LocationState::Copying
+                } as i32,
+                site: l.site,
+            })
+            .collect(),
     }
 }
 
@@ -312,6 +329,7 @@ impl ImageService for Images {
             network: r.network,
             user_data: r.user_data,
             start: r.start,
+            store: self.d.source_store(&img.id, &host).await?,
         });
         let encoded = agent_req.encode();
         let n = NewOperation {
@@ -402,6 +420,7 @@ impl ImageService for Images {
             disk: r.disk,
             path: r.path.clone(),
             format: r.format,
+            store: self.d.source_store(&img.id, &host).await?,
         });
         let encoded = agent_req.encode();
         let n = NewOperation {
@@ -415,6 +434,220 @@ impl ImageService for Images {
             new_image: None,
         };
         self.start(&op_id, &n, &agent_req).await
+    }
+
+    async fn copy_image(
+        &self,
+        req: Request<pb::CopyImageRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let r = req.into_inner();
+        if let Some(op) = self.replay(&who, &r.request_id, "copy").await? {
+            return Ok(Response::new(op));
+        }
+        let img = self
+            .catalog()
+            .owned_image(&who, &r.image_id)
+            .await
+            .map_err(status)?;
+        if !matches!(img.state.as_str(), "active" | "deprecated") {
+            return Err(Status::failed_precondition(format!(
+                "image {} is {}; only active or deprecated images can be copied",
+                img.id, img.state
+            )));
+        }
+        crate::sites::validate_site_name(&r.site).map_err(status)?;
+        let target = self.catalog().site(&r.site).await.map_err(status)?;
+        let locations = self.catalog().locations(&img.id).await.map_err(status)?;
+        if let Some(l) = locations.iter().find(|l| l.site == target.name) {
+            return Err(Status::already_exists(format!(
+                "image {} is at site {} already ({})",
+                img.id, l.site, l.state
+            )));
+        }
+        // The source: any complete copy; a site whose store is the target's
+        // store under another name is the same store.
+        let mut source = None;
+        for l in locations.iter().filter(|l| l.state == "available") {
+            let site = self.catalog().site(&l.site).await.map_err(status)?;
+            let same = match (
+                imprint_store::Location::parse(&site.store),
+                imprint_store::Location::parse(&target.store),
+            ) {
+                (Ok(a), Ok(b)) => a.same_store(&b),
+                _ => site.store == target.store,
+            };
+            if same {
+                return Err(Status::invalid_argument(format!(
+                    "sites {} and {} use the same store ({}); there is nothing to copy",
+                    site.name, target.name, target.store
+                )));
+            }
+            source.get_or_insert(site);
+        }
+        let source = source.ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "image {} has no complete copy to copy from",
+                img.id
+            ))
+        })?;
+        // Any live host at the target site does it (it writes to its own
+        // store); else any live host that can reach both stores.
+        let hosts = self.catalog().hosts().await.map_err(status)?;
+        let host = hosts
+            .iter()
+            .filter(|h| Dispatcher::alive(h))
+            .find(|h| site_of_host(&h.site) == target.name)
+            .or_else(|| hosts.iter().find(|h| Dispatcher::alive(h)))
+            .cloned()
+            .ok_or_else(|| Status::unavailable("no live host to run the copy on"))?;
+        let op_id = uuid::Uuid::new_v4().to_string();
+        let agent_req = AgentRequest::Copy(pb::CopyRequest {
+            operation_id: op_id.clone(),
+            image_id: img.id.clone(),
+            source_store: source.store.clone(),
+            target_store: target.store.clone(),
+        });
+        let encoded = agent_req.encode();
+        let n = NewOperation {
+            account_id: &who.id,
+            request_id: Some(r.request_id.as_str()).filter(|s| !s.is_empty()),
+            kind: "copy",
+            image_id: Some(&img.id),
+            host: &host.name,
+            // The target site, for the operation's readers.
+            guest: &target.name,
+            agent_request: &encoded,
+            new_image: None,
+        };
+        let (op, new) = self
+            .catalog()
+            .begin_operation_with_id(&op_id, &n)
+            .await
+            .map_err(status)?;
+        if !new {
+            return Ok(Response::new(op_to_pb(&op)));
+        }
+        if let Err(e) = self
+            .catalog()
+            .add_location(&img.id, &target.name, "copying", &op.id)
+            .await
+        {
+            let _ = self.catalog().undo_operation(&op.id).await;
+            return Err(status(e));
+        }
+        let op = match self.d.dispatch(op, &agent_req).await {
+            Ok(op) => op,
+            Err(e) => {
+                // Refused: the operation is gone; so goes its location.
+                let _ = self.catalog().remove_location(&img.id, &target.name).await;
+                return Err(e);
+            }
+        };
+        tracing::info!(op = %op.id, image = %img.id, from = %source.name, to = %target.name, host = %host.name, "copy started");
+        Ok(Response::new(op_to_pb(&op)))
+    }
+
+    async fn remove_image_location(
+        &self,
+        req: Request<pb::RemoveImageLocationRequest>,
+    ) -> Result<Response<pb::Image>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let r = req.into_inner();
+        let img = self
+            .catalog()
+            .owned_image(&who, &r.image_id)
+            .await
+            .map_err(status)?;
+        let locations = self.catalog().locations(&img.id).await.map_err(status)?;
+        let Some(here) = locations.iter().find(|l| l.site == r.site) else {
+            return Err(Status::not_found(format!(
+                "image {} is not stored at site {:?}",
+                img.id, r.site
+            )));
+        };
+        if here.state != "available" {
+            return Err(Status::failed_precondition(format!(
+                "the copy of image {} at site {} is still being made (operation {}); cancel it instead",
+                img.id, r.site, here.operation_id
+            )));
+        }
+        if !locations
+            .iter()
+            .any(|l| l.site != r.site && l.state == "available")
+        {
+            return Err(Status::failed_precondition(format!(
+                "site {} holds the only copy of image {}; delete the image instead",
+                r.site, img.id
+            )));
+        }
+        let readers = self
+            .catalog()
+            .running_deploys_of(&img.id)
+            .await
+            .map_err(status)?;
+        if !readers.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "image {} is being read by operation(s) {}; try again when they end",
+                img.id,
+                readers.join(", ")
+            )));
+        }
+        // Forget it first (deploys stop choosing it), then remove the
+        // manifest from that store; its chunks go at that store's next gc.
+        self.catalog()
+            .remove_location(&img.id, &r.site)
+            .await
+            .map_err(status)?;
+        let store = self.d.site_store(&r.site).await?;
+        let id: imprint_store::ImageId = img
+            .id
+            .parse()
+            .map_err(|e: imprint_store::Error| Status::internal(e.to_string()))?;
+        let removed = tokio::task::spawn_blocking(move || match store.delete_image(&id) {
+            Err(e) if e.kind() != imprint_store::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        if let Err(e) = removed {
+            // Keep the catalog true to the store: the copy is still there.
+            let _ = self
+                .catalog()
+                .add_location(&img.id, &r.site, "available", "")
+                .await;
+            return Err(Status::unavailable(format!(
+                "site {}: removing the copy failed: {e}",
+                r.site
+            )));
+        }
+        tracing::info!(image = %img.id, site = %r.site, account = %who.name, "image location removed");
+        self.d.usage_changed();
+        self.get_owned(&who, &img.id).await
+    }
+
+    async fn list_sites(
+        &self,
+        req: Request<pb::ListSitesRequest>,
+    ) -> Result<Response<pb::ListSitesResponse>, Status> {
+        auth::account(self.catalog(), &req).await?;
+        let hosts = self.catalog().hosts().await.map_err(status)?;
+        let sites = self
+            .catalog()
+            .sites()
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(|s| pb::Site {
+                hosts: hosts
+                    .iter()
+                    .filter(|h| site_of_host(&h.site) == s.name)
+                    .count() as u32,
+                name: s.name,
+                store: s.store,
+            })
+            .collect();
+        Ok(Response::new(pb::ListSitesResponse { sites }))
     }
 
     async fn get_image(
@@ -464,11 +697,14 @@ impl ImageService for Images {
             .map(|r| r.id.clone())
             .collect();
         let mut members = self.catalog().members_of(&own).await.map_err(status)?;
+        let all: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+        let mut locations = self.catalog().locations_of(&all).await.map_err(status)?;
         let images = rows
             .into_iter()
             .map(|row| {
                 let m = members.remove(&row.id).unwrap_or_default();
-                image_to_pb(row, m)
+                let l = locations.remove(&row.id).unwrap_or_default();
+                image_to_pb(row, m, l)
             })
             .collect();
         Ok(Response::new(pb::ListImagesResponse {

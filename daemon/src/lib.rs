@@ -18,5 +18,6 @@ pub mod images;
 pub mod operations;
 pub mod ops;
 pub mod server;
+pub mod sites;
 #[cfg(test)]
 mod testpg;

@@ -49,6 +49,12 @@ struct Serve {
     /// delete images and to report the bytes each holds alone.
     #[arg(long, env = "IMPRINTD_STORE")]
     store: Option<String>,
+    /// Another site (datacenter) and its store, `NAME=LOCATION` (a
+    /// directory or `s3://bucket/prefix`); repeatable. `--store` is the
+    /// site `default`. Sites are kept in the catalog, so every daemon on a
+    /// shared catalog knows them.
+    #[arg(long = "site", value_name = "NAME=LOCATION")]
+    sites: Vec<String>,
     /// This daemon's name in operation leases, unique among the daemons
     /// sharing a catalog and kept across restarts (default: host name and
     /// port, `HOST:PORT`).
@@ -178,6 +184,22 @@ async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
             l,
             imprint_service::metrics::global().clone(),
         ));
+    }
+    if let Some(s) = &args.store {
+        catalog
+            .upsert_site(imprint_daemon::sites::DEFAULT_SITE, s)
+            .await
+            .context("record the default site")?;
+    }
+    for spec in &args.sites {
+        let (name, location) = spec
+            .split_once('=')
+            .with_context(|| format!("--site {spec:?}: write NAME=LOCATION"))?;
+        imprint_store::Location::parse(location).with_context(|| format!("--site {spec}"))?;
+        catalog
+            .upsert_site(name, location)
+            .await
+            .with_context(|| format!("--site {spec}"))?;
     }
     let dispatcher = Dispatcher::with_agent_tls(catalog.clone(), store, agent_tls);
     let router = imprint_daemon::server::router(dispatcher, tls.as_ref()).await?;

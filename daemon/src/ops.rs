@@ -118,6 +118,8 @@ pub enum ImageOutcome {
         config_json: String,
         /// Disks, JSON.
         disks_json: String,
+        /// Site whose store holds it (the capturing host's).
+        site: String,
     },
     /// The capture failed: the image becomes `failed` with this reason.
     Failed(String),
@@ -248,7 +250,7 @@ impl Catalog {
                 .await?;
             crate::catalog::insert_tags(&mut tx, img.id, img.tags).await?;
         }
-        if matches!(n.kind, "deploy" | "export")
+        if matches!(n.kind, "deploy" | "export" | "copy")
             && let Some(img) = n.image_id
         {
             // Touch the image row (a lock in PostgreSQL, the write lock in
@@ -299,7 +301,7 @@ impl Catalog {
 
     /// Running deploys and exports reading an image.
     pub async fn running_deploys_of(&self, image_id: &str) -> Result<Vec<String>> {
-        sqlx::query("SELECT id FROM operations WHERE kind IN ('deploy', 'export') AND state = 'running' AND image_id = $1")
+        sqlx::query("SELECT id FROM operations WHERE kind IN ('deploy', 'export', 'copy') AND state = 'running' AND image_id = $1")
             .bind(image_id)
             .fetch_all(self.pool())
             .await?
@@ -485,7 +487,19 @@ impl Catalog {
                     size_bytes,
                     config_json,
                     disks_json,
+                    site,
                 } => {
+                    // In the same transaction: an active image always has
+                    // a location.
+                    sqlx::query(
+                        "INSERT INTO image_locations (image_id, site, state, operation_id, updated_unix) VALUES ($1, $2, 'available', '', $3) \
+                         ON CONFLICT (image_id, site) DO NOTHING",
+                    )
+                    .bind(&img)
+                    .bind(site)
+                    .bind(t)
+                    .execute(&mut *tx)
+                    .await?;
                     sqlx::query("UPDATE images SET state = 'active', size_bytes = $1, config_json = $2, disks_json = $3, updated_unix = $4 \
                                  WHERE id = $5 AND state = 'creating'")
                         .bind(*size_bytes)

@@ -9,7 +9,10 @@
 //! image, only chunks a retry reuses. The copied manifest and indexes are
 //! read back from the destination, which checks their checksums.
 
-use std::collections::HashSet;
+use std::{
+    collections::HashSet,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use serde::Serialize;
 
@@ -39,6 +42,18 @@ pub fn copy_image(
     src: &Store,
     dst: &Store,
     id: &ImageId,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<CopyReport> {
+    copy_image_with(src, dst, id, None, progress)
+}
+
+/// [`copy_image`] that stops (leaving no image at `dst`) once `cancel` is
+/// set.
+pub fn copy_image_with(
+    src: &Store,
+    dst: &Store,
+    id: &ImageId,
+    cancel: Option<&AtomicBool>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<CopyReport> {
     let started = std::time::Instant::now();
@@ -81,6 +96,9 @@ pub fn copy_image(
         let mut plain = Vec::new();
         let mut decoder = BlobDecoder::new()?;
         for (n, d) in digests.iter().enumerate() {
+            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(Error::cancelled());
+            }
             writer.maybe_heartbeat()?;
             if dst.backend().touch_chunk(d)? {
                 report.chunks_present += 1;

@@ -1,0 +1,280 @@
+//! Sites (named stores) and where each image is stored, on the [`Catalog`].
+//!
+//! Hosts belong to a site (what their agent registered, `''` meaning
+//! [`DEFAULT_SITE`]). A capture or import stores its image at the site of
+//! its host; `CopyImage` adds a location, `RemoveImageLocation` drops one;
+//! deploys read from the location at the host's site when there is one.
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+
+use crate::catalog::{Catalog, CatalogError, Result, now};
+
+/// The site of hosts that name none, and of the daemon's `--store`.
+pub const DEFAULT_SITE: &str = "default";
+
+/// A site and its store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteRow {
+    /// Name.
+    pub name: String,
+    /// Store location (directory or `s3://` URL), as agents open it.
+    pub store: String,
+}
+
+/// One stored copy of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocationRow {
+    /// Site.
+    pub site: String,
+    /// `available` or `copying`.
+    pub state: String,
+    /// The copy operation that made it, if any.
+    pub operation_id: String,
+}
+
+/// The site a host's registration names.
+pub fn site_of_host(site: &str) -> &str {
+    if site.is_empty() { DEFAULT_SITE } else { site }
+}
+
+/// Site names: 1–63 of `a-z`, `0-9`, `-`, `_`.
+pub fn validate_site_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err(CatalogError::InvalidArgument(format!(
+            "site name {name:?} must be 1-63 characters of a-z, 0-9, '-' and '_'"
+        )));
+    }
+    Ok(())
+}
+
+impl Catalog {
+    /// Add a site or change its store.
+    pub async fn upsert_site(&self, name: &str, store: &str) -> Result<()> {
+        validate_site_name(name)?;
+        if store.is_empty() {
+            return Err(CatalogError::InvalidArgument(format!(
+                "site {name}: the store location is empty"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO sites (name, store, created_unix) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET store = $2",
+        )
+        .bind(name)
+        .bind(store)
+        .bind(now())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Every site, by name.
+    pub async fn sites(&self) -> Result<Vec<SiteRow>> {
+        sqlx::query("SELECT name, store FROM sites ORDER BY name")
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(SiteRow {
+                    name: r.try_get("name")?,
+                    store: r.try_get("store")?,
+                })
+            })
+            .collect()
+    }
+
+    /// One site.
+    pub async fn site(&self, name: &str) -> Result<SiteRow> {
+        self.sites()
+            .await?
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| CatalogError::NotFound(format!("there is no site {name:?}")))
+    }
+
+    /// Where image `id` is stored, by site name.
+    pub async fn locations(&self, id: &str) -> Result<Vec<LocationRow>> {
+        Ok(self
+            .locations_of(&[id.to_string()])
+            .await?
+            .remove(id)
+            .unwrap_or_default())
+    }
+
+    /// Where each of `ids` is stored (one query for a page of images).
+    pub async fn locations_of(&self, ids: &[String]) -> Result<HashMap<String, Vec<LocationRow>>> {
+        let mut out: HashMap<String, Vec<LocationRow>> = HashMap::new();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        let marks: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
+        // Placeholders only; the ids are bound.
+        let sql = format!(
+            "SELECT image_id, site, state, operation_id FROM image_locations WHERE image_id IN ({}) ORDER BY site",
+            marks.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            q = q.bind(id.clone());
+        }
+        for r in q.fetch_all(self.pool()).await? {
+            out.entry(r.try_get("image_id")?)
+                .or_default()
+                .push(LocationRow {
+                    site: r.try_get("site")?,
+                    state: r.try_get("state")?,
+                    operation_id: r.try_get("operation_id")?,
+                });
+        }
+        Ok(out)
+    }
+
+    /// Record a location (`available` after a capture; `copying` when a
+    /// copy starts). A location that exists is an error: one copy per site.
+    pub async fn add_location(&self, id: &str, site: &str, state: &str, op: &str) -> Result<()> {
+        match sqlx::query(
+            "INSERT INTO image_locations (image_id, site, state, operation_id, updated_unix) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(site)
+        .bind(state)
+        .bind(op)
+        .bind(now())
+        .execute(self.pool())
+        .await
+        {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(CatalogError::Conflict(format!("image {id} is at site {site} already")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Settle the locations of copies that ended: `available` when their
+    /// operation succeeded, gone when it failed or was cancelled (by its
+    /// agent, by the daemon, or by the silent-host reaper). Idempotent.
+    pub async fn settle_locations(&self) -> Result<()> {
+        sqlx::query(
+            "UPDATE image_locations SET state = 'available', updated_unix = $1 WHERE state = 'copying' \
+             AND operation_id IN (SELECT id FROM operations WHERE state = 'succeeded')",
+        )
+        .bind(now())
+        .execute(self.pool())
+        .await?;
+        sqlx::query(
+            "DELETE FROM image_locations WHERE state = 'copying' \
+             AND operation_id IN (SELECT id FROM operations WHERE state IN ('failed', 'cancelled'))",
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Forget a location.
+    pub async fn remove_location(&self, id: &str, site: &str) -> Result<()> {
+        sqlx::query("DELETE FROM image_locations WHERE image_id = $1 AND site = $2")
+            .bind(id)
+            .bind(site)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testpg::catalogs;
+
+    #[test]
+    fn site_names() {
+        assert!(validate_site_name("dc-1").is_ok());
+        for bad in ["", "DC1", "dc 1", &"x".repeat(64)] {
+            assert!(validate_site_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(site_of_host(""), DEFAULT_SITE);
+        assert_eq!(site_of_host("dc2"), "dc2");
+    }
+
+    #[tokio::test]
+    async fn sites_and_locations() {
+        for (_b, c) in catalogs().await {
+            c.upsert_site("dc1", "/srv/a").await.expect("dc1");
+            c.upsert_site("dc2", "s3://b/dc2").await.expect("dc2");
+            c.upsert_site("dc1", "/srv/a2").await.expect("move dc1");
+            assert_eq!(c.site("dc1").await.expect("dc1").store, "/srv/a2");
+            assert!(matches!(
+                c.site("nope").await,
+                Err(CatalogError::NotFound(_))
+            ));
+            assert!(c.upsert_site("Bad", "/x").await.is_err());
+            assert!(c.upsert_site("dc3", "").await.is_err());
+
+            let (alice, _) = c.create_account("alice", false, false).await.expect("a");
+            let img = uuid::Uuid::new_v4().to_string();
+            c.insert_image(&img, &alice, "web", "", &[])
+                .await
+                .expect("image");
+            c.add_location(&img, "dc1", "available", "")
+                .await
+                .expect("loc");
+            let copy = |rid: &'static str| crate::ops::NewOperation {
+                account_id: &alice.id,
+                request_id: Some(rid),
+                kind: "copy",
+                image_id: None,
+                host: "h1",
+                guest: "dc2",
+                agent_request: "",
+                new_image: None,
+            };
+            let (op1, _) = c.begin_operation(&copy("c1")).await.expect("op");
+            c.add_location(&img, "dc2", "copying", &op1.id)
+                .await
+                .expect("copy");
+            assert!(matches!(
+                c.add_location(&img, "dc2", "copying", "op-2").await,
+                Err(CatalogError::Conflict(_))
+            ));
+            let l = c.locations(&img).await.expect("locations");
+            assert_eq!(l.len(), 2);
+            assert_eq!(
+                (l[1].site.as_str(), l[1].state.as_str()),
+                ("dc2", "copying")
+            );
+            c.settle_locations()
+                .await
+                .expect("running: nothing changes");
+            assert_eq!(c.locations(&img).await.expect("l")[1].state, "copying");
+            let none = crate::ops::ImageOutcome::None;
+            c.finish_operation(&op1.id, "failed", "boom", 13, "", &none)
+                .await
+                .expect("fail");
+            c.settle_locations().await.expect("settle");
+            assert_eq!(
+                c.locations(&img).await.expect("l").len(),
+                1,
+                "a failed copy leaves no location"
+            );
+            let (op2, _) = c.begin_operation(&copy("c2")).await.expect("op");
+            c.add_location(&img, "dc2", "copying", &op2.id)
+                .await
+                .expect("again");
+            c.finish_operation(&op2.id, "succeeded", "", 0, "", &none)
+                .await
+                .expect("ok");
+            c.settle_locations().await.expect("settle");
+            assert_eq!(c.locations(&img).await.expect("l")[1].state, "available");
+            c.remove_location(&img, "dc1").await.expect("remove");
+            assert_eq!(c.locations(&img).await.expect("l")[0].site, "dc2");
+        }
+    }
+}
