@@ -432,6 +432,8 @@ pub struct DaemonProcess {
     pub listen: String,
     /// Extra flags.
     pub extra: Vec<String>,
+    /// Extra environment variables (S3 keys).
+    pub env: Vec<(String, String)>,
 }
 
 impl DaemonProcess {
@@ -442,19 +444,40 @@ impl DaemonProcess {
 
     /// Start on a free port with extra flags (kept for restarts).
     pub fn start_with(state: &Path, store: &Path, extra: &[&str]) -> Self {
+        Self::start_with_env(state, store, extra, &[])
+    }
+
+    /// [`DaemonProcess::start_with`] with extra environment variables.
+    pub fn start_with_env(
+        state: &Path,
+        store: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         let listen = format!("127.0.0.1:{}", free_tcp_port());
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let server = Self::spawn(state, store, &listen, &extra);
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let server = Self::spawn(state, store, &listen, &extra, &env);
         Self {
             server,
             state: state.into(),
             store: store.into(),
             listen,
             extra,
+            env,
         }
     }
 
-    fn spawn(state: &Path, store: &Path, listen: &str, extra: &[String]) -> ServerProcess {
+    fn spawn(
+        state: &Path,
+        store: &Path,
+        listen: &str,
+        extra: &[String],
+        env: &[(String, String)],
+    ) -> ServerProcess {
         let mut args: Vec<&std::ffi::OsStr> = vec![
             "--listen".as_ref(),
             listen.as_ref(),
@@ -464,7 +487,11 @@ impl DaemonProcess {
             store.as_os_str(),
         ];
         args.extend(extra.iter().map(std::ffi::OsStr::new));
-        ServerProcess::start("imprintd", &args)
+        let env: Vec<(&str, &std::ffi::OsStr)> = env
+            .iter()
+            .map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v)))
+            .collect();
+        ServerProcess::start_env("imprintd", &args, &env)
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -475,7 +502,13 @@ impl DaemonProcess {
     /// SIGKILL it and start it again on the same port and catalog.
     pub fn crash_and_restart(&mut self) {
         self.server.kill();
-        self.server = Self::spawn(&self.state, &self.store, &self.listen, &self.extra);
+        self.server = Self::spawn(
+            &self.state,
+            &self.store,
+            &self.listen,
+            &self.extra,
+            &self.env,
+        );
     }
 
     /// `imprintd account ...` on this daemon's catalog; its stdout.
@@ -701,15 +734,22 @@ impl Fixture {
     /// [`Fixture::new`] with the agent on another store (`s3://...`) and
     /// the environment variables it needs (`AWS_*`).
     pub fn on_store(location: &str, env: &[(&str, &str)]) -> Self {
+        Self::on_store_with(Workdir::new("imprint-e2e-"), location, env, &[])
+    }
+
+    /// [`Fixture::on_store`] in a given work directory with extra agent
+    /// flags.
+    pub fn on_store_with(
+        wd: Workdir,
+        location: &str,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Self {
         let env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Self::build(
-            Workdir::new("imprint-e2e-"),
-            &[],
-            Some((location.to_string(), env)),
-        )
+        Self::build(wd, extra, Some((location.to_string(), env)))
     }
 
     fn build(wd: Workdir, extra: &[&str], store: Option<(String, Vec<(String, String)>)>) -> Self {
