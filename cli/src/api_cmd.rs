@@ -75,6 +75,25 @@ pub enum ImageCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Copy an image to another site's store (only the chunks it lacks
+    /// are sent; the copy is checked there).
+    Copy {
+        id: String,
+        /// Target site.
+        #[arg(long)]
+        site: String,
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Wait until done, with progress; exit non-zero if it fails.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Drop the copy of an image at one site (not its last copy).
+    RemoveLocation {
+        id: String,
+        #[arg(long)]
+        site: String,
+    },
     /// Change name, notes or tags.
     Update {
         id: String,
@@ -284,6 +303,8 @@ pub enum AccountCommand {
 pub enum HostCommand {
     /// Registered hosts and whether their agent is alive.
     List,
+    /// The sites (named stores) and how many hosts each has.
+    Sites,
 }
 
 /// `20G`, `512MiB`, `1T`, `4096`: binary units (like qemu-img).
@@ -402,7 +423,16 @@ fn image_json(i: &pb::Image) -> Value {
         "config": serde_json::from_str::<Value>(&i.config_json).unwrap_or(Value::Null),
         "members": i.members.iter().map(|m| json!({"account": m.account, "status": m.status})).collect::<Vec<_>>(),
         "created_unix": i.created_unix, "updated_unix": i.updated_unix,
+        "locations": i.locations.iter().map(|l| json!({"site": l.site, "state": location_state_name(l.state)})).collect::<Vec<_>>(),
     })
+}
+
+fn location_state_name(s: i32) -> &'static str {
+    match pb::LocationState::try_from(s) {
+        Ok(pb::LocationState::Available) => "available",
+        Ok(pb::LocationState::Copying) => "copying",
+        _ => "unknown",
+    }
 }
 
 fn op_json(o: &pb::Operation) -> Value {
@@ -428,6 +458,11 @@ fn op_json(o: &pb::Operation) -> Value {
         "image_id": o.image_id, "host": o.host, "error": o.error, "error_code": o.error_code,
         "capture": capture, "deploy": deploy, "request_id": o.request_id,
         "export": o.export.as_ref().map(|e| json!({"path": e.path, "size_bytes": e.size_bytes})),
+        "copy": o.copy.as_ref().map(|c| json!({
+            "chunks_total": c.chunks_total, "chunks_sent": c.chunks_sent, "chunks_present": c.chunks_present,
+            "bytes_sent": c.bytes_sent, "image_size_bytes": c.image_size_bytes,
+            "bytes_verified": c.bytes_verified, "seconds": c.seconds,
+        })),
         "created_unix": o.created_unix, "updated_unix": o.updated_unix, "finished_unix": o.finished_unix,
     })
 }
@@ -473,6 +508,12 @@ fn image_fields(i: &pb::Image) -> String {
     }
     for m in &i.members {
         f.push(("shared with", format!("{} ({})", m.account, m.status)));
+    }
+    for l in &i.locations {
+        f.push((
+            "stored at",
+            format!("{} ({})", l.site, location_state_name(l.state)),
+        ));
     }
     if !i.failure_reason.is_empty() {
         f.push(("failure", i.failure_reason.clone()));
@@ -782,6 +823,31 @@ async fn image_inner(cmd: ImageCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> 
                 .into_inner();
             op_result(api, ctx, op, wait).await
         }
+        ImageCommand::Copy {
+            id,
+            site,
+            request_id,
+            wait,
+        } => {
+            let op = api
+                .images
+                .copy_image(pb::CopyImageRequest {
+                    request_id: request_id.unwrap_or_default(),
+                    image_id: id,
+                    site,
+                })
+                .await?
+                .into_inner();
+            op_result(api, ctx, op, wait).await
+        }
+        ImageCommand::RemoveLocation { id, site } => {
+            let i = api
+                .images
+                .remove_image_location(pb::RemoveImageLocationRequest { image_id: id, site })
+                .await?
+                .into_inner();
+            show_image(ctx, i).await
+        }
         ImageCommand::Update {
             id,
             name,
@@ -988,6 +1054,25 @@ pub async fn host(cmd: HostCommand, conn: &Conn, ctx: &Ctx) -> Result<u8> {
 
 async fn host_inner(cmd: HostCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> {
     match cmd {
+        HostCommand::Sites => {
+            let sites = api
+                .images
+                .list_sites(pb::ListSitesRequest {})
+                .await?
+                .into_inner()
+                .sites;
+            let doc = json!({
+                "sites": sites.iter().map(|s| json!({"name": s.name, "store": s.store, "hosts": s.hosts})).collect::<Vec<_>>(),
+            });
+            ctx.emit(&doc, || {
+                let rows: Vec<Vec<String>> = sites
+                    .iter()
+                    .map(|s| vec![s.name.clone(), s.store.clone(), s.hosts.to_string()])
+                    .collect();
+                output::table(&["SITE", "STORE", "HOSTS"], &rows)
+            })?;
+            Ok(0)
+        }
         HostCommand::List => {
             let hosts = api
                 .hosts

@@ -230,6 +230,32 @@ async fn copy_between_sites_and_deploy_from_the_nearest() {
         .await
         .expect_err("the last copy");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    // The CLI shows the same: sites with their hosts, where v1 is.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(binary("imprint"))
+            .args(["-o", "json"])
+            .args(args)
+            .env("IMPRINT_ENDPOINT", &ep)
+            .env("IMPRINT_TOKEN", &alice)
+            .env_remove("IMPRINT_CONFIG")
+            .output()
+            .expect("run imprint");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let sites = cli(&["host", "sites"]);
+    assert_eq!(sites["sites"][0]["name"], "dc2");
+    assert_eq!(sites["sites"][0]["store"], dc2.as_str());
+    let shown = cli(&["image", "show", &v1]);
+    assert_eq!(
+        shown["locations"],
+        serde_json::json!([{"site": "dc2", "state": "available"}])
+    );
+
     let c = format!("imp-{}-c", f1.tag);
     let _c = Domain::adopt(&c);
     let console = deploy(&mut a, &f1, "host-1", &v1, &c).await;
