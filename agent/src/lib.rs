@@ -15,6 +15,7 @@ pub mod cloudinit;
 pub mod disks;
 pub mod domain;
 pub mod error;
+pub mod fetch;
 pub mod hypervisor;
 pub mod journal;
 pub mod libvirt;

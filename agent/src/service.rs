@@ -223,6 +223,48 @@ impl Agent {
         Ok(resolved)
     }
 
+    /// An import from an object URL: download into the transfer directory,
+    /// then import the file like a local one; the download is removed
+    /// whatever happens.
+    async fn import_url(
+        &self,
+        id: String,
+        r: pb::ImportRequest,
+        want: Option<transfer::Format>,
+        image_id: Option<imprint_store::ImageId>,
+    ) -> Result<Response<pb::AgentOperation>, Status> {
+        let Some(dir) = self.settings.transfer_dir.clone() else {
+            return Err(Status::failed_precondition(
+                "this agent has no transfer directory (transfer_dir) to download imports into",
+            ));
+        };
+        let object = crate::fetch::parse(&r.path).map_err(status)?;
+        // A missing object or refused keys fail the call, not an operation.
+        object.size().await.map_err(status)?;
+        let store = self.ctx.store.clone();
+        let handle = tokio::runtime::Handle::current();
+        let op = self.launch(
+            id,
+            pb::OperationKind::Import,
+            String::new(),
+            move |cancel, report| {
+                let file = handle.block_on(object.download(&dir, cancel, report))?;
+                let r = transfer::import_from(
+                    &store,
+                    file.path(),
+                    &r.path,
+                    want,
+                    &r.image_name,
+                    image_id,
+                    cancel,
+                    report,
+                )?;
+                Ok(Finished::Capture(import_result(&r)))
+            },
+        );
+        Ok(Response::new(op))
+    }
+
     fn existing(&self, id: &str) -> Option<pb::AgentOperation> {
         self.ops
             .lock()
@@ -378,6 +420,22 @@ enum Finished {
     Deploy(pb::DeployResult),
     Export(pb::ExportResult),
     Copy(pb::CopyResult),
+}
+
+/// What an import reports (as a capture's result).
+fn import_result(r: &imprint_store::capture::CaptureReport) -> pb::CaptureResult {
+    pb::CaptureResult {
+        image_id: r.manifest.image_id.to_string(),
+        bytes_total: r.stats.bytes_total,
+        bytes_read: r.stats.bytes_read,
+        bytes_stored: r.stats.bytes_stored,
+        bytes_deduplicated: r.stats.bytes_deduplicated,
+        zero_bytes_skipped: r.stats.zero_bytes_skipped,
+        read_seconds: r.stats.seconds,
+        disks: captured_disks(&r.manifest),
+        config_json: r.manifest.config.to_string(),
+        ..Default::default()
+    }
 }
 
 fn op_id(given: &str) -> Result<String, Status> {
@@ -557,7 +615,6 @@ impl AgentService for Agent {
             return Ok(Response::new(op));
         }
         imprint_store::manifest::validate_name(&r.image_name).map_err(|e| status(e.into()))?;
-        let path = self.transfer_path(&r.path, true)?;
         let want = match pb::DiskFormat::try_from(r.format) {
             Ok(pb::DiskFormat::Unspecified) => None,
             Ok(pb::DiskFormat::Raw) => Some(transfer::Format::Raw),
@@ -576,6 +633,10 @@ impl AgentService for Agent {
                     Status::invalid_argument(format!("image_id {s:?} must be a UUID"))
                 })?),
             };
+        if crate::fetch::is_url(&r.path) {
+            return self.import_url(id, r, want, image_id).await;
+        }
+        let path = self.transfer_path(&r.path, true)?;
         // Refuse what cannot be imported now, as an error of this call.
         let check = path.clone();
         blocking(move || transfer::check_import(&check, want).map(|_| ())).await?;
@@ -587,18 +648,7 @@ impl AgentService for Agent {
             move |cancel, report| {
                 let r =
                     transfer::import(&store, &path, want, &r.image_name, image_id, cancel, report)?;
-                Ok(Finished::Capture(pb::CaptureResult {
-                    image_id: r.manifest.image_id.to_string(),
-                    bytes_total: r.stats.bytes_total,
-                    bytes_read: r.stats.bytes_read,
-                    bytes_stored: r.stats.bytes_stored,
-                    bytes_deduplicated: r.stats.bytes_deduplicated,
-                    zero_bytes_skipped: r.stats.zero_bytes_skipped,
-                    read_seconds: r.stats.seconds,
-                    disks: captured_disks(&r.manifest),
-                    config_json: r.manifest.config.to_string(),
-                    ..Default::default()
-                }))
+                Ok(Finished::Capture(import_result(&r)))
             },
         );
         Ok(Response::new(op))

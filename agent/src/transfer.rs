@@ -249,6 +249,23 @@ pub fn import(
     cancel: &Arc<AtomicBool>,
     report: Report<'_>,
 ) -> Result<imprint_store::capture::CaptureReport> {
+    let origin = path.display().to_string();
+    import_from(store, path, &origin, want, name, image_id, cancel, report)
+}
+
+/// [`import`] of a file that came from `origin` (a URL it was downloaded
+/// from), recorded in the image's labels.
+#[allow(clippy::too_many_arguments)]
+pub fn import_from(
+    store: &Store,
+    path: &Path,
+    origin: &str,
+    want: Option<Format>,
+    name: &str,
+    image_id: Option<ImageId>,
+    cancel: &Arc<AtomicBool>,
+    report: Report<'_>,
+) -> Result<imprint_store::capture::CaptureReport> {
     imprint_store::manifest::validate_name(name)?;
     let format = check_import(path, want)?;
     report("reading disk", 0, 0);
@@ -259,11 +276,7 @@ pub fn import(
     let opts = CaptureOptions {
         cancel: Some(cancel.clone()),
         image_id,
-        labels: [(
-            "imprint.imported_from".to_string(),
-            path.display().to_string(),
-        )]
-        .into(),
+        labels: [("imprint.imported_from".to_string(), origin.to_string())].into(),
         ..Default::default()
     };
     let disk = DiskInput {

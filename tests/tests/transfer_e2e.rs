@@ -164,3 +164,185 @@ fn import_and_export_through_the_daemon() {
     let list: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(list["images"].as_array().expect("images").len(), 1);
 }
+
+/// Imports from object URLs: a qcow2 in a bucket of a real S3 server and a
+/// raw file behind a plain HTTP server. A missing object fails the call;
+/// a qcow2 with an external data file fails the operation and leaves no
+/// usable image and no download behind.
+#[test]
+fn import_from_object_urls() {
+    use imprint_store::s3_server::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
+    let s3 = S3Server::start();
+    let wd = Workdir::new("imprint-transfer-url-");
+    let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
+    let transfer = wd.path().join("transfer");
+    std::fs::create_dir(&transfer).expect("transfer dir");
+    let env = [
+        ("AWS_ENDPOINT_URL".to_string(), s3.endpoint.clone()),
+        ("AWS_ACCESS_KEY_ID".to_string(), ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY".to_string(), SECRET_KEY.to_string()),
+    ];
+    let _agent = AgentProcess::start_agent_env(
+        wd.path().join("store").as_os_str(),
+        &wd.path().join("journal"),
+        &[
+            "--daemon",
+            &daemon.endpoint(),
+            "--host-name",
+            HOST,
+            "--transfer-dir",
+            transfer.to_str().expect("utf8"),
+        ],
+        &env,
+    );
+    let token = daemon.account("alice");
+    let ep = daemon.endpoint();
+    let run = |args: &[&str]| imprint(&ep, &token, args);
+    let mut up = false;
+    for _ in 0..100 {
+        let (_, out, _) = run(&["-o", "json", "host", "list"]);
+        if out.contains("\"alive\": true") {
+            up = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(up, "agent registered");
+
+    // The objects: files behind the servers.
+    let objects = s3.bucket_dir(BUCKET).join("objects");
+    std::fs::create_dir_all(&objects).expect("objects");
+    let raw = wd.path().join("disk.raw");
+    let f = std::fs::File::create(&raw).expect("raw");
+    f.set_len(16 << 20).expect("len");
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xa5u8; 65536], 3 << 20).expect("write");
+    drop(f);
+    let qemu_img = |args: &[&str]| {
+        let out = Command::new("qemu-img")
+            .args(args)
+            .output()
+            .expect("qemu-img");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let raw_s = raw.to_str().expect("utf8");
+    let q = objects.join("disk.qcow2");
+    qemu_img(&[
+        "convert",
+        "-q",
+        "-O",
+        "qcow2",
+        raw_s,
+        q.to_str().expect("utf8"),
+    ]);
+    let ext = objects.join("external.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-o",
+        "data_file=ext.data",
+        ext.to_str().expect("utf8"),
+        "1M",
+    ]);
+
+    let import = |url: &str, name: &str| {
+        run(&[
+            "-o", "json", "image", "import", "--host", HOST, "--path", url, "--name", name,
+            "--wait",
+        ])
+    };
+    let url = format!("s3://{BUCKET}/objects/disk.qcow2");
+    let (code, out, err) = import(&url, "from-s3");
+    assert_eq!(code, 0, "{err}");
+    let op: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let id = op["image_id"].as_str().expect("id").to_string();
+    let back = transfer.join("back.raw");
+    let back_s = back.to_str().expect("utf8");
+    let (code, _, err) = run(&[
+        "image", "export", &id, "--host", HOST, "--path", back_s, "--wait",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    qemu_img(&["compare", "-q", raw_s, back_s]);
+    let (_, out, _) = run(&["-o", "json", "image", "show", &id]);
+    let img: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(img["source_guest"], url.as_str(), "where it came from");
+
+    // Plain HTTP.
+    let port = free_tcp_port();
+    let mut http = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .arg("--directory")
+        .arg(wd.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3 http.server");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "http.server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, out, err) = import(&format!("http://127.0.0.1:{port}/disk.raw"), "from-http");
+    let _ = http.kill();
+    let _ = http.wait();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"succeeded\""), "{out}");
+
+    // Missing object: the call fails (not found), nothing starts.
+    let (code, _, err) = import(&format!("s3://{BUCKET}/objects/nope.qcow2"), "x");
+    assert_eq!(code, 3, "{err}");
+    // An external data file: the operation fails; no image, no download.
+    let (code, out, err) = import(&format!("s3://{BUCKET}/objects/external.qcow2"), "ext");
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(err.contains("external data file"), "{err}");
+    let (_, out, _) = run(&["-o", "json", "image", "list"]);
+    let list: serde_json::Value = serde_json::from_str(&out).expect("json");
+    // Like a failed capture, the failed import's image is FAILED with the
+    // reason: listed, never usable.
+    let mut states: Vec<(&str, &str)> = list["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap_or_default(),
+                i["state"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    states.sort();
+    assert_eq!(
+        states,
+        [
+            ("ext", "failed"),
+            ("from-http", "active"),
+            ("from-s3", "active")
+        ],
+        "{states:?}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&transfer)
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".imprint-download")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -1,0 +1,220 @@
+//! Imports from object URLs: `s3://bucket/key` (endpoint and keys from the
+//! agent's `AWS_*` environment, as for an S3 store) or `http(s)://...`.
+//! The object is downloaded into the agent's transfer directory under a
+//! hidden temporary name, imported like a local file (with every check of
+//! a local file), and removed again whatever happens.
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::StreamExt;
+use object_store::{
+    ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig, aws::AmazonS3Builder,
+    http::HttpBuilder, path::Path as ObjPath,
+};
+
+use crate::{
+    error::{AgentError, Kind, Result},
+    work::Report,
+};
+
+/// Whether `path` of an import request is an object URL.
+pub fn is_url(path: &str) -> bool {
+    path.starts_with("s3://") || path.starts_with("http://") || path.starts_with("https://")
+}
+
+/// A parsed object URL: the store serving it and the key in it.
+pub struct Object {
+    store: Arc<dyn ObjectStore>,
+    key: ObjPath,
+    url: String,
+}
+
+impl std::fmt::Debug for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+fn invalid(m: String) -> AgentError {
+    AgentError::new(Kind::InvalidArgument, m)
+}
+
+fn client_options() -> ClientOptions {
+    ClientOptions::new()
+        .with_allow_http(true)
+        .with_connect_timeout(Duration::from_secs(10))
+        .with_timeout(Duration::from_secs(300))
+}
+
+fn retry() -> RetryConfig {
+    RetryConfig {
+        max_retries: 4,
+        retry_timeout: Duration::from_secs(60),
+        ..Default::default()
+    }
+}
+
+/// Parse `url` into the store that serves it and the object's key.
+pub fn parse(url: &str) -> Result<Object> {
+    let (store, key): (Arc<dyn ObjectStore>, String) = if let Some(rest) = url.strip_prefix("s3://")
+    {
+        let (bucket, key) = rest
+            .split_once('/')
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .ok_or_else(|| invalid(format!("{url:?} is not s3://bucket/key")))?;
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_region(env("AWS_REGION").unwrap_or_else(|| "us-east-1".into()))
+            .with_client_options(client_options())
+            .with_retry(retry());
+        if let Some(ep) = env("AWS_ENDPOINT_URL") {
+            b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
+        }
+        if let (Some(k), Some(s)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+            b = b.with_access_key_id(k).with_secret_access_key(s);
+        }
+        let s = b
+            .build()
+            .map_err(|e| invalid(format!("{url}: bad S3 settings: {e}")))?;
+        (Arc::new(s), key.to_string())
+    } else if url.starts_with("http://") || url.starts_with("https://") {
+        let scheme_end = url.find("://").map_or(0, |i| i + 3);
+        let slash = url[scheme_end..]
+            .find('/')
+            .map(|i| i + scheme_end)
+            .filter(|&i| i + 1 < url.len())
+            .ok_or_else(|| invalid(format!("{url:?} names no file")))?;
+        let s = HttpBuilder::new()
+            .with_url(&url[..slash])
+            .with_client_options(client_options())
+            .with_retry(retry())
+            .build()
+            .map_err(|e| invalid(format!("{url}: {e}")))?;
+        (Arc::new(s), url[slash + 1..].to_string())
+    } else {
+        return Err(invalid(format!(
+            "{url:?} is not an object URL (s3://bucket/key, http(s)://host/path)"
+        )));
+    };
+    let key = ObjPath::parse(&key).map_err(|e| invalid(format!("{url}: {e}")))?;
+    Ok(Object {
+        store,
+        key,
+        url: url.to_string(),
+    })
+}
+
+fn object_error(url: &str, e: object_store::Error) -> AgentError {
+    use object_store::Error as E;
+    let kind = match &e {
+        E::NotFound { .. } => Kind::NotFound,
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => Kind::FailedPrecondition,
+        _ => Kind::Unavailable,
+    };
+    AgentError::new(kind, format!("{url}: {e}"))
+}
+
+impl Object {
+    /// The object's size; a missing object or refused credentials are
+    /// errors here, before any operation starts.
+    pub async fn size(&self) -> Result<u64> {
+        self.store
+            .head(&self.key)
+            .await
+            .map(|m| m.size)
+            .map_err(|e| object_error(&self.url, e))
+    }
+
+    /// Download into a new hidden file in `dir`; the file is removed when
+    /// the returned guard drops.
+    pub async fn download(
+        &self,
+        dir: &Path,
+        cancel: &AtomicBool,
+        report: Report<'_>,
+    ) -> Result<TempFile> {
+        let tmp = TempFile(dir.join(format!(
+            ".imprint-download-{}",
+            uuid::Uuid::new_v4().simple()
+        )));
+        let mut file = std::fs::File::create(&tmp.0).map_err(|e| {
+            AgentError::new(Kind::Internal, format!("create {}: {e}", tmp.0.display()))
+        })?;
+        let got = self
+            .store
+            .get(&self.key)
+            .await
+            .map_err(|e| object_error(&self.url, e))?;
+        let total = got.meta.size;
+        let mut stream = got.into_stream();
+        let mut done = 0u64;
+        while let Some(part) = stream.next().await {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(AgentError::new(Kind::Cancelled, "import cancelled"));
+            }
+            let part = part.map_err(|e| object_error(&self.url, e))?;
+            file.write_all(&part).map_err(|e| {
+                let kind = if e.kind() == std::io::ErrorKind::StorageFull {
+                    Kind::ResourceExhausted
+                } else {
+                    Kind::Internal
+                };
+                AgentError::new(kind, format!("write {}: {e}", tmp.0.display()))
+            })?;
+            done += part.len() as u64;
+            report("downloading", done, total);
+        }
+        file.sync_all().map_err(|e| {
+            AgentError::new(Kind::Internal, format!("sync {}: {e}", tmp.0.display()))
+        })?;
+        Ok(tmp)
+    }
+}
+
+/// A downloaded file, removed on drop.
+#[derive(Debug)]
+pub struct TempFile(PathBuf);
+
+impl TempFile {
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_or_say_why_not() {
+        assert!(is_url("s3://b/k.qcow2") && is_url("https://h/x") && !is_url("/srv/x"));
+        assert!(parse("s3://bucket/dir/disk.qcow2").is_ok());
+        assert!(parse("http://127.0.0.1:8000/disk.raw").is_ok());
+        for bad in [
+            "s3://bucket",
+            "s3:///key",
+            "http://host",
+            "http://host/",
+            "ftp://h/x",
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert_eq!(e.kind, Kind::InvalidArgument, "{bad}: {e}");
+        }
+    }
+}
