@@ -146,6 +146,16 @@ impl Agent {
     /// The store at `location` (a directory or `s3://` URL, reached with
     /// this agent's mounts and `AWS_*` keys); empty: the agent's own.
     async fn store_at(&self, location: &str) -> Result<Store, Status> {
+        self.store_at_or_create(location, None).await
+    }
+
+    /// [`Agent::store_at`]; with `create`, a store that does not exist yet
+    /// (an empty folder or prefix) is created with those settings.
+    async fn store_at_or_create(
+        &self,
+        location: &str,
+        create: Option<imprint_store::StoreConfig>,
+    ) -> Result<Store, Status> {
         if location.is_empty() {
             return Ok(self.ctx.store.clone());
         }
@@ -166,8 +176,11 @@ impl Agent {
             return Ok(s.clone());
         }
         let opened = blocking(move || {
-            Store::open_at(&loc, false)
-                .map_err(|e| AgentError::from(e).context(format!("store {loc}")))
+            match create {
+                Some(config) => Store::open_or_create_at(&loc, false, config),
+                None => Store::open_at(&loc, false),
+            }
+            .map_err(|e| AgentError::from(e).context(format!("store {loc}")))
         })
         .await?;
         self.other_stores
@@ -747,7 +760,11 @@ impl AgentService for Agent {
             ));
         }
         let src = self.store_at(&r.source_store).await?;
-        let dst = self.store_at(&r.target_store).await?;
+        // A new site's store is created on its first copy, cut like the
+        // source so chunks dedup.
+        let dst = self
+            .store_at_or_create(&r.target_store, Some(src.config().clone()))
+            .await?;
         // Refuse now what cannot work: no such image, or already there.
         let (s, d, check) = (src.clone(), dst.clone(), image.clone());
         blocking(move || transfer::check_copy(&s, &d, &check)).await?;

@@ -36,6 +36,8 @@ fn guest_xml(name: &str, disk: &Path) -> String {
 /// and accounts alice (may publish), bob, carol, dave with their tokens.
 struct World {
     _tmp: tempfile::TempDir,
+    /// The store the agent and the daemon use (site `default`).
+    store_dir: std::path::PathBuf,
     hv: Arc<FakeHypervisor>,
     images: ImageServiceClient<Channel>,
     ops: OperationServiceClient<Channel>,
@@ -138,6 +140,7 @@ async fn world(catalog: Catalog) -> World {
         .expect("endpoint")
         .connect_lazy();
     World {
+        store_dir: tmp.path().join("store"),
         _tmp: tmp,
         hv,
         images: ImageServiceClient::new(ch.clone()),
@@ -546,6 +549,152 @@ async fn access_matrix_on(w: World) {
             "{who:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copies_between_sites() {
+    for (_b, c) in catalogs().await {
+        copies_between_sites_on(world(c).await).await;
+    }
+}
+
+async fn copies_between_sites_on(w: World) {
+    let other = tempfile::tempdir().expect("tmp");
+    let dc2 = other.path().join("dc2");
+    let default_store = w.store_dir.to_str().expect("utf8");
+    w.catalog
+        .upsert_site(crate::sites::DEFAULT_SITE, default_store)
+        .await
+        .expect("default");
+    w.catalog
+        .upsert_site("dc2", dc2.to_str().expect("utf8"))
+        .await
+        .expect("dc2");
+    // The default store under another name.
+    w.catalog
+        .upsert_site("alias", &format!("{default_store}/"))
+        .await
+        .expect("alias");
+    let img = w.capture("alice", "web").await;
+    assert_eq!(img.locations.len(), 1);
+    assert_eq!(img.locations[0].site, "default");
+    let copy = |who: &'static str, site: &str| {
+        let mut images = w.images.clone();
+        let req = w.req(
+            Caller::As(who),
+            pb::CopyImageRequest {
+                image_id: img.id.clone(),
+                site: site.into(),
+                ..Default::default()
+            },
+        );
+        async move {
+            images
+                .copy_image(req)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let remove = |who: &'static str, site: &str| {
+        let mut images = w.images.clone();
+        let req = w.req(
+            Caller::As(who),
+            pb::RemoveImageLocationRequest {
+                image_id: img.id.clone(),
+                site: site.into(),
+            },
+        );
+        async move {
+            images
+                .remove_image_location(req)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    // Bad copies change nothing.
+    assert_eq!(code(copy("alice", "nowhere").await), Code::NotFound);
+    assert_eq!(code(copy("alice", "default").await), Code::AlreadyExists);
+    assert_eq!(code(copy("alice", "alias").await), Code::InvalidArgument);
+    assert_eq!(code(copy("alice", "").await), Code::InvalidArgument);
+    assert_eq!(code(copy("bob", "dc2").await), Code::NotFound, "not bob's");
+    assert_eq!(code(copy("dave", "dc2").await), Code::NotFound);
+    assert_eq!(
+        w.get("alice", &img.id).await.expect("img").locations.len(),
+        1
+    );
+    assert!(!dc2.exists(), "no copy started");
+
+    let op = copy("alice", "dc2").await.expect("copy");
+    assert_eq!(op.kind, "copy");
+    let done = w.wait(Caller::As("alice"), &op).await;
+    assert_eq!(
+        done.state,
+        pb::OperationState::Succeeded as i32,
+        "{}",
+        done.error
+    );
+    let r = done.copy.expect("copy result");
+    assert!(
+        r.chunks_total > 0 && r.chunks_sent == r.chunks_total,
+        "{r:?}"
+    );
+    assert_eq!(r.bytes_verified, r.bytes_sent, "all of it read back");
+    let sites: Vec<(String, i32)> = w
+        .get("alice", &img.id)
+        .await
+        .expect("img")
+        .locations
+        .into_iter()
+        .map(|l| (l.site, l.state))
+        .collect();
+    let available = pb::LocationState::Available as i32;
+    assert_eq!(
+        sites,
+        [
+            ("dc2".to_string(), available),
+            ("default".to_string(), available)
+        ]
+    );
+    assert!(dc2.join("images").join(&img.id).join("manifest").exists());
+    // A second copy to a site that has it is refused.
+    assert_eq!(code(copy("alice", "dc2").await), Code::AlreadyExists);
+
+    assert_eq!(code(remove("bob", "dc2").await), Code::NotFound);
+    assert_eq!(code(remove("alice", "nowhere").await), Code::NotFound);
+    let after = remove("alice", "default").await.expect("remove default");
+    assert_eq!(after.locations.len(), 1);
+    assert!(
+        !w.store_dir
+            .join("images")
+            .join(&img.id)
+            .join("manifest")
+            .exists()
+    );
+    assert_eq!(
+        code(remove("alice", "dc2").await),
+        Code::FailedPrecondition,
+        "the last copy"
+    );
+    // Deleting the image removes it from the site that has it.
+    let mut images = w.images.clone();
+    let del = images
+        .delete_image(w.req(
+            Caller::As("alice"),
+            pb::DeleteImageRequest {
+                id: img.id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("delete")
+        .into_inner();
+    assert_eq!(
+        del.state,
+        pb::OperationState::Succeeded as i32,
+        "{}",
+        del.error
+    );
+    assert!(!dc2.join("images").join(&img.id).join("manifest").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
