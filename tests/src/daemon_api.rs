@@ -51,6 +51,36 @@ pub fn api(endpoint: &str, token: &str) -> Api {
 }
 
 impl Api {
+    /// GetImage.
+    pub async fn image(&mut self, id: &str) -> Result<pb::Image, Status> {
+        self.images
+            .get_image(pb::GetImageRequest { id: id.into() })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// CaptureImage of `guest` on `host` as `name` (90 s to shut down),
+    /// with an optional request id; the operation as the call answered.
+    pub async fn capture(
+        &mut self,
+        host: &str,
+        guest: &str,
+        name: &str,
+        request_id: &str,
+    ) -> Result<pb::Operation, Status> {
+        self.images
+            .capture_image(pb::CaptureImageRequest {
+                request_id: request_id.into(),
+                host: host.into(),
+                guest: guest.into(),
+                name: name.into(),
+                shutdown_timeout_seconds: 90,
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// Follow an operation to its end through the daemon (reconnecting
     /// while the daemon restarts); returns the final state and the phases.
     pub async fn wait(&mut self, id: &str) -> (pb::Operation, Vec<String>) {

@@ -865,6 +865,16 @@ impl Default for Fixture {
     }
 }
 
+/// Assert an agent operation succeeded (its error otherwise).
+pub fn assert_succeeded(op: &imprint_proto::v1::AgentOperation) {
+    assert_eq!(
+        op.state,
+        imprint_proto::v1::OperationState::Succeeded as i32,
+        "operation failed: {}",
+        op.error
+    );
+}
+
 /// Start a capture and follow it to the end.
 pub async fn capture(
     client: &mut imprint_proto::v1::agent_service_client::AgentServiceClient<

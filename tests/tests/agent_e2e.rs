@@ -21,15 +21,6 @@ fn capture_req(guest: &str, timeout: u32, force: bool) -> pb::CaptureRequest {
     }
 }
 
-fn ok(op: &pb::AgentOperation) {
-    assert_eq!(
-        op.state,
-        pb::OperationState::Succeeded as i32,
-        "operation failed: {}",
-        op.error
-    );
-}
-
 /// Capture A (it must go down, be read, come back up), deploy it as B with a
 /// static address and a bigger disk in another pool, and read B's console.
 #[tokio::test(flavor = "multi_thread")]
@@ -62,7 +53,7 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
     let again = client.capture(req).await.expect("retry").into_inner();
     assert_eq!(again.operation_id, op.operation_id);
     let done = watch(&mut client, &op.operation_id).await;
-    ok(&done);
+    assert_succeeded(&done);
     let r = done.capture.expect("capture result");
     assert_eq!(r.final_power_state, pb::PowerState::Running as i32);
     assert!(
@@ -106,7 +97,7 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
         .expect("deploy")
         .into_inner();
     let done = watch(&mut client, &op.operation_id).await;
-    ok(&done);
+    assert_succeeded(&done);
     let d = done.deploy.expect("deploy result");
     assert!(d.started);
     assert!(
@@ -223,7 +214,7 @@ async fn guest_ignoring_acpi() {
     );
 
     let done = capture(&mut client, capture_req(&name, 8, true)).await;
-    ok(&done);
+    assert_succeeded(&done);
     let r = done.capture.expect("result");
     assert!(
         r.shutdown_seconds >= 8.0,
@@ -270,7 +261,7 @@ async fn qcow2_overlay_and_excluded_scratch_disk() {
     let mut req = capture_req(&name, 60, false);
     req.exclude_disks = vec!["vdb".into()];
     let done = capture(&mut client, req).await;
-    ok(&done);
+    assert_succeeded(&done);
     let r = done.capture.expect("result");
     assert_eq!(r.bytes_total, 64 << 20, "only the qcow2 disk: {r:?}");
 
@@ -289,7 +280,7 @@ async fn qcow2_overlay_and_excluded_scratch_disk() {
         .expect("deploy")
         .into_inner();
     let done = watch(&mut client, &op.operation_id).await;
-    ok(&done);
+    assert_succeeded(&done);
     // The new volume is a qcow2 that qemu-img accepts.
     let vol = done.deploy.expect("result").volumes[0].clone();
     assert!(vol.ends_with(".qcow2"), "{vol}");

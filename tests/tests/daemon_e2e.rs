@@ -52,14 +52,7 @@ async fn capture_survives_a_daemon_crash_then_deploy_and_delete() {
         .into_inner();
     assert_eq!(op.state, pb::OperationState::Running as i32);
     assert!(!op.image_id.is_empty());
-    let creating = api_a
-        .images
-        .get_image(pb::GetImageRequest {
-            id: op.image_id.clone(),
-        })
-        .await
-        .expect("image")
-        .into_inner();
+    let creating = api_a.image(&op.image_id).await.expect("image");
     assert_eq!(creating.state, pb::ImageState::Creating as i32);
 
     // Crash the daemon while the agent works; a new one on the same
@@ -82,28 +75,13 @@ async fn capture_survives_a_daemon_crash_then_deploy_and_delete() {
     assert_eq!(a.state(), "running", "A is back up");
     // The retried call (same request id) is the same operation.
     let again = api_a
-        .images
-        .capture_image(pb::CaptureImageRequest {
-            request_id: "capture-a".into(),
-            host: HOST.into(),
-            guest: name_a.clone(),
-            name: "web-base".into(),
-            ..Default::default()
-        })
+        .capture(HOST, &name_a, "web-base", "capture-a")
         .await
-        .expect("retry")
-        .into_inner();
+        .expect("retry");
     assert_eq!(again.id, op.id);
     assert_eq!(again.state, pb::OperationState::Succeeded as i32);
 
-    let img = api_a
-        .images
-        .get_image(pb::GetImageRequest {
-            id: op.image_id.clone(),
-        })
-        .await
-        .expect("image")
-        .into_inner();
+    let img = api_a.image(&op.image_id).await.expect("image");
     assert_eq!(img.state, pb::ImageState::Active as i32);
     assert_eq!(img.owner, "alice");
     assert_eq!(img.source_host, HOST);
@@ -114,11 +92,7 @@ async fn capture_survives_a_daemon_crash_then_deploy_and_delete() {
 
     // Bob cannot see it until it is shared with him.
     let mut api_b = api(&daemon.endpoint(), &bob);
-    let e = api_b
-        .images
-        .get_image(pb::GetImageRequest { id: img.id.clone() })
-        .await
-        .expect_err("private");
+    let e = api_b.image(&img.id).await.expect_err("private");
     assert_eq!(e.code(), tonic::Code::NotFound);
     api_a
         .images
@@ -205,12 +179,7 @@ async fn capture_survives_a_daemon_crash_then_deploy_and_delete() {
         return;
     }
     // Alone in the store, the image holds every byte it references.
-    let img = api_a
-        .images
-        .get_image(pb::GetImageRequest { id: img.id.clone() })
-        .await
-        .expect("image")
-        .into_inner();
+    let img = api_a.image(&img.id).await.expect("image");
     assert!(img.exclusive_bytes > 0, "{img:?}");
     let ops = api_b
         .ops
@@ -238,11 +207,7 @@ async fn capture_survives_a_daemon_crash_then_deploy_and_delete() {
         del.error
     );
     for api in [&mut api_a, &mut api_b] {
-        let e = api
-            .images
-            .get_image(pb::GetImageRequest { id: img.id.clone() })
-            .await
-            .expect_err("gone");
+        let e = api.image(&img.id).await.expect_err("gone");
         assert_eq!(e.code(), tonic::Code::NotFound);
     }
     assert!(
@@ -315,14 +280,7 @@ async fn agent_lost_operation_fails_with_a_reason() {
         done.error
     );
     assert!(done.error.contains("no longer knows"), "{}", done.error);
-    let img = api_a
-        .images
-        .get_image(pb::GetImageRequest {
-            id: op.image_id.clone(),
-        })
-        .await
-        .expect("image")
-        .into_inner();
+    let img = api_a.image(&op.image_id).await.expect("image");
     assert_eq!(img.state, pb::ImageState::Failed as i32);
     assert!(
         img.failure_reason.contains("no longer knows"),
@@ -358,14 +316,7 @@ async fn agent_sigterm_cancels_in_flight_capture_cleanly() {
     );
     let status = f.agent.child.wait().expect("agent exits");
     assert!(status.success(), "agent exit status {status}");
-    let img = api_a
-        .images
-        .get_image(pb::GetImageRequest {
-            id: op.image_id.clone(),
-        })
-        .await
-        .expect("image")
-        .into_inner();
+    let img = api_a.image(&op.image_id).await.expect("image");
     assert_eq!(img.state, pb::ImageState::Failed as i32);
     assert_eq!(a.state(), "running", "the guest stayed up");
     f.restart_agent();

@@ -37,18 +37,9 @@ async fn capture_survives_the_death_of_its_daemon() {
     let (a, name_a, log_a) = f.boot_guest("a", &[(&disk, "raw")]);
     let mut api1 = api(&d1.endpoint(), &alice);
     let op = api1
-        .images
-        .capture_image(pb::CaptureImageRequest {
-            request_id: "capture-multi".into(),
-            host: HOST.into(),
-            guest: name_a.clone(),
-            name: "multi".into(),
-            shutdown_timeout_seconds: 90,
-            ..Default::default()
-        })
+        .capture(HOST, &name_a, "multi", "capture-multi")
         .await
-        .expect("capture through daemon 1")
-        .into_inner();
+        .expect("capture through daemon 1");
     assert_eq!(op.state, pb::OperationState::Running as i32);
 
     // Daemon 1 dies while the agent works.
@@ -82,27 +73,15 @@ async fn capture_survives_the_death_of_its_daemon() {
     wait_for(&log_a, "IMPRINT-READY", 2, BOOT);
     assert_eq!(a.state(), "running", "the guest is back up");
     let img = api2
-        .images
-        .get_image(pb::GetImageRequest {
-            id: op.image_id.clone(),
-        })
+        .image(&op.image_id)
         .await
-        .expect("image through daemon 2")
-        .into_inner();
+        .expect("image through daemon 2");
     assert_eq!(img.state, pb::ImageState::Active as i32);
     // The same request id through daemon 2 is the same operation.
     let again = api2
-        .images
-        .capture_image(pb::CaptureImageRequest {
-            request_id: "capture-multi".into(),
-            host: HOST.into(),
-            guest: name_a.clone(),
-            name: "multi".into(),
-            ..Default::default()
-        })
+        .capture(HOST, &name_a, "multi", "capture-multi")
         .await
-        .expect("retry through daemon 2")
-        .into_inner();
+        .expect("retry through daemon 2");
     assert_eq!(again.id, op.id);
 
     // The agent now heartbeats to daemon 2: the host stays alive there

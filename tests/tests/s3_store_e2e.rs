@@ -11,15 +11,6 @@ use imprint_tests::*;
 
 const BOOT: Duration = Duration::from_secs(120);
 
-fn ok(op: &pb::AgentOperation) {
-    assert_eq!(
-        op.state,
-        pb::OperationState::Succeeded as i32,
-        "operation failed: {}",
-        op.error
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn capture_to_s3_and_deploy_from_it() {
     let s3 = S3Server::start();
@@ -48,7 +39,7 @@ async fn capture_to_s3_and_deploy_from_it() {
         },
     )
     .await;
-    ok(&done);
+    assert_succeeded(&done);
     let r = done.capture.expect("capture result");
     assert_eq!(r.final_power_state, pb::PowerState::Running as i32);
     wait_for(&log_a, "IMPRINT-READY", 2, BOOT);
@@ -76,7 +67,7 @@ async fn capture_to_s3_and_deploy_from_it() {
         .expect("deploy")
         .into_inner();
     let done = watch(&mut client, &op.operation_id).await;
-    ok(&done);
+    assert_succeeded(&done);
     let log_b = f.consoles.join(format!("{name_b}.log"));
     let log = wait_for(&log_b, "IMPRINT-READY", 1, BOOT);
     assert_eq!(

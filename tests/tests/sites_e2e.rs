@@ -31,11 +31,9 @@ async fn done(api: &mut Api, op: pb::Operation) -> pb::Operation {
 }
 
 async fn locations(api: &mut Api, id: &str) -> Vec<(String, i32)> {
-    api.images
-        .get_image(pb::GetImageRequest { id: id.into() })
+    api.image(id)
         .await
         .expect("image")
-        .into_inner()
         .locations
         .into_iter()
         .map(|l| (l.site, l.state))
@@ -43,18 +41,7 @@ async fn locations(api: &mut Api, id: &str) -> Vec<(String, i32)> {
 }
 
 async fn capture(api: &mut Api, host: &str, guest: &str, name: &str) -> pb::Operation {
-    let op = api
-        .images
-        .capture_image(pb::CaptureImageRequest {
-            host: host.into(),
-            guest: guest.into(),
-            name: name.into(),
-            shutdown_timeout_seconds: 90,
-            ..Default::default()
-        })
-        .await
-        .expect("capture")
-        .into_inner();
+    let op = api.capture(host, guest, name, "").await.expect("capture");
     done(api, op).await
 }
 

@@ -25,14 +25,24 @@ fn imprint(endpoint: &str, token: &str, args: &[&str]) -> (i32, String, String) 
     )
 }
 
-#[test]
-fn import_and_export_through_the_daemon() {
-    let wd = Workdir::new("imprint-transfer-");
+/// A daemon, an agent (host HOST) with a transfer directory and `env`,
+/// and alice's token once the agent is registered.
+struct World {
+    daemon: DaemonProcess,
+    _agent: AgentProcess,
+    transfer: std::path::PathBuf,
+    token: String,
+    /// Last: removed after the processes stop.
+    wd: Workdir,
+}
+
+fn world(prefix: &str, env: &[(String, String)]) -> World {
+    let wd = Workdir::new(prefix);
     let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
     let transfer = wd.path().join("transfer");
     std::fs::create_dir(&transfer).expect("transfer dir");
-    let _agent = AgentProcess::start_agent(
-        &wd.path().join("store"),
+    let agent = AgentProcess::start_agent_env(
+        wd.path().join("store").as_os_str(),
         &wd.path().join("journal"),
         &[
             "--daemon",
@@ -42,14 +52,13 @@ fn import_and_export_through_the_daemon() {
             "--transfer-dir",
             transfer.to_str().expect("utf8"),
         ],
+        env,
     );
     let token = daemon.account("alice");
-    let outsider = daemon.admin(&["create", "outsider"]).trim().to_string();
     let ep = daemon.endpoint();
-    let run = |args: &[&str]| imprint(&ep, &token, args);
     let mut up = false;
     for _ in 0..100 {
-        let (_, out, _) = run(&["-o", "json", "host", "list"]);
+        let (_, out, _) = imprint(&ep, &token, &["-o", "json", "host", "list"]);
         if out.contains("\"alive\": true") {
             up = true;
             break;
@@ -57,6 +66,22 @@ fn import_and_export_through_the_daemon() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(up, "agent registered");
+    World {
+        daemon,
+        _agent: agent,
+        transfer,
+        token,
+        wd,
+    }
+}
+
+#[test]
+fn import_and_export_through_the_daemon() {
+    let w = world("imprint-transfer-", &[]);
+    let (transfer, token) = (w.transfer.clone(), w.token.clone());
+    let outsider = w.daemon.admin(&["create", "outsider"]).trim().to_string();
+    let ep = w.daemon.endpoint();
+    let run = |args: &[&str]| imprint(&ep, &token, args);
 
     let raw = transfer.join("disk.raw");
     let f = std::fs::File::create(&raw).expect("raw");
@@ -173,41 +198,15 @@ fn import_and_export_through_the_daemon() {
 fn import_from_object_urls() {
     use imprint_store::s3_server::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
     let s3 = S3Server::start();
-    let wd = Workdir::new("imprint-transfer-url-");
-    let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
-    let transfer = wd.path().join("transfer");
-    std::fs::create_dir(&transfer).expect("transfer dir");
     let env = [
         ("AWS_ENDPOINT_URL".to_string(), s3.endpoint.clone()),
         ("AWS_ACCESS_KEY_ID".to_string(), ACCESS_KEY.to_string()),
         ("AWS_SECRET_ACCESS_KEY".to_string(), SECRET_KEY.to_string()),
     ];
-    let _agent = AgentProcess::start_agent_env(
-        wd.path().join("store").as_os_str(),
-        &wd.path().join("journal"),
-        &[
-            "--daemon",
-            &daemon.endpoint(),
-            "--host-name",
-            HOST,
-            "--transfer-dir",
-            transfer.to_str().expect("utf8"),
-        ],
-        &env,
-    );
-    let token = daemon.account("alice");
-    let ep = daemon.endpoint();
-    let run = |args: &[&str]| imprint(&ep, &token, args);
-    let mut up = false;
-    for _ in 0..100 {
-        let (_, out, _) = run(&["-o", "json", "host", "list"]);
-        if out.contains("\"alive\": true") {
-            up = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(up, "agent registered");
+    let w = world("imprint-transfer-url-", &env);
+    let (wd, transfer) = (&w.wd, w.transfer.clone());
+    let ep = w.daemon.endpoint();
+    let run = |args: &[&str]| imprint(&ep, &w.token, args);
 
     // The objects: files behind the servers.
     let objects = s3.bucket_dir(BUCKET).join("objects");
