@@ -11,7 +11,7 @@
 
 use std::{
     collections::HashSet,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
 use serde::Serialize;
@@ -35,6 +35,98 @@ pub struct CopyReport {
     pub chunks_present: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
+}
+
+/// One chunk's fate in a copy: the stored bytes sent, or `None` when the
+/// destination had it.
+type Moved = Result<Option<u64>>;
+
+/// Move the chunks `dst` lacks, several at a time (stores on the network
+/// want many requests in flight); results come back to this thread, which
+/// reports progress and keeps the writer registration alive.
+#[allow(clippy::too_many_arguments)]
+fn copy_chunks(
+    src: &Store,
+    dst: &Store,
+    id: &ImageId,
+    digests: &[ChunkDigest],
+    cancel: Option<&AtomicBool>,
+    writer: &WriterGuard<'_>,
+    report: &mut CopyReport,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let depth = src.backend().io_depth().max(dst.backend().io_depth());
+    let workers = (cores * depth).clamp(1, 32).min(digests.len().max(1));
+    let next = AtomicUsize::new(0);
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = crossbeam_channel::unbounded::<Moved>();
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            let (tx, next, stop) = (tx.clone(), &next, &stop);
+            s.spawn(move || {
+                let mut blob = Vec::new();
+                let mut plain = Vec::new();
+                let mut decoder = match BlobDecoder::new() {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= digests.len() || stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let d = &digests[i];
+                    let moved = (|| -> Moved {
+                        if dst.backend().touch_chunk(d)? {
+                            return Ok(None);
+                        }
+                        src.backend().read_chunk(d, &mut blob)?;
+                        decoder
+                            .decode_into(&blob, d, &mut plain)
+                            .map_err(|e| e.context(format!("source chunk of image {id}")))?;
+                        dst.backend().insert_chunk(d, &blob)?;
+                        Ok(Some(blob.len() as u64))
+                    })();
+                    if tx.send(moved).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut first_error = None;
+        let mut done = 0u64;
+        for moved in rx.iter() {
+            match moved {
+                Ok(None) => report.chunks_present += 1,
+                Ok(Some(bytes)) => {
+                    report.chunks_sent += 1;
+                    report.bytes_sent += bytes;
+                }
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    first_error.get_or_insert(e);
+                }
+            }
+            done += 1;
+            if first_error.is_none() && cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+                stop.store(true, Ordering::Relaxed);
+                first_error = Some(Error::cancelled());
+            }
+            if first_error.is_none()
+                && let Err(e) = writer.maybe_heartbeat()
+            {
+                stop.store(true, Ordering::Relaxed);
+                first_error = Some(e);
+            }
+            progress(done, report.chunks_total);
+        }
+        first_error.map_or(Ok(()), Err)
+    })
 }
 
 /// Copy image `id` from `src` to `dst`; `progress(chunks done, total)`.
@@ -92,27 +184,16 @@ pub fn copy_image_with(
     };
     let writer = WriterGuard::register(dst, id)?;
     let result = (|| {
-        let mut blob = Vec::new();
-        let mut plain = Vec::new();
-        let mut decoder = BlobDecoder::new()?;
-        for (n, d) in digests.iter().enumerate() {
-            if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
-                return Err(Error::cancelled());
-            }
-            writer.maybe_heartbeat()?;
-            if dst.backend().touch_chunk(d)? {
-                report.chunks_present += 1;
-            } else {
-                src.backend().read_chunk(d, &mut blob)?;
-                decoder
-                    .decode_into(&blob, d, &mut plain)
-                    .map_err(|e| e.context(format!("source chunk of image {id}")))?;
-                dst.backend().insert_chunk(d, &blob)?;
-                report.chunks_sent += 1;
-                report.bytes_sent += blob.len() as u64;
-            }
-            progress(n as u64 + 1, report.chunks_total);
-        }
+        copy_chunks(
+            src,
+            dst,
+            id,
+            &digests,
+            cancel,
+            &writer,
+            &mut report,
+            progress,
+        )?;
         for disk in &manifest.disks {
             let bytes = src.backend().read_image_file(id, &disk.index_file)?;
             dst.backend()
