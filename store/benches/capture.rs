@@ -681,6 +681,32 @@ fn main() {
             let _ = fs::remove_dir_all(&files);
         }
         let _ = fs::remove_file(&changed);
+        // A copy from a directory store to an empty S3 prefix (every chunk
+        // crosses), as CopyImage between sites does it.
+        let from = w.join("copy-src");
+        ours_capture(&from, &disk, 1 << 20, 3, "first");
+        let (u, sent) = repeat(runs, || {
+            let _ = fs::remove_dir_all(server.store_dir("copy"));
+            let (from, to) = (from.clone(), Location::S3(server.options("copy")));
+            forked(move || {
+                let src = Store::open_dir(&from, false).expect("src");
+                let dst = Store::open_or_create_at(&to, false, src.config().clone()).expect("dst");
+                let m = src.resolve("first").expect("image");
+                imprint_store::copy::copy_image(&src, &dst, &m.image_id, &mut |_, _| {})
+                    .expect("copy")
+                    .bytes_sent
+            })
+        });
+        rows.push(Row {
+            step: "copy directory → S3 (all chunks)".into(),
+            u,
+            out: format!(
+                "{} MiB sent, {:.0} MiB/s sent",
+                mib(sent),
+                sent as f64 / f64::from(1u32 << 20) / u.wall
+            ),
+        });
+        let _ = fs::remove_dir_all(&from);
         print(
             "Directory store against S3 store (same disk, same run)",
             &rows,
