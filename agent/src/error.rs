@@ -12,6 +12,9 @@ pub enum Kind {
     Conflict,
     /// The guest is not in a state the operation can start from.
     FailedPrecondition,
+    /// This agent's settings do not allow it (a URL outside the allowed
+    /// import prefixes).
+    PermissionDenied,
     /// libvirt or the store cannot be reached.
     Unavailable,
     /// No space in the pool or the store.

@@ -30,6 +30,33 @@ pub fn is_url(path: &str) -> bool {
     path.starts_with("s3://") || path.starts_with("http://") || path.starts_with("https://")
 }
 
+/// Whether `url` starts with one of the operator's `prefixes`. Downloads
+/// run with the agent's network position and S3 keys (the store's), so
+/// without this any user could read the store's objects or internal
+/// services through an import.
+pub fn allowed(url: &str, prefixes: &[String]) -> Result<()> {
+    if url.contains("/../") || url.contains("/./") || url.ends_with("/..") {
+        return Err(invalid(format!("{url:?}: dot segments are not allowed")));
+    }
+    if prefixes
+        .iter()
+        .any(|p| !p.is_empty() && url.starts_with(p.as_str()))
+    {
+        return Ok(());
+    }
+    Err(AgentError::new(
+        Kind::PermissionDenied,
+        if prefixes.is_empty() {
+            "this agent allows no URL imports (set import_url_prefixes)".to_string()
+        } else {
+            format!(
+                "{url} is not below any URL prefix this agent imports from ({})",
+                prefixes.join(", ")
+            )
+        },
+    ))
+}
+
 /// A parsed object URL: the store serving it and the key in it.
 pub struct Object {
     store: Arc<dyn ObjectStore>,
@@ -200,6 +227,31 @@ impl Drop for TempFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_listed_prefixes_are_fetched() {
+        let p = vec![
+            "s3://imports/public/".to_string(),
+            "https://img.example/".to_string(),
+        ];
+        assert!(allowed("s3://imports/public/web.qcow2", &p).is_ok());
+        assert!(allowed("https://img.example/a.raw", &p).is_ok());
+        for bad in [
+            "s3://store/images/x/disk0.fidx",
+            "s3://imports/publicity/x",
+            "http://169.254.169.254/latest/meta-data/",
+            "https://img.example.evil/a.raw",
+            "s3://imports/public/../private/x",
+        ] {
+            assert!(allowed(bad, &p).is_err(), "{bad}");
+        }
+        assert_eq!(
+            allowed("s3://imports/public/x", &[])
+                .expect_err("none")
+                .kind,
+            Kind::PermissionDenied
+        );
+    }
 
     #[test]
     fn urls_parse_or_say_why_not() {

@@ -53,6 +53,12 @@ struct Args {
     /// (default /var/lib/imprint-agent/transfer).
     #[arg(long)]
     transfer_dir: Option<PathBuf>,
+    /// URL prefixes imports may be downloaded from (`s3://bucket/imports/`,
+    /// `https://images.example.com/`); repeatable. None: no URL imports.
+    /// Downloads use this agent's network and S3 keys, so list only what
+    /// every account that may use this host may read.
+    #[arg(long = "import-url-prefix")]
+    import_url_prefixes: Vec<String>,
     /// At SIGTERM, how long in-flight operations get to finish cancelling
     /// (guests back to their power state) before the agent exits anyway;
     /// its journal covers the rest at the next start.
@@ -106,6 +112,7 @@ struct FileConfig {
     tls_ca: Option<PathBuf>,
     metrics_listen: Option<SocketAddr>,
     transfer_dir: Option<PathBuf>,
+    import_url_prefixes: Option<Vec<String>>,
 }
 
 fn detect_domain_type() -> String {
@@ -180,6 +187,11 @@ async fn main() -> Result<()> {
                 .or(file.transfer_dir)
                 .unwrap_or_else(|| PathBuf::from("/var/lib/imprint-agent/transfer")),
         ),
+        import_url_prefixes: if args.import_url_prefixes.is_empty() {
+            file.import_url_prefixes.unwrap_or_default()
+        } else {
+            args.import_url_prefixes
+        },
     };
     if let Some(dir) = &settings.transfer_dir {
         std::fs::create_dir_all(dir)

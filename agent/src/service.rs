@@ -43,6 +43,8 @@ pub struct Settings {
     /// Imports read and exports write only below this directory (none:
     /// imports and exports are refused).
     pub transfer_dir: Option<PathBuf>,
+    /// URL prefixes imports may come from (none: no URL imports).
+    pub import_url_prefixes: Vec<String>,
 }
 
 struct Op {
@@ -77,6 +79,7 @@ pub fn status(e: AgentError) -> Status {
         Kind::InvalidArgument => tonic::Code::InvalidArgument,
         Kind::Conflict => tonic::Code::AlreadyExists,
         Kind::FailedPrecondition => tonic::Code::FailedPrecondition,
+        Kind::PermissionDenied => tonic::Code::PermissionDenied,
         Kind::Unavailable => tonic::Code::Unavailable,
         Kind::ResourceExhausted => tonic::Code::ResourceExhausted,
         Kind::Cancelled => tonic::Code::Cancelled,
@@ -251,6 +254,7 @@ impl Agent {
                 "this agent has no transfer directory (transfer_dir) to download imports into",
             ));
         };
+        crate::fetch::allowed(&r.path, &self.settings.import_url_prefixes).map_err(status)?;
         let object = crate::fetch::parse(&r.path).map_err(status)?;
         // A missing object or refused keys fail the call, not an operation.
         object.size().await.map_err(status)?;

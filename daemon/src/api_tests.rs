@@ -57,6 +57,7 @@ async fn serve_agent(hv: Arc<FakeHypervisor>, store: Store, journal: Journal) ->
             console_log_dir: None,
             default_shutdown_timeout: Duration::from_secs(5),
             transfer_dir: None,
+            import_url_prefixes: Vec::new(),
         },
     );
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -36,22 +36,25 @@ struct World {
     wd: Workdir,
 }
 
-fn world(prefix: &str, env: &[(String, String)]) -> World {
+fn world(prefix: &str, env: &[(String, String)], extra: &[&str]) -> World {
     let wd = Workdir::new(prefix);
     let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
     let transfer = wd.path().join("transfer");
     std::fs::create_dir(&transfer).expect("transfer dir");
+    let ep = daemon.endpoint();
+    let mut args = vec![
+        "--daemon",
+        &ep,
+        "--host-name",
+        HOST,
+        "--transfer-dir",
+        transfer.to_str().expect("utf8"),
+    ];
+    args.extend(extra);
     let agent = AgentProcess::start_agent_env(
         wd.path().join("store").as_os_str(),
         &wd.path().join("journal"),
-        &[
-            "--daemon",
-            &daemon.endpoint(),
-            "--host-name",
-            HOST,
-            "--transfer-dir",
-            transfer.to_str().expect("utf8"),
-        ],
+        &args,
         env,
     );
     let token = daemon.account("alice");
@@ -77,7 +80,7 @@ fn world(prefix: &str, env: &[(String, String)]) -> World {
 
 #[test]
 fn import_and_export_through_the_daemon() {
-    let w = world("imprint-transfer-", &[]);
+    let w = world("imprint-transfer-", &[], &[]);
     let (transfer, token) = (w.transfer.clone(), w.token.clone());
     let outsider = w.daemon.admin(&["create", "outsider"]).trim().to_string();
     let ep = w.daemon.endpoint();
@@ -203,7 +206,20 @@ fn import_from_object_urls() {
         ("AWS_ACCESS_KEY_ID".to_string(), ACCESS_KEY.to_string()),
         ("AWS_SECRET_ACCESS_KEY".to_string(), SECRET_KEY.to_string()),
     ];
-    let w = world("imprint-transfer-url-", &env);
+    // Only these prefixes may be imported from.
+    let port = free_tcp_port();
+    let http_prefix = format!("http://127.0.0.1:{port}/");
+    let s3_prefix = format!("s3://{BUCKET}/objects/");
+    let w = world(
+        "imprint-transfer-url-",
+        &env,
+        &[
+            "--import-url-prefix",
+            &s3_prefix,
+            "--import-url-prefix",
+            &http_prefix,
+        ],
+    );
     let (wd, transfer) = (&w.wd, w.transfer.clone());
     let ep = w.daemon.endpoint();
     let run = |args: &[&str]| imprint(&ep, &w.token, args);
@@ -273,7 +289,6 @@ fn import_from_object_urls() {
     assert_eq!(img["source_guest"], url.as_str(), "where it came from");
 
     // Plain HTTP.
-    let port = free_tcp_port();
     let mut http = Command::new("python3")
         .args([
             "-m",
@@ -302,6 +317,11 @@ fn import_from_object_urls() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("\"succeeded\""), "{out}");
 
+    // Outside the allowed prefixes (here: the store's own objects, which
+    // the agent's keys could read): refused, exit code 4.
+    let (code, _, err) = import(&format!("s3://{BUCKET}/other/disk.qcow2"), "x");
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("not below any URL prefix"), "{err}");
     // Missing object: the call fails (not found), nothing starts.
     let (code, _, err) = import(&format!("s3://{BUCKET}/objects/nope.qcow2"), "x");
     assert_eq!(code, 3, "{err}");
