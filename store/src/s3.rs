@@ -120,13 +120,29 @@ impl S3Options {
         }
     }
 
-    /// Parse `s3://bucket[/prefix]`; endpoint, region and credentials come
-    /// from `AWS_ENDPOINT_URL`, `AWS_REGION` (or `AWS_DEFAULT_REGION`),
-    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`.
+    /// Parse `s3://bucket[/prefix][?endpoint=URL&region=R]`; endpoint and
+    /// region not in the URL, and the credentials, come from
+    /// `AWS_ENDPOINT_URL`, `AWS_REGION` (or `AWS_DEFAULT_REGION`),
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`. Sites on different
+    /// S3 servers name theirs in the URL, so every host reaches the same
+    /// bucket under one name.
     pub fn from_url_and_env(url: &str) -> Result<Self> {
         let rest = url.strip_prefix("s3://").ok_or_else(|| {
             Error::invalid(format!("{url:?} is not an s3:// URL (s3://bucket/prefix)"))
         })?;
+        let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let mut from_url: (Option<String>, Option<String>) = (None, None);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("endpoint", v)) if !v.is_empty() => from_url.0 = Some(v.to_string()),
+                Some(("region", v)) if !v.is_empty() => from_url.1 = Some(v.to_string()),
+                _ => {
+                    return Err(Error::invalid(format!(
+                        "{url:?}: unknown setting {pair:?} (endpoint=URL, region=NAME)"
+                    )));
+                }
+            }
+        }
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         if bucket.is_empty() {
             return Err(Error::invalid(format!("{url:?} names no bucket")));
@@ -135,6 +151,12 @@ impl S3Options {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         o.endpoint = env("AWS_ENDPOINT_URL").or_else(|| env("AWS_ENDPOINT"));
         if let Some(r) = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")) {
+            o.region = r;
+        }
+        if let Some(ep) = from_url.0 {
+            o.endpoint = Some(ep);
+        }
+        if let Some(r) = from_url.1 {
             o.region = r;
         }
         o.access_key_id = env("AWS_ACCESS_KEY_ID");
@@ -458,6 +480,14 @@ impl S3Store {
         .map_err(|e| map_err(&what, e))
     }
 
+    /// Server-side copy (no bytes through this host).
+    fn server_copy(&self, from: ObjPath, to: ObjPath) -> Result<()> {
+        let client = self.client.clone();
+        let what = format!("copy {}/{from} to {to}", self.opts.bucket);
+        self.run(async move { client.copy(&from, &to).await })
+            .map_err(|e| map_err(&what, e))
+    }
+
     fn delete(&self, key: ObjPath) -> Result<()> {
         let client = self.client.clone();
         let what = format!("delete {}/{key}", self.opts.bucket);
@@ -608,20 +638,34 @@ impl ChunkStore for S3Store {
             Some(t) if t < cutoff => {}
             _ => return Ok(None),
         }
-        // "Move aside": keep the bytes, delete, then look for a touch that
-        // landed meanwhile and put the chunk back if there was one.
-        let Some(bytes) = self.get(self.chunk_key(digest))? else {
+        let Some((_, size)) = self.head(self.chunk_key(digest))? else {
             return Ok(None);
         };
+        // Move aside (a server-side copy, durable even if this process
+        // dies), delete, then look for a touch that landed meanwhile and
+        // put the chunk back if there was one. An aside left behind by a
+        // crash is settled by remove_stray_files.
+        let aside = self.key(&format!(
+            "aside/{}-{}",
+            digest.to_hex(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        match self.server_copy(self.chunk_key(digest), aside.clone()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
         self.delete(self.chunk_key(digest))?;
         let marker = self.head(self.marker_key(digest))?.map(|(t, _)| t);
         if marker.is_some_and(|m| m >= cutoff) {
-            self.put(self.chunk_key(digest), bytes, false)
+            self.server_copy(aside.clone(), self.chunk_key(digest))
                 .map_err(|e| e.context(format!("put back chunk {digest}")))?;
+            self.delete(aside)?;
             return Ok(None);
         }
+        self.delete(aside)?;
         self.delete(self.marker_key(digest))?;
-        Ok(Some(bytes.len() as u64))
+        Ok(Some(size))
     }
 
     fn io_depth(&self) -> usize {
@@ -630,13 +674,45 @@ impl ChunkStore for S3Store {
     }
 
     fn remove_stray_files(&self, cutoff: SystemTime, dry_run: bool) -> Result<u64> {
-        // Markers of chunks that are gone. Interrupted multipart uploads are
-        // the bucket's lifecycle rule's job (AbortIncompleteMultipartUpload).
+        // Markers of chunks that are gone, and asides of GC runs that died
+        // mid-removal. Interrupted multipart uploads are the bucket's
+        // lifecycle rule's job (AbortIncompleteMultipartUpload).
         let mut chunks = std::collections::HashSet::new();
         for (rel, _, _) in self.list("chunks")? {
             chunks.insert(rel);
         }
         let mut freed = 0;
+        for (rel, modified, size) in self.list("aside")? {
+            if modified >= cutoff {
+                continue;
+            }
+            let Some(digest) = rel
+                .split('-')
+                .next()
+                .and_then(|h| h.parse::<ChunkDigest>().ok())
+            else {
+                continue;
+            };
+            let hex = digest.to_hex();
+            let chunk_rel = format!("{}/{hex}", &hex[..4]);
+            // Touched after the GC run moved it aside: a capture relies on
+            // it, so it goes back.
+            let touched = self
+                .head(self.marker_key(&digest))?
+                .is_some_and(|(t, _)| t >= modified);
+            if dry_run {
+                if !touched || chunks.contains(&chunk_rel) {
+                    freed += size;
+                }
+                continue;
+            }
+            if touched && !chunks.contains(&chunk_rel) {
+                self.server_copy(self.key(&format!("aside/{rel}")), self.chunk_key(&digest))?;
+            } else {
+                freed += size;
+            }
+            self.delete(self.key(&format!("aside/{rel}")))?;
+        }
         for (rel, modified, size) in self.list("touch")? {
             if modified >= cutoff || chunks.contains(&rel) {
                 continue;
@@ -796,7 +872,17 @@ mod tests {
         assert_eq!(o.url(), "s3://bucket/some/prefix");
         let o = S3Options::from_url_and_env("s3://b").expect("parse");
         assert_eq!((o.bucket.as_str(), o.prefix.as_str()), ("b", ""));
-        for bad in ["s3://", "s3:///x", "/srv/store", "http://b/x"] {
+        let o = S3Options::from_url_and_env("s3://b/p?endpoint=http://dc2:9000&region=eu-1")
+            .expect("with endpoint");
+        assert_eq!(o.endpoint.as_deref(), Some("http://dc2:9000"));
+        assert_eq!((o.region.as_str(), o.prefix.as_str()), ("eu-1", "p"));
+        for bad in [
+            "s3://",
+            "s3:///x",
+            "/srv/store",
+            "http://b/x",
+            "s3://b/p?key=x",
+        ] {
             let e = S3Options::from_url_and_env(bad).expect_err(bad);
             assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}: {e}");
         }

@@ -53,7 +53,10 @@ impl Location {
                 canon(a) == canon(b)
             }
             (Self::S3(a), Self::S3(b)) => {
-                a.endpoint == b.endpoint && a.bucket == b.bucket && a.prefix == b.prefix
+                a.endpoint == b.endpoint
+                    && a.region == b.region
+                    && a.bucket == b.bucket
+                    && a.prefix == b.prefix
             }
             _ => false,
         }

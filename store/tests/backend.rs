@@ -343,3 +343,46 @@ fn s3_server_errors_are_retried_with_backoff() {
     let e = Store::open_at(&Location::S3(o), false).expect_err("gives up");
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
 }
+
+/// A GC run that died between moving a chunk aside and settling it: the
+/// next run puts back the asides of chunks touched since (a capture relies
+/// on them) and drops the others.
+#[test]
+fn s3_asides_left_by_a_dead_gc_run_are_settled() {
+    let (_tmp, ts, st) = store(Kind::S3);
+    let b = st.backend();
+    let (kept, gone) = (
+        ChunkDigest::of(b"touched since"),
+        ChunkDigest::of(b"not touched"),
+    );
+    for d in [&kept, &gone] {
+        b.insert_chunk(d, d.to_hex().as_bytes()).expect("insert");
+        // What the dead run left: the chunk moved aside, aged.
+        let hex = d.to_hex();
+        let aside_dir = ts.files.join("aside");
+        std::fs::create_dir_all(&aside_dir).expect("aside dir");
+        let aside = aside_dir.join(format!("{hex}-dead"));
+        std::fs::rename(ts.chunk_file(&hex), &aside).expect("move aside");
+        common::age(&aside, Duration::from_secs(7200));
+        let marker = ts.files.join("touch").join(&hex[..4]).join(&hex);
+        common::age(&marker, Duration::from_secs(7200));
+    }
+    // A capture touches `kept` now (it reports absent; the marker is new).
+    assert!(!b.touch_chunk(&kept).expect("touch"));
+    let cutoff = SystemTime::now() - Duration::from_secs(60);
+    b.remove_stray_files(cutoff, false).expect("settle");
+    let mut buf = Vec::new();
+    b.read_chunk(&kept, &mut buf).expect("put back");
+    assert_eq!(buf, kept.to_hex().as_bytes());
+    assert_eq!(
+        b.read_chunk(&gone, &mut buf).expect_err("dropped").kind(),
+        ErrorKind::NotFound
+    );
+    assert!(
+        std::fs::read_dir(ts.files.join("aside"))
+            .expect("ls")
+            .next()
+            .is_none(),
+        "no aside left"
+    );
+}
