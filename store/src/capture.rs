@@ -357,7 +357,10 @@ fn capture_disk(
     let chunk_size = store.chunk_size();
     let mut index = FixedIndex::new_zeroed(size, chunk_size)?;
     // Network stores want several requests in flight per core.
-    let workers = opts.threads.max(1) * store.backend().io_depth().max(1);
+    // At most 32 in all: each worker holds buffers (and, capturing, a zstd
+    // context), and compression past the core count only queues.
+    let workers =
+        (opts.threads.max(1) * store.backend().io_depth().max(1)).min(opts.threads.max(32));
     let n_bufs = 2 * workers + 4;
     let abort = AtomicBool::new(false);
     let (pool_tx, pool_rx) = bounded::<Vec<u8>>(n_bufs);

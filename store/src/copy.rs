@@ -33,6 +33,9 @@ pub struct CopyReport {
     pub bytes_sent: u64,
     /// Chunks the destination had already.
     pub chunks_present: u64,
+    /// Compressed bytes read back and checked at the destination before
+    /// the copy was committed (0 when not asked to verify).
+    pub bytes_verified: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -136,16 +139,19 @@ pub fn copy_image(
     id: &ImageId,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<CopyReport> {
-    copy_image_with(src, dst, id, None, progress)
+    copy_image_with(src, dst, id, None, false, progress)
 }
 
 /// [`copy_image`] that stops (leaving no image at `dst`) once `cancel` is
-/// set.
+/// set; with `verify`, every chunk of the image is read back from `dst` and
+/// checked before the manifest is committed there, so a copy that fails the
+/// check never looks usable.
 pub fn copy_image_with(
     src: &Store,
     dst: &Store,
     id: &ImageId,
     cancel: Option<&AtomicBool>,
+    verify: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<CopyReport> {
     let started = std::time::Instant::now();
@@ -198,6 +204,19 @@ pub fn copy_image_with(
             let bytes = src.backend().read_image_file(id, &disk.index_file)?;
             dst.backend()
                 .write_image_file(id, &disk.index_file, &bytes)?;
+        }
+        if verify {
+            let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let v = crate::verify::verify_images(dst, std::slice::from_ref(&manifest), threads)?;
+            if !v.is_ok() {
+                return Err(Error::corrupt(format!(
+                    "the copy of image {id} failed its check at the destination ({} missing, {} corrupt chunks, {} unreadable indexes)",
+                    v.missing.len(),
+                    v.corrupt.len(),
+                    v.bad_images.len()
+                )));
+            }
+            report.bytes_verified = v.bytes_checked;
         }
         dst.backend()
             .commit_manifest(id, &src.backend().read_manifest(id)?)?;

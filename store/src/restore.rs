@@ -122,7 +122,10 @@ pub fn restore_disk(
     }
 
     // Network stores want several requests in flight per core.
-    let workers = opts.threads.max(1) * store.backend().io_depth().max(1);
+    // At most 32 in all: each worker holds buffers (and, capturing, a zstd
+    // context), and compression past the core count only queues.
+    let workers =
+        (opts.threads.max(1) * store.backend().io_depth().max(1)).min(opts.threads.max(32));
     let n_bufs = 2 * workers + 2;
     let abort = AtomicBool::new(false);
     let (job_tx, job_rx) = bounded::<(usize, ChunkDigest)>(n_bufs);
