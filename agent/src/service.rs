@@ -179,9 +179,19 @@ impl Agent {
             return Ok(s.clone());
         }
         let opened = blocking(move || {
-            match create {
-                Some(config) => Store::open_or_create_at(&loc, false, config),
-                None => Store::open_at(&loc, false),
+            match (create, &loc) {
+                // Only an S3 prefix is created here: an empty directory may
+                // be a SAN mount point that is not mounted on this host.
+                (Some(config), imprint_store::Location::S3(_)) => {
+                    match Store::open_or_create_at(&loc, false, config) {
+                        // Another copy created it first.
+                        Err(e) if e.kind() == imprint_store::ErrorKind::Conflict => {
+                            Store::open_at(&loc, false)
+                        }
+                        r => r,
+                    }
+                }
+                _ => Store::open_at(&loc, false),
             }
             .map_err(|e| AgentError::from(e).context(format!("store {loc}")))
         })
@@ -764,8 +774,8 @@ impl AgentService for Agent {
             ));
         }
         let src = self.store_at(&r.source_store).await?;
-        // A new site's store is created on its first copy, cut like the
-        // source so chunks dedup.
+        // A new site's S3 store is created on its first copy, cut like the
+        // source so chunks dedup; a directory store must exist.
         let dst = self
             .store_at_or_create(&r.target_store, Some(src.config().clone()))
             .await?;

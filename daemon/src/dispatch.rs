@@ -114,7 +114,7 @@ pub struct Dispatcher {
     usage_wanted: Notify,
     agent_tls: Option<tonic::transport::ClientTlsConfig>,
     /// Operations this daemon drives now, by id.
-    following: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    following: Mutex<HashMap<String, (tokio::task::AbortHandle, Instant)>>,
     /// Sites' stores, opened on first use.
     site_stores: Mutex<HashMap<String, Store>>,
 }
@@ -383,7 +383,7 @@ impl Dispatcher {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&op.id);
         });
-        following.insert(id, task.abort_handle());
+        following.insert(id, (task.abort_handle(), Instant::now()));
         Some(task)
     }
 
@@ -395,7 +395,12 @@ impl Dispatcher {
     /// Renew this daemon's leases, stop following operations it lost, and
     /// claim operations whose daemon died (with `include_own`, also the
     /// ones this daemon held before a restart). Returns how many it took.
+    ///
+    /// A held operation nobody here follows (its follower gave up, e.g. a
+    /// delete whose store was unreachable) gets a follower again once it is
+    /// older than a dispatch can take, so nothing held stays unattended.
     pub async fn lease_pass(self: &Arc<Self>, include_own: bool) -> Result<usize, Status> {
+        let renewing = Instant::now();
         let held: HashSet<String> = self
             .catalog
             .renew_leases()
@@ -405,8 +410,10 @@ impl Dispatcher {
             .collect();
         {
             let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
-            following.retain(|id, task| {
-                if held.contains(id) || task.is_finished() {
+            following.retain(|id, (task, started)| {
+                // Followers started after the renewal began may be of
+                // operations created since: not in `held`, yet ours.
+                if held.contains(id) || task.is_finished() || *started >= renewing {
                     return true;
                 }
                 // Ended meanwhile, or this daemon stalled past its lease and
@@ -415,6 +422,23 @@ impl Dispatcher {
                 task.abort();
                 false
             });
+        }
+        let unattended: Vec<String> = {
+            let following = self.following.lock().unwrap_or_else(|e| e.into_inner());
+            held.iter()
+                .filter(|id| !following.contains_key(*id))
+                .cloned()
+                .collect()
+        };
+        let settled = now() - 2 * SEND_TIMEOUT.as_secs() as i64;
+        for id in unattended {
+            match self.catalog.operation(&id).await {
+                Ok(op) if op.running() && op.created_unix < settled => {
+                    tracing::info!(op = %op.id, kind = %op.kind, "following a held operation again");
+                    self.spawn_follower(op);
+                }
+                _ => {}
+            }
         }
         let claimed = self
             .catalog
@@ -570,7 +594,8 @@ impl Dispatcher {
         // A new image is stored at its host's site.
         let site = match self.catalog.host(&op.host).await {
             Ok(h) => site_of_host(&h.site).to_string(),
-            Err(_) => DEFAULT_SITE.to_string(),
+            // Never guess the site: retry (the agent sends the end again).
+            Err(e) => return Err(Status::unavailable(format!("read host {}: {e}", op.host))),
         };
         let (state, outcome) = match pb::OperationState::try_from(a.state) {
             Ok(pb::OperationState::Succeeded) => {

@@ -84,6 +84,20 @@ impl HostService for Hosts {
     ) -> Result<Response<pb::Host>, Status> {
         self.agent_only(&req)?;
         let r = req.into_inner();
+        // A site nobody configured would give its images a location whose
+        // store no daemon can open (they could never be deleted).
+        if !r.site.is_empty() && r.site != crate::sites::DEFAULT_SITE {
+            match self.catalog.site(&r.site).await {
+                Ok(_) => {}
+                Err(crate::catalog::CatalogError::NotFound(_)) => {
+                    return Err(Status::failed_precondition(format!(
+                        "host {}: site {:?} is not configured on the daemon (imprintd --site {}=LOCATION)",
+                        r.name, r.site, r.site
+                    )));
+                }
+                Err(e) => return Err(status(e)),
+            }
+        }
         let row = HostRow {
             name: r.name.clone(),
             agent_endpoint: r.agent_endpoint,

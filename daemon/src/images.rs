@@ -559,63 +559,51 @@ impl ImageService for Images {
             .owned_image(&who, &r.image_id)
             .await
             .map_err(status)?;
-        let locations = self.catalog().locations(&img.id).await.map_err(status)?;
-        let Some(here) = locations.iter().find(|l| l.site == r.site) else {
+        // Open the store first: if it cannot be reached, nothing changes.
+        if !self
+            .catalog()
+            .locations(&img.id)
+            .await
+            .map_err(status)?
+            .iter()
+            .any(|l| l.site == r.site)
+        {
             return Err(Status::not_found(format!(
                 "image {} is not stored at site {:?}",
                 img.id, r.site
             )));
-        };
-        if here.state != "available" {
-            return Err(Status::failed_precondition(format!(
-                "the copy of image {} at site {} is still being made (operation {}); cancel it instead",
-                img.id, r.site, here.operation_id
-            )));
         }
-        if !locations
-            .iter()
-            .any(|l| l.site != r.site && l.state == "available")
-        {
-            return Err(Status::failed_precondition(format!(
-                "site {} holds the only copy of image {}; delete the image instead",
-                r.site, img.id
-            )));
-        }
-        let readers = self
-            .catalog()
-            .running_deploys_of(&img.id)
-            .await
-            .map_err(status)?;
-        if !readers.is_empty() {
-            return Err(Status::failed_precondition(format!(
-                "image {} is being read by operation(s) {}; try again when they end",
-                img.id,
-                readers.join(", ")
-            )));
-        }
-        // Forget it first (deploys stop choosing it), then remove the
-        // manifest from that store; its chunks go at that store's next gc.
-        self.catalog()
-            .remove_location(&img.id, &r.site)
-            .await
-            .map_err(status)?;
         let store = self.d.site_store(&r.site).await?;
+        // Forget it (deploys stop choosing it) with every check in one
+        // transaction, then remove the manifest from that store; its chunks
+        // go at that store's next gc.
+        self.catalog()
+            .begin_remove_location(&img.id, &r.site)
+            .await
+            .map_err(status)?;
         let id: imprint_store::ImageId = img
             .id
             .parse()
             .map_err(|e: imprint_store::Error| Status::internal(e.to_string()))?;
-        let removed = tokio::task::spawn_blocking(move || match store.delete_image(&id) {
-            Err(e) if e.kind() != imprint_store::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+        let removed = tokio::task::spawn_blocking(move || {
+            let r = match store.delete_image(&id) {
+                Err(e) if e.kind() != imprint_store::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            };
+            // Whether the copy is still whole (the manifest goes first).
+            let intact = store.manifest(&id).is_ok();
+            (r, intact)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?;
-        if let Err(e) = removed {
-            // Keep the catalog true to the store: the copy is still there.
-            let _ = self
-                .catalog()
-                .add_location(&img.id, &r.site, "available", "")
-                .await;
+        if let (Err(e), intact) = removed {
+            if intact {
+                // Keep the catalog true to the store: the copy is still there.
+                let _ = self
+                    .catalog()
+                    .add_location(&img.id, &r.site, "available", "")
+                    .await;
+            }
             return Err(Status::unavailable(format!(
                 "site {}: removing the copy failed: {e}",
                 r.site

@@ -178,6 +178,73 @@ impl Catalog {
         Ok(())
     }
 
+    /// Forget the copy of image `id` at `site`, in one transaction with the
+    /// checks that make it safe: the image row is locked (as deploys,
+    /// exports, copies and deletes lock it), nothing reads the image, the
+    /// copy is complete, and another complete copy remains.
+    pub async fn begin_remove_location(&self, id: &str, site: &str) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        let r = sqlx::query(
+            "UPDATE images SET updated_unix = updated_unix WHERE id = $1 AND state IN ('active', 'deprecated')",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(CatalogError::FailedPrecondition(format!(
+                "image {id} is not active or deprecated"
+            )));
+        }
+        let readers: Vec<String> = sqlx::query(
+            "SELECT id FROM operations WHERE kind IN ('deploy', 'export', 'copy') AND state = 'running' AND image_id = $1",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<std::result::Result<_, _>>()?;
+        if !readers.is_empty() {
+            return Err(CatalogError::FailedPrecondition(format!(
+                "image {id} is being read by operation(s) {}; try again when they end",
+                readers.join(", ")
+            )));
+        }
+        let rows: Vec<(String, String)> =
+            sqlx::query("SELECT site, state FROM image_locations WHERE image_id = $1")
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| Ok((r.try_get("site")?, r.try_get("state")?)))
+                .collect::<Result<_>>()?;
+        match rows.iter().find(|(s, _)| s == site) {
+            None => {
+                return Err(CatalogError::NotFound(format!(
+                    "image {id} is not stored at site {site:?}"
+                )));
+            }
+            Some((_, state)) if state != "available" => {
+                return Err(CatalogError::FailedPrecondition(format!(
+                    "the copy of image {id} at site {site} is still being made; cancel its copy instead"
+                )));
+            }
+            Some(_) => {}
+        }
+        if !rows.iter().any(|(s, st)| s != site && st == "available") {
+            return Err(CatalogError::FailedPrecondition(format!(
+                "site {site} holds the only copy of image {id}; delete the image instead"
+            )));
+        }
+        sqlx::query("DELETE FROM image_locations WHERE image_id = $1 AND site = $2")
+            .bind(id)
+            .bind(site)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Forget a location.
     pub async fn remove_location(&self, id: &str, site: &str) -> Result<()> {
         sqlx::query("DELETE FROM image_locations WHERE image_id = $1 AND site = $2")
