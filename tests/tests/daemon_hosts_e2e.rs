@@ -76,6 +76,18 @@ async fn agent_registers_and_heartbeats() {
         .await
         .expect_err("no name");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // A site nobody configured (imprintd --site NAME=LOCATION): refused.
+    let err = client
+        .register_host(pb::RegisterHostRequest {
+            name: "lost".into(),
+            agent_endpoint: "http://127.0.0.1:9".into(),
+            site: "nowhere".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown site");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err}");
+    assert!(err.message().contains("nowhere"), "{err}");
     let err = client
         .heartbeat(pb::HeartbeatRequest {
             name: "never-registered".into(),
