@@ -16,8 +16,8 @@ use std::{
 
 use futures::StreamExt;
 use object_store::{
-    ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig, aws::AmazonS3Builder,
-    http::HttpBuilder, path::Path as ObjPath,
+    ClientOptions, ObjectStore, ObjectStoreExt, RetryConfig, http::HttpBuilder,
+    path::Path as ObjPath,
 };
 
 use crate::{
@@ -74,20 +74,8 @@ fn invalid(m: String) -> AgentError {
     AgentError::new(Kind::InvalidArgument, m)
 }
 
-fn client_options() -> ClientOptions {
-    ClientOptions::new()
-        .with_allow_http(true)
-        .with_connect_timeout(Duration::from_secs(10))
-        .with_timeout(Duration::from_secs(300))
-}
-
-fn retry() -> RetryConfig {
-    RetryConfig {
-        max_retries: 4,
-        retry_timeout: Duration::from_secs(60),
-        ..Default::default()
-    }
-}
+/// One download may take this long.
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Parse `url` into the store that serves it and the object's key.
 pub fn parse(url: &str) -> Result<Object> {
@@ -97,22 +85,11 @@ pub fn parse(url: &str) -> Result<Object> {
             .split_once('/')
             .filter(|(b, k)| !b.is_empty() && !k.is_empty())
             .ok_or_else(|| invalid(format!("{url:?} is not s3://bucket/key")))?;
-        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let mut b = AmazonS3Builder::new()
-            .with_bucket_name(bucket)
-            .with_region(env("AWS_REGION").unwrap_or_else(|| "us-east-1".into()))
-            .with_client_options(client_options())
-            .with_retry(retry());
-        if let Some(ep) = env("AWS_ENDPOINT_URL") {
-            b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
-        }
-        if let (Some(k), Some(s)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
-            b = b.with_access_key_id(k).with_secret_access_key(s);
-        }
-        let s = b
-            .build()
-            .map_err(|e| invalid(format!("{url}: bad S3 settings: {e}")))?;
-        (Arc::new(s), key.to_string())
+        // The same settings (AWS_* environment) as an S3 store, with a
+        // longer timeout: one request reads a whole disk image.
+        let mut o = imprint_store::s3::S3Options::from_url_and_env(&format!("s3://{bucket}"))?;
+        o.request_timeout = DOWNLOAD_TIMEOUT;
+        (Arc::new(o.client()?), key.to_string())
     } else if url.starts_with("http://") || url.starts_with("https://") {
         let scheme_end = url.find("://").map_or(0, |i| i + 3);
         let slash = url[scheme_end..]
@@ -122,8 +99,17 @@ pub fn parse(url: &str) -> Result<Object> {
             .ok_or_else(|| invalid(format!("{url:?} names no file")))?;
         let s = HttpBuilder::new()
             .with_url(&url[..slash])
-            .with_client_options(client_options())
-            .with_retry(retry())
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(true)
+                    .with_connect_timeout(Duration::from_secs(10))
+                    .with_timeout(DOWNLOAD_TIMEOUT),
+            )
+            .with_retry(RetryConfig {
+                max_retries: 4,
+                retry_timeout: Duration::from_secs(60),
+                ..Default::default()
+            })
             .build()
             .map_err(|e| invalid(format!("{url}: {e}")))?;
         (Arc::new(s), url[slash + 1..].to_string())

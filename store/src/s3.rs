@@ -164,6 +164,45 @@ impl S3Options {
         Ok(o)
     }
 
+    /// An async object_store client for the bucket, with these settings
+    /// (endpoint, region, keys, retries, timeouts). The store uses it; so
+    /// does anything else that reads the same bucket (imports from URLs).
+    pub fn client(&self) -> Result<object_store::aws::AmazonS3> {
+        let url = self.url();
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&self.bucket)
+            .with_region(&self.region)
+            .with_retry(RetryConfig {
+                backoff: object_store::BackoffConfig {
+                    init_backoff: self.initial_backoff,
+                    max_backoff: Duration::from_secs(5),
+                    base: 2.0,
+                },
+                max_retries: self.max_retries,
+                retry_timeout: self.request_timeout,
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(true)
+                    .with_connect_timeout(Duration::from_secs(5))
+                    .with_timeout(self.request_timeout),
+            );
+        if let Some(ep) = &self.endpoint {
+            b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
+        }
+        match (&self.access_key_id, &self.secret_access_key) {
+            (Some(k), Some(s)) => b = b.with_access_key_id(k).with_secret_access_key(s),
+            (None, None) => {}
+            _ => {
+                return Err(Error::invalid(format!(
+                    "{url}: give both an access key id and a secret access key, or neither"
+                )));
+            }
+        }
+        b.build()
+            .map_err(|e| Error::invalid(format!("{url}: bad S3 settings: {e}")))
+    }
+
     /// `s3://bucket/prefix`, for messages.
     pub fn url(&self) -> String {
         if self.prefix.is_empty() {
@@ -242,40 +281,7 @@ impl S3Store {
     /// Connect to the bucket and check it can be used: the bucket exists
     /// and the credentials are accepted. Errors say which.
     pub fn connect(opts: S3Options) -> Result<Self> {
-        let url = opts.url();
-        let mut b = AmazonS3Builder::new()
-            .with_bucket_name(&opts.bucket)
-            .with_region(&opts.region)
-            .with_retry(RetryConfig {
-                backoff: object_store::BackoffConfig {
-                    init_backoff: opts.initial_backoff,
-                    max_backoff: Duration::from_secs(5),
-                    base: 2.0,
-                },
-                max_retries: opts.max_retries,
-                retry_timeout: opts.request_timeout,
-            })
-            .with_client_options(
-                ClientOptions::new()
-                    .with_allow_http(true)
-                    .with_connect_timeout(Duration::from_secs(5))
-                    .with_timeout(opts.request_timeout),
-            );
-        if let Some(ep) = &opts.endpoint {
-            b = b.with_endpoint(ep).with_virtual_hosted_style_request(false);
-        }
-        match (&opts.access_key_id, &opts.secret_access_key) {
-            (Some(k), Some(s)) => b = b.with_access_key_id(k).with_secret_access_key(s),
-            (None, None) => {}
-            _ => {
-                return Err(Error::invalid(format!(
-                    "{url}: give both an access key id and a secret access key, or neither"
-                )));
-            }
-        }
-        let client = b
-            .build()
-            .map_err(|e| Error::invalid(format!("{url}: bad S3 settings: {e}")))?;
+        let client = opts.client()?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("imprint-s3")
