@@ -400,12 +400,15 @@ impl AgentProcess {
         ];
         args.extend(["--journal-dir".as_ref(), journal.as_os_str()]);
         args.extend(extra.iter().map(std::ffi::OsStr::new));
-        let env: Vec<(&str, &std::ffi::OsStr)> = env
-            .iter()
-            .map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v)))
-            .collect();
-        Self::start_env("imprint-agent", &args, &env)
+        Self::start_env("imprint-agent", &args, &env_refs(env))
     }
+}
+
+/// Owned environment pairs as [`ServerProcess::start_env`] takes them.
+fn env_refs(env: &[(String, String)]) -> Vec<(&str, &std::ffi::OsStr)> {
+    env.iter()
+        .map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v)))
+        .collect()
 }
 
 /// A free local TCP port (for servers that must come back on the same one).
@@ -487,11 +490,7 @@ impl DaemonProcess {
             store.as_os_str(),
         ];
         args.extend(extra.iter().map(std::ffi::OsStr::new));
-        let env: Vec<(&str, &std::ffi::OsStr)> = env
-            .iter()
-            .map(|(k, v)| (k.as_str(), std::ffi::OsStr::new(v)))
-            .collect();
-        ServerProcess::start_env("imprintd", &args, &env)
+        ServerProcess::start_env("imprintd", &args, &env_refs(env))
     }
 
     /// `http://127.0.0.1:PORT`.
