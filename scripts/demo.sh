@@ -81,9 +81,10 @@ echo "== start imprintd (SQLite catalog in $work/imprintd, store $work/store)"
 echo $! >"$work/imprintd.pid"
 wait_listening "$work/imprintd.out" imprintd
 
-echo "== start imprint-agent for host demo-host"
-"$bin/imprint-agent" --store "$work/store" --journal-dir "$work/journal" --listen 127.0.0.1:0 \
-    --daemon "$IMPRINT_ENDPOINT" --host-name demo-host --default-pool "$pool" \
+echo "== start imprint-agent for host demo-host (its socket $work/agent.sock, its host token)"
+( umask 077; "$bin/imprintd" --state-dir "$work/imprintd" host add demo-host 2>/dev/null >"$work/host.token" )
+"$bin/imprint-agent" --store "$work/store" --journal-dir "$work/journal" --listen "unix:$work/agent.sock" \
+    --daemon "$IMPRINT_ENDPOINT" --host-name demo-host --host-token-file "$work/host.token" --default-pool "$pool" \
     --console-log-dir "$work/consoles" --domain-type "${domain_type:-auto}" \
     >"$work/agent.out" 2>"$work/agent.log" &
 echo $! >"$work/agent.pid"
@@ -142,6 +143,11 @@ wait_console() { # log pattern count
 }
 wait_console "$work/consoles/$src.log" IMPRINT-READY 1
 echo "   $(tr -d '\r' <"$work/consoles/$src.log" | grep -m1 IMPRINT-MARKER)"
+
+echo "== an admin gives guest $src (made with virsh, nobody's yet) to account demo"
+admin_token=$("$bin/imprintd" --state-dir "$work/imprintd" account create demo-admin --admin 2>/dev/null)
+IMPRINT_TOKEN=$admin_token "$imprint" guest assign demo-host "$src" --account demo
+"$imprint" guest list --host demo-host
 
 echo "== capture $src while it runs (ACPI shutdown, read, start again)"
 "$imprint" -o json image capture --host demo-host --guest "$src" --name demo-web --tag demo \

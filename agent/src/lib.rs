@@ -9,7 +9,8 @@
 //! - [`work`]: capture and deploy, written against the trait.
 //! - [`journal`]: in-flight work on local disk, finished or undone at start.
 //! - [`domain`]: domain XML in and out; [`cloudinit`]: the NoCloud seed.
-//! - [`service`]: the gRPC API (`proto/imprint/v1/agent.proto`).
+//! - [`service`]: the gRPC API (`proto/imprint/v1/agent.proto`); [`listen`]:
+//!   where it is served (a 0660 UNIX socket, or TCP with mutual TLS only).
 
 pub mod cloudinit;
 pub mod disks;
@@ -19,6 +20,7 @@ pub mod fetch;
 pub mod hypervisor;
 pub mod journal;
 pub mod libvirt;
+pub mod listen;
 pub mod qcow2;
 pub mod service;
 pub mod transfer;

@@ -8,6 +8,7 @@ use imprint_agent::{
     hypervisor::Hypervisor,
     journal::Journal,
     libvirt::Libvirt,
+    listen::{self, Listen},
     service::{Agent, Settings},
     work,
 };
@@ -28,13 +29,28 @@ struct Args {
     /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`).
     #[arg(long)]
     store: Option<String>,
-    /// Address to serve gRPC on. Without TLS only loopback is allowed.
+    /// Where to serve gRPC: `unix:/PATH` (default without TLS:
+    /// `unix:/run/imprint-agent/agent.sock`, mode 0660) or `HOST:PORT`
+    /// (TLS only: plaintext is never served on TCP, loopback included).
     #[arg(long)]
-    listen: Option<SocketAddr>,
-    /// URL the daemon reaches this agent at (default: `http(s)://` and the
-    /// listen address). Needed when listening on 0.0.0.0.
+    listen: Option<String>,
+    /// Group of the UNIX socket (the group the daemon runs as, `imprint`
+    /// with the packaged units): its members may call the agent.
+    #[arg(long)]
+    socket_group: Option<String>,
+    /// URL the daemon reaches this agent at (default: `unix://PATH` or
+    /// `https://` and the listen address). Needed when listening on 0.0.0.0.
     #[arg(long)]
     advertise: Option<String>,
+    /// File holding this host's token (`imprintd host add NAME` prints it):
+    /// the agent's credential when it registers and heartbeats. Not needed
+    /// with a TLS certificate whose subjectAltName is the host name.
+    #[arg(long, env = "IMPRINT_HOST_TOKEN_FILE")]
+    host_token_file: Option<PathBuf>,
+    /// Exported files are mode 0600 (root only); with a group, 0640 and
+    /// readable by that group.
+    #[arg(long)]
+    export_group: Option<String>,
     /// This agent's certificate (PEM). With --tls-key and --tls-ca: serve
     /// TLS, require daemons to present a certificate signed by the CA, and
     /// present this one to the daemon.
@@ -97,7 +113,10 @@ struct Args {
 struct FileConfig {
     libvirt_uri: Option<String>,
     store: Option<String>,
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
+    socket_group: Option<String>,
+    host_token_file: Option<PathBuf>,
+    export_group: Option<String>,
     journal_dir: Option<PathBuf>,
     default_pool: Option<String>,
     domain_type: Option<String>,
@@ -150,21 +169,36 @@ async fn main() -> Result<()> {
         .or(file.store)
         .context("no store: pass --store or set store in the config")?;
     let store_location = imprint_store::Location::parse(&store_dir)?;
-    let listen = args
-        .listen
-        .or(file.listen)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7341)));
     let tls = imprint_proto::tls::TlsFiles::from_parts(
         args.tls_cert.or(file.tls_cert),
         args.tls_key.or(file.tls_key),
         args.tls_ca.or(file.tls_ca),
     )
     .map_err(anyhow::Error::msg)?;
-    if tls.is_none() && !listen.ip().is_loopback() {
-        bail!(
-            "refusing to serve on {listen}: without TLS (--tls-cert, --tls-key, --tls-ca) the agent listens on loopback only"
-        );
-    }
+    let listen: Listen = match args.listen.or(file.listen) {
+        Some(l) => l.parse().map_err(anyhow::Error::msg)?,
+        None => Listen::default_for(tls.is_some()),
+    };
+    listen.check(tls.is_some())?;
+    let socket_gid = args
+        .socket_group
+        .or(file.socket_group)
+        .map(|g| listen::group_id(&g))
+        .transpose()?;
+    let export_gid = args
+        .export_group
+        .or(file.export_group)
+        .map(|g| listen::group_id(&g))
+        .transpose()?;
+    let host_token = args
+        .host_token_file
+        .or(file.host_token_file)
+        .map(|p| {
+            std::fs::read_to_string(&p)
+                .map(|t| t.trim().to_string())
+                .with_context(|| format!("read host token {}", p.display()))
+        })
+        .transpose()?;
     let journal_dir = args
         .journal_dir
         .or(file.journal_dir)
@@ -192,6 +226,7 @@ async fn main() -> Result<()> {
         } else {
             args.import_url_prefixes
         },
+        export_group: export_gid,
     };
     if let Some(dir) = &settings.transfer_dir {
         std::fs::create_dir_all(dir)
@@ -213,10 +248,19 @@ async fn main() -> Result<()> {
         }
     }
 
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listen on {listen}"))?;
-    let local = listener.local_addr()?;
+    let (incoming, local) = match &listen {
+        Listen::Unix(path) => {
+            let l = listen::bind_unix(path, socket_gid)?;
+            (Incoming::Unix(l), listen.clone())
+        }
+        Listen::Tcp(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen on {addr}"))?;
+            let local = Listen::Tcp(l.local_addr()?);
+            (Incoming::Tcp(l), local)
+        }
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<imprint_proto::v1::agent_service_server::AgentServiceServer<Agent>>()
@@ -253,11 +297,18 @@ async fn main() -> Result<()> {
                     .and_then(|h| h.into_string().ok())
             })
             .context("no host name: pass --host-name")?;
-        let scheme = if tls.is_some() { "https" } else { "http" };
         let endpoint = args
             .advertise
             .or(file.advertise)
-            .unwrap_or_else(|| format!("{scheme}://{local}"));
+            .unwrap_or_else(|| match &local {
+                Listen::Unix(p) => format!("unix://{}", p.display()),
+                Listen::Tcp(a) => format!("https://{a}"),
+            });
+        if tls.is_none() && host_token.is_none() {
+            bail!(
+                "--daemon needs this host's credential: --host-token-file (from `imprintd host add {name}`) or a TLS certificate naming the host"
+            );
+        }
         let client_tls = tls
             .as_ref()
             .map(imprint_proto::tls::TlsFiles::client)
@@ -268,9 +319,12 @@ async fn main() -> Result<()> {
             daemons,
             site,
             client_tls,
-            name,
-            endpoint,
-            uri.clone(),
+            Registration {
+                name,
+                endpoint,
+                libvirt_uri: uri.clone(),
+                token: host_token,
+            },
         ));
     }
     if let Some(addr) = args.metrics_listen.or(file.metrics_listen) {
@@ -297,32 +351,82 @@ async fn main() -> Result<()> {
             .tls_config(t.server(false).map_err(anyhow::Error::msg)?)
             .context("TLS configuration")?;
     }
-    server
+    let router = server
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(agent.into_server())
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            async move {
-                imprint_service::shutdown::terminated().await;
-                let n = on_stop.cancel_all();
-                imprint_service::notify::stopping(&format!(
-                    "stopping; cancelling {n} operation(s): guests go back to their power state"
-                ));
-                tracing::info!(operations = n, "stopping: cancelling in-flight operations");
-                let deadline = std::time::Instant::now() + stop_timeout;
-                while on_stop.running() > 0 && std::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                if on_stop.running() > 0 {
-                    tracing::warn!("operations still running at exit; the journal recovers them at the next start");
-                }
-            },
-        )
-        .await?;
+        .add_service(agent.into_server());
+    let stopped = async move {
+        imprint_service::shutdown::terminated().await;
+        let n = on_stop.cancel_all();
+        imprint_service::notify::stopping(&format!(
+            "stopping; cancelling {n} operation(s): guests go back to their power state"
+        ));
+        tracing::info!(operations = n, "stopping: cancelling in-flight operations");
+        let deadline = std::time::Instant::now() + stop_timeout;
+        while on_stop.running() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if on_stop.running() > 0 {
+            tracing::warn!(
+                "operations still running at exit; the journal recovers them at the next start"
+            );
+        }
+    };
+    match incoming {
+        Incoming::Unix(l) => {
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(l),
+                    stopped,
+                )
+                .await?
+        }
+        Incoming::Tcp(l) => {
+            router
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(l),
+                    stopped,
+                )
+                .await?
+        }
+    }
+    if let Listen::Unix(p) = &local {
+        let _ = std::fs::remove_file(p);
+    }
     tracing::info!("imprint-agent stopped");
     Ok(())
+}
+
+/// The bound listener.
+enum Incoming {
+    Unix(tokio::net::UnixListener),
+    Tcp(tokio::net::TcpListener),
+}
+
+/// What the agent tells the daemon about itself, and its credential.
+struct Registration {
+    name: String,
+    endpoint: String,
+    libvirt_uri: String,
+    /// The host token (`authorization: Bearer`); none with a certificate
+    /// bound to the host name.
+    token: Option<String>,
+}
+
+impl Registration {
+    fn request<T>(&self, msg: T) -> Result<tonic::Request<T>> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(t) = &self.token {
+            r.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {t}")
+                    .parse()
+                    .context("the host token is not printable ASCII")?,
+            );
+        }
+        Ok(r)
+    }
 }
 
 /// Register with a daemon, then heartbeat at the interval it asks for;
@@ -332,10 +436,14 @@ async fn register_and_heartbeat(
     daemons: Vec<String>,
     site: String,
     tls: Option<tonic::transport::ClientTlsConfig>,
-    name: String,
-    endpoint: String,
-    libvirt_uri: String,
+    me: Registration,
 ) {
+    let Registration {
+        name,
+        endpoint,
+        libvirt_uri,
+        ..
+    } = &me;
     use imprint_proto::v1::{
         HeartbeatRequest, RegisterHostRequest, host_service_client::HostServiceClient,
     };
@@ -354,7 +462,7 @@ async fn register_and_heartbeat(
             let mut client = HostServiceClient::new(ep.connect().await?);
             if !registered {
                 client
-                    .register_host(RegisterHostRequest {
+                    .register_host(me.request(RegisterHostRequest {
                         name: name.clone(),
                         agent_endpoint: endpoint.clone(),
                         libvirt_uri: libvirt_uri.clone(),
@@ -362,15 +470,15 @@ async fn register_and_heartbeat(
                         cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
                         site: site.clone(),
                         ..Default::default()
-                    })
+                    })?)
                     .await?;
                 tracing::info!(%daemon, host = %name, "registered with the daemon");
             }
             let r = client
-                .heartbeat(HeartbeatRequest {
+                .heartbeat(me.request(HeartbeatRequest {
                     name: name.clone(),
                     ..Default::default()
-                })
+                })?)
                 .await?;
             anyhow::Ok(r.into_inner().interval_seconds)
         }

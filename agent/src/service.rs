@@ -45,6 +45,8 @@ pub struct Settings {
     pub transfer_dir: Option<PathBuf>,
     /// URL prefixes imports may come from (none: no URL imports).
     pub import_url_prefixes: Vec<String>,
+    /// Exported files are 0600, or 0640 with this group.
+    pub export_group: Option<u32>,
 }
 
 struct Op {
@@ -731,12 +733,14 @@ impl AgentService for Agent {
         })
         .await?;
         let store = reader;
+        let group = self.settings.export_group;
         let op = self.launch(
             id,
             pb::OperationKind::Export,
             String::new(),
             move |cancel, report| {
-                let size = transfer::export(&store, &image, disk, &path, format, cancel, report)?;
+                let size =
+                    transfer::export(&store, &image, disk, &path, format, group, cancel, report)?;
                 Ok(Finished::Export(pb::ExportResult {
                     path: path.display().to_string(),
                     size_bytes: size,

@@ -353,12 +353,18 @@ pub fn copy(
     })
 }
 
+/// Write disk `disk` of `image` to the new file `path` (written under a
+/// temporary name, renamed when whole). The file is readable by its owner
+/// only (0600), or also by `group` (0640) when the operator names one: an
+/// export holds an account's private image.
+#[allow(clippy::too_many_arguments)]
 pub fn export(
     store: &Store,
     image: &ImageId,
     disk: usize,
     path: &Path,
     format: Format,
+    group: Option<u32>,
     cancel: &Arc<AtomicBool>,
     report: Report<'_>,
 ) -> Result<u64> {
@@ -413,6 +419,8 @@ pub fn export(
                 Box::new(crate::qcow2::Qcow2Target::open(&tmp.to_string_lossy())?)
             }
         };
+        // Before a byte of the image is written.
+        restrict(&tmp, group)?;
         let opts = RestoreOptions {
             cancel: Some(cancel.clone()),
             sync: true,
@@ -430,4 +438,15 @@ pub fn export(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Mode 0600, or 0640 with group `group`.
+fn restrict(path: &Path, group: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| io("chown", path, e))?;
+    }
+    let mode = if group.is_some() { 0o640 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io("chmod", path, e))
 }

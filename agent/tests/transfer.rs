@@ -76,11 +76,16 @@ fn raw_and_qcow2_round_trips_compare_equal_with_qemu_img() {
             0,
             &out,
             format,
+            None,
             &cancel,
             &nothing(),
         )
         .expect("export");
         assert_eq!(n, 24 << 20);
+        // An export holds an account's private image: owner only.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&out).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
         ok(&["compare", s(&raw), s(&out)]);
         if format == Format::Qcow2 {
             let info = qemu_img(&["info", "--output=json", s(&out)]);
@@ -136,6 +141,7 @@ fn raw_and_qcow2_round_trips_compare_equal_with_qemu_img() {
         0,
         &back,
         Format::Raw,
+        None,
         &cancel,
         &nothing(),
     )
@@ -149,6 +155,7 @@ fn raw_and_qcow2_round_trips_compare_equal_with_qemu_img() {
         0,
         &back,
         Format::Raw,
+        None,
         &cancel,
         &nothing(),
     )
@@ -160,6 +167,7 @@ fn raw_and_qcow2_round_trips_compare_equal_with_qemu_img() {
         3,
         &tmp.path().join("x.raw"),
         Format::Raw,
+        None,
         &cancel,
         &nothing(),
     )
@@ -171,6 +179,7 @@ fn raw_and_qcow2_round_trips_compare_equal_with_qemu_img() {
         0,
         &tmp.path().join("missing-dir/x.raw"),
         Format::Raw,
+        None,
         &cancel,
         &nothing(),
     )

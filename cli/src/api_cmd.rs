@@ -638,9 +638,17 @@ fn op_exit(op: &pb::Operation) -> u8 {
 }
 
 /// Name the daemon in "cannot connect" errors.
-fn unreachable_names_endpoint(e: anyhow::Error, endpoint: &str) -> anyhow::Error {
+/// A connection failure names the daemon's endpoint. UNAVAILABLE answered
+/// by the daemon itself (an agent down, a store unreachable) is passed on
+/// as it is: it is not about reaching the daemon.
+pub(crate) fn unreachable_names_endpoint(e: anyhow::Error, endpoint: &str) -> anyhow::Error {
+    use std::error::Error as _;
+    let transport = |s: &tonic::Status| {
+        s.source()
+            .is_some_and(|src| src.downcast_ref::<tonic::transport::Error>().is_some())
+    };
     match e.downcast_ref::<tonic::Status>() {
-        Some(s) if s.code() == tonic::Code::Unavailable => {
+        Some(s) if s.code() == tonic::Code::Unavailable && transport(s) => {
             anyhow::Error::new(tonic::Status::unavailable(format!(
                 "cannot reach the daemon at {endpoint}: {}",
                 s.message()

@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use imprint_proto::v1::{
-    account_service_client::AccountServiceClient, host_service_client::HostServiceClient,
-    image_service_client::ImageServiceClient, operation_service_client::OperationServiceClient,
+    account_service_client::AccountServiceClient, guest_service_client::GuestServiceClient,
+    host_service_client::HostServiceClient, image_service_client::ImageServiceClient,
+    operation_service_client::OperationServiceClient,
 };
 use serde::Deserialize;
 use tonic::{
@@ -65,6 +66,7 @@ pub struct Api {
     pub ops: OperationServiceClient<Svc>,
     pub hosts: HostServiceClient<Svc>,
     pub accounts: AccountServiceClient<Svc>,
+    pub guests: GuestServiceClient<Svc>,
     pub endpoint: String,
 }
 
@@ -121,7 +123,8 @@ impl Conn {
             images: ImageServiceClient::with_interceptor(ch.clone(), auth.clone()),
             ops: OperationServiceClient::with_interceptor(ch.clone(), auth.clone()),
             hosts: HostServiceClient::with_interceptor(ch.clone(), auth.clone()),
-            accounts: AccountServiceClient::with_interceptor(ch, auth),
+            accounts: AccountServiceClient::with_interceptor(ch.clone(), auth.clone()),
+            guests: GuestServiceClient::with_interceptor(ch, auth),
             endpoint,
         })
     }

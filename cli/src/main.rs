@@ -11,6 +11,7 @@
 mod api_cmd;
 mod client;
 mod exit;
+mod guest_cmd;
 mod output;
 mod progress;
 mod store_cmd;
@@ -46,6 +47,9 @@ enum Command {
     /// Hosts and their agents.
     #[command(subcommand)]
     Host(api_cmd::HostCommand),
+    /// Guests and the accounts that own them.
+    #[command(subcommand)]
+    Guest(guest_cmd::GuestCommand),
     /// Accounts and their tokens (admin accounts only).
     #[command(subcommand)]
     Account(api_cmd::AccountCommand),
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
         Command::Op(cmd) => api(Box::pin(api_cmd::op(cmd, &cli.conn, &ctx))),
         Command::Host(cmd) => api(Box::pin(api_cmd::host(cmd, &cli.conn, &ctx))),
         Command::Account(cmd) => api(Box::pin(api_cmd::account(cmd, &cli.conn, &ctx))),
+        Command::Guest(cmd) => api(Box::pin(guest_cmd::run(cmd, &cli.conn, &ctx))),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -71,6 +71,25 @@ async fn main() {
         .expect("utf8")
         .trim()
         .to_string();
+    // Every simulated host has its token, as `imprintd host add` makes.
+    let host_tokens: Vec<String> = {
+        let catalog = imprint_daemon::catalog::Catalog::open(&format!(
+            "sqlite://{}?mode=rwc",
+            state.join("catalog.db").display()
+        ))
+        .await
+        .expect("catalog");
+        let mut v = Vec::new();
+        for i in 0..agents {
+            v.push(
+                catalog
+                    .add_host_token(&format!("sim-{i:04}"))
+                    .await
+                    .expect("host token"),
+            );
+        }
+        v
+    };
     let mut daemon = Command::new(bin)
         .arg("--state-dir")
         .arg(&state)
@@ -99,6 +118,7 @@ async fn main() {
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..agents {
+        let host_token = host_tokens[i as usize].clone();
         let (endpoint, sent, errors, lat_us) = (
             endpoint.clone(),
             sent.clone(),
@@ -116,28 +136,25 @@ async fn main() {
                 .expect("connect");
             let mut c = HostServiceClient::new(ch);
             let name = format!("sim-{i:04}");
-            if c.register_host(pb::RegisterHostRequest {
+            let mut register = tonic::Request::new(pb::RegisterHostRequest {
                 name: name.clone(),
-                agent_endpoint: "http://127.0.0.1:1".into(),
+                agent_endpoint: format!("unix:///run/sim-{i:04}.sock"),
                 libvirt_uri: "qemu:///system".into(),
                 version: "sim".into(),
                 cpus: 64,
                 memory_bytes: 512 << 30,
                 site: String::new(),
-            })
-            .await
-            .is_err()
-            {
+            });
+            register.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {host_token}").parse().expect("ascii"),
+            );
+            if c.register_host(register).await.is_err() {
                 errors.fetch_add(1, Ordering::Relaxed);
             }
             while Instant::now() < deadline {
                 let t = Instant::now();
-                let r = c
-                    .heartbeat(pb::HeartbeatRequest {
-                        name: name.clone(),
-                        running_operation_ids: vec![],
-                    })
-                    .await;
+                let r = c.heartbeat(authed_beat(&host_token, &name)).await;
                 sent.fetch_add(1, Ordering::Relaxed);
                 match r {
                     Ok(_) => lat_us
@@ -199,4 +216,17 @@ async fn main() {
         alive as u64, agents,
         "every simulated host alive at the end"
     );
+}
+
+/// A heartbeat of host `name` with its token.
+fn authed_beat(token: &str, name: &str) -> tonic::Request<pb::HeartbeatRequest> {
+    let mut r = tonic::Request::new(pb::HeartbeatRequest {
+        name: name.into(),
+        running_operation_ids: vec![],
+    });
+    r.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    r
 }

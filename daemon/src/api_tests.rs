@@ -3,7 +3,7 @@
 //! and a real agent whose hypervisor is the fake one (libvirt itself is
 //! exercised by the end-to-end tests in `tests/`).
 
-use std::{collections::HashMap, net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
 use imprint_agent::{
     hypervisor::{
@@ -46,7 +46,14 @@ struct World {
     channel: Channel,
 }
 
-async fn serve_agent(hv: Arc<FakeHypervisor>, store: Store, journal: Journal) -> SocketAddr {
+/// The agent on a UNIX socket in `dir`, as a real one serves in plaintext;
+/// its endpoint.
+async fn serve_agent(
+    hv: Arc<FakeHypervisor>,
+    store: Store,
+    journal: Journal,
+    dir: &Path,
+) -> String {
     let agent = Agent::new(
         hv,
         store,
@@ -58,18 +65,17 @@ async fn serve_agent(hv: Arc<FakeHypervisor>, store: Store, journal: Journal) ->
             default_shutdown_timeout: Duration::from_secs(5),
             transfer_dir: None,
             import_url_prefixes: Vec::new(),
+            export_group: None,
         },
     );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = l.local_addr().expect("addr");
+    let path = dir.join("agent.sock");
+    let l = imprint_agent::listen::bind_unix(&path, None).expect("bind");
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(agent.into_server())
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(l)),
     );
-    addr
+    format!("unix://{}", path.display())
 }
 
 async fn world(catalog: Catalog) -> World {
@@ -100,11 +106,11 @@ async fn world(catalog: Catalog) -> World {
     let store = Store::open_or_create_dir(&tmp.path().join("store"), false, StoreConfig::default())
         .expect("store");
     let journal = Journal::open(&tmp.path().join("journal")).expect("journal");
-    let agent = serve_agent(hv.clone(), store.clone(), journal).await;
+    let agent = serve_agent(hv.clone(), store.clone(), journal, tmp.path()).await;
     catalog
         .register_host(&HostRow {
             name: "h1".into(),
-            agent_endpoint: format!("http://{agent}"),
+            agent_endpoint: agent,
             libvirt_uri: "test:///fake".into(),
             version: "test".into(),
             cpus: 2,
@@ -115,19 +121,27 @@ async fn world(catalog: Catalog) -> World {
         .await
         .expect("host");
     let mut tokens = HashMap::new();
-    for (name, publish) in [
-        ("alice", true),
-        ("bob", false),
-        ("carol", false),
-        ("dave", false),
+    for (name, publish, admin) in [
+        ("alice", true, false),
+        ("bob", false, false),
+        ("carol", false, false),
+        ("dave", false, false),
+        ("root", false, true),
     ] {
-        let (_, t) = catalog
-            .create_account(name, publish, false)
+        let (a, t) = catalog
+            .create_account(name, publish, admin)
             .await
             .expect("account");
         tokens.insert(name, t);
-        if name != "dave" {
+        if name != "dave" && !admin {
             catalog.allow_host(name, "*").await.expect("grant");
+        }
+        // Guest a is alice's (an admin assigned it).
+        if name == "alice" {
+            catalog
+                .assign_guests("h1", &[("a-uuid".into(), "a".into())], &a.id)
+                .await
+                .expect("assign");
         }
     }
     let d = Dispatcher::new(catalog.clone(), Some(store));
@@ -550,6 +564,246 @@ async fn access_matrix_on(w: World) {
             "{who:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guests_belong_to_accounts() {
+    for (backend, c) in catalogs().await {
+        eprintln!("--- {backend:?}");
+        guests_on(world(c).await).await;
+    }
+}
+
+async fn guests_on(w: World) {
+    use Caller::{As, BadToken, NoToken};
+    let guests = guests_client(&w);
+    let capture_a = |name: &str| pb::CaptureImageRequest {
+        host: "h1".into(),
+        guest: "a".into(),
+        name: name.into(),
+        ..Default::default()
+    };
+    let ops_of = |name: &'static str| {
+        let catalog = w.catalog.clone();
+        async move {
+            let id = catalog.account_by_name(name).await.expect("account").id;
+            catalog
+                .operations_of(&id, false, 100, None)
+                .await
+                .expect("ops")
+                .0
+                .len()
+        }
+    };
+    // Capture of guest a (alice's): bob and carol are allowed on the host
+    // but do not own it, dave is not allowed there; all see NOT_FOUND,
+    // with the same words as for a guest that does not exist.
+    let mut c = w.images.clone();
+    for who in ["bob", "carol", "dave"] {
+        let e = c
+            .capture_image(w.req(As(who), capture_a("stolen")))
+            .await
+            .expect_err("not theirs");
+        assert_eq!(e.code(), Code::NotFound, "{who}: {}", e.message());
+    }
+    let missing = c
+        .capture_image(w.req(
+            As("bob"),
+            pb::CaptureImageRequest {
+                guest: "zz".into(),
+                ..capture_a("x")
+            },
+        ))
+        .await
+        .expect_err("missing");
+    let foreign = c
+        .capture_image(w.req(As("bob"), capture_a("x")))
+        .await
+        .expect_err("foreign");
+    assert_eq!(
+        missing
+            .message()
+            .replace("\"zz\"", "G")
+            .replace(" zz ", " G "),
+        foreign
+            .message()
+            .replace("\"a\"", "G")
+            .replace(" a ", " G "),
+        "a foreign guest looks like a missing one"
+    );
+    // Refused calls changed nothing (an image comes with its operation).
+    for who in ["bob", "carol", "dave"] {
+        assert_eq!(ops_of(who).await, 0, "{who}: refused captures leave no row");
+    }
+
+    // The owner and an admin may capture it.
+    w.capture("alice", "mine").await;
+    let op = c
+        .capture_image(w.req(As("root"), capture_a("by-admin")))
+        .await
+        .expect("admin captures any guest")
+        .into_inner();
+    let done = w.wait(As("root"), &op).await;
+    assert_eq!(
+        done.state,
+        pb::OperationState::Succeeded as i32,
+        "{}",
+        done.error
+    );
+
+    // A deployed guest belongs to the account that deployed it.
+    let img = w.capture("alice", "base").await;
+    c.publish_image(w.req(As("alice"), pb::PublishImageRequest { id: img.id.clone() }))
+        .await
+        .expect("publish");
+    let op = c
+        .deploy_image(w.req(
+            As("bob"),
+            pb::DeployImageRequest {
+                image_id: img.id.clone(),
+                host: "h1".into(),
+                guest_name: "bobs".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("deploy")
+        .into_inner();
+    let done = w.wait(As("bob"), &op).await;
+    assert_eq!(
+        done.state,
+        pb::OperationState::Succeeded as i32,
+        "{}",
+        done.error
+    );
+    let list = |who| {
+        let mut g = guests.clone();
+        let r = w.req(who, pb::ListHostGuestsRequest { host: "h1".into() });
+        async move { g.list_guests(r).await.map(|r| r.into_inner().guests) }
+    };
+    let names = |gs: Vec<pb::HostGuest>| {
+        let mut v: Vec<(String, String)> = gs.into_iter().map(|g| (g.name, g.owner)).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(list(As("alice")).await.expect("alice")),
+        [("a".into(), "alice".into())]
+    );
+    assert_eq!(
+        names(list(As("bob")).await.expect("bob")),
+        [("bobs".into(), "bob".into())]
+    );
+    assert_eq!(list(As("carol")).await.expect("carol"), []);
+    assert_eq!(
+        names(list(As("root")).await.expect("root")),
+        [("a".into(), "alice".into()), ("bobs".into(), "bob".into())]
+    );
+    assert_eq!(
+        code(list(As("dave")).await),
+        Code::NotFound,
+        "host not granted"
+    );
+    assert_eq!(code(list(NoToken).await), Code::Unauthenticated);
+    assert_eq!(code(list(BadToken).await), Code::Unauthenticated);
+    // Bob may capture his guest; alice may not.
+    let e = c
+        .capture_image(w.req(
+            As("alice"),
+            pb::CaptureImageRequest {
+                guest: "bobs".into(),
+                ..capture_a("x")
+            },
+        ))
+        .await
+        .expect_err("bob's");
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Assigning: admins only; every name must resolve or nothing changes.
+    let assign = |who, guests: &[&str], account: &str, all| {
+        let mut g = guests_client(&w);
+        let r = w.req(
+            who,
+            pb::AssignGuestsRequest {
+                host: "h1".into(),
+                guests: guests.iter().map(|s| s.to_string()).collect(),
+                account: account.into(),
+                all_unowned: all,
+            },
+        );
+        async move { g.assign_guests(r).await.map(|r| r.into_inner().guests) }
+    };
+    assert_eq!(
+        code(assign(As("alice"), &["a"], "bob", false).await),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        code(assign(NoToken, &["a"], "bob", false).await),
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        code(assign(As("root"), &["a", "nope"], "bob", false).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(assign(As("root"), &["a"], "nobody", false).await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(assign(As("root"), &[], "bob", false).await),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        names(list(As("alice")).await.expect("unchanged")),
+        [("a".into(), "alice".into())]
+    );
+    let moved = assign(As("root"), &["a"], "carol", false)
+        .await
+        .expect("assign");
+    assert_eq!(names(moved), [("a".into(), "carol".into())]);
+    assert_eq!(list(As("alice")).await.expect("alice"), []);
+    let e = c
+        .capture_image(w.req(As("alice"), capture_a("x")))
+        .await
+        .expect_err("no longer alice's");
+    assert_eq!(e.code(), Code::NotFound);
+    // Unassign: nobody's; the bulk form adopts every guest nobody owns.
+    let mut g = guests.clone();
+    let e = g
+        .unassign_guest(w.req(
+            As("carol"),
+            pb::UnassignGuestRequest {
+                host: "h1".into(),
+                guest: "a".into(),
+            },
+        ))
+        .await
+        .expect_err("admins only");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    g.unassign_guest(w.req(
+        As("root"),
+        pb::UnassignGuestRequest {
+            host: "h1".into(),
+            guest: "a".into(),
+        },
+    ))
+    .await
+    .expect("unassign");
+    assert_eq!(list(As("carol")).await.expect("carol"), []);
+    let adopted = assign(As("root"), &[], "dave", true).await.expect("bulk");
+    assert_eq!(
+        names(adopted),
+        [("a".into(), "dave".into())],
+        "only the unowned guest"
+    );
+    assert_eq!(
+        names(list(As("root")).await.expect("root")),
+        [("a".into(), "dave".into()), ("bobs".into(), "bob".into())]
+    );
+}
+
+fn guests_client(w: &World) -> pb::guest_service_client::GuestServiceClient<Channel> {
+    pb::guest_service_client::GuestServiceClient::new(w.channel.clone())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1061,7 +1315,7 @@ async fn bad_input_on(w: World) {
         .expect("capture")
         .into_inner();
     let e = c
-        .capture_image(w.req(As("bob"), capture("second", "a-uuid", "h1")))
+        .capture_image(w.req(As("root"), capture("second", "a-uuid", "h1")))
         .await
         .expect_err("one capture per guest");
     assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
@@ -1157,6 +1411,7 @@ async fn reflection_lists_every_service() {
             "imprint.v1.OperationService",
             "imprint.v1.HostService",
             "imprint.v1.AccountService",
+            "imprint.v1.GuestService",
         ] {
             assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
         }

@@ -235,6 +235,8 @@ pub struct Catalog {
     /// Accounts by token hash, for [`TOKEN_CACHE_TTL`]: every API call
     /// authenticates, and this spares the database one query per call.
     tokens: Arc<Mutex<HashMap<String, (Account, Instant)>>>,
+    /// Host names by host token hash, likewise (heartbeats authenticate).
+    host_tokens: Arc<Mutex<HashMap<String, (String, Instant)>>>,
     /// This daemon's name in operation leases.
     daemon_id: Arc<str>,
 }
@@ -264,6 +266,17 @@ const SELECT_IMAGE: &str = "SELECT i.id, i.owner_id, a.name AS owner, i.name, i.
 impl Catalog {
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    pub(crate) fn host_token_cache(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
+        self.host_tokens.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forget cached host tokens (one was replaced or removed).
+    pub(crate) fn forget_host_tokens(&self) {
+        self.host_token_cache().clear();
     }
 
     /// Open `url` (`sqlite:///path/catalog.db?mode=rwc`, `postgres://...`)
@@ -303,6 +316,7 @@ impl Catalog {
             pool,
             sqlite,
             tokens: Arc::default(),
+            host_tokens: Arc::default(),
             daemon_id: Arc::from(format!("pid-{}", std::process::id())),
         })
     }

@@ -245,19 +245,18 @@ impl Dispatcher {
             .map_err(|e| bad(&e))?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true);
-        match (&self.agent_tls, host.agent_endpoint.starts_with("https://")) {
-            (Some(t), true) => {
+        match (&self.agent_tls, AgentScheme::of(&host.agent_endpoint)) {
+            // The socket's file mode is the credential.
+            (_, Some(AgentScheme::Unix)) => {}
+            (Some(t), Some(AgentScheme::Https)) => {
                 endpoint = endpoint.tls_config(t.clone()).map_err(|e| bad(&e))?;
             }
-            (None, true) => {
+            (None, Some(AgentScheme::Https)) => {
                 return Err(bad(
                     &"it is https, but this daemon has no TLS configuration",
                 ));
             }
-            (Some(_), false) => {
-                return Err(bad(&"this daemon calls agents over TLS only (https://)"));
-            }
-            (None, false) => {}
+            (_, None) => return Err(bad(&AgentScheme::RULE)),
         }
         let c = AgentServiceClient::new(endpoint.connect_lazy());
         clients.insert(host.agent_endpoint.clone(), c.clone());
@@ -624,6 +623,25 @@ impl Dispatcher {
             Ok(pb::OperationState::Cancelled) => ("cancelled", self.image_failed(op, &a.error)),
             _ => ("failed", self.image_failed(op, &a.error)),
         };
+        // A guest deployed through imprint belongs to the deploying account
+        // (recorded before the end, so a retry records it again).
+        if let (Some(d), pb::OperationState::Succeeded, "deploy") = (
+            &a.deploy,
+            pb::OperationState::try_from(a.state).unwrap_or_default(),
+            op.kind.as_str(),
+        ) && let Err(e) = self
+            .catalog
+            .assign_guests(
+                &op.host,
+                &[(d.guest_uuid.clone(), d.guest_name.clone())],
+                &op.account_id,
+            )
+            .await
+        {
+            return Err(Status::unavailable(format!(
+                "record the new guest's owner: {e}"
+            )));
+        }
         let result = hex::encode(a.encode_to_vec());
         // The final figures, so the row does not keep the last sampled ones.
         self.record_progress(&op.id, a, 0.0).await;
@@ -1000,5 +1018,30 @@ fn record_metrics(op: &OperationRow, result: &str, a: &pb::AgentOperation) {
             &[],
             d.bytes_written as f64,
         );
+    }
+}
+
+/// How the daemon may reach an agent: never plaintext over TCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentScheme {
+    /// `unix:///PATH`: the agent's socket on this machine (mode 0660).
+    Unix,
+    /// `https://HOST:PORT`: mutual TLS.
+    Https,
+}
+
+impl AgentScheme {
+    /// What agent endpoints may be.
+    pub const RULE: &str = "agent endpoints are unix:///PATH (a local socket) or https://HOST:PORT (mutual TLS); agents never serve plaintext TCP";
+
+    /// The scheme of `endpoint`, if it is one of ours.
+    pub fn of(endpoint: &str) -> Option<Self> {
+        if endpoint.starts_with("unix:") {
+            Some(Self::Unix)
+        } else if endpoint.starts_with("https://") {
+            Some(Self::Https)
+        } else {
+            None
+        }
     }
 }

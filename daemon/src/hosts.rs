@@ -6,7 +6,8 @@ use imprint_proto::v1::{self as pb, host_service_server::HostService};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    catalog::{Catalog, CatalogError},
+    catalog::{Account, Catalog, CatalogError},
+    credentials::authenticate_host,
     ops::HostRow,
 };
 
@@ -33,27 +34,40 @@ pub fn status(e: CatalogError) -> Status {
 #[derive(Debug, Clone)]
 pub struct Hosts {
     catalog: Catalog,
-    require_cert: bool,
 }
 
 impl Hosts {
-    /// Over `catalog`; with `require_cert` (TLS on), registering and
-    /// heartbeating need a client certificate of the daemon's CA.
-    pub fn new(catalog: Catalog, require_cert: bool) -> Self {
-        Self {
-            catalog,
-            require_cert,
-        }
+    /// Over `catalog`. Registering and heartbeating need the host's
+    /// credential ([`crate::credentials`]).
+    pub fn new(catalog: Catalog) -> Self {
+        Self { catalog }
     }
+}
 
-    fn agent_only<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        if self.require_cert && req.peer_certs().is_none_or(|c| c.is_empty()) {
-            return Err(Status::unauthenticated(
-                "agents must present a client certificate signed by the daemon's CA",
-            ));
-        }
-        Ok(())
+/// The host, if `who` may use it and it is alive. Hosts the account may
+/// not use answer NOT_FOUND, like unknown ones.
+pub async fn usable_host(catalog: &Catalog, who: &Account, host: &str) -> Result<HostRow, Status> {
+    if host.is_empty() {
+        return Err(Status::invalid_argument("host is required"));
     }
+    let allowed = catalog.may_use_host(who, host).await.map_err(status)?;
+    let row = match catalog.host(host).await {
+        Ok(h) if allowed => h,
+        Ok(_) | Err(CatalogError::NotFound(_)) => {
+            return Err(Status::not_found(format!(
+                "host {host:?} is not registered or not available to account {}",
+                who.name
+            )));
+        }
+        Err(e) => return Err(status(e)),
+    };
+    if !crate::dispatch::Dispatcher::alive(&row) {
+        return Err(Status::unavailable(format!(
+            "host {host} has not sent a heartbeat for {} s; its agent is down",
+            crate::catalog::now() - row.last_heartbeat_unix
+        )));
+    }
+    Ok(row)
 }
 
 fn now() -> i64 {
@@ -82,8 +96,17 @@ impl HostService for Hosts {
         &self,
         req: Request<pb::RegisterHostRequest>,
     ) -> Result<Response<pb::Host>, Status> {
-        self.agent_only(&req)?;
+        let name = req.get_ref().name.clone();
+        crate::credentials::validate_host_name(&name).map_err(status)?;
+        authenticate_host(&self.catalog, &req, &name).await?;
         let r = req.into_inner();
+        if crate::dispatch::AgentScheme::of(&r.agent_endpoint).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "agent endpoint {:?}: {}",
+                r.agent_endpoint,
+                crate::dispatch::AgentScheme::RULE
+            )));
+        }
         // A site nobody configured would give its images a location whose
         // store no daemon can open (they could never be deleted).
         if !r.site.is_empty() && r.site != crate::sites::DEFAULT_SITE {
@@ -127,8 +150,8 @@ impl HostService for Hosts {
         &self,
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        self.agent_only(&req)?;
-        let name = req.into_inner().name;
+        let name = req.get_ref().name.clone();
+        authenticate_host(&self.catalog, &req, &name).await?;
         self.catalog.heartbeat(&name).await.map_err(status)?;
         imprint_service::metrics::global().inc(
             "imprint_agent_heartbeats_total",

@@ -15,8 +15,8 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth,
     catalog::{
-        Account, Catalog, CatalogError, ImageRow, ListQuery, Visibility, validate_image_name,
-        validate_notes, validate_tags,
+        Account, Catalog, ImageRow, ListQuery, Visibility, validate_image_name, validate_notes,
+        validate_tags,
     },
     dispatch::{AgentRequest, Dispatcher},
     hosts::status,
@@ -79,36 +79,6 @@ impl Images {
             ))),
             None => Ok(None),
         }
-    }
-
-    /// The host, if `who` may use it and it is alive.
-    async fn usable_host(&self, who: &Account, host: &str) -> Result<crate::ops::HostRow, Status> {
-        if host.is_empty() {
-            return Err(Status::invalid_argument("host is required"));
-        }
-        let allowed = self
-            .catalog()
-            .may_use_host(who, host)
-            .await
-            .map_err(status)?;
-        let row = match self.catalog().host(host).await {
-            Ok(h) if allowed => h,
-            // Hosts the account may not use look like unknown hosts.
-            Ok(_) | Err(CatalogError::NotFound(_)) => {
-                return Err(Status::not_found(format!(
-                    "host {host:?} is not registered or not available to account {}",
-                    who.name
-                )));
-            }
-            Err(e) => return Err(status(e)),
-        };
-        if !Dispatcher::alive(&row) {
-            return Err(Status::unavailable(format!(
-                "host {host} has not sent a heartbeat for {} s; its agent is down",
-                crate::catalog::now() - row.last_heartbeat_unix
-            )));
-        }
-        Ok(row)
     }
 }
 
@@ -231,7 +201,7 @@ impl ImageService for Images {
                 "shutdown_timeout_seconds is more than a day",
             ));
         }
-        let host = self.usable_host(&who, &r.host).await?;
+        let host = crate::hosts::usable_host(self.catalog(), &who, &r.host).await?;
         // The guest must exist now; it is named by its UUID from here on, so
         // two captures of it conflict however it was named.
         let mut agent = self.d.agent(&host)?;
@@ -240,8 +210,12 @@ impl ImageService for Images {
                 guest: r.guest.clone(),
             })
             .await
-            .map_err(|e| Status::new(e.code(), format!("host {}: {}", host.name, e.message())))?
+            .map_err(|e| match e.code() {
+                tonic::Code::NotFound => crate::guests::guest_not_found(&host.name, &r.guest),
+                _ => Status::new(e.code(), format!("host {}: {}", host.name, e.message())),
+            })?
             .into_inner();
+        crate::guests::check_owner(self.catalog(), &who, &host.name, &guest, &r.guest).await?;
         let image_id = uuid::Uuid::new_v4().to_string();
         let op_id = uuid::Uuid::new_v4().to_string();
         let agent_req = AgentRequest::Capture(pb::CaptureRequest {
@@ -315,7 +289,7 @@ impl ImageService for Images {
                 r.memory_mib
             )));
         }
-        let host = self.usable_host(&who, &r.host).await?;
+        let host = crate::hosts::usable_host(self.catalog(), &who, &r.host).await?;
         let op_id = uuid::Uuid::new_v4().to_string();
         let agent_req = AgentRequest::Deploy(pb::DeployRequest {
             operation_id: op_id.clone(),
@@ -360,7 +334,7 @@ impl ImageService for Images {
         if r.path.is_empty() {
             return Err(Status::invalid_argument("path is required"));
         }
-        let host = self.usable_host(&who, &r.host).await?;
+        let host = crate::hosts::usable_host(self.catalog(), &who, &r.host).await?;
         let image_id = uuid::Uuid::new_v4().to_string();
         let op_id = uuid::Uuid::new_v4().to_string();
         let agent_req = AgentRequest::Import(pb::ImportRequest {
@@ -412,7 +386,7 @@ impl ImageService for Images {
         if r.path.is_empty() {
             return Err(Status::invalid_argument("path is required"));
         }
-        let host = self.usable_host(&who, &r.host).await?;
+        let host = crate::hosts::usable_host(self.catalog(), &who, &r.host).await?;
         let op_id = uuid::Uuid::new_v4().to_string();
         let agent_req = AgentRequest::Export(pb::ExportRequest {
             operation_id: op_id.clone(),

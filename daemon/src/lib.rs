@@ -2,7 +2,9 @@
 //! images and operations, and dispatch of work to host agents.
 //!
 //! - [`catalog`] and [`ops`]: the rows (SQLite or PostgreSQL through sqlx).
-//! - [`auth`]: bearer tokens.
+//! - [`auth`]: bearer tokens of accounts; [`credentials`]: of hosts (or
+//!   certificates bound to host names).
+//! - [`guests`]: which account owns which guest.
 //! - [`images`], [`operations`], [`hosts`], [`accounts`]: the gRPC services.
 //! - [`dispatch`]: sending operations to agents and following them, also
 //!   across daemon restarts.
@@ -12,7 +14,9 @@ pub mod accounts;
 mod api_tests;
 pub mod auth;
 pub mod catalog;
+pub mod credentials;
 pub mod dispatch;
+pub mod guests;
 pub mod hosts;
 pub mod images;
 pub mod operations;

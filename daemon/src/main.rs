@@ -72,6 +72,18 @@ enum Command {
     /// Administer accounts.
     #[command(subcommand)]
     Account(AccountCmd),
+    /// Administer host credentials.
+    #[command(subcommand)]
+    Host(HostCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum HostCmd {
+    /// Make host NAME's token and print it (shown once; again: replace it).
+    /// Its agent registers and heartbeats with it (--host-token-file).
+    Add { name: String },
+    /// Remove host NAME: its token and its registration.
+    Remove { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,7 +131,20 @@ async fn main() -> Result<()> {
     match args.command {
         None | Some(Command::Serve) => serve(catalog, args.serve).await,
         Some(Command::Account(cmd)) => account(&catalog, cmd).await,
+        Some(Command::Host(cmd)) => host(&catalog, cmd).await,
     }
+}
+
+async fn host(catalog: &Catalog, cmd: HostCmd) -> Result<()> {
+    match cmd {
+        HostCmd::Add { name } => {
+            let token = catalog.add_host_token(&name).await?;
+            eprintln!("host {name}: give this token to its agent (--host-token-file, mode 0600)");
+            println!("{token}");
+        }
+        HostCmd::Remove { name } => catalog.remove_host(&name).await?,
+    }
+    Ok(())
 }
 
 async fn account(catalog: &Catalog, cmd: AccountCmd) -> Result<()> {

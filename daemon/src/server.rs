@@ -5,13 +5,15 @@ use std::sync::Arc;
 
 use imprint_proto::tls::TlsFiles;
 use imprint_proto::v1::{
-    account_service_server::AccountServiceServer, host_service_server::HostServiceServer,
-    image_service_server::ImageServiceServer, operation_service_server::OperationServiceServer,
+    account_service_server::AccountServiceServer, guest_service_server::GuestServiceServer,
+    host_service_server::HostServiceServer, image_service_server::ImageServiceServer,
+    operation_service_server::OperationServiceServer,
 };
 use tonic::transport::server::Router;
 
 use crate::{
-    accounts::Accounts, dispatch::Dispatcher, hosts::Hosts, images::Images, operations::Operations,
+    accounts::Accounts, dispatch::Dispatcher, guests::Guests, hosts::Hosts, images::Images,
+    operations::Operations,
 };
 
 /// The router with every service, health and reflection; operations left
@@ -25,6 +27,7 @@ pub async fn router(d: Arc<Dispatcher>, tls: Option<&TlsFiles>) -> anyhow::Resul
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<HostServiceServer<Hosts>>().await;
     health.set_serving::<ImageServiceServer<Images>>().await;
+    health.set_serving::<GuestServiceServer<Guests>>().await;
     health
         .set_serving::<OperationServiceServer<Operations>>()
         .await;
@@ -37,19 +40,17 @@ pub async fn router(d: Arc<Dispatcher>, tls: Option<&TlsFiles>) -> anyhow::Resul
         .build_v1alpha()?;
     let mut server = tonic::transport::Server::builder();
     if let Some(t) = tls {
-        // Users come without certificates (they have tokens); agents must
-        // show one for HostService.
+        // Users come without certificates (they have tokens); agents show
+        // one bound to their host name, or send their host token.
         server = server.tls_config(t.server(true).map_err(anyhow::Error::msg)?)?;
     }
     Ok(server
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(HostServiceServer::new(Hosts::new(
-            d.catalog().clone(),
-            tls.is_some(),
-        )))
+        .add_service(HostServiceServer::new(Hosts::new(d.catalog().clone())))
         .add_service(ImageServiceServer::new(Images::new(d.clone())))
+        .add_service(GuestServiceServer::new(Guests::new(d.clone())))
         .add_service(AccountServiceServer::new(Accounts::new(
             d.catalog().clone(),
         )))

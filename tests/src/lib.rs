@@ -325,7 +325,7 @@ pub fn last_value(log: &str, key: &str) -> Option<String> {
 pub struct ServerProcess {
     /// The process.
     pub child: Child,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `unix:/PATH` for an agent's socket.
     pub endpoint: String,
 }
 
@@ -356,10 +356,13 @@ impl ServerProcess {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("{binary_name} did not start: {line:?}"))
             .to_string();
-        Self {
-            child,
-            endpoint: format!("http://{addr}"),
-        }
+        // A UNIX socket (`unix:/PATH`) is already a URL tonic dials.
+        let endpoint = if addr.starts_with("unix:") {
+            addr
+        } else {
+            format!("http://{addr}")
+        };
+        Self { child, endpoint }
     }
 
     /// Kill it hard (SIGKILL), as a crash would.
@@ -385,16 +388,28 @@ impl AgentProcess {
     }
 
     /// [`AgentProcess::start_agent`] on any store location (a directory or
-    /// `s3://...`) with extra environment variables (S3 keys).
+    /// `s3://...`) with extra environment variables (S3 keys). Without TLS
+    /// flags the agent serves on a UNIX socket beside its journal (as in
+    /// production: plaintext never goes over TCP); with them, on a
+    /// kernel-chosen loopback port.
     pub fn start_agent_env(
         store: &std::ffi::OsStr,
         journal: &Path,
         extra: &[&str],
         env: &[(String, String)],
     ) -> Self {
+        let socket = format!(
+            "unix:{}",
+            journal.with_extension("sock").to_str().expect("utf8")
+        );
+        let listen = if extra.contains(&"--tls-cert") {
+            "127.0.0.1:0"
+        } else {
+            socket.as_str()
+        };
         let mut args: Vec<&std::ffi::OsStr> = vec![
             "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
+            listen.as_ref(),
             "--store".as_ref(),
             store,
         ];
@@ -522,6 +537,70 @@ impl DaemonProcess {
         run(binary("imprintd").to_str().expect("utf8"), &all)
     }
 
+    /// `imprintd host add NAME` on this daemon's catalog: the host's token,
+    /// written to a file (mode 0600) whose path is returned.
+    pub fn host_token(&self, name: &str) -> PathBuf {
+        let mut all = vec!["--state-dir", self.state.to_str().expect("utf8")];
+        if let Some(i) = self.extra.iter().position(|a| a == "--catalog") {
+            all.extend(["--catalog", self.extra[i + 1].as_str()]);
+        }
+        all.extend(["host", "add", name]);
+        let token = run(binary("imprintd").to_str().expect("utf8"), &all);
+        let path = self.state.join(format!("host-{name}.token"));
+        std::fs::write(&path, token.trim()).expect("write host token");
+        path
+    }
+
+    /// Agent flags that register host `name` with this daemon, with the
+    /// host's credential.
+    pub fn agent_args(&self, name: &str) -> Vec<String> {
+        vec![
+            "--daemon".into(),
+            self.endpoint(),
+            "--host-name".into(),
+            name.into(),
+            "--host-token-file".into(),
+            self.host_token(name).to_str().expect("utf8").into(),
+        ]
+    }
+
+    /// Give guest `guest` of `host` to `account` as the admin account
+    /// `imprint-test-admin` (created on first use).
+    pub async fn assign_guest(&self, host: &str, guest: &str, account: &str) {
+        let admin = self.admin_token();
+        let ch = tonic::transport::Endpoint::from_shared(self.endpoint())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect to imprintd");
+        imprint_proto::v1::guest_service_client::GuestServiceClient::new(ch)
+            .assign_guests(authed(
+                &admin,
+                imprint_proto::v1::AssignGuestsRequest {
+                    host: host.into(),
+                    guests: vec![guest.into()],
+                    account: account.into(),
+                    all_unowned: false,
+                },
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("assign {guest} on {host} to {account}: {e}"));
+    }
+
+    /// The token of this daemon's admin account (made on first use).
+    pub fn admin_token(&self) -> String {
+        let path = self.state.join("admin.token");
+        if let Ok(t) = std::fs::read_to_string(&path) {
+            return t;
+        }
+        let token = self
+            .admin(&["create", "imprint-test-admin", "--admin"])
+            .trim()
+            .to_string();
+        std::fs::write(&path, &token).expect("write admin token");
+        token
+    }
+
     /// Create an account allowed on every host; its token.
     pub fn account(&self, name: &str) -> String {
         let token = self
@@ -535,14 +614,17 @@ impl DaemonProcess {
 
 /// Certificates for mutual TLS tests, made with the `openssl` command: a
 /// CA, a daemon and an agent certificate it signs (valid for 127.0.0.1 and
-/// localhost), and an outsider signed by another CA.
+/// localhost), and an outsider signed by another CA. [`TestPki::agent_for`]
+/// makes agent certificates bound to a host name.
 #[derive(Debug)]
 pub struct TestPki {
+    /// Where the files are.
+    pub dir: PathBuf,
     /// CA certificate.
     pub ca: PathBuf,
     /// (certificate, key) of the daemon.
     pub daemon: (PathBuf, PathBuf),
-    /// (certificate, key) of the agent.
+    /// (certificate, key) of an agent, naming no host (localhost only).
     pub agent: (PathBuf, PathBuf),
     /// (certificate, key) signed by an unrelated CA.
     pub outsider: (PathBuf, PathBuf),
@@ -552,15 +634,8 @@ impl TestPki {
     /// Make everything in `dir`.
     pub fn new(dir: &Path) -> Self {
         std::fs::create_dir_all(dir).expect("pki dir");
-        let p = |n: &str| dir.join(n);
-        let s = |p: &Path| p.to_str().expect("utf8").to_string();
-        let ext = p("leaf.ext");
-        std::fs::write(
-            &ext,
-            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
-        )
-        .expect("ext");
-        let ca = |name: &str| {
+        for name in ["test-ca", "other-ca"] {
+            let p = |ext: &str| dir.join(format!("{name}.{ext}"));
             run(
                 "openssl",
                 &[
@@ -576,65 +651,88 @@ impl TestPki {
                     "-subj",
                     &format!("/CN={name}"),
                     "-keyout",
-                    &s(&p(&format!("{name}.key"))),
+                    p("key").to_str().expect("utf8"),
                     "-out",
-                    &s(&p(&format!("{name}.pem"))),
+                    p("pem").to_str().expect("utf8"),
                 ],
             );
-        };
-        ca("test-ca");
-        ca("other-ca");
-        let leaf = |name: &str, ca: &str| {
-            let (cert, key, csr) = (
-                p(&format!("{name}.pem")),
-                p(&format!("{name}.key")),
-                p(&format!("{name}.csr")),
-            );
-            run(
-                "openssl",
-                &[
-                    "req",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1",
-                    "-nodes",
-                    "-subj",
-                    &format!("/CN={name}"),
-                    "-keyout",
-                    &s(&key),
-                    "-out",
-                    &s(&csr),
-                ],
-            );
-            run(
-                "openssl",
-                &[
-                    "x509",
-                    "-req",
-                    "-in",
-                    &s(&csr),
-                    "-CA",
-                    &s(&p(&format!("{ca}.pem"))),
-                    "-CAkey",
-                    &s(&p(&format!("{ca}.key"))),
-                    "-CAcreateserial",
-                    "-days",
-                    "2",
-                    "-extfile",
-                    &s(&ext),
-                    "-out",
-                    &s(&cert),
-                ],
-            );
-            (cert, key)
-        };
-        Self {
-            ca: p("test-ca.pem"),
-            daemon: leaf("daemon", "test-ca"),
-            agent: leaf("agent", "test-ca"),
-            outsider: leaf("outsider", "other-ca"),
         }
+        let mut pki = Self {
+            dir: dir.into(),
+            ca: dir.join("test-ca.pem"),
+            daemon: Default::default(),
+            agent: Default::default(),
+            outsider: Default::default(),
+        };
+        pki.daemon = pki.leaf("daemon", "test-ca", &[]);
+        pki.agent = pki.leaf("agent", "test-ca", &[]);
+        pki.outsider = pki.leaf("outsider", "other-ca", &[]);
+        pki
+    }
+
+    /// An agent certificate of the CA whose subjectAltName also holds
+    /// `host` (the name it registers as).
+    pub fn agent_for(&self, host: &str) -> (PathBuf, PathBuf) {
+        self.leaf(&format!("agent-{host}"), "test-ca", &[host])
+    }
+
+    /// A certificate `name` signed by `ca`, valid for 127.0.0.1, localhost
+    /// and `dns`.
+    fn leaf(&self, name: &str, ca: &str, dns: &[&str]) -> (PathBuf, PathBuf) {
+        let p = |n: String| self.dir.join(n);
+        let s = |p: &Path| p.to_str().expect("utf8").to_string();
+        let ext = p(format!("{name}.ext"));
+        let sans: String = dns.iter().map(|d| format!(",DNS:{d}")).collect();
+        std::fs::write(
+            &ext,
+            format!(
+                "subjectAltName=IP:127.0.0.1,DNS:localhost{sans}\nextendedKeyUsage=serverAuth,clientAuth\n"
+            ),
+        )
+        .expect("ext");
+        let (cert, key, csr) = (
+            p(format!("{name}.pem")),
+            p(format!("{name}.key")),
+            p(format!("{name}.csr")),
+        );
+        run(
+            "openssl",
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                &format!("/CN={name}"),
+                "-keyout",
+                &s(&key),
+                "-out",
+                &s(&csr),
+            ],
+        );
+        run(
+            "openssl",
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &s(&csr),
+                "-CA",
+                &s(&p(format!("{ca}.pem"))),
+                "-CAkey",
+                &s(&p(format!("{ca}.key"))),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                &s(&ext),
+                "-out",
+                &s(&cert),
+            ],
+        );
+        (cert, key)
     }
 }
 

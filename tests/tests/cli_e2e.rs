@@ -49,7 +49,9 @@ impl Cli {
 async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
     let wd = Workdir::new("imprint-cli-e2e-");
     let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
-    let f = Fixture::in_workdir(wd, &["--daemon", &daemon.endpoint(), "--host-name", HOST]);
+    let registration = daemon.agent_args(HOST);
+    let registration: Vec<&str> = registration.iter().map(String::as_str).collect();
+    let f = Fixture::in_workdir(wd, &registration);
     let cli = Cli {
         endpoint: daemon.endpoint(),
         token: daemon.account("alice"),
@@ -73,6 +75,28 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
 
     let disk = f.disk_in_pool_a(&f.guest.disk, "a-vda.raw");
     let (_a, name_a, log_a) = f.boot_guest("a", &[(&disk, "raw")]);
+    // A guest made outside imprint is nobody's: alice may not capture it
+    // (NOT_FOUND, exit 3, no operation left) until an admin assigns it.
+    let capture_a = [
+        "image", "capture", "--host", HOST, "--guest", &name_a, "--name", "web",
+    ];
+    let (code, _, err) = cli.run(&capture_a);
+    assert_eq!(code, 3, "not alice's guest: {err}");
+    assert_eq!(
+        cli.json(&["guest", "list", "--host", HOST])["guests"],
+        serde_json::json!([])
+    );
+    let admin = Cli {
+        endpoint: cli.endpoint.clone(),
+        token: daemon.admin_token(),
+    };
+    let (code, _, err) = cli.run(&["guest", "assign", HOST, &name_a, "--account", "alice"]);
+    assert_eq!(code, 4, "only admins assign: {err}");
+    let assigned = admin.json(&["guest", "assign", HOST, &name_a, "--account", "alice"]);
+    assert_eq!(assigned["guests"][0]["owner"], "alice", "{assigned}");
+    let mine = cli.json(&["guest", "list", "--host", HOST]);
+    assert_eq!(mine["guests"][0]["name"], name_a.as_str(), "{mine}");
+    assert_eq!(mine["guests"][0]["power_state"], "running", "{mine}");
     let marker = last_value(
         &std::fs::read_to_string(&log_a).expect("log"),
         "IMPRINT-MARKER",

@@ -21,13 +21,16 @@ const HOST: &str = "kvm-e2e";
 async fn capture_survives_a_daemon_crash_then_deploy_and_delete() {
     let wd = Workdir::new("imprint-daemon-e2e-");
     let mut daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
-    let f = Fixture::in_workdir(wd, &["--daemon", &daemon.endpoint(), "--host-name", HOST]);
+    let registration = daemon.agent_args(HOST);
+    let registration: Vec<&str> = registration.iter().map(String::as_str).collect();
+    let f = Fixture::in_workdir(wd, &registration);
     let alice = daemon.account("alice");
     let bob = daemon.account("bob");
     registered(&daemon.endpoint(), HOST, &alice).await;
 
     let disk = f.disk_in_pool_a(&f.guest.disk, "a-vda.raw");
     let (a, name_a, log_a) = f.boot_guest("a", &[(&disk, "raw")]);
+    daemon.assign_guest(HOST, &name_a, "alice").await;
     let marker_a = last_value(
         &std::fs::read_to_string(&log_a).expect("log"),
         "IMPRINT-MARKER",
@@ -229,11 +232,14 @@ struct Deaf {
 async fn deaf_capture_running() -> Deaf {
     let wd = Workdir::new("imprint-daemon-e2e-");
     let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
-    let f = Fixture::in_workdir(wd, &["--daemon", &daemon.endpoint(), "--host-name", HOST]);
+    let registration = daemon.agent_args(HOST);
+    let registration: Vec<&str> = registration.iter().map(String::as_str).collect();
+    let f = Fixture::in_workdir(wd, &registration);
     let alice = daemon.account("alice");
     registered(&daemon.endpoint(), HOST, &alice).await;
     let disk = f.disk_in_pool_a(&f.guest.disk_ignore_acpi, "deaf-vda.raw");
     let (guest, name_a, _log) = f.boot_guest("deaf", &[(&disk, "raw")]);
+    daemon.assign_guest(HOST, &name_a, "alice").await;
     let mut api_a = api(&daemon.endpoint(), &alice);
     let op = api_a
         .images

@@ -27,7 +27,18 @@ async fn capture_survives_the_death_of_its_daemon() {
     let mut d1 = DaemonProcess::start_with(&wd.path().join("d1"), &store, &shared);
     let d2 = DaemonProcess::start_with(&wd.path().join("d2"), &store, &shared);
     let daemons = format!("{},{}", d1.endpoint(), d2.endpoint());
-    let f = Fixture::in_workdir(wd, &["--daemon", &daemons, "--host-name", HOST]);
+    let token = d1.host_token(HOST);
+    let f = Fixture::in_workdir(
+        wd,
+        &[
+            "--daemon",
+            &daemons,
+            "--host-name",
+            HOST,
+            "--host-token-file",
+            token.to_str().expect("utf8"),
+        ],
+    );
     let alice = d1.account("alice");
     // One catalog: the host and the account are known to both daemons.
     registered(&d1.endpoint(), HOST, &alice).await;
@@ -35,6 +46,7 @@ async fn capture_survives_the_death_of_its_daemon() {
 
     let disk = f.disk_in_pool_a(&f.guest.disk, "a-vda.raw");
     let (a, name_a, log_a) = f.boot_guest("a", &[(&disk, "raw")]);
+    d1.assign_guest(HOST, &name_a, "alice").await;
     let mut api1 = api(&d1.endpoint(), &alice);
     let op = api1
         .capture(HOST, &name_a, "multi", "capture-multi")

@@ -99,18 +99,14 @@ async fn copy_between_sites_and_deploy_from_the_nearest() {
         &env,
     );
     let ep = daemon.endpoint();
-    let f1 = Fixture::on_store_with(
-        wd1,
-        store1.to_str().expect("utf8"),
-        &env,
-        &["--daemon", &ep, "--host-name", "host-1"],
+    let (h1, mut h2) = (daemon.agent_args("host-1"), daemon.agent_args("host-2"));
+    h2.extend(["--site".into(), "dc2".into()]);
+    let (h1, h2): (Vec<&str>, Vec<&str>) = (
+        h1.iter().map(String::as_str).collect(),
+        h2.iter().map(String::as_str).collect(),
     );
-    let f2 = Fixture::on_store_with(
-        Workdir::new("imprint-sites-2-"),
-        &dc2,
-        &env,
-        &["--daemon", &ep, "--host-name", "host-2", "--site", "dc2"],
-    );
+    let f1 = Fixture::on_store_with(wd1, store1.to_str().expect("utf8"), &env, &h1);
+    let f2 = Fixture::on_store_with(Workdir::new("imprint-sites-2-"), &dc2, &env, &h2);
     let alice = daemon.account("alice");
     registered(&ep, "host-1", &alice).await;
     registered(&ep, "host-2", &alice).await;
@@ -127,6 +123,7 @@ async fn copy_between_sites_and_deploy_from_the_nearest() {
 
     let disk = f1.disk_in_pool_a(&f1.guest.disk, "a-vda.raw");
     let (_g, guest, log) = f1.boot_guest("a", &[(&disk, "raw")]);
+    daemon.assign_guest("host-1", &guest, "alice").await;
     let marker = last_value(
         &std::fs::read_to_string(&log).expect("log"),
         "IMPRINT-MARKER",

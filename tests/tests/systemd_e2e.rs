@@ -101,11 +101,26 @@ fn daemon_and_agent_speak_sd_notify_and_stop_cleanly() {
     // The agent registers: the daemon counts its heartbeats.
     let agent_metrics = free_tcp_port();
     let agent_metrics_addr = format!("127.0.0.1:{agent_metrics}");
+    let token = run(
+        binary("imprintd").to_str().expect("utf8"),
+        &[
+            "--state-dir",
+            state.to_str().expect("utf8"),
+            "host",
+            "add",
+            "kvm-sd",
+        ],
+    );
+    let token_file = wd.path().join("host.token");
+    std::fs::write(&token_file, token.trim()).expect("token");
+    let socket = format!("unix:{}", wd.path().join("agent.sock").display());
     let mut agent = ServerProcess::start_env(
         "imprint-agent",
         &[
             "--listen".as_ref(),
-            "127.0.0.1:0".as_ref(),
+            socket.as_ref(),
+            "--host-token-file".as_ref(),
+            token_file.as_os_str(),
             "--store".as_ref(),
             store.as_os_str(),
             "--journal-dir".as_ref(),

@@ -1,7 +1,8 @@
 //! Mutual TLS between `imprintd` and `imprint-agent` (certificates made by
 //! the test with `openssl`): agents register only with a certificate of the
-//! daemon's CA, the agent accepts only callers with one, users reach the
-//! daemon over TLS with their tokens, and plaintext is refused.
+//! daemon's CA that names their host, the agent accepts only callers with
+//! one, users reach the daemon over TLS with their tokens, and plaintext is
+//! refused.
 
 use std::time::Duration;
 
@@ -57,6 +58,7 @@ async fn daemon_and_agent_talk_mutual_tls_only() {
     );
     let daemon_url = format!("https://{}", daemon.listen);
     let token = daemon.account("alice");
+    let agent_cert = pki.agent_for(HOST);
     let agent = AgentProcess::start_agent(
         &wd.path().join("store"),
         &wd.path().join("journal"),
@@ -66,9 +68,9 @@ async fn daemon_and_agent_talk_mutual_tls_only() {
             "--host-name",
             HOST,
             "--tls-cert",
-            &s(&pki.agent.0),
+            &s(&agent_cert.0),
             "--tls-key",
-            &s(&pki.agent.1),
+            &s(&agent_cert.1),
             "--tls-ca",
             &s(&pki.ca),
         ],
@@ -105,6 +107,42 @@ async fn daemon_and_agent_talk_mutual_tls_only() {
         .await
         .expect_err("no client certificate");
     assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e}");
+    // A certificate of the CA that does not name the host: refused, and
+    // the host keeps its endpoint.
+    let other_agent = channel(&daemon_url, &pki.ca, Some(&pki.agent))
+        .await
+        .expect("TLS with the unbound agent certificate");
+    let mut other = HostServiceClient::new(other_agent);
+    let e = other
+        .register_host(pb::RegisterHostRequest {
+            name: HOST.into(),
+            agent_endpoint: "https://127.0.0.1:9".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("certificate not bound to the host");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    let e = other
+        .heartbeat(pb::HeartbeatRequest {
+            name: HOST.into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("certificate not bound to the host");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    let now = hosts
+        .list_hosts(authed(&token, pb::ListHostsRequest {}))
+        .await
+        .expect("list hosts")
+        .into_inner()
+        .hosts;
+    assert_eq!(
+        now.iter()
+            .find(|h| h.name == HOST)
+            .expect("host")
+            .agent_endpoint,
+        agent_url
+    );
 
     // The daemon reaches the agent over mutual TLS: the agent's answer
     // about an unknown guest comes back through it.

@@ -41,15 +41,9 @@ fn world(prefix: &str, env: &[(String, String)], extra: &[&str]) -> World {
     let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
     let transfer = wd.path().join("transfer");
     std::fs::create_dir(&transfer).expect("transfer dir");
-    let ep = daemon.endpoint();
-    let mut args = vec![
-        "--daemon",
-        &ep,
-        "--host-name",
-        HOST,
-        "--transfer-dir",
-        transfer.to_str().expect("utf8"),
-    ];
+    let registration = daemon.agent_args(HOST);
+    let mut args: Vec<&str> = registration.iter().map(String::as_str).collect();
+    args.extend(["--transfer-dir", transfer.to_str().expect("utf8")]);
     args.extend(extra);
     let agent = AgentProcess::start_agent_env(
         wd.path().join("store").as_os_str(),
