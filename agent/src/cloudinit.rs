@@ -33,6 +33,8 @@ pub struct Interface {
     pub search_domains: Vec<String>,
     /// The NIC's MAC.
     pub mac: String,
+    /// Gateways outside the addresses' subnets are reachable on the link.
+    pub gateway_on_link: bool,
 }
 
 /// Everything the seed holds.
@@ -68,6 +70,51 @@ pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8), Invalid> {
         return Err(invalid(format!("{s:?} is not a usable host address")));
     }
     Ok((addr, prefix))
+}
+
+/// Whether `addr` lies in `net`/`prefix` (same family).
+fn in_subnet(addr: IpAddr, net: IpAddr, prefix: u8) -> bool {
+    match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// A gateway must be reachable: inside the subnet of one of the NIC's
+/// static addresses of its family, or marked on-link by the caller. A
+/// gateway with no static address of its family would be ignored by the
+/// guest, so it is refused too.
+pub fn check_gateway(addresses: &[(IpAddr, u8)], gw: IpAddr, on_link: bool) -> Result<(), Invalid> {
+    let same_family: Vec<&(IpAddr, u8)> = addresses
+        .iter()
+        .filter(|(a, _)| a.is_ipv4() == gw.is_ipv4())
+        .collect();
+    if same_family.is_empty() {
+        return Err(invalid(format!(
+            "gateway {gw} needs a static address of its family on the NIC (with DHCP the gateway comes from DHCP)"
+        )));
+    }
+    if same_family.iter().any(|(a, _)| *a == gw) {
+        return Err(invalid(format!("gateway {gw} is the NIC's own address")));
+    }
+    if on_link || same_family.iter().any(|(a, p)| in_subnet(gw, *a, *p)) {
+        return Ok(());
+    }
+    let nets: Vec<String> = same_family
+        .iter()
+        .map(|(a, p)| format!("{a}/{p}"))
+        .collect();
+    Err(invalid(format!(
+        "gateway {gw} is outside the subnet of {}; the guest could not reach it (mark it on-link if the network routes it: onlink=yes)",
+        nets.join(", ")
+    )))
 }
 
 /// Parse and normalise a MAC (`52:54:00:12:34:56`); unicast only.
@@ -173,6 +220,9 @@ impl Seed {
                             quote(to),
                             quote(&g.to_string())
                         );
+                        if nic.gateway_on_link {
+                            y.push_str("        on-link: true\n");
+                        }
                     }
                 }
             }
@@ -238,6 +288,7 @@ impl Seed {
 
 /// Check user-data looks like something cloud-init runs.
 pub fn validate_user_data(u: &str) -> Result<(), Invalid> {
+    imprint_proto::limits::check_user_data(u).map_err(Invalid)?;
     if u.is_empty()
         || u.starts_with("#cloud-config")
         || u.starts_with("#!")
@@ -293,6 +344,25 @@ mod tests {
             assert!(validate_hostname(bad).is_err(), "{bad}");
         }
         assert!(validate_user_data("#cloud-config\nruncmd: []").is_ok());
+        let v4 = [parse_cidr("10.0.0.5/24").expect("v4")];
+        let ip = |s: &str| -> IpAddr { s.parse().expect("ip") };
+        assert!(check_gateway(&v4, ip("10.0.0.1"), false).is_ok());
+        assert!(check_gateway(&v4, ip("192.168.7.1"), false).is_err());
+        assert!(check_gateway(&v4, ip("192.168.7.1"), true).is_ok());
+        assert!(
+            check_gateway(&v4, ip("10.0.0.5"), false).is_err(),
+            "own address"
+        );
+        assert!(check_gateway(&[], ip("10.0.0.1"), false).is_err(), "DHCP");
+        let v6 = [parse_cidr("2001:db8::10/64").expect("v6")];
+        assert!(check_gateway(&v6, ip("2001:db8::1"), false).is_ok());
+        assert!(check_gateway(&v6, ip("2001:db9::1"), false).is_err());
+        assert!(
+            check_gateway(&v4, ip("2001:db8::1"), false).is_err(),
+            "family"
+        );
+        let host32 = [parse_cidr("203.0.113.7/32").expect("/32")];
+        assert!(check_gateway(&host32, ip("203.0.113.1"), true).is_ok());
         assert!(validate_user_data("hello").is_err());
     }
 
@@ -311,6 +381,7 @@ mod tests {
                     nameservers: vec!["192.0.2.53".parse().expect("ns")],
                     search_domains: vec!["example.com".into()],
                     mac: "52:54:00:00:00:01".into(),
+                    gateway_on_link: false,
                 },
                 Interface {
                     mac: "52:54:00:00:00:02".into(),

@@ -23,6 +23,8 @@ pub enum Kind {
     Cancelled,
     /// Timed out (guest did not power off).
     DeadlineExceeded,
+    /// Stored data failed its check (a chunk's digest, a damaged index).
+    DataLoss,
     /// Anything else.
     Internal,
 }
@@ -64,7 +66,8 @@ impl From<imprint_store::Error> for AgentError {
             K::StorageFull => Kind::ResourceExhausted,
             K::Cancelled => Kind::Cancelled,
             K::Unavailable => Kind::Unavailable,
-            K::Corrupt | K::UnsupportedVersion => Kind::FailedPrecondition,
+            K::Corrupt => Kind::DataLoss,
+            K::UnsupportedVersion => Kind::FailedPrecondition,
             _ => Kind::Internal,
         };
         Self::new(kind, e.to_string())

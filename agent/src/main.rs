@@ -234,6 +234,23 @@ async fn main() -> Result<()> {
     }
     let store = imprint_store::Store::open_or_create_at(&store_location, false, Default::default())
         .with_context(|| format!("open store {store_location}"))?;
+    // Captures of a killed agent never unregistered: their registrations
+    // would keep GC from freeing their orphan chunks for the writer
+    // timeout. This host's dead ones go now.
+    if let Some(host) = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+    {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.retire_dead_writers(&host)).await? {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                retired = n,
+                "retired the store writer registrations of dead captures"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot retire dead writer registrations"),
+        }
+    }
     let journal = Journal::open(&journal_dir)?;
     let hv: Arc<dyn Hypervisor> = Arc::new(Libvirt::new(&uri));
 

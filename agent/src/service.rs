@@ -86,7 +86,8 @@ pub fn status(e: AgentError) -> Status {
         Kind::ResourceExhausted => tonic::Code::ResourceExhausted,
         Kind::Cancelled => tonic::Code::Cancelled,
         Kind::DeadlineExceeded => tonic::Code::DeadlineExceeded,
-        _ => tonic::Code::Internal,
+        Kind::DataLoss => tonic::Code::DataLoss,
+        Kind::Internal => tonic::Code::Internal,
     };
     Status::new(code, e.message)
 }
@@ -498,13 +499,9 @@ impl AgentService for Agent {
                     Status::invalid_argument(format!("image_id {s:?} must be a UUID"))
                 })?),
             };
-        // Unknown guests are refused now, not as a failed operation.
-        let hv = self.ctx.hv.clone();
-        let g = r.guest.clone();
-        let (guest, _) = blocking(move || hv.lookup(&g)).await?;
         let spec = CaptureSpec {
             operation_id: id.clone(),
-            guest: guest.uuid.clone(),
+            guest: r.guest.clone(),
             image_name: r.image_name,
             exclude_disks: r.exclude_disks,
             shutdown_timeout: if r.shutdown_timeout_seconds == 0 {
@@ -516,6 +513,15 @@ impl AgentService for Agent {
             labels: r.labels.into_iter().collect(),
             image_id,
             acpi_resend: Duration::from_secs(5),
+        };
+        // Bad input (unknown guest or disk, a disk without a local source...)
+        // is refused now, not as a failed operation.
+        let (hv, store, check) = (self.ctx.hv.clone(), self.ctx.store.clone(), spec.clone());
+        let plan = blocking(move || work::check_capture(&*hv, &store, &check)).await?;
+        let guest = plan.guest;
+        let spec = CaptureSpec {
+            guest: guest.uuid.clone(),
+            ..spec
         };
         let ctx = self.ctx.clone();
         let op = self.launch(
@@ -601,6 +607,7 @@ impl AgentService for Agent {
                     nameservers: i.nameservers,
                     search_domains: i.search_domains,
                     mac_address: i.mac_address,
+                    gateway_on_link: i.gateway_on_link,
                 })
                 .collect(),
             user_data: r.user_data,

@@ -134,20 +134,32 @@ fn cancelled(cancel: &AtomicBool) -> Result<()> {
     }
 }
 
-/// Capture a guest into a new image; the guest always ends in the power
-/// state it had.
-pub fn capture(
-    ctx: &Ctx,
+/// What a capture will read, resolved before anything is touched.
+#[derive(Debug)]
+pub struct CapturePlan {
+    /// The guest.
+    pub guest: GuestRef,
+    /// Its configuration now.
+    pub config: GuestConfig,
+    /// Its power state now (running or shut off).
+    pub initial: PowerState,
+    /// (index in `config.disks`, source path) of every disk to read.
+    pub chosen: Vec<(usize, String)>,
+}
+
+/// Everything a capture can refuse before it changes anything: the name,
+/// the guest and its state, excluded disks, the image id, the disks'
+/// sources. The service runs it before accepting the operation, so bad
+/// input is an error of the call (and the daemon keeps no row for it);
+/// the capture runs it again under its claim on the guest.
+pub fn check_capture(
+    hv: &dyn Hypervisor,
+    store: &Store,
     spec: &CaptureSpec,
-    cancel: &Arc<AtomicBool>,
-    report: Report<'_>,
-) -> Result<CaptureOutcome> {
-    let (hv, store, journal, busy) = (&*ctx.hv, &ctx.store, &ctx.journal, &ctx.busy);
+) -> Result<CapturePlan> {
     imprint_store::manifest::validate_name(&spec.image_name)?;
-    report("inspecting guest", 0, 0);
     let (guest, xml) = hv.lookup(&spec.guest)?;
-    let _claim = busy.claim(&guest.uuid, &format!("guest {}", guest.name))?;
-    let mut config = GuestConfig::from_domain_xml(&xml)
+    let config = GuestConfig::from_domain_xml(&xml)
         .map_err(|e| AgentError::new(Kind::Internal, format!("guest {}: {e}", guest.name)))?;
     let initial = hv.power_state(&guest)?;
     if !matches!(initial, PowerState::Running | PowerState::ShutOff) {
@@ -209,6 +221,33 @@ pub fn capture(
             format!("guest {} has no disk left to capture", guest.name),
         ));
     }
+    Ok(CapturePlan {
+        guest,
+        config,
+        initial,
+        chosen,
+    })
+}
+
+/// Capture a guest into a new image; the guest always ends in the power
+/// state it had.
+pub fn capture(
+    ctx: &Ctx,
+    spec: &CaptureSpec,
+    cancel: &Arc<AtomicBool>,
+    report: Report<'_>,
+) -> Result<CaptureOutcome> {
+    let (hv, store, journal, busy) = (&*ctx.hv, &ctx.store, &ctx.journal, &ctx.busy);
+    report("inspecting guest", 0, 0);
+    let (guest, _) = hv.lookup(&spec.guest)?;
+    let _claim = busy.claim(&guest.uuid, &format!("guest {}", guest.name))?;
+    // Under the claim: nothing else of ours changes the guest meanwhile.
+    let CapturePlan {
+        guest,
+        mut config,
+        initial,
+        chosen,
+    } = check_capture(hv, store, spec)?;
     let was_running = initial == PowerState::Running;
     journal.write(&Entry::Capture {
         operation_id: spec.operation_id.clone(),
@@ -515,6 +554,8 @@ pub struct InterfaceSpec {
     pub search_domains: Vec<String>,
     /// Requested MAC; empty: random.
     pub mac_address: String,
+    /// The gateways are on the link even outside the addresses' subnets.
+    pub gateway_on_link: bool,
 }
 
 /// What a deploy made.
@@ -659,6 +700,10 @@ fn plan(spec: &DeploySpec, manifest: &imprint_store::Manifest) -> Result<Plan> {
                 "gateway4 must be IPv4 and gateway6 IPv6",
             ));
         }
+        for g in gateway4.iter().chain(gateway6.iter()) {
+            cloudinit::check_gateway(&addresses, *g, s.gateway_on_link)
+                .map_err(|e| AgentError::new(Kind::InvalidArgument, format!("NIC {i}: {e}")))?;
+        }
         let nameservers = s
             .nameservers
             .iter()
@@ -676,6 +721,7 @@ fn plan(spec: &DeploySpec, manifest: &imprint_store::Manifest) -> Result<Plan> {
             nameservers,
             search_domains: s.search_domains.clone(),
             mac,
+            gateway_on_link: s.gateway_on_link,
         });
     }
     Ok(Plan {

@@ -238,7 +238,8 @@ pub struct DeployArgs {
     #[arg(long, default_value = "")]
     hostname: String,
     /// One NIC's settings, in NIC order (repeat):
-    /// `addr=192.0.2.10/24,addr=2001:db8::10/64,gw4=192.0.2.1,gw6=...,dns=192.0.2.53,search=example.com,mac=52:54:00:..`.
+    /// `addr=192.0.2.10/24,addr=2001:db8::10/64,gw4=192.0.2.1,gw6=...,dns=192.0.2.53,search=example.com,mac=52:54:00:..`;
+    /// a gateway outside the address's subnet needs `onlink=yes`.
     /// A NIC without `--nic` uses DHCP.
     #[arg(long = "nic", value_parser = parse_nic)]
     nics: Vec<pb::InterfaceConfig>,
@@ -345,9 +346,16 @@ fn parse_nic(s: &str) -> Result<pb::InterfaceConfig, String> {
             "dns" => nic.nameservers.push(v.into()),
             "search" => nic.search_domains.push(v.into()),
             "mac" => nic.mac_address = v.into(),
+            "onlink" => {
+                nic.gateway_on_link = match v {
+                    "yes" | "true" => true,
+                    "no" | "false" => false,
+                    _ => return Err(format!("onlink={v:?}: write onlink=yes or onlink=no")),
+                }
+            }
             other => {
                 return Err(format!(
-                    "unknown NIC setting {other:?} (addr, gw4, gw6, dns, search, mac)"
+                    "unknown NIC setting {other:?} (addr, gw4, gw6, dns, search, mac, onlink)"
                 ));
             }
         }
@@ -424,6 +432,7 @@ fn image_json(i: &pb::Image) -> Value {
         "members": i.members.iter().map(|m| json!({"account": m.account, "status": m.status})).collect::<Vec<_>>(),
         "created_unix": i.created_unix, "updated_unix": i.updated_unix,
         "locations": i.locations.iter().map(|l| json!({"site": l.site, "state": location_state_name(l.state)})).collect::<Vec<_>>(),
+        "damage": i.damage,
     })
 }
 
@@ -495,6 +504,9 @@ fn image_fields(i: &pb::Image) -> String {
         ("tags", i.tags.join(", ")),
         ("notes", i.notes.clone()),
     ];
+    if !i.damage.is_empty() {
+        f.push(("DAMAGED", i.damage.clone()));
+    }
     for (n, d) in i.disks.iter().enumerate() {
         f.push((
             "disk",
@@ -619,18 +631,22 @@ async fn op_result(api: &mut Api, ctx: &Ctx, op: pb::Operation, wait: bool) -> R
         op
     };
     ctx.emit(&op_json(&op), || op_fields(&op))?;
-    Ok(op_exit(&op))
+    // The table already shows the error; JSON on stdout is for scripts, so
+    // people get the one line on stderr there.
+    Ok(op_exit(&op, ctx.format != output::Format::Table))
 }
 
-fn op_exit(op: &pb::Operation) -> u8 {
+fn op_exit(op: &pb::Operation, say_error: bool) -> u8 {
     match pb::OperationState::try_from(op.state) {
         Ok(pb::OperationState::Failed | pb::OperationState::Cancelled) => {
-            eprintln!(
-                "imprint: operation {} {}: {}",
-                op.id,
-                op_state_name(op.state),
-                op.error
-            );
+            if say_error {
+                eprintln!(
+                    "imprint: operation {} {}: {}",
+                    op.id,
+                    op_state_name(op.state),
+                    op.error
+                );
+            }
             exit::for_code(tonic::Code::from_i32(op.error_code))
         }
         _ => 0,
@@ -755,6 +771,7 @@ async fn image_inner(cmd: ImageCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> 
                     .with_context(|| format!("read user-data {}", p.display()))?,
                 None => String::new(),
             };
+            imprint_proto::limits::check_user_data(&user_data).map_err(usage)?;
             let memory_mib = a.memory.map_or(0, |m| m.div_ceil(1 << 20));
             let op = api
                 .images

@@ -329,17 +329,33 @@ pub fn run(cmd: StoreCommand, ctx: &Ctx) -> Result<u8> {
                     )
                 ));
             };
-            let mut target = open_target(&output, entry.size_bytes)?;
+            let (mut target, partial) = open_target(&output, entry.size_bytes)?;
             let opts = RestoreOptions {
                 threads: threads(t),
                 cancel: Some(cancel_on_interrupt()),
                 sync: fsync,
             };
             let mut bar = Progress::new(format!("deploy {} disk {disk}", m.name), ctx.quiet);
-            let stats = restore_disk(&st, &m, disk, &mut target, &opts, &mut |p| {
+            let written = restore_disk(&st, &m, disk, &mut target, &opts, &mut |p| {
                 bar.update(p.bytes_done, p.stats.bytes_total, "");
             })
-            .with_context(|| format!("write {}", output.display()))?;
+            .with_context(|| format!("write {}", output.display()));
+            drop(target);
+            // A file appears under its name only when whole.
+            let stats = match (written, &partial) {
+                (Ok(s), Some(tmp)) => {
+                    std::fs::rename(tmp, &output)
+                        .with_context(|| format!("rename into {}", output.display()))?;
+                    s
+                }
+                (Ok(s), None) => s,
+                (Err(e), tmp) => {
+                    if let Some(tmp) = tmp {
+                        let _ = std::fs::remove_file(tmp);
+                    }
+                    return Err(e);
+                }
+            };
             bar.finish(stats.bytes_total, "");
             let out = GetOut {
                 image_id: m.image_id.to_string(),
@@ -581,17 +597,25 @@ fn disk_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-fn open_target(path: &Path, size: u64) -> Result<FileTarget> {
+/// The target for `path`: a device is written in place; a file is written
+/// under a temporary name beside it (returned), renamed when whole.
+fn open_target(path: &Path, size: u64) -> Result<(FileTarget, Option<PathBuf>)> {
     use std::os::unix::fs::FileTypeExt;
     let is_dev = std::fs::metadata(path)
         .map(|m| m.file_type().is_block_device() || m.file_type().is_char_device())
         .unwrap_or(false);
-    let t = if is_dev {
-        FileTarget::open_existing(path)
-    } else {
-        FileTarget::create(path, size)
-    };
-    t.with_context(|| format!("open output {}", path.display()))
+    if is_dev {
+        let t = FileTarget::open_existing(path)
+            .with_context(|| format!("open output {}", path.display()))?;
+        return Ok((t, None));
+    }
+    let name = path
+        .file_name()
+        .with_context(|| format!("output {} names no file", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.imprint-partial", name.to_string_lossy()));
+    let t =
+        FileTarget::create(&tmp, size).with_context(|| format!("open output {}", tmp.display()))?;
+    Ok((t, Some(tmp)))
 }
 
 #[cfg(test)]

@@ -268,6 +268,30 @@ fn exit_codes_by_class() {
         String::from_utf8_lossy(&out.stdout).contains(&name),
         "{out:?}"
     );
+    // ... and a get of the damaged image fails with DATA (7) and leaves no
+    // file, partial or whole, at its output.
+    let id =
+        json(&imprint(&["-o", "json", "store", "list", "--store", s]))["images"][0]["image_id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+    let output = tmp.path().join("out.raw");
+    let out = imprint(&[
+        "store",
+        "get",
+        "--store",
+        s,
+        &id,
+        "--output",
+        output.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code(&out), 7, "{out:?}");
+    let left: Vec<_> = fs::read_dir(tmp.path())
+        .expect("ls")
+        .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("out.raw"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[test]

@@ -19,3 +19,7 @@ CREATE TABLE guest_owners (
     PRIMARY KEY (host, guest_uuid)
 );
 CREATE INDEX guest_owners_by_account ON guest_owners (account_id);
+-- Stored data of an image that failed its check when a deploy or export
+-- read it ('' when none was found): shown on the image until a later full
+-- read (deploy or export) finds it whole again.
+ALTER TABLE images ADD COLUMN damage TEXT NOT NULL DEFAULT '';

@@ -133,6 +133,8 @@ pub struct ImageRow {
     pub exclusive_bytes: i64,
     /// Stored bytes of every chunk it references.
     pub referenced_bytes: i64,
+    /// What a read found damaged ('' when nothing).
+    pub damage: String,
 }
 
 /// One disk of an image, as the catalog keeps it.
@@ -260,7 +262,7 @@ pub(crate) fn now() -> i64 {
 
 const SELECT_IMAGE: &str = "SELECT i.id, i.owner_id, a.name AS owner, i.name, i.notes, i.state, i.visibility, \
      i.protected, i.failure_reason, i.size_bytes, i.created_unix, i.updated_unix, i.source_host, i.source_guest, \
-     i.config_json, i.disks_json, i.exclusive_bytes, i.referenced_bytes \
+     i.config_json, i.disks_json, i.exclusive_bytes, i.referenced_bytes, i.damage \
      FROM images i JOIN accounts a ON a.id = i.owner_id";
 
 impl Catalog {
@@ -472,6 +474,7 @@ impl Catalog {
                 disks_json: row.try_get("disks_json")?,
                 exclusive_bytes: row.try_get("exclusive_bytes")?,
                 referenced_bytes: row.try_get("referenced_bytes")?,
+                damage: row.try_get("damage")?,
             });
         }
         if out.is_empty() {
@@ -1145,6 +1148,18 @@ impl Catalog {
     }
 
     /// Record the space accounting of images (from the store's usage pass).
+    /// Record what a read of image `id` found damaged ('' when a full read
+    /// found it whole).
+    pub async fn set_damage(&self, id: &str, damage: &str) -> Result<()> {
+        sqlx::query("UPDATE images SET damage = $1 WHERE id = $2")
+            .bind(damage)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Set usage figures.
     pub async fn set_usage(&self, usage: &[(String, i64, i64)]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for (id, exclusive, referenced) in usage {

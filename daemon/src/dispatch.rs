@@ -656,6 +656,7 @@ impl Dispatcher {
                 if creates_image(&op.kind) && state == "succeeded" {
                     self.usage_changed();
                 }
+                self.record_damage(op, state, a).await;
                 self.settle_copy(op).await;
             }
             Ok(false) => {}
@@ -666,6 +667,30 @@ impl Dispatcher {
         }
         self.bump();
         Ok(())
+    }
+
+    /// A deploy or export reads every chunk of its image and checks it:
+    /// one that failed its check marks the image damaged (shown by
+    /// `image show`), one that read it whole clears the mark.
+    async fn record_damage(&self, op: &OperationRow, state: &str, a: &pb::AgentOperation) {
+        let (true, Some(image)) = (
+            matches!(op.kind.as_str(), "deploy" | "export"),
+            &op.image_id,
+        ) else {
+            return;
+        };
+        let damage = match state {
+            "succeeded" => String::new(),
+            _ if a.error_code == Code::DataLoss as i32 => {
+                format!("{} (found by {} operation {})", a.error, op.kind, op.id)
+            }
+            _ => return,
+        };
+        if let Err(e) = self.catalog.set_damage(image, &damage).await {
+            tracing::error!(op = %op.id, %image, error = %e, "cannot record the image's damage");
+        } else if !damage.is_empty() {
+            tracing::error!(op = %op.id, %image, %damage, "stored data of an image failed its check");
+        }
     }
 
     async fn record_progress(&self, id: &str, a: &pb::AgentOperation, bps: f64) {

@@ -142,6 +142,7 @@ pub fn image_to_pb(
         size_bytes: row.size_bytes.max(0) as u64,
         exclusive_bytes: row.exclusive_bytes.max(0) as u64,
         config_json: row.config_json,
+        damage: row.damage,
         members: members
             .into_iter()
             .map(|(account, status)| pb::ShareMember { account, status })
@@ -289,6 +290,7 @@ impl ImageService for Images {
                 r.memory_mib
             )));
         }
+        imprint_proto::limits::check_user_data(&r.user_data).map_err(Status::invalid_argument)?;
         let host = crate::hosts::usable_host(self.catalog(), &who, &r.host).await?;
         let op_id = uuid::Uuid::new_v4().to_string();
         let agent_req = AgentRequest::Deploy(pb::DeployRequest {

@@ -215,6 +215,24 @@ impl Store {
         &*self.backend
     }
 
+    /// Remove the writer registrations of `host` whose process is gone (a
+    /// killed capture never unregisters; until its registration is
+    /// retired, GC spares every chunk younger than it). Registrations of a
+    /// process that still runs are kept. Returns how many were removed.
+    /// Call it on the host that wrote them, where the process ids mean
+    /// something.
+    pub fn retire_dead_writers(&self, host: &str) -> Result<usize> {
+        let mut retired = 0;
+        for w in self.backend.list_writers()? {
+            if w.info.host != host || process_alive(w.info.pid) {
+                continue;
+            }
+            self.backend.unregister_writer(&w.info.writer_id)?;
+            retired += 1;
+        }
+        Ok(retired)
+    }
+
     /// Settings.
     pub fn config(&self) -> &StoreConfig {
         &self.config
@@ -307,5 +325,59 @@ impl Store {
     /// unless other images use them.
     pub fn delete_image(&self, id: &ImageId) -> Result<()> {
         self.backend.delete_image(id)
+    }
+}
+
+/// Whether process `pid` runs on this host (EPERM: it runs as another user).
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) | Err(nix::errno::Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::WriterInfo;
+
+    #[test]
+    fn dead_writers_of_this_host_are_retired() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = Store::open_or_create_dir(&tmp.path().join("s"), false, StoreConfig::default())
+            .expect("store");
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let dead = child.id();
+        child.wait().expect("wait");
+        let image: ImageId = "8c4a4d2e-43a5-4d77-9a55-3a1f3a5b5e00".parse().expect("id");
+        for (id, host, pid) in [
+            ("dead-here", "h", dead),
+            ("alive-here", "h", std::process::id()),
+            ("dead-elsewhere", "other", dead),
+        ] {
+            store
+                .backend()
+                .register_writer(&WriterInfo {
+                    writer_id: id.into(),
+                    image_id: image.clone(),
+                    host: host.into(),
+                    pid,
+                    started_unix: 0,
+                })
+                .expect("register");
+        }
+        assert_eq!(store.retire_dead_writers("h").expect("retire"), 1);
+        let mut left: Vec<String> = store
+            .backend()
+            .list_writers()
+            .expect("list")
+            .into_iter()
+            .map(|w| w.info.writer_id)
+            .collect();
+        left.sort();
+        assert_eq!(left, ["alive-here", "dead-elsewhere"]);
     }
 }

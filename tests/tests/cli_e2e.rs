@@ -181,6 +181,67 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
         "{log}"
     );
 
+    // Input the agent refuses is an error of the call (exit 2) and leaves
+    // no image and no operation (the operation list is checked below).
+    let images_before = cli.json(&["image", "list"])["images"].clone();
+    let (code, _, err) = cli.run(&[
+        "image",
+        "capture",
+        "--host",
+        HOST,
+        "--guest",
+        &name_a,
+        "--name",
+        "no-vdz",
+        "--exclude-disk",
+        "vdz",
+        "--wait",
+    ]);
+    assert_eq!(code, 2, "no disk vdz: {err}");
+    assert!(err.contains("vdz"), "{err}");
+    assert_eq!(
+        cli.json(&["image", "list"])["images"],
+        images_before,
+        "no FAILED image left"
+    );
+    // A gateway outside the address's subnet is refused unless marked
+    // on-link; nothing is created.
+    let (code, _, err) = cli.run(&[
+        "image",
+        "deploy",
+        &id,
+        "--host",
+        HOST,
+        "--name",
+        "bad-gw",
+        "--nic",
+        "addr=10.0.0.5/24,gw4=192.168.7.1",
+    ]);
+    assert_eq!(code, 2, "gateway off-subnet: {err}");
+    assert!(err.contains("outside the subnet"), "{err}");
+    // user-data over the limit: the limit in words, not the transport's.
+    let big = f.wd.path().join("big-user-data");
+    std::fs::write(&big, format!("#cloud-config\n#{}\n", "x".repeat(10 << 20))).expect("write");
+    let (code, _, err) = cli.run(&[
+        "image",
+        "deploy",
+        &id,
+        "--host",
+        HOST,
+        "--name",
+        "big-ud",
+        "--user-data",
+        big.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 2, "user-data too big: {err}");
+    assert!(err.contains("524288 bytes"), "{err}");
+    assert!(
+        virsh(&["list", "--all", "--name"])
+            .lines()
+            .all(|n| n != "bad-gw" && n != "big-ud"),
+        "no guest defined"
+    );
+
     // Errors: one exit code per class, the server's message on stderr.
     let missing = uuid::Uuid::new_v4().to_string();
     let (code, _, err) = cli.run(&["image", "show", &missing]);
@@ -320,7 +381,7 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
         .iter()
         .map(|a| a["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(names, ["alice", "carol", "root"]);
+    assert_eq!(names, ["alice", "carol", "imprint-test-admin", "root"]);
     let rotated = root.json(&["account", "token", "carol"]);
     assert_ne!(rotated["token"], carol.as_str());
     assert_eq!(
