@@ -82,8 +82,12 @@ impl Libvirt {
         match f(conn) {
             Ok(v) => Ok(v),
             Err(e) => {
-                let kind = kind_of(&e);
-                if kind == Kind::Unavailable || conn.is_alive().map_or(true, |alive| !alive) {
+                // A call on a connection libvirtd closed fails with
+                // whatever error the RPC layer had at hand ("Broken pipe"):
+                // it is libvirt being unavailable all the same.
+                let dead = conn.is_alive().map_or(true, |alive| !alive);
+                let kind = if dead { Kind::Unavailable } else { kind_of(&e) };
+                if kind == Kind::Unavailable {
                     *guard = None;
                 }
                 if kind == Kind::Unavailable {

@@ -92,6 +92,32 @@ pub fn status(e: AgentError) -> Status {
     Status::new(code, e.message)
 }
 
+/// Finished operations stay answerable (a daemon's retry with the same id
+/// gets the result instead of running it again) for this long...
+pub const KEEP_FINISHED_SECONDS: i64 = 24 * 3600;
+/// ...and at most this many of them: the map stays bounded.
+pub const KEEP_FINISHED_MAX: usize = 10_000;
+
+/// Drop finished operations past [`KEEP_FINISHED_SECONDS`], then the
+/// oldest finished ones past [`KEEP_FINISHED_MAX`]; running ones stay.
+fn prune_finished(ops: &mut HashMap<String, Op>, now: i64) {
+    let finished_at = |o: &Op| {
+        let o = o.tx.borrow();
+        (o.state != pb::OperationState::Running as i32).then_some(o.finished_unix)
+    };
+    ops.retain(|_, o| finished_at(o).is_none_or(|t| now - t < KEEP_FINISHED_SECONDS));
+    let mut finished: Vec<(i64, String)> = ops
+        .iter()
+        .filter_map(|(id, o)| finished_at(o).map(|t| (t, id.clone())))
+        .collect();
+    if finished.len() > KEEP_FINISHED_MAX {
+        finished.sort();
+        for (_, id) in &finished[..finished.len() - KEEP_FINISHED_MAX] {
+            ops.remove(id);
+        }
+    }
+}
+
 fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -327,13 +353,16 @@ impl Agent {
         };
         let (tx, _) = watch::channel(first.clone());
         let cancel = Arc::new(AtomicBool::new(false));
-        self.ops.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        let mut ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        prune_finished(&mut ops, now_unix());
+        ops.insert(
             id,
             Op {
                 tx: tx.clone(),
                 cancel: cancel.clone(),
             },
         );
+        drop(ops);
         tokio::task::spawn_blocking(move || {
             let last = Mutex::new(Instant::now() - Duration::from_secs(1));
             let report = |phase: &str, done: u64, total: u64| {
@@ -925,4 +954,50 @@ where
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(f(tx));
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(state: pb::OperationState, finished_unix: i64) -> Op {
+        let (tx, _) = watch::channel(pb::AgentOperation {
+            state: state as i32,
+            finished_unix,
+            ..Default::default()
+        });
+        Op {
+            tx,
+            cancel: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn finished_operations_are_pruned_running_ones_stay() {
+        let now = 10 * KEEP_FINISHED_SECONDS;
+        let mut ops = HashMap::new();
+        ops.insert(
+            "old".into(),
+            op(pb::OperationState::Succeeded, now - KEEP_FINISHED_SECONDS),
+        );
+        ops.insert("fresh".into(), op(pb::OperationState::Failed, now - 5));
+        ops.insert("running".into(), op(pb::OperationState::Running, 0));
+        prune_finished(&mut ops, now);
+        let mut left: Vec<&String> = ops.keys().collect();
+        left.sort();
+        assert_eq!(left, ["fresh", "running"]);
+        for i in 0..KEEP_FINISHED_MAX + 5 {
+            ops.insert(
+                format!("f{i}"),
+                op(pb::OperationState::Succeeded, now - 100 + (i % 50) as i64),
+            );
+        }
+        prune_finished(&mut ops, now);
+        assert_eq!(
+            ops.len(),
+            KEEP_FINISHED_MAX + 1,
+            "the running one and the newest finished"
+        );
+        assert!(ops.contains_key("running"));
+    }
 }

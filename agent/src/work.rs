@@ -445,12 +445,22 @@ fn restore_power(hv: &dyn Hypervisor, guest: &GuestRef, was_running: bool) -> Re
 
 /// Finish or undo what a previous run left in the journal.
 pub fn recover(hv: &dyn Hypervisor, journal: &Journal) -> Vec<(String, Result<()>)> {
+    recover_where(hv, journal, |_| true)
+}
+
+/// [`recover`] for the entries whose operation id `pick` accepts (a retry
+/// of what an earlier pass could not finish, beside running operations).
+pub fn recover_where(
+    hv: &dyn Hypervisor,
+    journal: &Journal,
+    pick: impl Fn(&str) -> bool,
+) -> Vec<(String, Result<()>)> {
     let entries = match journal.list() {
         Ok(e) => e,
         Err(e) => return vec![("journal".into(), Err(e))],
     };
     let mut out = Vec::new();
-    for e in entries {
+    for e in entries.into_iter().filter(|e| pick(e.operation_id())) {
         let id = e.operation_id().to_string();
         let r = match &e {
             Entry::Capture {
@@ -471,10 +481,7 @@ pub fn recover(hv: &dyn Hypervisor, journal: &Journal) -> Vec<(String, Result<()
                 volumes,
                 defined_uuid,
                 ..
-            } => {
-                undo_deploy(hv, guest_name, defined_uuid.as_deref(), pool, volumes);
-                Ok(())
-            }
+            } => undo_deploy(hv, guest_name, defined_uuid.as_deref(), pool, volumes),
         };
         if r.is_ok() {
             let _ = journal.remove(&id);
@@ -484,26 +491,37 @@ pub fn recover(hv: &dyn Hypervisor, journal: &Journal) -> Vec<(String, Result<()
     out
 }
 
+/// Remove what a deploy made. Ok when none of it is left (what is gone
+/// already counts as removed); otherwise the first error, after trying
+/// everything.
 fn undo_deploy(
     hv: &dyn Hypervisor,
     name: &str,
     uuid: Option<&str>,
     pool: &str,
     volumes: &[String],
-) {
+) -> Result<()> {
+    let gone = |r: Result<()>| match r {
+        Err(e) if e.kind == Kind::NotFound => Ok(()),
+        other => other,
+    };
+    let mut results = Vec::new();
     if let Some(uuid) = uuid {
         let g = GuestRef {
             name: name.to_string(),
             uuid: uuid.to_string(),
         };
-        if hv.power_state(&g).is_ok_and(|s| s != PowerState::ShutOff) {
-            let _ = hv.force_off(&g);
+        match hv.power_state(&g) {
+            Ok(PowerState::ShutOff) => {}
+            Ok(_) => results.push(gone(hv.force_off(&g))),
+            Err(e) => results.push(gone(Err(e))),
         }
-        let _ = hv.undefine(&g);
+        results.push(gone(hv.undefine(&g)));
     }
     for v in volumes {
-        let _ = hv.delete_volume(pool, v);
+        results.push(gone(hv.delete_volume(pool, v)));
     }
+    results.into_iter().collect()
 }
 
 /// What to deploy, as received (validated by [`deploy`] before it acts).
@@ -812,11 +830,73 @@ pub fn deploy(
             defined_uuid,
             ..
         } = &entry
+        && let Err(e) = retrying(UNDO_PATIENCE, || {
+            report("removing what the deploy made", 0, 0);
+            undo_deploy(hv, guest_name, defined_uuid.as_deref(), pool, volumes)
+        })
     {
-        undo_deploy(hv, guest_name, defined_uuid.as_deref(), pool, volumes);
+        // The journal keeps it: removed at the next start, or by the
+        // recovery pass that retries what a start could not finish.
+        tracing::error!(operation = %spec.operation_id, error = %e, "cannot remove what a failed deploy made; the journal keeps it for a later retry");
+        return r;
     }
     journal.remove(&spec.operation_id)?;
     r
+}
+
+/// How long a failed deploy keeps retrying its cleanup while libvirt does
+/// not answer (a libvirtd restart takes seconds).
+pub const UNDO_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Run `f` until it succeeds or fails with something other than
+/// [`Kind::Unavailable`], for at most `patience` (backing off from 0.5 s to
+/// 5 s).
+pub fn retrying(patience: Duration, mut f: impl FnMut() -> Result<()>) -> Result<()> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match f() {
+            Err(e) if e.kind == Kind::Unavailable && start.elapsed() < patience => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Create volume `name`, recorded in the journal first: a crash (or a
+/// libvirtd that goes away) between creating it and recording it must not
+/// leave a volume nobody removes. A name that exists already is not ours
+/// and leaves the journal again.
+#[allow(clippy::too_many_arguments)]
+fn create_journaled(
+    hv: &dyn Hypervisor,
+    journal: &Journal,
+    entry: &mut Entry,
+    pool: &str,
+    name: &str,
+    format: &str,
+    size: u64,
+) -> Result<String> {
+    let Entry::Deploy { volumes, .. } = entry else {
+        return Err(AgentError::new(
+            Kind::Internal,
+            "not a deploy's journal entry",
+        ));
+    };
+    volumes.push(name.to_string());
+    journal.write(entry)?;
+    match hv.create_volume(pool, name, format, size) {
+        Err(e) if e.kind == Kind::Conflict => {
+            if let Entry::Deploy { volumes, .. } = entry {
+                volumes.retain(|v| v != name);
+            }
+            journal.write(entry)?;
+            Err(e)
+        }
+        other => other,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -852,11 +932,7 @@ fn deploy_steps(
         };
         let vol = format!("{}-{}.{format}", spec.guest_name, target_dev);
         report("creating volumes", done, total);
-        let path = hv.create_volume(&spec.pool, &vol, format, plan.sizes[i])?;
-        if let Entry::Deploy { volumes, .. } = entry {
-            volumes.push(vol.clone());
-        }
-        journal.write(entry)?;
+        let path = create_journaled(hv, journal, entry, &spec.pool, &vol, format, plan.sizes[i])?;
         // A fresh volume reads as zeros: holes need no writes.
         let mut target: Box<dyn imprint_store::source::DiskTarget> = if format == "qcow2" {
             Box::new(crate::qcow2::Qcow2Target::open(&path)?)
@@ -893,11 +969,7 @@ fn deploy_steps(
     cancelled(cancel)?;
     report("writing cloud-init seed", done, total);
     let seed_vol = format!("{}-cidata.img", spec.guest_name);
-    let seed_path = hv.create_volume(&spec.pool, &seed_vol, "raw", 1 << 20)?;
-    if let Entry::Deploy { volumes, .. } = entry {
-        volumes.push(seed_vol.clone());
-    }
-    journal.write(entry)?;
+    let seed_path = create_journaled(hv, journal, entry, &spec.pool, &seed_vol, "raw", 1 << 20)?;
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

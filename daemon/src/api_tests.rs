@@ -914,6 +914,16 @@ async fn copies_between_sites_on(w: World) {
     let img = w.capture("alice", "web").await;
     assert_eq!(img.locations.len(), 1);
     assert_eq!(img.locations[0].site, "default");
+    // What deleting frees at one site, once the accounting ran.
+    let mut at_one_site = 0;
+    for _ in 0..100 {
+        at_one_site = w.get("alice", &img.id).await.expect("get").exclusive_bytes;
+        if at_one_site > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(at_one_site > 0, "the only image holds its chunks alone");
     let copy = |who: &'static str, site: &str| {
         let mut images = w.images.clone();
         let req = w.req(
@@ -978,6 +988,17 @@ async fn copies_between_sites_on(w: World) {
         "{r:?}"
     );
     assert_eq!(r.bytes_verified, r.bytes_sent, "all of it read back");
+    // "Freed if deleted" counts the bytes at every site that holds it (the
+    // alias of the default store counts once).
+    let mut freed = 0;
+    for _ in 0..100 {
+        freed = w.get("alice", &img.id).await.expect("get").exclusive_bytes;
+        if freed == 2 * at_one_site {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(freed, 2 * at_one_site, "both sites' bytes");
     let sites: Vec<(String, i32)> = w
         .get("alice", &img.id)
         .await

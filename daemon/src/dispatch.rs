@@ -496,11 +496,14 @@ impl Dispatcher {
     async fn follow_once(&self, op: &OperationRow) -> Result<(), Status> {
         let host = match self.catalog.host(&op.host).await {
             Ok(h) => h,
-            Err(e) => {
+            // The host is gone from the catalog: the operation cannot end.
+            Err(e @ crate::catalog::CatalogError::NotFound(_)) => {
                 self.fail(op, Code::FailedPrecondition, &e.to_string())
                     .await;
                 return Ok(());
             }
+            // A database blip is no reason to fail the operation: retry.
+            Err(e) => return Err(Status::unavailable(format!("read host {}: {e}", op.host))),
         };
         if op.phase == "queued" {
             // Never acknowledged: send again (idempotent on the id).
@@ -653,7 +656,8 @@ impl Dispatcher {
             Ok(true) => {
                 tracing::info!(op = %op.id, kind = %op.kind, %state, error = %a.error, "operation finished");
                 record_metrics(op, state, a);
-                if creates_image(&op.kind) && state == "succeeded" {
+                // A copy adds a site's bytes to what deleting frees.
+                if (creates_image(&op.kind) || op.kind == "copy") && state == "succeeded" {
                     self.usage_changed();
                 }
                 self.record_damage(op, state, a).await;
@@ -947,32 +951,57 @@ impl Dispatcher {
 
     /// Recompute every image's referenced and exclusive bytes.
     pub async fn refresh_usage(&self) {
-        let Some(store) = self.store.clone() else {
-            return;
-        };
-        let r = tokio::task::spawn_blocking(move || imprint_store::usage::usage(&store)).await;
-        match r {
-            Ok(Ok(u)) => {
-                for (id, why) in &u.unreadable {
-                    tracing::warn!(image = %id, error = %why, "image unreadable in the store");
-                }
-                let rows: Vec<(String, i64, i64)> = u
-                    .images
-                    .iter()
-                    .map(|i| {
-                        (
-                            i.image_id.to_string(),
-                            i.exclusive_bytes as i64,
-                            i.referenced_bytes as i64,
-                        )
-                    })
-                    .collect();
-                if let Err(e) = self.catalog.set_usage(&rows).await {
-                    tracing::warn!(error = %e, "cannot record space accounting");
+        // Every site's store: deleting an image frees its chunks at each
+        // site that holds a copy.
+        let mut stores = Vec::new();
+        match self.catalog.sites().await {
+            Ok(sites) if !sites.is_empty() => {
+                // A store named by two sites counts once.
+                let mut seen: Vec<imprint_store::Location> = Vec::new();
+                for s in sites {
+                    match imprint_store::Location::parse(&s.store) {
+                        Ok(l) if seen.iter().any(|o| o.same_store(&l)) => continue,
+                        Ok(l) => seen.push(l),
+                        Err(_) => {}
+                    }
+                    match self.site_store(&s.name).await {
+                        Ok(st) => stores.push((s.name, st)),
+                        Err(e) => {
+                            tracing::warn!(site = %s.name, error = %e.message(), "space accounting skips a site whose store cannot be opened")
+                        }
+                    }
                 }
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "space accounting failed"),
-            Err(e) => tracing::warn!(error = %e, "space accounting panicked"),
+            Ok(_) => stores.extend(self.store.clone().map(|s| ("default".to_string(), s))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list sites for space accounting");
+                return;
+            }
+        }
+        let mut totals: HashMap<String, (i64, i64)> = HashMap::new();
+        for (site, store) in stores {
+            let r = tokio::task::spawn_blocking(move || imprint_store::usage::usage(&store)).await;
+            match r {
+                Ok(Ok(u)) => {
+                    for (id, why) in &u.unreadable {
+                        tracing::warn!(%site, image = %id, error = %why, "image unreadable in the store");
+                    }
+                    for i in &u.images {
+                        let t = totals.entry(i.image_id.to_string()).or_default();
+                        t.0 += i.exclusive_bytes as i64;
+                        t.1 += i.referenced_bytes as i64;
+                    }
+                }
+                Ok(Err(e)) => tracing::warn!(%site, error = %e, "space accounting failed"),
+                Err(e) => tracing::warn!(%site, error = %e, "space accounting panicked"),
+            }
+        }
+        let rows: Vec<(String, i64, i64)> = totals
+            .into_iter()
+            .map(|(id, (exclusive, referenced))| (id, exclusive, referenced))
+            .collect();
+        if let Err(e) = self.catalog.set_usage(&rows).await {
+            tracing::warn!(error = %e, "cannot record space accounting");
         }
     }
 }

@@ -207,7 +207,12 @@ pub fn copy_image_with(
         }
         if verify {
             let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-            let v = crate::verify::verify_images(dst, std::slice::from_ref(&manifest), threads)?;
+            let v = crate::verify::verify_images_until(
+                dst,
+                std::slice::from_ref(&manifest),
+                threads,
+                cancel,
+            )?;
             if !v.is_ok() {
                 return Err(Error::corrupt(format!(
                     "the copy of image {id} failed its check at the destination ({} missing, {} corrupt chunks, {} unreadable indexes)",

@@ -64,10 +64,24 @@ pub fn verify_images(
     manifests: &[Manifest],
     threads: usize,
 ) -> Result<VerifyReport> {
+    verify_images_until(store, manifests, threads, None)
+}
+
+/// [`verify_images`] that stops with a cancelled error once `cancel` is
+/// set (a copy being cancelled while it verifies).
+pub fn verify_images_until(
+    store: &Store,
+    manifests: &[Manifest],
+    threads: usize,
+    cancel: Option<&std::sync::atomic::AtomicBool>,
+) -> Result<VerifyReport> {
     let started = Instant::now();
     let mut report = VerifyReport::default();
     let refs = collect_refs(store, manifests.iter().cloned().map(Ok), &mut report);
-    check_chunks(store, refs, threads, &mut report);
+    check_chunks(store, refs, threads, cancel, &mut report);
+    if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+        return Err(crate::Error::cancelled());
+    }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -90,7 +104,7 @@ pub fn verify_store(store: &Store, threads: usize) -> Result<VerifyReport> {
         refs.entry(c.digest).or_default();
         Ok(())
     })?;
-    check_chunks(store, refs, threads, &mut report);
+    check_chunks(store, refs, threads, None, &mut report);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -132,7 +146,13 @@ fn collect_refs(
     refs
 }
 
-fn check_chunks(store: &Store, refs: Refs, threads: usize, report: &mut VerifyReport) {
+fn check_chunks(
+    store: &Store,
+    refs: Refs,
+    threads: usize,
+    cancel: Option<&std::sync::atomic::AtomicBool>,
+    report: &mut VerifyReport,
+) {
     let work: Vec<(ChunkDigest, BTreeSet<ImageId>)> = refs.into_iter().collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let out = Mutex::new((Vec::new(), Vec::new(), 0u64, 0u64));
@@ -144,6 +164,9 @@ fn check_chunks(store: &Store, refs: Refs, threads: usize, report: &mut VerifyRe
                 };
                 let (mut blob, mut raw) = (Vec::new(), Vec::new());
                 loop {
+                    if cancel.is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed)) {
+                        break;
+                    }
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let Some((digest, images)) = work.get(i) else {
                         break;

@@ -26,7 +26,7 @@ use imprint_store::{
     restore::{RestoreOptions, restore_disk},
     source::{DiskSource, FileSource, FileTarget, ReadSeekSource, WriteSeekTarget},
     usage::usage,
-    verify::{verify_images, verify_store},
+    verify::{verify_images, verify_images_until, verify_store},
 };
 use sha2::{Digest, Sha256};
 
@@ -473,6 +473,11 @@ fn missing_and_corrupt_chunks_are_named(kind: Kind) {
     let bytes = fs::read(&p).expect("read");
     fs::write(&p, &bytes[..bytes.len() / 2]).expect("truncate");
 
+    // A verify that is cancelled stops with CANCELLED, not a verdict.
+    let stop = std::sync::atomic::AtomicBool::new(true);
+    let e = verify_images_until(&store, std::slice::from_ref(&m), 2, Some(&stop))
+        .expect_err("cancelled");
+    assert_eq!(e.kind(), ErrorKind::Cancelled, "{e}");
     let report = verify_images(&store, std::slice::from_ref(&m), 2).expect("verify");
     assert!(!report.is_ok());
     assert_eq!(report.missing.len(), 1);

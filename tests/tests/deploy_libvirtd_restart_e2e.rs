@@ -1,0 +1,193 @@
+//! libvirtd goes away in the middle of a deploy, after its volume was
+//! written: the deploy fails with UNAVAILABLE and leaves nothing behind
+//! once libvirtd is back (the agent keeps retrying its cleanup, journaled
+//! before anything was created), and a retry under the same name works.
+//! (Its own test binary: it stops the libvirtd every other test uses.)
+
+use std::time::{Duration, Instant};
+
+use imprint_proto::v1 as pb;
+use imprint_tests::*;
+
+fn libvirtd_answers() -> bool {
+    std::process::Command::new("virsh")
+        .args(["-c", "qemu:///system", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn start_libvirtd() {
+    if !libvirtd_answers() {
+        let _ = std::process::Command::new("libvirtd").arg("-d").status();
+        let start = Instant::now();
+        while !libvirtd_answers() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "libvirtd did not come back"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// libvirtd runs again when the test ends, whatever happened. Declared
+/// after every guard that needs libvirt to clean up (locals drop in
+/// reverse order, so it runs first).
+struct LibvirtdBack;
+
+impl Drop for LibvirtdBack {
+    fn drop(&mut self) {
+        start_libvirtd();
+    }
+}
+
+async fn phase_reached(
+    client: &mut pb::agent_service_client::AgentServiceClient<tonic::transport::Channel>,
+    id: &str,
+    phase: &str,
+) -> pb::AgentOperation {
+    let start = Instant::now();
+    loop {
+        let cur = client
+            .get_operation(pb::GetOperationRequest {
+                operation_id: id.into(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        if cur.phase == phase {
+            return cur;
+        }
+        assert_eq!(
+            cur.state,
+            pb::OperationState::Running as i32,
+            "ended before {phase:?}: {cur:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no {phase:?} phase: {cur:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_failing_in_a_libvirtd_restart_leaves_nothing() {
+    let f = Fixture::new();
+    // A shut-off guest with 768 MiB of incompressible data: its deploy
+    // writes (with fsync) long enough to stop libvirtd in the middle.
+    let disk = f.wd.path().join("pool-a").join("big-vda.raw");
+    run(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", disk.display()),
+            "bs=1M",
+            "count=768",
+            "status=none",
+        ],
+    );
+    let name = format!("imp-{}-big", f.tag);
+    let log = f.wd.path().join("big.log");
+    let _src = Domain::define(
+        &name,
+        &busybox_xml(
+            &name,
+            &f.guest,
+            f.wd.path(),
+            &[(&disk, "raw")],
+            &log,
+            free_udp_port(),
+        ),
+        f.wd.path(),
+    );
+    let mut client = f.client().await;
+    let captured = capture(
+        &mut client,
+        pb::CaptureRequest {
+            guest: name.clone(),
+            image_name: "big".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_succeeded(&captured);
+    let image_id = captured.capture.expect("result").image_id;
+
+    let copy = format!("imp-{}-copy", f.tag);
+    let _copy = Domain::adopt(&copy);
+    let _back = LibvirtdBack;
+    let deploy = || pb::DeployRequest {
+        image_id: image_id.clone(),
+        guest_name: copy.clone(),
+        ..Default::default()
+    };
+    let op = client
+        .deploy(deploy())
+        .await
+        .expect("deploy accepted")
+        .into_inner();
+    // While the volume is written, libvirtd goes away; the deploy's next
+    // libvirt call (the seed volume) fails.
+    phase_reached(&mut client, &op.operation_id, "writing volumes").await;
+    let pkill = std::process::Command::new("pkill")
+        .args(["-x", "libvirtd"])
+        .status()
+        .expect("pkill");
+    assert!(pkill.success());
+    // The agent tries to remove what it made, and keeps trying while
+    // libvirtd is down: the operation is still running.
+    let cleaning = phase_reached(
+        &mut client,
+        &op.operation_id,
+        "removing what the deploy made",
+    )
+    .await;
+    assert_eq!(cleaning.state, pb::OperationState::Running as i32);
+    let volumes: Vec<String> = std::fs::read_dir(&f.pool_b.dir)
+        .expect("ls pool")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&copy))
+        .collect();
+    assert!(
+        !volumes.is_empty(),
+        "the volume was written before the fault"
+    );
+    start_libvirtd();
+    let done = watch(&mut client, &op.operation_id).await;
+    assert_eq!(done.state, pb::OperationState::Failed as i32, "{done:?}");
+    assert_eq!(
+        done.error_code,
+        tonic::Code::Unavailable as i32,
+        "{}",
+        done.error
+    );
+    // Nothing is left: no volume in the pool, no domain, no journal entry.
+    let left: Vec<String> = std::fs::read_dir(&f.pool_b.dir)
+        .expect("ls pool")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&copy))
+        .collect();
+    assert!(left.is_empty(), "left in the pool: {left:?}");
+    assert!(
+        !virsh(&["list", "--all", "--name"])
+            .lines()
+            .any(|n| n == copy),
+        "no domain left"
+    );
+    assert_eq!(
+        std::fs::read_dir(f.wd.path().join("journal"))
+            .expect("journal")
+            .count(),
+        0,
+        "journal entry removed"
+    );
+    // The same name deploys now.
+    let again = client
+        .deploy(deploy())
+        .await
+        .expect("retry accepted")
+        .into_inner();
+    let again = watch(&mut client, &again.operation_id).await;
+    assert_succeeded(&again);
+}
