@@ -21,11 +21,12 @@ BACKPORTS_PKGS=(
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-driver-storage
     libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
 )
-# Build tools, test services and what tests/guests/*.sh use; openssl (TLS
-# test certificates), python3 (demo), systemd (systemd-analyze in tests).
+# Build tools, test services and what tests/guests/*.sh use (grub-pc-bin:
+# the grub guest's boot loader); openssl (TLS test certificates), python3
+# (demo), systemd (systemd-analyze in tests).
 MAIN_PKGS=(
     protobuf-compiler pkg-config zstd postgresql
-    debootstrap busybox-static e2fsprogs dosfstools mtools
+    debootstrap busybox-static e2fsprogs dosfstools mtools grub-pc-bin
     cpio kmod gzip xz-utils util-linux procps openssl python3 systemd
 )
 

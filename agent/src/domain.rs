@@ -28,6 +28,18 @@ pub struct GuestConfig {
     pub nics: Vec<NicConfig>,
     /// ACPI is enabled (without it a guest cannot be shut down gracefully).
     pub acpi: bool,
+    /// A serial console (ttyS0) is defined; configurations recorded before
+    /// this field existed always had one.
+    #[serde(default = "yes")]
+    pub serial_console: bool,
+    /// Whether the first disk has an EFI system partition, when an import
+    /// looked (`None`: not inspected, as for captures so far).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub esp: Option<bool>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// How the guest boots.
@@ -99,6 +111,51 @@ pub struct NicConfig {
     pub udp_remote: Option<String>,
     /// MAC at capture: recorded, never reused on deploy.
     pub mac: String,
+}
+
+/// Where a NIC without an attachment of its own (an imported image's, or
+/// one a profile added) goes on this host: `network:NAME`, `bridge:NAME`,
+/// or `udp` (a tunnel on loopback that reaches nothing; for tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NicAttachment {
+    /// A libvirt network.
+    Network(String),
+    /// A host bridge.
+    Bridge(String),
+    /// A UDP tunnel on 127.0.0.1.
+    Udp,
+}
+
+impl Default for NicAttachment {
+    fn default() -> Self {
+        Self::Network("default".into())
+    }
+}
+
+impl std::str::FromStr for NicAttachment {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some(("network", n)) if !n.is_empty() => Ok(Self::Network(n.into())),
+            Some(("bridge", n)) if !n.is_empty() => Ok(Self::Bridge(n.into())),
+            None if s == "udp" => Ok(Self::Udp),
+            _ => Err(format!(
+                "NIC attachment {s:?}: write network:NAME, bridge:NAME or udp"
+            )),
+        }
+    }
+}
+
+impl NicAttachment {
+    /// Attach `nic` here.
+    pub fn attach(&self, nic: &mut NicConfig) {
+        (nic.kind, nic.source) = match self {
+            Self::Network(n) => ("network".into(), Some(n.clone())),
+            Self::Bridge(b) => ("bridge".into(), Some(b.clone())),
+            Self::Udp => ("udp".into(), None),
+        };
+    }
 }
 
 /// Why a domain XML cannot be read.
@@ -252,8 +309,143 @@ impl GuestConfig {
             disks,
             nics,
             acpi,
+            serial_console: true,
+            esp: None,
         })
     }
+
+    /// UEFI needs an EFI system partition: refuse it for an image whose
+    /// first disk was seen to have none.
+    pub fn check_firmware(&self) -> Result<(), crate::error::AgentError> {
+        if self.firmware.kind == "efi" && self.esp == Some(false) {
+            return Err(crate::error::AgentError::new(
+                crate::error::Kind::FailedPrecondition,
+                "UEFI firmware needs an EFI system partition, and the image's first disk has none (it boots with BIOS)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configuration an imported image records when its importer gives
+    /// no hardware: BIOS, libvirt's default machine, one virtio disk per
+    /// imported disk, one virtio NIC on the host's default network, 1 vCPU,
+    /// 1 GiB, a serial console, ACPI. Profiles and deploy fields change
+    /// it like a captured one.
+    pub fn imported(name: &str, disk_sizes: &[u64]) -> Self {
+        Self {
+            name: name.to_string(),
+            uuid: String::new(),
+            domain_type: String::new(),
+            vcpus: 1,
+            memory_kib: 1 << 20,
+            arch: "x86_64".into(),
+            machine: String::new(),
+            firmware: Firmware {
+                kind: "bios".into(),
+                ..Default::default()
+            },
+            disks: disk_sizes
+                .iter()
+                .enumerate()
+                .map(|(i, size)| DiskConfig {
+                    device: "disk".into(),
+                    target_dev: format!("vd{}", disk_letter(i)),
+                    bus: "virtio".into(),
+                    format: "raw".into(),
+                    source_path: None,
+                    source_pool: None,
+                    source_volume: None,
+                    readonly: false,
+                    size_bytes: *size,
+                })
+                .collect(),
+            nics: vec![NicConfig {
+                kind: String::new(),
+                model: "virtio".into(),
+                source: None,
+                udp_local: None,
+                udp_remote: None,
+                mac: String::new(),
+            }],
+            acpi: true,
+            serial_console: true,
+            esp: None,
+        }
+    }
+
+    /// Apply a hardware profile's given fields over this configuration.
+    pub fn apply(&mut self, h: &imprint_proto::hardware::Hardware) {
+        use imprint_proto::hardware::{DiskBus, Firmware as Fw, Machine};
+        if let Some(v) = h.vcpus {
+            self.vcpus = v;
+        }
+        if let Some(m) = h.memory_mib {
+            self.memory_kib = m * 1024;
+        }
+        if let Some(f) = h.firmware {
+            self.firmware.kind = match f {
+                Fw::Bios => "bios",
+                Fw::Uefi => "efi",
+            }
+            .into();
+            // An explicit loader path belongs to the old firmware.
+            self.firmware.loader = None;
+        }
+        if let Some(m) = h.machine {
+            self.machine = match m {
+                Machine::Pc => "pc",
+                Machine::Q35 => "q35",
+            }
+            .into();
+        }
+        if let Some(bus) = h.disk_bus {
+            let (prefix, name) = match bus {
+                DiskBus::Virtio => ("vd", "virtio"),
+                DiskBus::Sata => ("sd", "sata"),
+                DiskBus::Scsi => ("sd", "scsi"),
+            };
+            for (i, d) in self
+                .disks
+                .iter_mut()
+                .filter(|d| d.is_capturable())
+                .enumerate()
+            {
+                d.bus = name.into();
+                d.target_dev = format!("{prefix}{}", disk_letter(i));
+            }
+        }
+        if let Some(n) = h.nic_count {
+            let template = NicConfig {
+                kind: String::new(),
+                model: "virtio".into(),
+                source: None,
+                udp_local: None,
+                udp_remote: None,
+                mac: String::new(),
+            };
+            self.nics.resize(n as usize, template);
+        }
+        if let Some(m) = h.nic_model {
+            for nic in &mut self.nics {
+                nic.model = m.as_str().into();
+            }
+        }
+        if let Some(s) = h.serial_console {
+            self.serial_console = s;
+        }
+    }
+}
+
+/// `a`, `b`, ... `z`, `aa`, ... for the `i`th disk.
+fn disk_letter(i: usize) -> String {
+    let mut s = String::new();
+    let mut n = i + 1;
+    while n > 0 {
+        n -= 1;
+        s.insert(0, (b'a' + (n % 26) as u8) as char);
+        n /= 26;
+    }
+    s
 }
 
 /// XML-escape text and attribute values.
@@ -352,6 +544,9 @@ impl NewDomain<'_> {
         x.push_str("  </os>\n  <features><acpi/><apic/></features>\n");
         x.push_str("  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n");
         x.push_str("  <devices>\n");
+        if self.disks.iter().any(|d| d.bus == "scsi") {
+            x.push_str("    <controller type='scsi' model='virtio-scsi'/>\n");
+        }
         for d in &self.disks {
             x.push_str(&format!(
                 "    <disk type='file' device='disk'>\n      <driver name='qemu' type='{}'/>\n      <source file='{}'/>\n      <target dev='{}' bus='{}'/>\n{}    </disk>\n",
@@ -405,6 +600,7 @@ impl NewDomain<'_> {
             ));
         }
         match &self.console_log {
+            _ if !b.serial_console => {}
             Some(log) => x.push_str(&format!(
                 "    <serial type='pty'>\n      <log file='{}' append='on'/>\n      <target port='0'/>\n    </serial>\n    <console type='pty'><target type='serial' port='0'/></console>\n",
                 esc(log)

@@ -51,6 +51,11 @@ struct Args {
     /// readable by that group.
     #[arg(long)]
     export_group: Option<String>,
+    /// Where NICs without an attachment of their own (imported images, NICs
+    /// a profile adds) go: `network:NAME` (default `network:default`),
+    /// `bridge:NAME`, or `udp` (a loopback tunnel, for tests).
+    #[arg(long)]
+    default_nic: Option<String>,
     /// This agent's certificate (PEM). With --tls-key and --tls-ca: serve
     /// TLS, require daemons to present a certificate signed by the CA, and
     /// present this one to the daemon.
@@ -117,6 +122,7 @@ struct FileConfig {
     socket_group: Option<String>,
     host_token_file: Option<PathBuf>,
     export_group: Option<String>,
+    default_nic: Option<String>,
     journal_dir: Option<PathBuf>,
     default_pool: Option<String>,
     domain_type: Option<String>,
@@ -227,6 +233,13 @@ async fn main() -> Result<()> {
             args.import_url_prefixes
         },
         export_group: export_gid,
+        default_nic: args
+            .default_nic
+            .or(file.default_nic)
+            .map(|n| n.parse())
+            .transpose()
+            .map_err(anyhow::Error::msg)?
+            .unwrap_or_default(),
     };
     if let Some(dir) = &settings.transfer_dir {
         std::fs::create_dir_all(dir)

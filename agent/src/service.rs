@@ -47,6 +47,16 @@ pub struct Settings {
     pub import_url_prefixes: Vec<String>,
     /// Exported files are 0600, or 0640 with this group.
     pub export_group: Option<u32>,
+    /// Where NICs without an attachment of their own go (imported images).
+    pub default_nic: crate::domain::NicAttachment,
+}
+
+/// A request's hardware, checked at the edge.
+fn hardware(p: Option<&pb::HardwareProfile>) -> Result<imprint_proto::hardware::Hardware, Status> {
+    p.map(imprint_proto::hardware::Hardware::try_from)
+        .transpose()
+        .map_err(Status::invalid_argument)
+        .map(Option::unwrap_or_default)
 }
 
 struct Op {
@@ -299,6 +309,7 @@ impl Agent {
         object.size().await.map_err(status)?;
         let store = self.ctx.store.clone();
         let handle = tokio::runtime::Handle::current();
+        let hw = hardware(r.hardware.as_ref())?;
         let op = self.launch(
             id,
             pb::OperationKind::Import,
@@ -312,6 +323,7 @@ impl Agent {
                     want,
                     &r.image_name,
                     image_id,
+                    &hw,
                     cancel,
                     report,
                 )?;
@@ -493,6 +505,12 @@ fn import_result(r: &imprint_store::capture::CaptureReport) -> pb::CaptureResult
         read_seconds: r.stats.seconds,
         disks: captured_disks(&r.manifest),
         config_json: r.manifest.config.to_string(),
+        warnings: r
+            .manifest
+            .labels
+            .get(transfer::WARNINGS_LABEL)
+            .map(|w| w.lines().map(str::to_string).collect())
+            .unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -572,6 +590,7 @@ impl AgentService for Agent {
                     final_power_state: power(o.final_state) as i32,
                     disks: captured_disks(&o.manifest),
                     config_json: o.manifest.config.to_string(),
+                    warnings: Vec::new(),
                 }))
             },
         );
@@ -643,6 +662,8 @@ impl AgentService for Agent {
             start: r.start,
             domain_type: self.settings.domain_type.clone(),
             console_log_dir: self.settings.console_log_dir.clone(),
+            hardware: hardware(r.hardware.as_ref())?,
+            default_nic: self.settings.default_nic.clone(),
         };
         // Refuse bad input now, as an error of this call.
         // The image may come from another site's store.
@@ -706,13 +727,22 @@ impl AgentService for Agent {
         let check = path.clone();
         blocking(move || transfer::check_import(&check, want).map(|_| ())).await?;
         let store = self.ctx.store.clone();
+        let hw = hardware(r.hardware.as_ref())?;
         let op = self.launch(
             id,
             pb::OperationKind::Import,
             String::new(),
             move |cancel, report| {
-                let r =
-                    transfer::import(&store, &path, want, &r.image_name, image_id, cancel, report)?;
+                let r = transfer::import(
+                    &store,
+                    &path,
+                    want,
+                    &r.image_name,
+                    image_id,
+                    &hw,
+                    cancel,
+                    report,
+                )?;
                 Ok(Finished::Capture(import_result(&r)))
             },
         );

@@ -28,6 +28,8 @@ use imprint_store::{
     source::{DiskSource, DiskTarget, FileSource, FileTarget},
 };
 
+use imprint_proto::hardware::Hardware;
+
 use crate::{
     error::{AgentError, Kind, Result},
     work::Report,
@@ -240,18 +242,25 @@ pub fn check_import(path: &Path, want: Option<Format>) -> Result<Format> {
 }
 
 /// Import the disk image at `path` as a new image named `name`.
+#[allow(clippy::too_many_arguments)]
 pub fn import(
     store: &Store,
     path: &Path,
     want: Option<Format>,
     name: &str,
     image_id: Option<ImageId>,
+    hardware: &Hardware,
     cancel: &Arc<AtomicBool>,
     report: Report<'_>,
 ) -> Result<imprint_store::capture::CaptureReport> {
     let origin = path.display().to_string();
-    import_from(store, path, &origin, want, name, image_id, cancel, report)
+    import_from(
+        store, path, &origin, want, name, image_id, hardware, cancel, report,
+    )
 }
+
+/// The label that keeps what an import warned about (lines).
+pub const WARNINGS_LABEL: &str = "imprint.import_warnings";
 
 /// [`import`] of a file that came from `origin` (a URL it was downloaded
 /// from), recorded in the image's labels.
@@ -263,20 +272,36 @@ pub fn import_from(
     want: Option<Format>,
     name: &str,
     image_id: Option<ImageId>,
+    hardware: &Hardware,
     cancel: &Arc<AtomicBool>,
     report: Report<'_>,
 ) -> Result<imprint_store::capture::CaptureReport> {
     imprint_store::manifest::validate_name(name)?;
     let format = check_import(path, want)?;
     report("reading disk", 0, 0);
-    let source: Box<dyn DiskSource> = match format {
+    let mut source: Box<dyn DiskSource> = match format {
         Format::Raw => Box::new(FileSource::open(path).map_err(|e| io("open", path, e))?),
         Format::Qcow2 => crate::qcow2::open(&path.to_string_lossy())?,
     };
+    // An imported disk gets a configuration like a captured guest's: the
+    // documented default, with the importer's hardware over it.
+    let layout = crate::partitions::inspect(&mut *source);
+    let mut config = crate::domain::GuestConfig::imported(name, &[source.size_bytes()]);
+    config.esp = Some(layout.esp);
+    config.apply(hardware);
+    config.check_firmware()?;
+    let mut labels: std::collections::BTreeMap<String, String> =
+        [("imprint.imported_from".to_string(), origin.to_string())].into();
+    let warnings = layout.warnings();
+    if !warnings.is_empty() {
+        labels.insert(WARNINGS_LABEL.into(), warnings.join("\n"));
+    }
     let opts = CaptureOptions {
         cancel: Some(cancel.clone()),
         image_id,
-        labels: [("imprint.imported_from".to_string(), origin.to_string())].into(),
+        labels,
+        config: serde_json::to_value(&config)
+            .map_err(|e| AgentError::new(Kind::Internal, format!("record configuration: {e}")))?,
         ..Default::default()
     };
     let disk = DiskInput {

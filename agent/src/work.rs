@@ -555,6 +555,11 @@ pub struct DeploySpec {
     pub domain_type: String,
     /// Directory for serial console logs (`<dir>/<guest>.log`).
     pub console_log_dir: Option<PathBuf>,
+    /// Hardware over the image's recorded configuration.
+    pub hardware: imprint_proto::hardware::Hardware,
+    /// Where NICs without an attachment of their own (imported images)
+    /// go on this host.
+    pub default_nic: crate::domain::NicAttachment,
 }
 
 /// One NIC as requested.
@@ -640,7 +645,7 @@ fn plan(spec: &DeploySpec, manifest: &imprint_store::Manifest) -> Result<Plan> {
             ),
         ));
     }
-    let config: GuestConfig = serde_json::from_value(manifest.config.clone()).map_err(|e| {
+    let mut config: GuestConfig = serde_json::from_value(manifest.config.clone()).map_err(|e| {
         AgentError::new(
             Kind::FailedPrecondition,
             format!(
@@ -649,6 +654,11 @@ fn plan(spec: &DeploySpec, manifest: &imprint_store::Manifest) -> Result<Plan> {
             ),
         )
     })?;
+    // Every deploy, of a captured, imported or copied image, goes through
+    // here: the recorded configuration, then the hardware profile, then
+    // the request's own vCPUs and memory (applied when the domain is made).
+    config.apply(&spec.hardware);
+    config.check_firmware()?;
     if spec.disk_sizes_bytes.len() > manifest.disks.len() {
         return Err(AgentError::new(
             Kind::InvalidArgument,
@@ -999,7 +1009,17 @@ fn deploy_steps(
     // A UDP NIC is a point-to-point tunnel: two guests cannot share its
     // local end, so the new guest gets a free local port.
     let mut base = plan.config.clone();
+    for nic in base.nics.iter_mut().filter(|n| n.kind.is_empty()) {
+        spec.default_nic.attach(nic);
+    }
     for nic in base.nics.iter_mut().filter(|n| n.kind == "udp") {
+        if nic.udp_remote.is_none() {
+            let port = std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .map_err(|e| AgentError::new(Kind::Internal, format!("find a free UDP port: {e}")))?
+                .port();
+            nic.udp_remote = Some(format!("127.0.0.1:{port}"));
+        }
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .and_then(|s| s.local_addr())
             .map_err(|e| AgentError::new(Kind::Internal, format!("find a free UDP port: {e}")))?

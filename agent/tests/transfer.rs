@@ -12,6 +12,7 @@ use imprint_agent::{
     error::Kind,
     transfer::{Format, export, import},
 };
+use imprint_proto::hardware::Hardware;
 use imprint_store::{Store, StoreConfig};
 
 fn qemu_img(args: &[&str]) -> std::process::Output {
@@ -59,7 +60,17 @@ fn raw_and_qcow2_round_trips_compare_equal_with_qemu_img() {
     let cancel = Arc::new(AtomicBool::new(false));
     let raw = tmp.path().join("disk.raw");
     raw_disk(&raw);
-    let r = import(&store, &raw, None, "from-raw", None, &cancel, &nothing()).expect("import raw");
+    let r = import(
+        &store,
+        &raw,
+        None,
+        "from-raw",
+        None,
+        &Hardware::default(),
+        &cancel,
+        &nothing(),
+    )
+    .expect("import raw");
     assert_eq!(r.manifest.disks[0].size_bytes, 24 << 20);
     assert_eq!(
         r.manifest
@@ -130,6 +141,7 @@ fn raw_and_qcow2_round_trips_compare_equal_with_qemu_img() {
         Some(Format::Qcow2),
         "from-qcow2",
         None,
+        &Hardware::default(),
         &cancel,
         &nothing(),
     )
@@ -244,7 +256,17 @@ fn files_that_are_not_importable_are_refused_and_store_nothing() {
         ("plain.raw", Some(Format::Qcow2), "not qcow2"),
     ];
     for (file, want, says) in cases {
-        let e = import(&store, &p(file), want, "x", None, &cancel, &nothing()).expect_err(file);
+        let e = import(
+            &store,
+            &p(file),
+            want,
+            "x",
+            None,
+            &Hardware::default(),
+            &cancel,
+            &nothing(),
+        )
+        .expect_err(file);
         assert_eq!(e.kind, Kind::InvalidArgument, "{file}: {e}");
         assert!(e.message.contains(says), "{file}: {e}");
     }
@@ -254,6 +276,7 @@ fn files_that_are_not_importable_are_refused_and_store_nothing() {
         None,
         "x",
         None,
+        &Hardware::default(),
         &cancel,
         &nothing(),
     )

@@ -53,6 +53,12 @@ pub enum ImageCommand {
         /// Wait until done, with progress; exit non-zero if it fails.
         #[arg(long)]
         wait: bool,
+        /// Hardware profile of the new image (flags below go over it;
+        /// without either: BIOS, one virtio disk and NIC, 1 vCPU, 1 GiB).
+        #[arg(long)]
+        profile: Option<String>,
+        #[command(flatten)]
+        hardware: crate::profile_cmd::HardwareArgs,
     },
     /// Write one disk of an image to a new raw or qcow2 file on a host.
     Export {
@@ -104,6 +110,21 @@ pub enum ImageCommand {
         /// Replace the tags (repeat; `--tag ''` alone clears them).
         #[arg(long = "tag")]
         tags: Option<Vec<String>>,
+        /// Replace the recommended profiles (repeat; `''` alone clears).
+        #[arg(long = "recommend-profile")]
+        recommended_profiles: Option<Vec<String>>,
+        /// Deploys below this many vCPUs are refused (0: no minimum).
+        #[arg(long)]
+        min_vcpus: Option<u32>,
+        /// Deploys below this memory are refused (`2G`; 0: no minimum).
+        #[arg(long, value_parser = parse_size_or_zero)]
+        min_memory: Option<u64>,
+        /// Hardware every deploy gets unless it names a profile (replaces
+        /// what was set; `--clear-hardware` removes it).
+        #[command(flatten)]
+        hardware: crate::profile_cmd::HardwareArgs,
+        #[arg(long, conflicts_with = "vcpus")]
+        clear_hardware: bool,
     },
     /// Delete an image (its chunks are reclaimed by GC unless shared).
     Delete {
@@ -234,6 +255,10 @@ pub struct DeployArgs {
     /// Memory (`2G`, `512MiB`).
     #[arg(long, value_parser = parse_size)]
     memory: Option<u64>,
+    /// Hardware profile (flavor) over the image's configuration; --vcpus
+    /// and --memory still override it.
+    #[arg(long, default_value = "")]
+    profile: String,
     /// Guest host name.
     #[arg(long, default_value = "")]
     hostname: String,
@@ -306,6 +331,11 @@ pub enum HostCommand {
     List,
     /// The sites (named stores) and how many hosts each has.
     Sites,
+}
+
+/// [`parse_size`] that also takes 0.
+fn parse_size_or_zero(s: &str) -> Result<u64, String> {
+    if s == "0" { Ok(0) } else { parse_size(s) }
 }
 
 /// `20G`, `512MiB`, `1T`, `4096`: binary units (like qemu-img).
@@ -433,6 +463,9 @@ fn image_json(i: &pb::Image) -> Value {
         "created_unix": i.created_unix, "updated_unix": i.updated_unix,
         "locations": i.locations.iter().map(|l| json!({"site": l.site, "state": location_state_name(l.state)})).collect::<Vec<_>>(),
         "damage": i.damage,
+        "recommended_profiles": i.recommended_profiles,
+        "min_vcpus": i.min_vcpus, "min_memory_mib": i.min_memory_mib,
+        "hardware": i.hardware.as_ref().map(crate::profile_cmd::profile_json),
     })
 }
 
@@ -506,6 +539,35 @@ fn image_fields(i: &pb::Image) -> String {
     ];
     if !i.damage.is_empty() {
         f.push(("DAMAGED", i.damage.clone()));
+    }
+    if !i.recommended_profiles.is_empty() {
+        f.push(("recommended profiles", i.recommended_profiles.join(", ")));
+    }
+    if i.min_vcpus > 0 || i.min_memory_mib > 0 {
+        f.push((
+            "requires",
+            format!("{} vCPU, {} MiB", i.min_vcpus, i.min_memory_mib),
+        ));
+    }
+    if let Some(h) = &i.hardware {
+        f.push(("hardware", crate::profile_cmd::profile_summary(h)));
+    }
+    if let Ok(c) = serde_json::from_str::<Value>(&i.config_json)
+        && c.is_object()
+    {
+        f.push((
+            "configuration",
+            format!(
+                "{} vCPU, {} MiB, {} firmware{}",
+                c["vcpus"],
+                c["memory_kib"].as_u64().unwrap_or(0) / 1024,
+                c["firmware"]["kind"].as_str().unwrap_or("?"),
+                match c["machine"].as_str() {
+                    Some(m) if !m.is_empty() => format!(", machine {m}"),
+                    _ => String::new(),
+                }
+            ),
+        ));
     }
     for (n, d) in i.disks.iter().enumerate() {
         f.push((
@@ -791,6 +853,7 @@ async fn image_inner(cmd: ImageCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> 
                     }),
                     user_data,
                     start: a.start,
+                    profile: a.profile,
                 })
                 .await?
                 .into_inner();
@@ -805,6 +868,8 @@ async fn image_inner(cmd: ImageCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> 
             tags,
             request_id,
             wait,
+            profile,
+            hardware,
         } => {
             let format = match disk_format.as_deref() {
                 None => pb::DiskFormat::Unspecified as i32,
@@ -820,6 +885,8 @@ async fn image_inner(cmd: ImageCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> 
                     name,
                     notes,
                     tags,
+                    profile: profile.unwrap_or_default(),
+                    hardware: Some(hardware.to_pb("")),
                 })
                 .await?
                 .into_inner();
@@ -878,8 +945,23 @@ async fn image_inner(cmd: ImageCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> 
             name,
             notes,
             tags,
+            recommended_profiles,
+            min_vcpus,
+            min_memory,
+            hardware,
+            clear_hardware,
         } => {
             let mut mask = Vec::new();
+            for (given, field) in [
+                (recommended_profiles.is_some(), "recommended_profiles"),
+                (min_vcpus.is_some(), "min_vcpus"),
+                (min_memory.is_some(), "min_memory_mib"),
+                (hardware.any() || clear_hardware, "hardware"),
+            ] {
+                if given {
+                    mask.push(field.to_string());
+                }
+            }
             if name.is_some() {
                 mask.push("name".to_string());
             }
@@ -891,7 +973,7 @@ async fn image_inner(cmd: ImageCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> 
             }
             if mask.is_empty() {
                 bail!(usage(
-                    "nothing to update: give --name, --notes or --tag".into()
+                    "nothing to update: give --name, --notes, --tag, --recommend-profile, --min-vcpus, --min-memory or hardware flags".into()
                 ));
             }
             let tags: Vec<String> = tags
@@ -907,6 +989,14 @@ async fn image_inner(cmd: ImageCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> 
                     name: name.unwrap_or_default(),
                     notes: notes.unwrap_or_default(),
                     tags,
+                    recommended_profiles: recommended_profiles
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|p| !p.is_empty())
+                        .collect(),
+                    min_vcpus: min_vcpus.unwrap_or(0),
+                    min_memory_mib: min_memory.map_or(0, |m| m.div_ceil(1 << 20)),
+                    hardware: (!clear_hardware).then(|| hardware.to_pb("")),
                 })
                 .await?
                 .into_inner();

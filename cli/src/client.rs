@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use imprint_proto::v1::{
     account_service_client::AccountServiceClient, guest_service_client::GuestServiceClient,
     host_service_client::HostServiceClient, image_service_client::ImageServiceClient,
-    operation_service_client::OperationServiceClient,
+    operation_service_client::OperationServiceClient, profile_service_client::ProfileServiceClient,
 };
 use serde::Deserialize;
 use tonic::{
@@ -67,6 +67,7 @@ pub struct Api {
     pub hosts: HostServiceClient<Svc>,
     pub accounts: AccountServiceClient<Svc>,
     pub guests: GuestServiceClient<Svc>,
+    pub profiles: ProfileServiceClient<Svc>,
     pub endpoint: String,
 }
 
@@ -124,7 +125,8 @@ impl Conn {
             ops: OperationServiceClient::with_interceptor(ch.clone(), auth.clone()),
             hosts: HostServiceClient::with_interceptor(ch.clone(), auth.clone()),
             accounts: AccountServiceClient::with_interceptor(ch.clone(), auth.clone()),
-            guests: GuestServiceClient::with_interceptor(ch, auth),
+            guests: GuestServiceClient::with_interceptor(ch.clone(), auth.clone()),
+            profiles: ProfileServiceClient::with_interceptor(ch, auth),
             endpoint,
         })
     }

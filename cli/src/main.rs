@@ -13,6 +13,7 @@ mod client;
 mod exit;
 mod guest_cmd;
 mod output;
+mod profile_cmd;
 mod progress;
 mod store_cmd;
 
@@ -47,6 +48,9 @@ enum Command {
     /// Hosts and their agents.
     #[command(subcommand)]
     Host(api_cmd::HostCommand),
+    /// Hardware profiles (flavors) for deploys and imports.
+    #[command(subcommand)]
+    Profile(profile_cmd::ProfileCommand),
     /// Guests and the accounts that own them.
     #[command(subcommand)]
     Guest(guest_cmd::GuestCommand),
@@ -93,6 +97,7 @@ fn main() -> ExitCode {
         Command::Host(cmd) => api(Box::pin(api_cmd::host(cmd, &cli.conn, &ctx))),
         Command::Account(cmd) => api(Box::pin(api_cmd::account(cmd, &cli.conn, &ctx))),
         Command::Guest(cmd) => api(Box::pin(guest_cmd::run(cmd, &cli.conn, &ctx))),
+        Command::Profile(cmd) => api(Box::pin(profile_cmd::run(cmd, &cli.conn, &ctx))),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -63,11 +63,13 @@ async fn serve_agent(
             domain_type: "qemu".into(),
             console_log_dir: None,
             default_shutdown_timeout: Duration::from_secs(5),
-            transfer_dir: None,
+            transfer_dir: Some(dir.join("transfer")),
             import_url_prefixes: Vec::new(),
             export_group: None,
+            default_nic: imprint_agent::domain::NicAttachment::Udp,
         },
     );
+    std::fs::create_dir_all(dir.join("transfer")).expect("transfer dir");
     let path = dir.join("agent.sock");
     let l = imprint_agent::listen::bind_unix(&path, None).expect("bind");
     tokio::spawn(
@@ -878,6 +880,315 @@ async fn damaged_on(w: World) {
         done.error
     );
     assert_eq!(w.get("alice", &img.id).await.expect("image").damage, "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn imported_images_deploy_with_profiles() {
+    for (backend, c) in catalogs().await {
+        eprintln!("--- {backend:?}");
+        profiles_on(world(c).await).await;
+    }
+}
+
+fn profile(name: &str, firmware: &str) -> pb::HardwareProfile {
+    pb::HardwareProfile {
+        name: name.into(),
+        vcpus: 2,
+        memory_mib: 2048,
+        firmware: firmware.into(),
+        machine: "q35".into(),
+        disk_bus: "virtio".into(),
+        nic_count: 1,
+        nic_model: "virtio".into(),
+        ..Default::default()
+    }
+}
+
+/// The configuration the fake hypervisor was given for guest `name`.
+fn defined(w: &World, name: &str) -> imprint_agent::domain::GuestConfig {
+    let xml = w.hv.guests.lock().expect("lock")[name].xml.clone();
+    imprint_agent::domain::GuestConfig::from_domain_xml(&xml).expect("xml")
+}
+
+async fn profiles_on(w: World) {
+    use Caller::{As, NoToken};
+    let mut profiles = pb::profile_service_client::ProfileServiceClient::new(w.channel.clone());
+    let mut c = w.images.clone();
+    // Admins define profiles; everyone reads them.
+    let small = profiles
+        .create_profile(w.req(As("root"), profile("m1.small", "bios")))
+        .await
+        .expect("create")
+        .into_inner();
+    assert!(small.created_unix > 0);
+    assert_eq!(
+        small.serial_console,
+        Some(true),
+        "serial console by default"
+    );
+    profiles
+        .create_profile(w.req(As("root"), profile("m1.uefi", "uefi")))
+        .await
+        .expect("create uefi");
+    for (what, who, p, want) in [
+        (
+            "not an admin",
+            As("alice"),
+            profile("x", "bios"),
+            Code::PermissionDenied,
+        ),
+        (
+            "no token",
+            NoToken,
+            profile("x", "bios"),
+            Code::Unauthenticated,
+        ),
+        (
+            "taken",
+            As("root"),
+            profile("m1.small", "bios"),
+            Code::AlreadyExists,
+        ),
+        (
+            "firmware",
+            As("root"),
+            profile("x", "coreboot"),
+            Code::InvalidArgument,
+        ),
+        (
+            "machine",
+            As("root"),
+            pb::HardwareProfile {
+                machine: "isapc".into(),
+                ..profile("x", "bios")
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "incomplete",
+            As("root"),
+            pb::HardwareProfile {
+                vcpus: 0,
+                ..profile("x", "bios")
+            },
+            Code::InvalidArgument,
+        ),
+    ] {
+        let got = code(profiles.create_profile(w.req(who, p)).await);
+        assert_eq!(got, want, "{what}");
+    }
+    let listed = profiles
+        .list_profiles(w.req(As("bob"), pb::ListProfilesRequest {}))
+        .await
+        .expect("list")
+        .into_inner()
+        .profiles;
+    let names: Vec<&str> = listed.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["m1.small", "m1.uefi"],
+        "bad profiles changed nothing"
+    );
+
+    // A disk made elsewhere: an MBR with one Linux partition, no ESP.
+    let transfer = w._tmp.path().join("transfer");
+    let disk = transfer.join("vendor.raw");
+    let mut bytes = vec![0u8; 8 << 20];
+    bytes[446 + 4] = 0x83;
+    bytes[510] = 0x55;
+    bytes[511] = 0xaa;
+    bytes[3 << 20..(3 << 20) + 11].copy_from_slice(b"vendor data");
+    std::fs::write(&disk, &bytes).expect("disk");
+    let import = |name: &str, profile: &str, hardware: Option<pb::HardwareProfile>, path: &Path| {
+        pb::ImportImageRequest {
+            host: "h1".into(),
+            path: path.display().to_string(),
+            name: name.into(),
+            profile: profile.into(),
+            hardware,
+            ..Default::default()
+        }
+    };
+    let op = c
+        .import_image(w.req(As("alice"), import("vendor", "m1.small", None, &disk)))
+        .await
+        .expect("import")
+        .into_inner();
+    let done = w.wait(As("alice"), &op).await;
+    assert_eq!(
+        done.state,
+        pb::OperationState::Succeeded as i32,
+        "{}",
+        done.error
+    );
+    assert!(
+        done.capture.expect("result").warnings.is_empty(),
+        "a partitioned disk"
+    );
+    let img = w.get("alice", &op.image_id).await.expect("image");
+    let config: serde_json::Value = serde_json::from_str(&img.config_json).expect("config");
+    assert_eq!(config["vcpus"], 2, "{config}");
+    assert_eq!(config["machine"], "q35");
+    assert_eq!(config["esp"], false);
+
+    // It deploys like a captured image: with the recorded configuration...
+    let deploy = |name: &str, profile: &str| pb::DeployImageRequest {
+        image_id: img.id.clone(),
+        host: "h1".into(),
+        guest_name: name.into(),
+        profile: profile.into(),
+        ..Default::default()
+    };
+    let d = deploy_as_alice(&w, deploy("imported-1", ""))
+        .await
+        .expect("deploy");
+    assert_eq!(d.state, pb::OperationState::Succeeded as i32, "{}", d.error);
+    let g = defined(&w, "imported-1");
+    assert_eq!(
+        (g.vcpus, g.memory_kib, g.machine.as_str()),
+        (2, 2 << 20, "q35")
+    );
+    assert_eq!(g.nics.len(), 1);
+    assert_eq!(g.firmware.kind, "bios");
+    // ... UEFI for a disk without an EFI system partition is refused
+    // before anything is made ...
+    let e = deploy_as_alice(&w, deploy("imported-uefi", "m1.uefi"))
+        .await
+        .expect_err("no ESP");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(
+        e.message().contains("EFI system partition"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        !w.hv
+            .guests
+            .lock()
+            .expect("lock")
+            .contains_key("imported-uefi")
+    );
+    assert_eq!(
+        code(deploy_as_alice(&w, deploy("x", "no-such")).await),
+        Code::NotFound
+    );
+    // ... and minimums, set by the owner, refuse smaller deploys.
+    c.update_image(w.req(
+        As("alice"),
+        pb::UpdateImageRequest {
+            id: img.id.clone(),
+            update_mask: vec!["min_memory_mib".into(), "recommended_profiles".into()],
+            min_memory_mib: 4096,
+            recommended_profiles: vec!["m1.small".into()],
+            ..Default::default()
+        },
+    ))
+    .await
+    .expect("update");
+    let e = deploy_as_alice(&w, deploy("too-small", "m1.small"))
+        .await
+        .expect_err("below minimum");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("4096 MiB"), "{}", e.message());
+    let big = deploy_as_alice(
+        &w,
+        pb::DeployImageRequest {
+            memory_mib: 4096,
+            ..deploy("big-enough", "m1.small")
+        },
+    )
+    .await
+    .expect("deploy");
+    assert_eq!(
+        big.state,
+        pb::OperationState::Succeeded as i32,
+        "{}",
+        big.error
+    );
+    assert_eq!(defined(&w, "big-enough").memory_kib, 4096 * 1024);
+    let shown = w.get("alice", &img.id).await.expect("image");
+    assert_eq!(shown.recommended_profiles, ["m1.small"]);
+    assert_eq!(shown.min_memory_mib, 4096);
+
+    // A captured image and an imported image of the same disk deploy to
+    // equivalent domains with one profile: one configuration code path.
+    let captured = w.capture("alice", "captured-a").await;
+    let a_disk = transfer.join("a.raw");
+    let src = w.hv.guests.lock().expect("lock")["a"].xml.clone();
+    let src = imprint_agent::domain::GuestConfig::from_domain_xml(&src).expect("xml");
+    std::fs::copy(src.disks[0].source_path.as_deref().expect("path"), &a_disk).expect("copy");
+    let op = c
+        .import_image(w.req(As("alice"), import("imported-a", "", None, &a_disk)))
+        .await
+        .expect("import")
+        .into_inner();
+    let done = w.wait(As("alice"), &op).await;
+    assert_eq!(
+        done.state,
+        pb::OperationState::Succeeded as i32,
+        "{}",
+        done.error
+    );
+    // No partition table, no filesystem: imported with a warning.
+    let warnings = done.capture.expect("result").warnings;
+    assert!(
+        warnings.iter().any(|w| w.contains("may not boot")),
+        "{warnings:?}"
+    );
+    let imported = w.get("alice", &op.image_id).await.expect("image");
+    let defaults: serde_json::Value = serde_json::from_str(&imported.config_json).expect("json");
+    assert_eq!(
+        (defaults["vcpus"].as_u64(), defaults["memory_kib"].as_u64()),
+        (Some(1), Some(1 << 20)),
+        "the documented default"
+    );
+    for (id, name) in [
+        (&captured.id, "from-captured"),
+        (&imported.id, "from-imported"),
+    ] {
+        let d = deploy_as_alice(
+            &w,
+            pb::DeployImageRequest {
+                image_id: id.clone(),
+                ..deploy(name, "m1.small")
+            },
+        )
+        .await
+        .expect("deploy");
+        assert_eq!(d.state, pb::OperationState::Succeeded as i32, "{}", d.error);
+    }
+    let (a, b) = (defined(&w, "from-captured"), defined(&w, "from-imported"));
+    let shape = |g: &imprint_agent::domain::GuestConfig| {
+        (
+            g.vcpus,
+            g.memory_kib,
+            g.machine.clone(),
+            g.firmware.kind.clone(),
+            g.disks
+                .iter()
+                .map(|d| (d.target_dev.clone(), d.bus.clone()))
+                .collect::<Vec<_>>(),
+            g.nics
+                .iter()
+                .map(|n| (n.kind.clone(), n.model.clone()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(shape(&a), shape(&b), "equivalent domains");
+}
+
+/// Deploy as alice and wait for the end; the call's error if refused.
+async fn deploy_as_alice(
+    w: &World,
+    req: pb::DeployImageRequest,
+) -> Result<pb::Operation, tonic::Status> {
+    let op = w
+        .images
+        .clone()
+        .deploy_image(w.req(Caller::As("alice"), req))
+        .await?
+        .into_inner();
+    Ok(w.wait(Caller::As("alice"), &op).await)
 }
 
 fn guests_client(w: &World) -> pb::guest_service_client::GuestServiceClient<Channel> {

@@ -135,6 +135,14 @@ pub struct ImageRow {
     pub referenced_bytes: i64,
     /// What a read found damaged ('' when nothing).
     pub damage: String,
+    /// Recommended profiles, comma-separated.
+    pub recommended_profiles: String,
+    /// Minimums a deploy must meet (0: none).
+    pub min_vcpus: i32,
+    /// See `min_vcpus`.
+    pub min_memory_mib: i64,
+    /// Hardware for deploys that name no profile (encoded, '' for none).
+    pub hardware: String,
 }
 
 /// One disk of an image, as the catalog keeps it.
@@ -262,7 +270,8 @@ pub(crate) fn now() -> i64 {
 
 const SELECT_IMAGE: &str = "SELECT i.id, i.owner_id, a.name AS owner, i.name, i.notes, i.state, i.visibility, \
      i.protected, i.failure_reason, i.size_bytes, i.created_unix, i.updated_unix, i.source_host, i.source_guest, \
-     i.config_json, i.disks_json, i.exclusive_bytes, i.referenced_bytes, i.damage \
+     i.config_json, i.disks_json, i.exclusive_bytes, i.referenced_bytes, i.damage, \
+     i.recommended_profiles, i.min_vcpus, i.min_memory_mib, i.hardware \
      FROM images i JOIN accounts a ON a.id = i.owner_id";
 
 impl Catalog {
@@ -475,6 +484,10 @@ impl Catalog {
                 exclusive_bytes: row.try_get("exclusive_bytes")?,
                 referenced_bytes: row.try_get("referenced_bytes")?,
                 damage: row.try_get("damage")?,
+                recommended_profiles: row.try_get("recommended_profiles")?,
+                min_vcpus: row.try_get("min_vcpus")?,
+                min_memory_mib: row.try_get("min_memory_mib")?,
+                hardware: row.try_get("hardware")?,
             });
         }
         if out.is_empty() {

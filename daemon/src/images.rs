@@ -143,6 +143,15 @@ pub fn image_to_pb(
         exclusive_bytes: row.exclusive_bytes.max(0) as u64,
         config_json: row.config_json,
         damage: row.damage,
+        recommended_profiles: row
+            .recommended_profiles
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        min_vcpus: row.min_vcpus.max(0) as u32,
+        min_memory_mib: row.min_memory_mib.max(0) as u64,
+        hardware: crate::profiles::decode(&row.hardware).ok().flatten(),
         members: members
             .into_iter()
             .map(|(account, status)| pb::ShareMember { account, status })
@@ -291,6 +300,14 @@ impl ImageService for Images {
             )));
         }
         imprint_proto::limits::check_user_data(&r.user_data).map_err(Status::invalid_argument)?;
+        let hardware = crate::profiles::deploy_hardware(
+            self.catalog(),
+            &img,
+            &r.profile,
+            r.vcpus,
+            r.memory_mib,
+        )
+        .await?;
         let host = crate::hosts::usable_host(self.catalog(), &who, &r.host).await?;
         let op_id = uuid::Uuid::new_v4().to_string();
         let agent_req = AgentRequest::Deploy(pb::DeployRequest {
@@ -303,6 +320,7 @@ impl ImageService for Images {
             vcpus: r.vcpus,
             memory_mib: r.memory_mib,
             network: r.network,
+            hardware,
             user_data: r.user_data,
             start: r.start,
             store: self.d.source_store(&img.id, &host).await?,
@@ -336,6 +354,21 @@ impl ImageService for Images {
         if r.path.is_empty() {
             return Err(Status::invalid_argument("path is required"));
         }
+        // The imported image's hardware: the profile, then inline fields.
+        let inline = r
+            .hardware
+            .as_ref()
+            .map(imprint_proto::hardware::Hardware::try_from)
+            .transpose()
+            .map_err(Status::invalid_argument)?
+            .unwrap_or_default();
+        let base = if r.profile.is_empty() {
+            imprint_proto::hardware::Hardware::default()
+        } else {
+            let p = self.catalog().profile(&r.profile).await.map_err(status)?;
+            imprint_proto::hardware::Hardware::try_from(&p).map_err(Status::failed_precondition)?
+        };
+        let hardware = base.overlaid(&inline).to_pb();
         let host = crate::hosts::usable_host(self.catalog(), &who, &r.host).await?;
         let image_id = uuid::Uuid::new_v4().to_string();
         let op_id = uuid::Uuid::new_v4().to_string();
@@ -345,6 +378,7 @@ impl ImageService for Images {
             format: r.format,
             image_name: r.name.clone(),
             image_id: image_id.clone(),
+            hardware: Some(hardware),
         });
         let encoded = agent_req.encode();
         let n = NewOperation {
@@ -688,14 +722,64 @@ impl ImageService for Images {
                 "update_mask is empty; name the fields to change: name, notes, tags",
             ));
         }
+        const FIELDS: &str =
+            "name, notes, tags, recommended_profiles, min_vcpus, min_memory_mib, hardware";
         for f in &r.update_mask {
-            if !matches!(f.as_str(), "name" | "notes" | "tags") {
+            if !matches!(
+                f.as_str(),
+                "name"
+                    | "notes"
+                    | "tags"
+                    | "recommended_profiles"
+                    | "min_vcpus"
+                    | "min_memory_mib"
+                    | "hardware"
+            ) {
                 return Err(Status::invalid_argument(format!(
-                    "cannot update {f:?}; update_mask takes name, notes, tags"
+                    "cannot update {f:?}; update_mask takes {FIELDS}"
                 )));
             }
         }
         let has = |f: &str| r.update_mask.iter().any(|m| m == f);
+        if has("hardware")
+            && let Some(h) = &r.hardware
+        {
+            imprint_proto::hardware::Hardware::try_from(h).map_err(Status::invalid_argument)?;
+        }
+        if has("min_memory_mib") && r.min_memory_mib > 16 << 20 {
+            return Err(Status::invalid_argument(
+                "min_memory_mib is more than 16 TiB",
+            ));
+        }
+        if has("min_vcpus") && r.min_vcpus > imprint_proto::hardware::MAX_VCPUS {
+            return Err(Status::invalid_argument("min_vcpus is more than 1024"));
+        }
+        if [
+            "recommended_profiles",
+            "min_vcpus",
+            "min_memory_mib",
+            "hardware",
+        ]
+        .iter()
+        .any(|f| has(f))
+        {
+            self.catalog()
+                .update_image_hardware(
+                    &who,
+                    &r.id,
+                    has("recommended_profiles").then_some(r.recommended_profiles.as_slice()),
+                    has("min_vcpus").then_some(r.min_vcpus),
+                    has("min_memory_mib").then_some(r.min_memory_mib),
+                    has("hardware")
+                        .then(|| r.hardware.clone().unwrap_or_default())
+                        .as_ref(),
+                )
+                .await
+                .map_err(status)?;
+        }
+        if !["name", "notes", "tags"].iter().any(|f| has(f)) {
+            return self.get_owned(&who, &r.id).await;
+        }
         self.catalog()
             .update_image(
                 &who,

@@ -21,6 +21,7 @@ pub mod hosts;
 pub mod images;
 pub mod operations;
 pub mod ops;
+pub mod profiles;
 pub mod server;
 pub mod sites;
 #[cfg(test)]

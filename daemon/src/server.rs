@@ -7,7 +7,7 @@ use imprint_proto::tls::TlsFiles;
 use imprint_proto::v1::{
     account_service_server::AccountServiceServer, guest_service_server::GuestServiceServer,
     host_service_server::HostServiceServer, image_service_server::ImageServiceServer,
-    operation_service_server::OperationServiceServer,
+    operation_service_server::OperationServiceServer, profile_service_server::ProfileServiceServer,
 };
 use tonic::transport::server::Router;
 
@@ -28,6 +28,9 @@ pub async fn router(d: Arc<Dispatcher>, tls: Option<&TlsFiles>) -> anyhow::Resul
     health.set_serving::<HostServiceServer<Hosts>>().await;
     health.set_serving::<ImageServiceServer<Images>>().await;
     health.set_serving::<GuestServiceServer<Guests>>().await;
+    health
+        .set_serving::<ProfileServiceServer<crate::profiles::Profiles>>()
+        .await;
     health
         .set_serving::<OperationServiceServer<Operations>>()
         .await;
@@ -51,6 +54,9 @@ pub async fn router(d: Arc<Dispatcher>, tls: Option<&TlsFiles>) -> anyhow::Resul
         .add_service(HostServiceServer::new(Hosts::new(d.catalog().clone())))
         .add_service(ImageServiceServer::new(Images::new(d.clone())))
         .add_service(GuestServiceServer::new(Guests::new(d.clone())))
+        .add_service(ProfileServiceServer::new(crate::profiles::Profiles::new(
+            d.catalog().clone(),
+        )))
         .add_service(AccountServiceServer::new(Accounts::new(
             d.catalog().clone(),
         )))

@@ -9,6 +9,7 @@
 
 #![allow(missing_docs, clippy::all, missing_debug_implementations)]
 
+pub mod hardware;
 pub mod tls;
 
 /// Limits every side checks the same way (CLI before sending, the daemon at

@@ -109,6 +109,19 @@ pub fn busybox_guest() -> BusyboxGuest {
     }
 }
 
+/// The self-booting test disk (MBR, GRUB in the gap, the busybox guest on
+/// partition 1): (raw, qcow2). Built or reused from the cache.
+pub fn grub_guest() -> (PathBuf, PathBuf) {
+    let script = workspace().join("tests/guests/build-grub-guest.sh");
+    let out = run(script.to_str().expect("utf8"), &[]);
+    let get = |key: &str| -> PathBuf {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key).map(|v| PathBuf::from(v.trim())))
+            .unwrap_or_else(|| panic!("build-grub-guest.sh printed no {key:?} line:\n{out}"))
+    };
+    (get("disk:"), get("qcow2:"))
+}
+
 /// A scratch directory QEMU (user libvirt-qemu) can traverse, removed on drop.
 #[derive(Debug)]
 pub struct Workdir(pub tempfile::TempDir);
@@ -546,6 +559,8 @@ impl DaemonProcess {
         }
         all.extend(["host", "add", name]);
         let token = run(binary("imprintd").to_str().expect("utf8"), &all);
+        // A shared catalog (PostgreSQL) leaves the state directory unmade.
+        std::fs::create_dir_all(&self.state).expect("state directory");
         let path = self.state.join(format!("host-{name}.token"));
         std::fs::write(&path, token.trim()).expect("write host token");
         path
@@ -597,6 +612,7 @@ impl DaemonProcess {
             .admin(&["create", "imprint-test-admin", "--admin"])
             .trim()
             .to_string();
+        std::fs::create_dir_all(&self.state).expect("state directory");
         std::fs::write(&path, &token).expect("write admin token");
         token
     }

@@ -1,0 +1,134 @@
+//! A disk made elsewhere boots as a new server: a partitioned disk with its
+//! own boot loader (GRUB in the MBR gap, no host kernel) is imported as raw
+//! and as qcow2 with a hardware profile, deployed with a static address,
+//! and each copy boots to its console marker with the address applied.
+
+use std::time::Duration;
+
+use imprint_proto::v1 as pb;
+use imprint_tests::{daemon_api::*, *};
+
+const HOST: &str = "kvm-import";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn imported_disks_deploy_and_boot_with_a_profile() {
+    let (raw, qcow2) = grub_guest();
+    let wd = Workdir::new("imprint-import-e2e-");
+    let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
+    let transfer = wd.path().join("transfer");
+    std::fs::create_dir(&transfer).expect("transfer dir");
+    let mut args = daemon.agent_args(HOST);
+    // Imported images' NICs go where this host says: a loopback tunnel.
+    args.extend(
+        [
+            "--transfer-dir",
+            transfer.to_str().expect("utf8"),
+            "--default-nic",
+            "udp",
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let f = Fixture::in_workdir(wd, &args);
+    let alice = daemon.account("alice");
+    registered(&daemon.endpoint(), HOST, &alice).await;
+
+    // An admin defines the profile.
+    let ch = tonic::transport::Endpoint::from_shared(daemon.endpoint())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    pb::profile_service_client::ProfileServiceClient::new(ch)
+        .create_profile(authed(
+            &daemon.admin_token(),
+            pb::HardwareProfile {
+                name: "tiny".into(),
+                vcpus: 1,
+                memory_mib: 256,
+                firmware: "bios".into(),
+                machine: "pc".into(),
+                disk_bus: "virtio".into(),
+                nic_count: 1,
+                nic_model: "virtio".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("create profile");
+
+    let mut a = api(&daemon.endpoint(), &alice);
+    for (i, (src, format)) in [(&raw, "raw"), (&qcow2, "qcow2")].into_iter().enumerate() {
+        let file = transfer.join(format!("vendor.{format}"));
+        std::fs::copy(src, &file).expect("copy into the transfer directory");
+        let op = a
+            .images
+            .import_image(pb::ImportImageRequest {
+                host: HOST.into(),
+                path: file.display().to_string(),
+                name: format!("vendor-{format}"),
+                profile: "tiny".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("import")
+            .into_inner();
+        let (done, _) = a.wait(&op.id).await;
+        assert_eq!(
+            done.state,
+            pb::OperationState::Succeeded as i32,
+            "{}",
+            done.error
+        );
+        assert!(
+            done.capture.expect("result").warnings.is_empty(),
+            "a partitioned disk imports without warnings"
+        );
+        let name = format!("imp-{}-{format}", f.tag);
+        let _copy = Domain::adopt(&name);
+        let addr = format!("192.0.2.{}/24", 70 + i);
+        let op = a
+            .images
+            .deploy_image(pb::DeployImageRequest {
+                image_id: op.image_id.clone(),
+                host: HOST.into(),
+                guest_name: name.clone(),
+                network: Some(pb::NetworkConfig {
+                    hostname: format!("vendor-{format}"),
+                    interfaces: vec![pb::InterfaceConfig {
+                        addresses: vec![addr.clone()],
+                        gateway4: "192.0.2.1".into(),
+                        ..Default::default()
+                    }],
+                }),
+                start: true,
+                ..Default::default()
+            })
+            .await
+            .expect("deploy")
+            .into_inner();
+        let (done, _) = a.wait(&op.id).await;
+        assert_eq!(
+            done.state,
+            pb::OperationState::Succeeded as i32,
+            "{}",
+            done.error
+        );
+        // It boots with its own boot loader: no kernel from the host.
+        let xml = virsh(&["dumpxml", &name]);
+        assert!(!xml.contains("<kernel>"), "{xml}");
+        let log = wait_for(
+            &f.consoles.join(format!("{name}.log")),
+            "IMPRINT-READY",
+            1,
+            Duration::from_secs(180),
+        );
+        assert!(log.contains("imprint-grub: linux"), "GRUB booted it: {log}");
+        assert!(
+            log.lines()
+                .any(|l| l.trim() == format!("IMPRINT-ADDR {addr}")),
+            "{log}"
+        );
+        virsh_quiet(&["destroy", &name]);
+    }
+}
