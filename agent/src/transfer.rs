@@ -288,6 +288,12 @@ pub fn import_from(
     let layout = crate::partitions::inspect(&mut *source);
     let mut config = crate::domain::GuestConfig::imported(name, &[source.size_bytes()]);
     config.esp = Some(layout.esp);
+    if layout.esp {
+        // A disk with an EFI system partition boots with UEFI (OVMF, on
+        // Q35) unless the importer says otherwise.
+        config.firmware.kind = "efi".into();
+        config.machine = "q35".into();
+    }
     config.apply(hardware);
     config.check_firmware()?;
     let mut labels: std::collections::BTreeMap<String, String> =

@@ -911,9 +911,15 @@ impl Dispatcher {
         if self.store.is_some() {
             let me = self.clone();
             tokio::spawn(async move {
+                let mut last_reconcile: Option<Instant> = None;
                 loop {
                     me.refresh_usage().await;
-                    me.usage_wanted.notified().await;
+                    if last_reconcile.is_none_or(|t| t.elapsed() >= RECONCILE_EVERY) {
+                        me.reconcile_stores().await;
+                        last_reconcile = Some(Instant::now());
+                    }
+                    // A change, or the next reconciliation, whichever is first.
+                    let _ = tokio::time::timeout(RECONCILE_EVERY, me.usage_wanted.notified()).await;
                     // Several changes in a row make one pass.
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
@@ -953,31 +959,9 @@ impl Dispatcher {
     pub async fn refresh_usage(&self) {
         // Every site's store: deleting an image frees its chunks at each
         // site that holds a copy.
-        let mut stores = Vec::new();
-        match self.catalog.sites().await {
-            Ok(sites) if !sites.is_empty() => {
-                // A store named by two sites counts once.
-                let mut seen: Vec<imprint_store::Location> = Vec::new();
-                for s in sites {
-                    match imprint_store::Location::parse(&s.store) {
-                        Ok(l) if seen.iter().any(|o| o.same_store(&l)) => continue,
-                        Ok(l) => seen.push(l),
-                        Err(_) => {}
-                    }
-                    match self.site_store(&s.name).await {
-                        Ok(st) => stores.push((s.name, st)),
-                        Err(e) => {
-                            tracing::warn!(site = %s.name, error = %e.message(), "space accounting skips a site whose store cannot be opened")
-                        }
-                    }
-                }
-            }
-            Ok(_) => stores.extend(self.store.clone().map(|s| ("default".to_string(), s))),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list sites for space accounting");
-                return;
-            }
-        }
+        let Some(stores) = self.site_stores().await else {
+            return;
+        };
         let mut totals: HashMap<String, (i64, i64)> = HashMap::new();
         for (site, store) in stores {
             let r = tokio::task::spawn_blocking(move || imprint_store::usage::usage(&store)).await;
@@ -1003,6 +987,51 @@ impl Dispatcher {
         if let Err(e) = self.catalog.set_usage(&rows).await {
             tracing::warn!(error = %e, "cannot record space accounting");
         }
+    }
+
+    /// Delete manifests the catalog shows as failed or gone
+    /// ([`crate::reconcile`]).
+    pub async fn reconcile_stores(&self) {
+        let Some(stores) = self.site_stores().await else {
+            return;
+        };
+        if let Err(e) =
+            crate::reconcile::reconcile(&self.catalog, stores, crate::reconcile::GRACE_SECONDS)
+                .await
+        {
+            tracing::warn!(error = %e, "store reconciliation failed");
+        }
+    }
+
+    /// Every site's store, each store once (two sites naming one store
+    /// count once); `None` when the sites cannot be listed.
+    async fn site_stores(&self) -> Option<Vec<(String, Store)>> {
+        let mut stores = Vec::new();
+        match self.catalog.sites().await {
+            Ok(sites) if !sites.is_empty() => {
+                // A store named by two sites counts once.
+                let mut seen: Vec<imprint_store::Location> = Vec::new();
+                for s in sites {
+                    match imprint_store::Location::parse(&s.store) {
+                        Ok(l) if seen.iter().any(|o| o.same_store(&l)) => continue,
+                        Ok(l) => seen.push(l),
+                        Err(_) => {}
+                    }
+                    match self.site_store(&s.name).await {
+                        Ok(st) => stores.push((s.name, st)),
+                        Err(e) => {
+                            tracing::warn!(site = %s.name, error = %e.message(), "space accounting skips a site whose store cannot be opened")
+                        }
+                    }
+                }
+            }
+            Ok(_) => stores.extend(self.store.clone().map(|s| ("default".to_string(), s))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the sites' stores");
+                return None;
+            }
+        }
+        Some(stores)
     }
 }
 
@@ -1074,6 +1103,9 @@ fn record_metrics(op: &OperationRow, result: &str, a: &pb::AgentOperation) {
         );
     }
 }
+
+/// How often the stores are reconciled with the catalog.
+const RECONCILE_EVERY: Duration = Duration::from_secs(600);
 
 /// How the daemon may reach an agent: never plaintext over TCP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

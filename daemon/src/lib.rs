@@ -22,6 +22,7 @@ pub mod images;
 pub mod operations;
 pub mod ops;
 pub mod profiles;
+pub mod reconcile;
 pub mod server;
 pub mod sites;
 #[cfg(test)]
