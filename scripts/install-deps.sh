@@ -22,11 +22,14 @@ BACKPORTS_PKGS=(
     libvirt-clients libvirt-dev qemu-system-x86 qemu-utils
 )
 # Build tools, test services and what tests/guests/*.sh use (grub-pc-bin:
-# the grub guest's boot loader); openssl (TLS test certificates), python3
-# (demo), systemd (systemd-analyze in tests).
+# the grub guest's boot loader; grub-efi-amd64-bin: the uefi guest's, and
+# ovmf: the UEFI firmware libvirt picks for <os firmware='efi'>); openssl
+# (TLS test certificates), python3 (demo, the uefi guest's GPT), systemd
+# (systemd-analyze in tests).
 MAIN_PKGS=(
     protobuf-compiler pkg-config zstd postgresql
     debootstrap busybox-static e2fsprogs dosfstools mtools grub-pc-bin
+    grub-efi-amd64-bin ovmf
     cpio kmod gzip xz-utils util-linux procps openssl python3 systemd
 )
 

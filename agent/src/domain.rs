@@ -532,6 +532,13 @@ impl NewDomain<'_> {
             "    <type arch='{}'{machine}>hvm</type>\n",
             esc(&b.arch)
         ));
+        if b.firmware.kind == "efi" {
+            // libvirt would pick OVMF with Secure Boot and Microsoft's keys
+            // on Q35 first, which refuses the unsigned boot loaders of most
+            // images; without it, libvirt picks plain OVMF. Each guest gets
+            // its own NVRAM copy of the firmware's template.
+            x.push_str("    <firmware><feature enabled='no' name='secure-boot'/></firmware>\n");
+        }
         for (tag, v) in [
             ("kernel", &b.firmware.kernel),
             ("initrd", &b.firmware.initrd),

@@ -268,20 +268,16 @@ async fn main() -> Result<()> {
     let hv: Arc<dyn Hypervisor> = Arc::new(Libvirt::new(&uri));
 
     // Finish or undo what a previous run left half-done, before serving;
-    // what cannot be finished now (libvirtd down) is retried every 15 s.
+    // what cannot be finished now (libvirtd down) is retried every 15 s
+    // while serving (with what failed deploys of this run leave).
     let (hv2, j2) = (hv.clone(), journal.clone());
-    let mut left = std::collections::HashSet::new();
     for (id, r) in tokio::task::spawn_blocking(move || work::recover(&*hv2, &j2)).await? {
         match r {
             Ok(()) => tracing::info!(operation = %id, "recovered operation left by a previous run"),
             Err(e) => {
-                tracing::error!(operation = %id, error = %e, "could not recover operation; retrying in the background");
-                left.insert(id);
+                tracing::error!(operation = %id, error = %e, "could not recover operation; retrying in the background")
             }
         }
-    }
-    if !left.is_empty() {
-        tokio::spawn(retry_recovery(hv.clone(), journal.clone(), left));
     }
 
     let (incoming, local) = match &listen {
@@ -374,6 +370,11 @@ async fn main() -> Result<()> {
     }
     let agent =
         Agent::new(hv, store, journal, settings).with_store_location(store_location.clone());
+    tokio::spawn(
+        agent
+            .clone()
+            .recover_leftovers_every(Duration::from_secs(15)),
+    );
     let on_stop = agent.clone();
     let stop_timeout = Duration::from_secs(args.stop_timeout_seconds);
     imprint_service::notify::ready(&format!("serving on {local}, libvirt {uri}"));
@@ -542,40 +543,5 @@ async fn register_and_heartbeat(
             }
         }
         tokio::time::sleep(interval).await;
-    }
-}
-
-/// Retry the recovery of the operations in `left` (left by a previous run)
-/// until each is finished or undone.
-async fn retry_recovery(
-    hv: Arc<dyn Hypervisor>,
-    journal: Journal,
-    mut left: std::collections::HashSet<String>,
-) {
-    while !left.is_empty() {
-        tokio::time::sleep(Duration::from_secs(15)).await;
-        let (hv, j, pick) = (hv.clone(), journal.clone(), left.clone());
-        let Ok(results) = tokio::task::spawn_blocking(move || {
-            work::recover_where(&*hv, &j, |id| pick.contains(id))
-        })
-        .await
-        else {
-            continue;
-        };
-        // Entries gone from the journal meanwhile are done too.
-        let listed: std::collections::HashSet<String> =
-            results.iter().map(|(id, _)| id.clone()).collect();
-        left.retain(|id| listed.contains(id));
-        for (id, r) in results {
-            match r {
-                Ok(()) => {
-                    tracing::info!(operation = %id, "recovered operation left by a previous run");
-                    left.remove(&id);
-                }
-                Err(e) => {
-                    tracing::warn!(operation = %id, error = %e, "recovery still failing; retrying")
-                }
-            }
-        }
     }
 }

@@ -82,12 +82,23 @@ pub fn inspect_bytes(head: &[u8]) -> Layout {
         ) else {
             return l;
         };
-        let (start, size) = (entries_lba as usize * 512, size as usize);
-        if size < 16 {
+        // Hostile headers: every number is checked against what was read.
+        let (Some(start), Ok(size)) = (
+            usize::try_from(entries_lba)
+                .ok()
+                .and_then(|l| l.checked_mul(512)),
+            usize::try_from(size),
+        ) else {
+            return l;
+        };
+        if size < 16 || start >= head.len() {
             return l;
         }
-        l.esp = (0..count as usize)
-            .any(|i| head.get(start + i * size..start + i * size + 16) == Some(&ESP_GUID[..]));
+        let count = (count as usize).min((head.len() - start) / size);
+        l.esp = (0..count).any(|i| {
+            let at = start + i * size;
+            head.get(at..at + 16) == Some(&ESP_GUID[..])
+        });
     } else if mbr_types.iter().any(|t| *t != 0) {
         // A FAT boot sector also ends in 55 AA: only a table with types counts.
         if head.get(54..57) == Some(b"FAT") || head.get(82..87) == Some(b"FAT32") {
@@ -132,6 +143,16 @@ mod tests {
         assert_eq!((l.table, l.esp), (Some("gpt"), false));
         gpt[1024 + 128..1024 + 144].copy_from_slice(&ESP_GUID);
         assert!(inspect_bytes(&gpt).esp);
+        // Hostile numbers neither panic nor loop for long.
+        let mut hostile = gpt.clone();
+        hostile[512 + 72..512 + 80].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(!inspect_bytes(&hostile).esp);
+        let mut hostile = gpt.clone();
+        hostile[512 + 80..512 + 84].copy_from_slice(&u32::MAX.to_le_bytes());
+        hostile[512 + 84..512 + 88].copy_from_slice(&16u32.to_le_bytes());
+        inspect_bytes(&hostile);
+        hostile[512 + 84..512 + 88].copy_from_slice(&u32::MAX.to_le_bytes());
+        inspect_bytes(&hostile);
         let mut ext = vec![0u8; 64 * 1024];
         ext[1024 + 56] = 0x53;
         ext[1024 + 57] = 0xef;

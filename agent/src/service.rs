@@ -333,6 +333,33 @@ impl Agent {
         Ok(Response::new(op))
     }
 
+    /// Every `every`, finish or undo what the journal holds of operations
+    /// that no longer run (a failed deploy whose cleanup libvirt did not
+    /// answer, leftovers of a previous run), each under its guest's claim.
+    pub async fn recover_leftovers_every(self, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            let me = self.clone();
+            let results = tokio::task::spawn_blocking(move || {
+                work::recover_where(&*me.ctx.hv, &me.ctx.journal, Some(&me.ctx.busy), |id| {
+                    me.existing(id)
+                        .is_none_or(|o| o.state != pb::OperationState::Running as i32)
+                })
+            })
+            .await;
+            for (id, r) in results.unwrap_or_default() {
+                match r {
+                    Ok(()) => {
+                        tracing::info!(operation = %id, "removed what an operation left behind")
+                    }
+                    Err(e) => {
+                        tracing::warn!(operation = %id, error = %e, "recovery still failing; retrying")
+                    }
+                }
+            }
+        }
+    }
+
     fn existing(&self, id: &str) -> Option<pb::AgentOperation> {
         self.ops
             .lock()
@@ -723,6 +750,23 @@ impl AgentService for Agent {
             return self.import_url(id, r, want, image_id).await;
         }
         let path = self.transfer_path(&r.path, true)?;
+        // Another account's export (its private image), or an export still
+        // being written, is not the caller's to import.
+        let refused = r.refused_paths.iter().any(|p| {
+            std::path::Path::new(p)
+                .canonicalize()
+                .is_ok_and(|p| p == path)
+        });
+        if refused
+            || path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(".imprint-partial"))
+        {
+            return Err(Status::permission_denied(format!(
+                "{} was exported by another account (or is an export being written); it cannot be imported",
+                path.display()
+            )));
+        }
         // Refuse what cannot be imported now, as an error of this call.
         let check = path.clone();
         blocking(move || transfer::check_import(&check, want).map(|_| ())).await?;

@@ -421,10 +421,26 @@ pub fn export(
         .ok_or_else(|| invalid(format!("{} names no file", path.display())))?;
     let tmp = parent.join(format!(".{}.imprint-partial", file_name.to_string_lossy()));
     let result = (|| {
+        // Made new (never through a link), owner-only from the first byte;
+        // a partial file a crashed export left goes first.
+        let _ = std::fs::remove_file(&tmp);
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&tmp)
+                .map_err(|e| io("create", &tmp, e))?
+        };
         let mut target: Box<dyn DiskTarget> = match format {
-            Format::Raw => Box::new(
-                FileTarget::create(&tmp, entry.size_bytes).map_err(|e| io("create", &tmp, e))?,
-            ),
+            Format::Raw => {
+                file.set_len(entry.size_bytes)
+                    .map_err(|e| io("size", &tmp, e))?;
+                Box::new(FileTarget::new(file, true))
+            }
             Format::Qcow2 => {
                 let out = std::process::Command::new("qemu-img")
                     .args(["create", "-q", "-f", "qcow2"])

@@ -445,14 +445,17 @@ fn restore_power(hv: &dyn Hypervisor, guest: &GuestRef, was_running: bool) -> Re
 
 /// Finish or undo what a previous run left in the journal.
 pub fn recover(hv: &dyn Hypervisor, journal: &Journal) -> Vec<(String, Result<()>)> {
-    recover_where(hv, journal, |_| true)
+    recover_where(hv, journal, None, |_| true)
 }
 
-/// [`recover`] for the entries whose operation id `pick` accepts (a retry
-/// of what an earlier pass could not finish, beside running operations).
+/// [`recover`] for the entries whose operation id `pick` accepts, while
+/// the agent serves: each entry's guest (or guest name) is claimed in
+/// `busy` first, so a recovery never races a new capture or deploy of the
+/// same guest; a guest that is busy is left for the next pass.
 pub fn recover_where(
     hv: &dyn Hypervisor,
     journal: &Journal,
+    busy: Option<&Busy>,
     pick: impl Fn(&str) -> bool,
 ) -> Vec<(String, Result<()>)> {
     let entries = match journal.list() {
@@ -462,6 +465,24 @@ pub fn recover_where(
     let mut out = Vec::new();
     for e in entries.into_iter().filter(|e| pick(e.operation_id())) {
         let id = e.operation_id().to_string();
+        let claim = busy.map(|b| match &e {
+            Entry::Capture {
+                guest_uuid,
+                guest_name,
+                ..
+            } => b.claim(guest_uuid, &format!("guest {guest_name}")),
+            Entry::Deploy { guest_name, .. } => b.claim(
+                &format!("name:{guest_name}"),
+                &format!("guest name {guest_name}"),
+            ),
+        });
+        let _claim = match claim.transpose() {
+            Ok(c) => c,
+            Err(e) => {
+                out.push((id, Err(e)));
+                continue;
+            }
+        };
         let r = match &e {
             Entry::Capture {
                 guest_name,
@@ -773,6 +794,21 @@ pub fn check_deploy(ctx: &Ctx, spec: &DeploySpec) -> Result<(imprint_store::Mani
     let image_id: ImageId = spec.image_id.parse().map_err(AgentError::from)?;
     let manifest = ctx.store.manifest(&image_id)?;
     let plan = plan(spec, &manifest)?;
+    // What a failed deploy of this name left (libvirt was away) is removed
+    // by the recovery pass; until then the name and its volume names stay
+    // reserved, so that pass can never remove a later guest's volumes.
+    if ctx.journal.list()?.iter().any(|e| {
+        matches!(e, Entry::Deploy { guest_name, operation_id, .. }
+            if guest_name == &spec.guest_name && operation_id != &spec.operation_id)
+    }) {
+        return Err(AgentError::new(
+            Kind::Conflict,
+            format!(
+                "what a failed deploy of {} left is still being removed (libvirt did not answer); retry in a minute",
+                spec.guest_name
+            ),
+        ));
+    }
     if hv.lookup(&spec.guest_name).is_ok() {
         return Err(AgentError::new(
             Kind::Conflict,

@@ -141,7 +141,7 @@ async fn world(catalog: Catalog) -> World {
         // Guest a is alice's (an admin assigned it).
         if name == "alice" {
             catalog
-                .assign_guests("h1", &[("a-uuid".into(), "a".into())], &a.id)
+                .assign_guests("h1", &[("a-uuid".into(), "a".into())], &a.id, true)
                 .await
                 .expect("assign");
         }

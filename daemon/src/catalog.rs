@@ -279,6 +279,11 @@ impl Catalog {
         &self.pool
     }
 
+    /// Whether the catalog is SQLite (one daemon) rather than PostgreSQL.
+    pub fn is_sqlite(&self) -> bool {
+        self.sqlite
+    }
+
     pub(crate) fn host_token_cache(
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {

@@ -88,13 +88,14 @@ pub fn validate_host_name(name: &str) -> Result<()> {
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
     };
     if name.len() <= 253 && name.split('.').all(label_ok) {
         Ok(())
     } else {
         Err(CatalogError::InvalidArgument(format!(
-            "host name {name:?} must be a DNS name: labels of 1-63 letters, digits or '-' (not at either end), joined by '.'"
+            "host name {name:?} must be a lower-case DNS name: labels of 1-63 letters, digits or '-' (not at either end), joined by '.'"
         )))
     }
 }
@@ -190,7 +191,7 @@ mod tests {
                 tonic::Code::Unauthenticated
             );
             c.add_host_token("kvm01.example.net").await.expect("fqdn");
-            for bad in ["", "a_b", "-a", "a..b", "a.", &"a".repeat(64)] {
+            for bad in ["", "a_b", "-a", "a..b", "a.", "KVM-01", &"a".repeat(64)] {
                 assert!(c.add_host_token(bad).await.is_err(), "{bad}");
             }
         }

@@ -13,10 +13,11 @@
 //! Several daemons may share one catalog (PostgreSQL). Each running
 //! operation is driven by the daemon holding its lease in the row
 //! ([`crate::ops::LEASE_SECONDS`]); every daemon renews its leases every
-//! [`LEASE_RENEW_EVERY`] and claims operations whose lease expired, so the
-//! operations of a daemon that died are taken over within
-//! `LEASE_SECONDS + LEASE_RENEW_EVERY`. A daemon that finds it lost a lease
-//! (it stalled) stops following that operation.
+//! [`LEASE_RENEW_EVERY`] and claims operations whose lease expired. On
+//! PostgreSQL a daemon that died is noticed sooner: its liveness lock
+//! ([`crate::liveness`]) goes with its connection, and the others take its
+//! operations over within about a second. A daemon that finds it lost a
+//! lease (it stalled) stops following that operation.
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -638,6 +639,7 @@ impl Dispatcher {
                 &op.host,
                 &[(d.guest_uuid.clone(), d.guest_name.clone())],
                 &op.account_id,
+                true,
             )
             .await
         {
@@ -673,9 +675,9 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// A deploy or export reads every chunk of its image and checks it:
-    /// one that failed its check marks the image damaged (shown by
-    /// `image show`), one that read it whole clears the mark.
+    /// A deploy or export checks every chunk it reads: one that failed its
+    /// check marks the image damaged (shown by `image show`); a deploy that
+    /// read the whole image clears the mark.
     async fn record_damage(&self, op: &OperationRow, state: &str, a: &pb::AgentOperation) {
         let (true, Some(image)) = (
             matches!(op.kind.as_str(), "deploy" | "export"),
@@ -684,7 +686,9 @@ impl Dispatcher {
             return;
         };
         let damage = match state {
-            "succeeded" => String::new(),
+            // A deploy reads every disk of the image; an export only one.
+            "succeeded" if op.kind == "deploy" => String::new(),
+            "succeeded" => return,
             _ if a.error_code == Code::DataLoss as i32 => {
                 format!("{} (found by {} operation {})", a.error, op.kind, op.id)
             }
@@ -861,9 +865,52 @@ impl Dispatcher {
         self.bump();
     }
 
+    /// On a shared catalog: hold this daemon's liveness lock, and take over
+    /// at once the operations of daemons whose lock is free (they died);
+    /// checked every [`LIVENESS_EVERY`]. Lost locks are taken again.
+    async fn watch_liveness(self: Arc<Self>) {
+        let mut held = None;
+        loop {
+            let alive = match &mut held {
+                Some(h) => crate::liveness::Held::alive(h).await,
+                None => false,
+            };
+            if !alive {
+                match self.catalog.hold_liveness(LEASE_RENEW_EVERY).await {
+                    Ok(Some(h)) => held = Some(h),
+                    // SQLite: one daemon, nothing to watch.
+                    Ok(None) => return,
+                    Err(e) => tracing::warn!(error = %e, "cannot take this daemon's liveness lock"),
+                }
+            }
+            match self.catalog.dead_lease_owners().await {
+                Ok(dead) => {
+                    for owner in dead {
+                        match self.catalog.claim_operations_of(&owner).await {
+                            Ok(ops) if !ops.is_empty() => {
+                                tracing::warn!(daemon = %owner, operations = ops.len(), "took over the operations of a daemon that died");
+                                for op in ops {
+                                    self.spawn_follower(op);
+                                }
+                                self.bump();
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(daemon = %owner, error = %e, "cannot take over a dead daemon's operations")
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "liveness check failed"),
+            }
+            tokio::time::sleep(LIVENESS_EVERY).await;
+        }
+    }
+
     /// Background duties: fail operations of silent hosts, redo the space
     /// accounting when images came or went.
     pub fn start_background(self: &Arc<Self>) {
+        tokio::spawn(self.clone().watch_liveness());
         let me = self.clone();
         tokio::spawn(async move {
             loop {
@@ -1103,6 +1150,9 @@ fn record_metrics(op: &OperationRow, result: &str, a: &pb::AgentOperation) {
         );
     }
 }
+
+/// How often a daemon on a shared catalog looks for daemons that died.
+const LIVENESS_EVERY: Duration = Duration::from_secs(1);
 
 /// How often the stores are reconciled with the catalog.
 const RECONCILE_EVERY: Duration = Duration::from_secs(600);

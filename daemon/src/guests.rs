@@ -4,7 +4,7 @@
 //! not make the host's other guests its own. A guest belongs to the account
 //! that deployed it through imprint, or to the account an admin assigned it
 //! to (existing fleets are adopted with `imprint guest assign HOST
-//! --all-unowned ACCOUNT`). Capturing, the one call that acts on an
+//! --all-unowned --account ACCOUNT`). Capturing, the one call that acts on an
 //! existing guest, needs to own it; admins may act on every guest. A guest
 //! the caller does not own answers NOT_FOUND, exactly like a guest that
 //! does not exist, so names do not leak between accounts.
@@ -73,43 +73,70 @@ impl Catalog {
     }
 
     /// Give guests (UUID, name) of `host` to `account_id`, in one
-    /// transaction.
+    /// transaction. With `take`, a guest someone owns moves; without it,
+    /// owned guests stay with their owner (adopting only what is nobody's,
+    /// even if a deploy recorded its owner meanwhile).
     pub async fn assign_guests(
         &self,
         host: &str,
         guests: &[(String, String)],
         account_id: &str,
+        take: bool,
     ) -> Result<()> {
         let mut tx = self.pool().begin().await?;
+        let on_conflict = if take {
+            "DO UPDATE SET guest_name = $3, account_id = $4, assigned_unix = $5"
+        } else {
+            "DO NOTHING"
+        };
         for (uuid, name) in guests {
-            sqlx::query(
+            let sql = format!(
                 "INSERT INTO guest_owners (host, guest_uuid, guest_name, account_id, assigned_unix) \
-                 VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (host, guest_uuid) DO UPDATE SET guest_name = $3, account_id = $4, assigned_unix = $5",
-            )
-            .bind(host)
-            .bind(uuid)
-            .bind(name)
-            .bind(account_id)
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (host, guest_uuid) {on_conflict}"
+            );
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(host)
+                .bind(uuid)
+                .bind(name)
+                .bind(account_id)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     /// Forget who owns a guest named by UUID or by its recorded name;
-    /// returns the row.
+    /// returns the row. A name several rows carry (a guest deleted and
+    /// made again under its name) must be given as the UUID.
     pub async fn unassign_guest(&self, host: &str, guest: &str) -> Result<GuestOwner> {
-        let owner = self
-            .guest_owners(host)
-            .await?
-            .into_values()
-            .find(|o| o.uuid == guest || o.name == guest)
-            .ok_or_else(|| {
-                CatalogError::NotFound(format!("nobody owns a guest {guest:?} on host {host:?}"))
-            })?;
+        let all = self.guest_owners(host).await?;
+        let owner = match all.get(guest) {
+            Some(o) => o.clone(),
+            None => {
+                let named: Vec<&GuestOwner> = all.values().filter(|o| o.name == guest).collect();
+                match named.as_slice() {
+                    [one] => (*one).clone(),
+                    [] => {
+                        return Err(CatalogError::NotFound(format!(
+                            "nobody owns a guest {guest:?} on host {host:?}"
+                        )));
+                    }
+                    several => {
+                        return Err(CatalogError::FailedPrecondition(format!(
+                            "{} owned guests on host {host:?} were named {guest:?}; give the UUID ({})",
+                            several.len(),
+                            several
+                                .iter()
+                                .map(|o| o.uuid.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )));
+                    }
+                }
+            }
+        };
         sqlx::query("DELETE FROM guest_owners WHERE host = $1 AND guest_uuid = $2")
             .bind(host)
             .bind(&owner.uuid)
@@ -144,7 +171,7 @@ pub async fn check_owner(
 /// What a missing guest and another account's guest both answer.
 pub fn guest_not_found(host: &str, asked: &str) -> Status {
     Status::not_found(format!(
-        "host {host}: no guest {asked:?} among your guests (guests not deployed through imprint are assigned by an admin: imprint guest assign {host} {asked} ACCOUNT)"
+        "host {host}: no guest {asked:?} among your guests (guests not deployed through imprint are assigned by an admin: imprint guest assign {host} {asked} --account ACCOUNT)"
     ))
 }
 
@@ -261,30 +288,48 @@ impl GuestService for Guests {
                 })?;
             chosen.push(g);
         }
-        if r.all_unowned {
-            chosen.extend(on_host.iter().filter(|g| !owners.contains_key(&g.uuid)));
-        }
-        chosen.sort_by(|a, b| a.uuid.cmp(&b.uuid));
-        chosen.dedup_by(|a, b| a.uuid == b.uuid);
-        let rows: Vec<(String, String)> = chosen
+        let named: Vec<(String, String)> = chosen
             .iter()
             .map(|g| (g.uuid.clone(), g.name.clone()))
             .collect();
+        let unowned: Vec<(String, String)> = if r.all_unowned {
+            on_host
+                .iter()
+                .filter(|g| {
+                    !owners.contains_key(&g.uuid) && !named.iter().any(|(u, _)| u == &g.uuid)
+                })
+                .map(|g| (g.uuid.clone(), g.name.clone()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         self.catalog()
-            .assign_guests(&host.name, &rows, &account.id)
+            .assign_guests(&host.name, &named, &account.id, true)
             .await
             .map_err(status)?;
-        tracing::info!(host = %host.name, account = %account.name, by = %who.name, guests = rows.len(), "guests assigned");
-        let owner = GuestOwner {
-            uuid: String::new(),
-            name: String::new(),
-            account_id: account.id.clone(),
-            account: account.name.clone(),
-        };
+        self.catalog()
+            .assign_guests(&host.name, &unowned, &account.id, false)
+            .await
+            .map_err(status)?;
+        // Answer with what each now belongs to.
+        let now_owned = self
+            .catalog()
+            .guest_owners(&host.name)
+            .await
+            .map_err(status)?;
+        let mut chosen: Vec<&pb::Guest> = chosen;
+        chosen.extend(
+            on_host
+                .iter()
+                .filter(|g| unowned.iter().any(|(u, _)| u == &g.uuid)),
+        );
+        chosen.sort_by(|a, b| a.uuid.cmp(&b.uuid));
+        chosen.dedup_by(|a, b| a.uuid == b.uuid);
+        tracing::info!(host = %host.name, account = %account.name, by = %who.name, guests = chosen.len(), "guests assigned");
         Ok(Response::new(pb::AssignGuestsResponse {
             guests: chosen
-                .into_iter()
-                .map(|g| to_pb(&host.name, g, Some(&owner)))
+                .iter()
+                .map(|g| to_pb(&host.name, g, now_owned.get(&g.uuid)))
                 .collect(),
         }))
     }

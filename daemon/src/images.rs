@@ -379,6 +379,11 @@ impl ImageService for Images {
             image_name: r.name.clone(),
             image_id: image_id.clone(),
             hardware: Some(hardware),
+            refused_paths: self
+                .catalog()
+                .exported_paths_of_others(&host.name, &who.id)
+                .await
+                .map_err(status)?,
         });
         let encoded = agent_req.encode();
         let n = NewOperation {

@@ -19,6 +19,7 @@ pub mod dispatch;
 pub mod guests;
 pub mod hosts;
 pub mod images;
+pub mod liveness;
 pub mod operations;
 pub mod ops;
 pub mod profiles;

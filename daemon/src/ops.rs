@@ -550,6 +550,62 @@ impl Catalog {
         Ok(out)
     }
 
+    /// Take over the running operations of `owner`, a daemon known to be
+    /// dead ([`crate::liveness`]), whatever their lease says; returns them.
+    /// Several daemons may do this at once: each operation goes to one.
+    pub async fn claim_operations_of(&self, owner: &str) -> Result<Vec<OperationRow>> {
+        let ids: Vec<String> = sqlx::query(
+            "UPDATE operations SET lease_owner = $1, lease_until = $2 \
+             WHERE state = 'running' AND lease_owner = $3 RETURNING id",
+        )
+        .bind(self.daemon_id())
+        .bind(now() + LEASE_SECONDS)
+        .bind(owner)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<std::result::Result<_, _>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(self.operation(&id).await?);
+        }
+        Ok(out)
+    }
+
+    /// The files other accounts than `account_id` exported on `host`: the
+    /// paths finished exports reported, and those running ones asked for.
+    pub async fn exported_paths_of_others(
+        &self,
+        host: &str,
+        account_id: &str,
+    ) -> Result<Vec<String>> {
+        let sql = format!(
+            "{SELECT_OP} WHERE kind = 'export' AND host = $1 AND account_id <> $2 AND state IN ('running', 'succeeded')"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(host)
+            .bind(account_id)
+            .fetch_all(self.pool())
+            .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let op = op_from(r)?;
+            use prost::Message;
+            let asked = hex::decode(&op.agent_request)
+                .ok()
+                .and_then(|b| imprint_proto::v1::ExportRequest::decode(b.as_slice()).ok())
+                .map(|r| r.path);
+            let done = hex::decode(&op.result)
+                .ok()
+                .and_then(|b| imprint_proto::v1::AgentOperation::decode(b.as_slice()).ok())
+                .and_then(|a| a.export)
+                .map(|e| e.path);
+            out.extend(asked.into_iter().chain(done).filter(|p| !p.is_empty()));
+        }
+        Ok(out)
+    }
+
     /// Extend this daemon's leases; returns the running operations it
     /// still holds (one it lost while stalled is not among them).
     pub async fn renew_leases(&self) -> Result<Vec<String>> {
@@ -610,6 +666,22 @@ impl Catalog {
             return Err(CatalogError::InvalidArgument(
                 "a host needs a name and an agent endpoint".into(),
             ));
+        }
+        // One agent is one host: an endpoint another host registered cannot
+        // be taken over (a host credential must not redirect another
+        // host's work).
+        if let Some(other) =
+            sqlx::query("SELECT name FROM hosts WHERE agent_endpoint = $1 AND name <> $2")
+                .bind(&h.agent_endpoint)
+                .bind(&h.name)
+                .fetch_optional(self.pool())
+                .await?
+        {
+            let other: String = other.try_get("name")?;
+            return Err(CatalogError::Conflict(format!(
+                "agent endpoint {} is registered by host {other}; remove that host first (imprintd host remove {other})",
+                h.agent_endpoint
+            )));
         }
         let t = now();
         sqlx::query(

@@ -74,6 +74,7 @@ pub mod index;
 pub mod manifest;
 pub mod restore;
 pub mod s3;
+pub mod s3_keys;
 pub mod s3_server;
 pub mod source;
 mod store;

@@ -161,6 +161,8 @@ impl S3Options {
         }
         o.access_key_id = env("AWS_ACCESS_KEY_ID");
         o.secret_access_key = env("AWS_SECRET_ACCESS_KEY");
+        // Per-bucket keys (IMPRINT_S3_CREDENTIALS) beat the environment's.
+        crate::s3_keys::apply_configured(&mut o)?;
         Ok(o)
     }
 

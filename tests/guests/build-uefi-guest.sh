@@ -24,6 +24,9 @@
 # port only (OVMF also mirrors its EFI console there: its lines come first),
 # and a failed boot prints "IMPRINT-ERROR grub: ..." then halts. The guest then
 # prints the same IMPRINT-* marker lines as the busybox guest.
+# The GRUB image is unsigned: on machine q35 the domain needs
+# <firmware><feature enabled='no' name='secure-boot'/></firmware> in <os>,
+# or libvirt picks OVMF with Secure Boot on, which refuses it (README.md).
 #
 # Output (outside the repo so CI can keep it between runs):
 #   ${IMPRINT_GUEST_CACHE:-/var/cache/imprint/guests}/uefi/

@@ -112,12 +112,22 @@ pub fn busybox_guest() -> BusyboxGuest {
 /// The self-booting test disk (MBR, GRUB in the gap, the busybox guest on
 /// partition 1): (raw, qcow2). Built or reused from the cache.
 pub fn grub_guest() -> (PathBuf, PathBuf) {
-    let script = workspace().join("tests/guests/build-grub-guest.sh");
+    boot_disk("build-grub-guest.sh")
+}
+
+/// The UEFI test disk (GPT, an EFI system partition with GRUB, the busybox
+/// guest on partition 2): (raw, qcow2).
+pub fn uefi_guest() -> (PathBuf, PathBuf) {
+    boot_disk("build-uefi-guest.sh")
+}
+
+fn boot_disk(builder: &str) -> (PathBuf, PathBuf) {
+    let script = workspace().join("tests/guests").join(builder);
     let out = run(script.to_str().expect("utf8"), &[]);
     let get = |key: &str| -> PathBuf {
         out.lines()
             .find_map(|l| l.strip_prefix(key).map(|v| PathBuf::from(v.trim())))
-            .unwrap_or_else(|| panic!("build-grub-guest.sh printed no {key:?} line:\n{out}"))
+            .unwrap_or_else(|| panic!("{builder} printed no {key:?} line:\n{out}"))
     };
     (get("disk:"), get("qcow2:"))
 }

@@ -110,6 +110,22 @@ impl TestPostgres {
     }
 }
 
+impl TestPostgres {
+    /// One value of `sql` (`psql -tA`), trimmed.
+    pub fn query(&self, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-tA", "-d", &self.url, "-c", sql])
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
 impl Drop for TestPostgres {
     fn drop(&mut self) {
         let mut stop = Command::new(self.bin.join("pg_ctl"));

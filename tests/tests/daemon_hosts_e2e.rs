@@ -151,6 +151,20 @@ async fn agent_registers_and_heartbeats() {
     let h = after.iter().find(|h| h.name == "kvm-01").expect("kvm-01");
     assert_eq!(h.agent_endpoint, host.agent_endpoint, "endpoint unchanged");
     assert!(!after.iter().any(|h| h.name == "kvm-02"), "{after:?}");
+    // One agent is one host: kvm-02's credential cannot point kvm-02 at
+    // kvm-01's agent (accounts granted only kvm-02 would work on kvm-01).
+    let err = client
+        .register_host(authed(
+            &other,
+            pb::RegisterHostRequest {
+                name: "kvm-02".into(),
+                agent_endpoint: host.agent_endpoint.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("endpoint of another host");
+    assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
 
     // Bad input gets a clear status.
     let err = client

@@ -1,7 +1,9 @@
 //! A disk made elsewhere boots as a new server: a partitioned disk with its
 //! own boot loader (GRUB in the MBR gap, no host kernel) is imported as raw
 //! and as qcow2 with a hardware profile, deployed with a static address,
-//! and each copy boots to its console marker with the address applied.
+//! and each copy boots to its console marker with the address applied. A
+//! GPT disk with an EFI system partition imported without a profile gets
+//! UEFI (OVMF, its own NVRAM) and boots the same way.
 
 use std::time::Duration;
 
@@ -13,6 +15,7 @@ const HOST: &str = "kvm-import";
 #[tokio::test(flavor = "multi_thread")]
 async fn imported_disks_deploy_and_boot_with_a_profile() {
     let (raw, qcow2) = grub_guest();
+    let (uefi, _) = uefi_guest();
     let wd = Workdir::new("imprint-import-e2e-");
     let daemon = DaemonProcess::start(&wd.path().join("imprintd"), &wd.path().join("store"));
     let transfer = wd.path().join("transfer");
@@ -58,7 +61,12 @@ async fn imported_disks_deploy_and_boot_with_a_profile() {
         .expect("create profile");
 
     let mut a = api(&daemon.endpoint(), &alice);
-    for (i, (src, format)) in [(&raw, "raw"), (&qcow2, "qcow2")].into_iter().enumerate() {
+    let cases = [
+        (&raw, "raw", "tiny", "imprint-grub: linux"),
+        (&qcow2, "qcow2", "tiny", "imprint-grub: linux"),
+        (&uefi, "uefi", "", "imprint-uefi: linux"),
+    ];
+    for (i, (src, format, profile, boot_line)) in cases.into_iter().enumerate() {
         let file = transfer.join(format!("vendor.{format}"));
         std::fs::copy(src, &file).expect("copy into the transfer directory");
         let op = a
@@ -67,7 +75,7 @@ async fn imported_disks_deploy_and_boot_with_a_profile() {
                 host: HOST.into(),
                 path: file.display().to_string(),
                 name: format!("vendor-{format}"),
-                profile: "tiny".into(),
+                profile: profile.into(),
                 ..Default::default()
             })
             .await
@@ -123,7 +131,17 @@ async fn imported_disks_deploy_and_boot_with_a_profile() {
             1,
             Duration::from_secs(180),
         );
-        assert!(log.contains("imprint-grub: linux"), "GRUB booted it: {log}");
+        assert!(
+            log.contains(boot_line),
+            "its own boot loader booted it: {log}"
+        );
+        if format == "uefi" {
+            assert!(
+                xml.contains("firmware='efi'") || xml.contains("OVMF"),
+                "{xml}"
+            );
+            assert!(xml.contains("<nvram"), "its own NVRAM copy: {xml}");
+        }
         assert!(
             log.lines()
                 .any(|l| l.trim() == format!("IMPRINT-ADDR {addr}")),

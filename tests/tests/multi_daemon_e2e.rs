@@ -55,9 +55,33 @@ async fn capture_survives_the_death_of_its_daemon() {
     assert_eq!(op.state, pb::OperationState::Running as i32);
 
     // Daemon 1 dies while the agent works.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lease_owner = || {
+        pg.query(&format!(
+            "SELECT lease_owner FROM operations WHERE id = '{}'",
+            op.id
+        ))
+    };
+    let owner_1 = lease_owner();
+    assert!(!owner_1.is_empty());
     d1.server.kill();
     let killed = Instant::now();
+    // Daemon 2 sees daemon 1's liveness lock go with its connection and
+    // takes the operation over without waiting for the 15 s lease.
+    loop {
+        let owner = lease_owner();
+        if owner != owner_1 {
+            eprintln!(
+                "daemon 2 ({owner}) took the operation over {:.1} s after daemon 1 ({owner_1}) was killed",
+                killed.elapsed().as_secs_f64()
+            );
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "nobody took the operation over"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // Daemon 2 answers at once (the row is in the shared catalog) and the
     // operation ends there once it has taken the lease over.

@@ -181,10 +181,37 @@ fn import_and_export_through_the_daemon() {
         ],
     );
     assert_eq!(code, 3, "host not granted: {err}");
-    // Only the one import made an image.
+    // The export is alice's private image: owner-only on disk, and another
+    // account allowed on the host cannot import it (even through a link).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&qcow2)
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "export mode");
+    let bob = w.daemon.account("bob");
+    let link = transfer.join("innocent.qcow2");
+    std::os::unix::fs::symlink(&qcow2, &link).expect("symlink");
+    for path in [qcow2_s, link.to_str().expect("utf8")] {
+        let (code, _, err) = imprint(
+            &ep,
+            &bob,
+            &[
+                "image", "import", "--host", HOST, "--path", path, "--name", "stolen",
+            ],
+        );
+        assert_eq!(code, 4, "another account's export {path}: {err}");
+        assert!(err.contains("exported by another account"), "{err}");
+    }
+    // Its owner may import it again.
+    let (code, _, err) = run(&[
+        "image", "import", "--host", HOST, "--path", qcow2_s, "--name", "again", "--wait",
+    ]);
+    assert_eq!(code, 0, "the owner imports its own export: {err}");
+    // Only the two imports that were allowed made images.
     let (_, out, _) = run(&["-o", "json", "image", "list"]);
     let list: serde_json::Value = serde_json::from_str(&out).expect("json");
-    assert_eq!(list["images"].as_array().expect("images").len(), 1);
+    assert_eq!(list["images"].as_array().expect("images").len(), 2);
 }
 
 /// Imports from object URLs: a qcow2 in a bucket of a real S3 server and a
