@@ -21,7 +21,7 @@ use crate::{
     hypervisor::{GuestRef, Hypervisor, PoolInfo, PowerState},
 };
 
-/// libvirt through one (re)connecting connection.
+/// libvirt through one (re)connecting, shared connection.
 pub struct Libvirt {
     uri: String,
     conn: Mutex<Option<Connect>>,
@@ -64,22 +64,29 @@ impl Libvirt {
         }
     }
 
+    /// The shared connection, opened when there is none. The lock is held
+    /// only to look at the slot: opening happens outside it, and calls run
+    /// on a clone (libvirt connections are thread-safe), so one slow call,
+    /// or a reconnect while libvirtd restarts, never holds up the others.
+    fn connection(&self) -> Result<Connect> {
+        if let Some(c) = self.conn.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return Ok(c.clone());
+        }
+        let c = Connect::open(Some(&self.uri)).map_err(|e| {
+            AgentError::new(
+                Kind::Unavailable,
+                format!("connect to libvirt at {}: {}", self.uri, e.message()),
+            )
+        })?;
+        let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        // Another call may have connected meanwhile: keep one.
+        Ok(slot.get_or_insert(c).clone())
+    }
+
     /// Run `f` with a live connection; `what` names the action in errors.
     fn with<T>(&self, what: &str, f: impl FnOnce(&Connect) -> Result<T, VirtError>) -> Result<T> {
-        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            let c = Connect::open(Some(&self.uri)).map_err(|e| {
-                AgentError::new(
-                    Kind::Unavailable,
-                    format!("connect to libvirt at {}: {}", self.uri, e.message()),
-                )
-            })?;
-            *guard = Some(c);
-        }
-        let conn = guard
-            .as_ref()
-            .ok_or_else(|| AgentError::new(Kind::Unavailable, "no libvirt connection"))?;
-        match f(conn) {
+        let conn = self.connection()?;
+        match f(&conn) {
             Ok(v) => Ok(v),
             Err(e) => {
                 // A call on a connection libvirtd closed fails with
@@ -88,9 +95,15 @@ impl Libvirt {
                 let dead = conn.is_alive().map_or(true, |alive| !alive);
                 let kind = if dead { Kind::Unavailable } else { kind_of(&e) };
                 if kind == Kind::Unavailable {
-                    *guard = None;
-                }
-                if kind == Kind::Unavailable {
+                    // Forget it, unless another call replaced it already
+                    // with one that lives.
+                    let mut slot = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+                    if slot
+                        .as_ref()
+                        .is_some_and(|c| !c.is_alive().unwrap_or(false))
+                    {
+                        *slot = None;
+                    }
                     return Err(AgentError::new(
                         kind,
                         format!(

@@ -783,6 +783,40 @@ pub fn free_udp_port() -> u16 {
     }
 }
 
+/// Poll agent operation `id` until its phase is `phase` (it must still
+/// run); returns it then.
+pub async fn phase_reached(
+    client: &mut imprint_proto::v1::agent_service_client::AgentServiceClient<
+        tonic::transport::Channel,
+    >,
+    id: &str,
+    phase: &str,
+) -> imprint_proto::v1::AgentOperation {
+    let start = Instant::now();
+    loop {
+        let cur = client
+            .get_operation(imprint_proto::v1::GetOperationRequest {
+                operation_id: id.into(),
+            })
+            .await
+            .expect("get")
+            .into_inner();
+        if cur.phase == phase {
+            return cur;
+        }
+        assert_eq!(
+            cur.state,
+            imprint_proto::v1::OperationState::Running as i32,
+            "ended before {phase:?}: {cur:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no {phase:?} phase: {cur:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Follow an agent operation until it ends; return its final state.
 pub async fn watch(
     client: &mut imprint_proto::v1::agent_service_client::AgentServiceClient<
@@ -944,6 +978,52 @@ impl Fixture {
         )
         .await
         .expect("connect to agent")
+    }
+
+    /// Capture a shut-off guest `imp-<tag>-<suffix>` whose one disk holds
+    /// `mib` MiB of random (incompressible) data; the image id. Its
+    /// deploys write long enough to cause faults in the middle.
+    pub async fn capture_random_disk(&self, suffix: &str, mib: u32) -> String {
+        let disk = self
+            .wd
+            .path()
+            .join("pool-a")
+            .join(format!("{suffix}-vda.raw"));
+        run(
+            "dd",
+            &[
+                "if=/dev/urandom",
+                &format!("of={}", disk.display()),
+                "bs=1M",
+                &format!("count={mib}"),
+                "status=none",
+            ],
+        );
+        let name = format!("imp-{}-{suffix}", self.tag);
+        let log = self.wd.path().join(format!("{suffix}.log"));
+        let _src = Domain::define(
+            &name,
+            &busybox_xml(
+                &name,
+                &self.guest,
+                self.wd.path(),
+                &[(&disk, "raw")],
+                &log,
+                free_udp_port(),
+            ),
+            self.wd.path(),
+        );
+        let captured = capture(
+            &mut self.client().await,
+            imprint_proto::v1::CaptureRequest {
+                guest: name,
+                image_name: suffix.into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_succeeded(&captured);
+        captured.capture.expect("result").image_id
     }
 
     /// Define guest `imp-<tag>-<suffix>` on `disks` (in pool A's

@@ -41,78 +41,13 @@ impl Drop for LibvirtdBack {
     }
 }
 
-async fn phase_reached(
-    client: &mut pb::agent_service_client::AgentServiceClient<tonic::transport::Channel>,
-    id: &str,
-    phase: &str,
-) -> pb::AgentOperation {
-    let start = Instant::now();
-    loop {
-        let cur = client
-            .get_operation(pb::GetOperationRequest {
-                operation_id: id.into(),
-            })
-            .await
-            .expect("get")
-            .into_inner();
-        if cur.phase == phase {
-            return cur;
-        }
-        assert_eq!(
-            cur.state,
-            pb::OperationState::Running as i32,
-            "ended before {phase:?}: {cur:?}"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no {phase:?} phase: {cur:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_failing_in_a_libvirtd_restart_leaves_nothing() {
     let f = Fixture::new();
-    // A shut-off guest with 768 MiB of incompressible data: its deploy
-    // writes (with fsync) long enough to stop libvirtd in the middle.
-    let disk = f.wd.path().join("pool-a").join("big-vda.raw");
-    run(
-        "dd",
-        &[
-            "if=/dev/urandom",
-            &format!("of={}", disk.display()),
-            "bs=1M",
-            "count=768",
-            "status=none",
-        ],
-    );
-    let name = format!("imp-{}-big", f.tag);
-    let log = f.wd.path().join("big.log");
-    let _src = Domain::define(
-        &name,
-        &busybox_xml(
-            &name,
-            &f.guest,
-            f.wd.path(),
-            &[(&disk, "raw")],
-            &log,
-            free_udp_port(),
-        ),
-        f.wd.path(),
-    );
+    // 768 MiB of incompressible data: its deploy writes (with fsync) long
+    // enough to stop libvirtd in the middle.
+    let image_id = f.capture_random_disk("big", 768).await;
     let mut client = f.client().await;
-    let captured = capture(
-        &mut client,
-        pb::CaptureRequest {
-            guest: name.clone(),
-            image_name: "big".into(),
-            ..Default::default()
-        },
-    )
-    .await;
-    assert_succeeded(&captured);
-    let image_id = captured.capture.expect("result").image_id;
 
     let copy = format!("imp-{}-copy", f.tag);
     let _copy = Domain::adopt(&copy);
