@@ -6,12 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v cargo >/dev/null; then
-    echo "test.sh: cargo is missing: install a Rust toolchain (1.85 or newer) first" >&2
+    echo "test.sh: cargo is missing: install a Rust toolchain (1.88 or newer: let chains) first" >&2
     exit 2
 fi
 
 ./scripts/install-deps.sh
 ./scripts/start-services.sh
+
+# House rules the tree must keep (issue 14): formatted, and no clippy
+# warning (workspace lints in Cargo.toml) in any target.
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # The end-to-end tests start our binaries (imprintd, imprint-agent,
 # imprint): `cargo test` builds only those of packages with integration

@@ -49,6 +49,13 @@ pub struct Firmware {
     pub kind: String,
     /// UEFI loader path, when set explicitly.
     pub loader: Option<String>,
+    /// UEFI: the guest's NVRAM file on its host, at capture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvram: Option<String>,
+    /// UEFI: SHA-256 (hex) of the NVRAM contents the image keeps
+    /// ([`NVRAM_FILE`] beside its indexes); deploys start from them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvram_sha256: Option<String>,
     /// Direct kernel boot: host paths of kernel and initrd, and the
     /// command line. These are host files, not captured: a target host needs
     /// them at the same paths.
@@ -111,6 +118,18 @@ pub struct NicConfig {
     pub udp_remote: Option<String>,
     /// MAC at capture: recorded, never reused on deploy.
     pub mac: String,
+}
+
+/// The image file that keeps a UEFI guest's NVRAM contents.
+pub const NVRAM_FILE: &str = "nvram.fd";
+
+/// Where libvirt keeps guests' NVRAM files; a deploy writes the image's
+/// NVRAM here before it defines the guest.
+pub const NVRAM_DIR: &str = "/var/lib/libvirt/qemu/nvram";
+
+/// The NVRAM file of a new guest `name`.
+pub fn nvram_path(name: &str) -> String {
+    format!("{NVRAM_DIR}/{name}_VARS.fd")
 }
 
 /// Where a NIC without an attachment of its own (an imported image's, or
@@ -229,6 +248,8 @@ impl GuestConfig {
                 "bios".into()
             },
             loader: text(&os, "loader").filter(|s| !s.is_empty()),
+            nvram: text(&os, "nvram").filter(|s| !s.is_empty()),
+            nvram_sha256: None,
             kernel: text(&os, "kernel"),
             initrd: text(&os, "initrd"),
             cmdline: text(&os, "cmdline"),
@@ -500,6 +521,9 @@ pub struct NewDomain<'a> {
     pub macs: Vec<String>,
     /// Serial console log file.
     pub console_log: Option<String>,
+    /// UEFI: the NVRAM file written from the image (else libvirt makes one
+    /// from its template).
+    pub nvram: Option<String>,
 }
 
 impl NewDomain<'_> {
@@ -538,6 +562,9 @@ impl NewDomain<'_> {
             // images; without it, libvirt picks plain OVMF. Each guest gets
             // its own NVRAM copy of the firmware's template.
             x.push_str("    <firmware><feature enabled='no' name='secure-boot'/></firmware>\n");
+            if let Some(n) = &self.nvram {
+                x.push_str(&format!("    <nvram>{}</nvram>\n", esc(n)));
+            }
         }
         for (tag, v) in [
             ("kernel", &b.firmware.kernel),
@@ -724,6 +751,7 @@ mod tests {
             }],
             macs: vec!["52:54:00:00:00:01".into(), "52:54:00:00:00:02".into()],
             console_log: Some("/var/log/imprint/web-2.log".into()),
+            nvram: None,
         };
         let xml = nd.to_xml();
         let again = GuestConfig::from_domain_xml(&xml).expect("parse generated");

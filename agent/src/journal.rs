@@ -40,6 +40,9 @@ pub enum Entry {
         volumes: Vec<String>,
         /// UUID of the defined domain, once defined.
         defined_uuid: Option<String>,
+        /// NVRAM file written from the image, before it is written.
+        #[serde(default)]
+        nvram: Option<String>,
     },
 }
 

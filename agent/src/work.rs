@@ -338,12 +338,27 @@ fn take_down_and_read(
         .iter()
         .map(|(i, _)| config.disks[*i].clone())
         .collect();
+    let image_id = spec.image_id.clone().unwrap_or_else(ImageId::generate);
+    // A UEFI guest's NVRAM (boot entries, variables) is part of what it is:
+    // read while the guest is off, kept beside the image's indexes (before
+    // the manifest commits; a capture that fails leaves it to GC with the
+    // rest of its partial image), its digest in the configuration.
+    if recorded.firmware.kind == "efi"
+        && let Some(path) = &recorded.firmware.nvram
+        && let Ok(bytes) = std::fs::read(path)
+    {
+        store
+            .backend()
+            .write_image_file(&image_id, crate::domain::NVRAM_FILE, &bytes)?;
+        use sha2::Digest;
+        recorded.firmware.nvram_sha256 = Some(hex::encode(sha2::Sha256::digest(&bytes)));
+    }
     let opts = CaptureOptions {
         cancel: Some(cancel.clone()),
         config: serde_json::to_value(&recorded)
             .map_err(|e| AgentError::new(Kind::Internal, e.to_string()))?,
         labels: spec.labels.clone(),
-        image_id: spec.image_id.clone(),
+        image_id: Some(image_id),
         ..Default::default()
     };
     let r = imprint_store::capture::capture(store, &spec.image_name, inputs, &opts, &mut |p| {
@@ -501,8 +516,10 @@ pub fn recover_where(
                 pool,
                 volumes,
                 defined_uuid,
+                nvram,
                 ..
-            } => undo_deploy(hv, guest_name, defined_uuid.as_deref(), pool, volumes),
+            } => undo_deploy(hv, guest_name, defined_uuid.as_deref(), pool, volumes)
+                .and_then(|()| remove_nvram(nvram.as_deref())),
         };
         if r.is_ok() {
             let _ = journal.remove(&id);
@@ -510,6 +527,18 @@ pub fn recover_where(
         out.push((id, r));
     }
     out
+}
+
+/// Remove an NVRAM file a deploy wrote (gone already is fine).
+fn remove_nvram(path: Option<&str>) -> Result<()> {
+    match path.map(std::fs::remove_file) {
+        None | Some(Ok(())) => Ok(()),
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Some(Err(e)) => Err(AgentError::new(
+            Kind::Internal,
+            format!("remove NVRAM {}: {e}", path.unwrap_or_default()),
+        )),
+    }
 }
 
 /// Remove what a deploy made. Ok when none of it is left (what is gone
@@ -863,6 +892,7 @@ pub fn deploy(
         pool: spec.pool.clone(),
         volumes: Vec::new(),
         defined_uuid: None,
+        nvram: None,
     };
     journal.write(&entry)?;
     let r = deploy_steps(
@@ -874,11 +904,13 @@ pub fn deploy(
             pool,
             volumes,
             defined_uuid,
+            nvram,
             ..
         } = &entry
         && let Err(e) = retrying(UNDO_PATIENCE, || {
             report("removing what the deploy made", 0, 0);
             undo_deploy(hv, guest_name, defined_uuid.as_deref(), pool, volumes)
+                .and_then(|()| remove_nvram(nvram.as_deref()))
         })
     {
         // The journal keeps it: removed at the next start, or by the
@@ -1068,6 +1100,40 @@ fn deploy_steps(
             .display()
             .to_string()
     });
+    // A UEFI image keeps its NVRAM (boot entries, variables): the new guest
+    // starts from those contents, checked against the digest the image
+    // recorded. Journaled before it is written.
+    let nvram = match &plan.config.firmware.nvram_sha256 {
+        Some(want) if plan.config.firmware.kind == "efi" => {
+            let bytes = store
+                .backend()
+                .read_image_file(&manifest.image_id, crate::domain::NVRAM_FILE)
+                .map_err(|e| AgentError::from(e).context("read the image's NVRAM"))?;
+            let got = {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(&bytes))
+            };
+            if &got != want {
+                return Err(AgentError::new(
+                    Kind::DataLoss,
+                    format!(
+                        "the NVRAM of image {} fails its check (SHA-256 {got}, recorded {want})",
+                        manifest.image_id
+                    ),
+                ));
+            }
+            let path = crate::domain::nvram_path(&spec.guest_name);
+            if let Entry::Deploy { nvram, .. } = entry {
+                *nvram = Some(path.clone());
+            }
+            journal.write(entry)?;
+            std::fs::create_dir_all(crate::domain::NVRAM_DIR)
+                .and_then(|()| std::fs::write(&path, &bytes))
+                .map_err(|e| AgentError::new(Kind::Internal, format!("write NVRAM {path}: {e}")))?;
+            Some(path)
+        }
+        _ => None,
+    };
     let xml = NewDomain {
         base: &base,
         name: spec.guest_name.clone(),
@@ -1086,6 +1152,7 @@ fn deploy_steps(
         disks: new_disks,
         macs: macs.clone(),
         console_log,
+        nvram,
     }
     .to_xml();
     report("defining guest", done, total);

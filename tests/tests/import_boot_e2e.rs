@@ -147,6 +147,78 @@ async fn imported_disks_deploy_and_boot_with_a_profile() {
                 .any(|l| l.trim() == format!("IMPRINT-ADDR {addr}")),
             "{log}"
         );
+        if format == "uefi" {
+            nvram_travels_with_the_image(&mut a, &f, &name).await;
+        }
         virsh_quiet(&["destroy", &name]);
     }
+}
+
+/// Capture the running UEFI guest `name` (alice deployed it, so it is
+/// hers): the image keeps its NVRAM contents (firmware variables written
+/// at its first boot), and a copy deployed from it starts from exactly
+/// those bytes, not from the firmware's blank template.
+async fn nvram_travels_with_the_image(a: &mut Api, f: &Fixture, name: &str) {
+    let op = a
+        .images
+        .capture_image(pb::CaptureImageRequest {
+            host: HOST.into(),
+            guest: name.into(),
+            name: "uefi-captured".into(),
+            shutdown_timeout_seconds: 120,
+            ..Default::default()
+        })
+        .await
+        .expect("capture the UEFI guest")
+        .into_inner();
+    let (done, _) = a.wait(&op.id).await;
+    assert_eq!(
+        done.state,
+        pb::OperationState::Succeeded as i32,
+        "{}",
+        done.error
+    );
+    let image = a.image(&op.image_id).await.expect("image");
+    let config: serde_json::Value = serde_json::from_str(&image.config_json).expect("config");
+    let recorded = config["firmware"]["nvram_sha256"]
+        .as_str()
+        .expect("the image records its NVRAM")
+        .to_string();
+    let stored = std::fs::read(
+        f.wd.path()
+            .join("store/images")
+            .join(&op.image_id)
+            .join("nvram.fd"),
+    )
+    .expect("the NVRAM beside the image's indexes");
+    let template = std::fs::read("/usr/share/OVMF/OVMF_VARS_4M.fd").expect("OVMF template");
+    assert_ne!(
+        stored, template,
+        "the guest's own variables, not the blank template"
+    );
+    let copy = format!("{name}-2");
+    let _copy = Domain::adopt(&copy);
+    let op = a
+        .images
+        .deploy_image(pb::DeployImageRequest {
+            image_id: op.image_id.clone(),
+            host: HOST.into(),
+            guest_name: copy.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("deploy")
+        .into_inner();
+    let (done, _) = a.wait(&op.id).await;
+    assert_eq!(
+        done.state,
+        pb::OperationState::Succeeded as i32,
+        "{}",
+        done.error
+    );
+    let written = std::fs::read(format!("/var/lib/libvirt/qemu/nvram/{copy}_VARS.fd"))
+        .expect("the copy's NVRAM");
+    assert_eq!(written, stored, "the copy starts from the captured NVRAM");
+    use sha2::Digest;
+    assert_eq!(hex::encode(sha2::Sha256::digest(&written)), recorded);
 }
