@@ -319,6 +319,13 @@ async fn main() -> Result<()> {
     } else {
         args.daemon
     };
+    let agent =
+        Agent::new(hv, store, journal, settings).with_store_location(store_location.clone());
+    tokio::spawn(
+        agent
+            .clone()
+            .recover_leftovers_every(Duration::from_secs(15)),
+    );
     if !daemons.is_empty() {
         let name = args
             .host_name
@@ -356,6 +363,7 @@ async fn main() -> Result<()> {
                 endpoint,
                 libvirt_uri: uri.clone(),
                 token: host_token,
+                agent: agent.clone(),
             },
         ));
     }
@@ -368,13 +376,6 @@ async fn main() -> Result<()> {
             imprint_service::metrics::global().clone(),
         ));
     }
-    let agent =
-        Agent::new(hv, store, journal, settings).with_store_location(store_location.clone());
-    tokio::spawn(
-        agent
-            .clone()
-            .recover_leftovers_every(Duration::from_secs(15)),
-    );
     let on_stop = agent.clone();
     let stop_timeout = Duration::from_secs(args.stop_timeout_seconds);
     imprint_service::notify::ready(&format!("serving on {local}, libvirt {uri}"));
@@ -449,6 +450,9 @@ struct Registration {
     /// The host token (`authorization: Bearer`); none with a certificate
     /// bound to the host name.
     token: Option<String>,
+    /// The agent: heartbeats report its running operations and cancel
+    /// those the daemon ended.
+    agent: Agent,
 }
 
 impl Registration {
@@ -514,10 +518,16 @@ async fn register_and_heartbeat(
             let r = client
                 .heartbeat(me.request(HeartbeatRequest {
                     name: name.clone(),
-                    ..Default::default()
+                    running_operation_ids: me.agent.running_ids(),
                 })?)
-                .await?;
-            anyhow::Ok(r.into_inner().interval_seconds)
+                .await?
+                .into_inner();
+            for id in &r.cancel_operation_ids {
+                if me.agent.cancel_one(id) {
+                    tracing::warn!(operation = %id, "the daemon ended this operation; cancelling it");
+                }
+            }
+            anyhow::Ok(r.interval_seconds)
         }
         .await;
         match result {

@@ -487,6 +487,29 @@ impl Agent {
             .count()
     }
 
+    /// Ids of the operations running now (heartbeats report them).
+    pub fn running_ids(&self) -> Vec<String> {
+        self.ops
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, o)| !is_final(o.tx.borrow().state))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Cancel running operation `id` (the daemon ended it); whether it ran.
+    pub fn cancel_one(&self, id: &str) -> bool {
+        let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
+        match ops.get(id) {
+            Some(o) if !is_final(o.tx.borrow().state) => {
+                o.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Ask every running operation to stop (at shutdown): captures return
     /// their guest to its power state, deploys remove what they created.
     /// Returns how many were asked.

@@ -152,7 +152,18 @@ impl HostService for Hosts {
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let name = req.get_ref().name.clone();
         authenticate_host(&self.catalog, &req, &name).await?;
+        let running = req.into_inner().running_operation_ids;
         self.catalog.heartbeat(&name).await.map_err(status)?;
+        // What the host still runs but the catalog ended (the reaper failed
+        // it while the host was silent): the agent cancels it.
+        let cancel_operation_ids = self
+            .catalog
+            .ended_among(&name, &running)
+            .await
+            .map_err(status)?;
+        if !cancel_operation_ids.is_empty() {
+            tracing::warn!(host = %name, operations = ?cancel_operation_ids, "the host runs operations the catalog ended; asking it to cancel them");
+        }
         imprint_service::metrics::global().inc(
             "imprint_agent_heartbeats_total",
             "Heartbeats received from agents, by host.",
@@ -161,6 +172,7 @@ impl HostService for Hosts {
         );
         Ok(Response::new(pb::HeartbeatResponse {
             interval_seconds: HEARTBEAT_INTERVAL_SECONDS,
+            cancel_operation_ids,
         }))
     }
 

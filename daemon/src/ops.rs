@@ -606,6 +606,19 @@ impl Catalog {
         Ok(out)
     }
 
+    /// Of `ids`, the operations of `host` the catalog has ended.
+    pub async fn ended_among(&self, host: &str, ids: &[String]) -> Result<Vec<String>> {
+        let mut ended = Vec::new();
+        for id in ids.iter().take(1000) {
+            match self.operation(id).await {
+                Ok(op) if op.host == host && !op.running() => ended.push(op.id),
+                Ok(_) | Err(CatalogError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(ended)
+    }
+
     /// Extend this daemon's leases; returns the running operations it
     /// still holds (one it lost while stalled is not among them).
     pub async fn renew_leases(&self) -> Result<Vec<String>> {

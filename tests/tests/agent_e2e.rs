@@ -382,4 +382,25 @@ async fn agent_killed_mid_capture_restores_guest_after_restart() {
         .expect("imprint");
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(list["images"].as_array().map(Vec::len), Some(0), "{list}");
+    // The restarted agent retired the dead capture's writer registration:
+    // GC with no grace frees its orphan chunks now, not 15 minutes later.
+    let gc = |dry: bool| {
+        let mut c = std::process::Command::new(binary("imprint"));
+        c.args(["-o", "json", "store", "gc", "--grace", "0", "--store"])
+            .arg(f.wd.path().join("store"));
+        if dry {
+            c.arg("--dry-run");
+        }
+        let out = c.output().expect("imprint");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    let first = gc(false);
+    assert_eq!(first["live_writers"], 0, "{first}");
+    assert!(
+        first["chunks_removed"].as_u64().expect("removed") > 0,
+        "{first}"
+    );
+    let again = gc(true);
+    assert_eq!(again["chunks_removed"], 0, "{again}");
+    assert_eq!(again["chunks_kept_recent"], 0, "{again}");
 }
