@@ -171,7 +171,8 @@ for path in sys.argv[1:]:
     mib = lambda n: f"{n / 2**20:.1f} MiB"
     print(f"   {c['image_id']}: read {mib(c['bytes_read'])}, stored {mib(c['bytes_stored'])}, "
           f"deduplicated {mib(c['bytes_deduplicated'])}, holes skipped {mib(c['zero_bytes_skipped'])}, "
-          f"downtime {c['shutdown_seconds'] + c['read_seconds'] + c['boot_seconds']:.1f} s")
+          f"downtime {c['downtime_seconds']:.1f} s (disks read in {c['read_seconds']:.1f} s"
+          + (" while it ran)" if c["point_in_time"] else ")"))
 PY
 "$imprint" image list
 sleep 1 # the daemon recounts each image's own bytes just after a capture

@@ -67,6 +67,29 @@ pub trait Hypervisor: Send + Sync {
     ) -> Result<String>;
     /// Delete a volume.
     fn delete_volume(&self, pool: &str, name: &str) -> Result<()>;
+    /// Start a defined guest with its CPUs paused.
+    fn start_paused(&self, guest: &GuestRef) -> Result<()>;
+    /// Let a paused guest run.
+    fn resume(&self, guest: &GuestRef) -> Result<()>;
+    /// Begin a pull-mode backup of `disks` (target device, scratch file;
+    /// `None`: not backed up) of a running or paused guest: a point-in-time view of each disk,
+    /// exported over NBD on the UNIX socket `socket` under its target name,
+    /// while the guest runs on (copy-before-write into the scratch file).
+    fn backup_begin(
+        &self,
+        guest: &GuestRef,
+        socket: &std::path::Path,
+        disks: &[(String, Option<std::path::PathBuf>)],
+    ) -> Result<()>;
+    /// Read the point-in-time view of `disk` that a backup exports.
+    fn backup_disk(
+        &self,
+        guest: &GuestRef,
+        socket: &std::path::Path,
+        disk: &str,
+    ) -> Result<Box<dyn imprint_store::source::DiskSource>>;
+    /// End the guest's backup job (no job running is fine).
+    fn backup_end(&self, guest: &GuestRef) -> Result<()>;
 }
 
 /// An in-memory hypervisor for unit tests: guests with power states,
@@ -103,6 +126,8 @@ pub mod fake {
         pub fail_start: Mutex<bool>,
         /// Fail `define` calls.
         pub fail_define: Mutex<bool>,
+        /// Guests with a backup job: the disk files their views read.
+        pub backups: Mutex<HashMap<String, Vec<String>>>,
     }
 
     impl FakeHypervisor {
@@ -248,6 +273,80 @@ pub mod fake {
         fn delete_volume(&self, pool: &str, name: &str) -> Result<()> {
             std::fs::remove_file(self.pool_dir(pool)?.join(name))
                 .map_err(|e| AgentError::new(Kind::NotFound, format!("delete volume {name}: {e}")))
+        }
+        fn start_paused(&self, g: &GuestRef) -> Result<()> {
+            self.with_guest(g, |g| {
+                if g.state != PowerState::ShutOff {
+                    return Err(AgentError::new(Kind::FailedPrecondition, "not shut off"));
+                }
+                g.state = PowerState::Paused;
+                Ok(())
+            })
+        }
+        fn resume(&self, g: &GuestRef) -> Result<()> {
+            self.with_guest(g, |g| {
+                if g.state != PowerState::Paused {
+                    return Err(AgentError::new(Kind::FailedPrecondition, "not paused"));
+                }
+                g.state = PowerState::Running;
+                Ok(())
+            })
+        }
+        fn backup_begin(
+            &self,
+            g: &GuestRef,
+            _socket: &std::path::Path,
+            disks: &[(String, Option<std::path::PathBuf>)],
+        ) -> Result<()> {
+            let xml = self.with_guest(g, |g| Ok(g.xml.clone()))?;
+            let config = crate::domain::GuestConfig::from_domain_xml(&xml)
+                .map_err(|e| AgentError::new(Kind::Internal, e.to_string()))?;
+            // The fake never writes its guests' disks: the files are the
+            // point-in-time views.
+            let files = disks
+                .iter()
+                .filter(|(_, scratch)| scratch.is_some())
+                .map(|(dev, _)| {
+                    config
+                        .disks
+                        .iter()
+                        .find(|d| &d.target_dev == dev)
+                        .and_then(|d| d.source_path.clone())
+                        .ok_or_else(|| AgentError::new(Kind::NotFound, format!("no disk {dev}")))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.backups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(g.uuid.clone(), files);
+            Ok(())
+        }
+        fn backup_disk(
+            &self,
+            g: &GuestRef,
+            _socket: &std::path::Path,
+            disk: &str,
+        ) -> Result<Box<dyn imprint_store::source::DiskSource>> {
+            let xml = self.with_guest(g, |g| Ok(g.xml.clone()))?;
+            let config = crate::domain::GuestConfig::from_domain_xml(&xml)
+                .map_err(|e| AgentError::new(Kind::Internal, e.to_string()))?;
+            let path = config
+                .disks
+                .iter()
+                .find(|d| d.target_dev == disk)
+                .and_then(|d| d.source_path.clone())
+                .ok_or_else(|| AgentError::new(Kind::NotFound, format!("no disk {disk}")))?;
+            Ok(Box::new(
+                imprint_store::source::FileSource::open(std::path::Path::new(&path))
+                    .map_err(|e| AgentError::new(Kind::Internal, e.to_string()))?,
+            ))
+        }
+        fn backup_end(&self, g: &GuestRef) -> Result<()> {
+            self.backups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&g.uuid);
+            Ok(())
         }
     }
 }

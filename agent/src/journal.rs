@@ -27,6 +27,10 @@ pub enum Entry {
         guest_uuid: String,
         /// Power state before the capture began.
         was_running: bool,
+        /// Directory of a point-in-time read (NBD socket, scratch files):
+        /// its backup job is ended and the directory removed.
+        #[serde(default)]
+        backup_dir: Option<String>,
     },
     /// A deploy: what it created so far, to remove if it cannot finish.
     Deploy {
@@ -150,6 +154,7 @@ mod tests {
             guest_name: "a".into(),
             guest_uuid: "u".into(),
             was_running: true,
+            backup_dir: None,
         };
         j.write(&e).expect("write");
         let j2 = Journal::open(&tmp.path().join("j")).expect("reopen");

@@ -21,6 +21,7 @@ pub mod hypervisor;
 pub mod journal;
 pub mod libvirt;
 pub mod listen;
+pub mod nbd;
 pub mod partitions;
 pub mod qcow2;
 pub mod service;

@@ -51,6 +51,15 @@ struct Args {
     /// readable by that group.
     #[arg(long)]
     export_group: Option<String>,
+    /// Where captures of running guests keep the NBD socket and scratch
+    /// files of their point-in-time view (the guest runs again before its
+    /// disks are read). Default /var/lib/imprint-agent/backup.
+    #[arg(long)]
+    backup_dir: Option<PathBuf>,
+    /// Read captured disks with the guest off instead (downtime grows with
+    /// the disks; for libvirt without the backup API).
+    #[arg(long)]
+    offline_read: bool,
     /// Where NICs without an attachment of their own (imported images, NICs
     /// a profile adds) go: `network:NAME` (default `network:default`),
     /// `bridge:NAME`, or `udp` (a loopback tunnel, for tests).
@@ -123,6 +132,8 @@ struct FileConfig {
     host_token_file: Option<PathBuf>,
     export_group: Option<String>,
     default_nic: Option<String>,
+    backup_dir: Option<PathBuf>,
+    offline_read: Option<bool>,
     journal_dir: Option<PathBuf>,
     default_pool: Option<String>,
     domain_type: Option<String>,
@@ -240,6 +251,15 @@ async fn main() -> Result<()> {
             .transpose()
             .map_err(anyhow::Error::msg)?
             .unwrap_or_default(),
+        backup_dir: if args.offline_read || file.offline_read == Some(true) {
+            None
+        } else {
+            Some(
+                args.backup_dir
+                    .or(file.backup_dir)
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/imprint-agent/backup")),
+            )
+        },
     };
     if let Some(dir) = &settings.transfer_dir {
         std::fs::create_dir_all(dir)

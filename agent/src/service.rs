@@ -49,6 +49,9 @@ pub struct Settings {
     pub export_group: Option<u32>,
     /// Where NICs without an attachment of their own go (imported images).
     pub default_nic: crate::domain::NicAttachment,
+    /// Where point-in-time reads of captures keep their NBD socket and
+    /// scratch files; `None`: captures read with the guest off.
+    pub backup_dir: Option<PathBuf>,
 }
 
 /// A request's hardware, checked at the edge.
@@ -610,6 +613,7 @@ impl AgentService for Agent {
             labels: r.labels.into_iter().collect(),
             image_id,
             acpi_resend: Duration::from_secs(5),
+            backup_dir: self.settings.backup_dir.clone(),
         };
         // Bad input (unknown guest or disk, a disk without a local source...)
         // is refused now, not as a failed operation.
@@ -641,6 +645,8 @@ impl AgentService for Agent {
                     disks: captured_disks(&o.manifest),
                     config_json: o.manifest.config.to_string(),
                     warnings: Vec::new(),
+                    downtime_seconds: o.downtime_seconds,
+                    point_in_time: o.point_in_time,
                 }))
             },
         );

@@ -105,6 +105,9 @@ pub struct CaptureSpec {
     /// Resend the ACPI request this often (a request sent before the guest
     /// listens is lost).
     pub acpi_resend: Duration,
+    /// Where point-in-time reads keep their NBD socket and scratch files
+    /// (one directory per capture); `None`: read with the guest off.
+    pub backup_dir: Option<PathBuf>,
 }
 
 /// What a capture did.
@@ -122,6 +125,12 @@ pub struct CaptureOutcome {
     pub read_seconds: f64,
     /// Seconds to start it again (0 if it stays off).
     pub boot_seconds: f64,
+    /// Seconds the guest was not running: shutdown + boot. With a
+    /// point-in-time read the disks are read after the guest runs again,
+    /// so the read is not in it.
+    pub downtime_seconds: f64,
+    /// The disks were read from a point-in-time view while the guest ran.
+    pub point_in_time: bool,
     /// Power state it was left in.
     pub final_state: PowerState,
 }
@@ -249,11 +258,19 @@ pub fn capture(
         chosen,
     } = check_capture(hv, store, spec)?;
     let was_running = initial == PowerState::Running;
+    // A point-in-time read needs a place for QEMU's NBD socket and the
+    // scratch files; journaled first, so a restart ends the job and
+    // removes them.
+    let backup = match (&spec.backup_dir, was_running) {
+        (Some(dir), true) => Some(dir.join(&spec.operation_id)),
+        _ => None,
+    };
     journal.write(&Entry::Capture {
         operation_id: spec.operation_id.clone(),
         guest_name: guest.name.clone(),
         guest_uuid: guest.uuid.clone(),
         was_running,
+        backup_dir: backup.as_ref().map(|d| d.display().to_string()),
     })?;
     let mut outcome = take_down_and_read(
         hv,
@@ -263,16 +280,27 @@ pub fn capture(
         &chosen,
         initial,
         spec,
+        backup.as_deref(),
         cancel,
         report,
     );
+    if let Some(dir) = &backup {
+        end_backup(hv, &guest, dir);
+    }
     // Whatever happened: back to the state it had.
     let restore_started = Instant::now();
     let restored = restore_power(hv, &guest, was_running);
     let boot_seconds = restore_started.elapsed().as_secs_f64();
     match (&mut outcome, restored) {
         (Ok(o), Ok(state)) => {
-            o.boot_seconds = if was_running { boot_seconds } else { 0.0 };
+            if !o.point_in_time {
+                o.boot_seconds = if was_running { boot_seconds } else { 0.0 };
+            }
+            o.downtime_seconds = match (o.point_in_time, was_running) {
+                (true, _) => o.shutdown_seconds + o.boot_seconds,
+                (false, true) => o.shutdown_seconds + o.read_seconds + o.boot_seconds,
+                (false, false) => 0.0,
+            };
             o.final_state = state;
         }
         (Ok(o), Err(e)) => {
@@ -305,6 +333,7 @@ fn take_down_and_read(
     chosen: &[(usize, String)],
     initial: PowerState,
     spec: &CaptureSpec,
+    backup: Option<&std::path::Path>,
     cancel: &Arc<AtomicBool>,
     report: Report<'_>,
 ) -> Result<CaptureOutcome> {
@@ -319,13 +348,45 @@ fn take_down_and_read(
         0.0
     };
     cancelled(cancel)?;
+    // With a backup directory: start the guest paused, take a point-in-time
+    // view of its disks (libvirt pull-mode backup), let it run, and read
+    // the view while it runs: the downtime is shutdown + start, whatever
+    // the disks' size. Without one (or if libvirt refuses the backup): read
+    // the files while the guest stays off.
+    let mut boot_seconds = 0.0;
+    let point_in_time = match backup {
+        Some(dir) if initial == PowerState::Running => {
+            match begin_point_in_time(hv, guest, config, chosen, dir, report) {
+                Ok(()) => {
+                    boot_seconds = t0.elapsed().as_secs_f64() - shutdown_seconds;
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(guest = %guest.name, error = %e, "no point-in-time view; reading the disks with the guest off");
+                    end_backup(hv, guest, dir);
+                    if hv.power_state(guest)? != PowerState::ShutOff {
+                        hv.force_off(guest)?;
+                    }
+                    false
+                }
+            }
+        }
+        _ => false,
+    };
     report("reading disks", 0, 0);
     let t1 = Instant::now();
     let mut inputs = Vec::new();
     for (i, path) in chosen {
         let d = &mut config.disks[*i];
-        let src = open_source(path, &d.format)
-            .map_err(|e| e.context(format!("open disk {}", d.target_dev)))?;
+        let src = match backup {
+            Some(dir) if point_in_time => hv
+                .backup_disk(guest, &dir.join("nbd.sock"), &d.target_dev)
+                .map_err(|e| {
+                    e.context(format!("open the point-in-time view of {}", d.target_dev))
+                })?,
+            _ => open_source(path, &d.format)
+                .map_err(|e| e.context(format!("open disk {}", d.target_dev)))?,
+        };
         d.size_bytes = src.size_bytes();
         inputs.push(DiskInput {
             name: d.target_dev.clone(),
@@ -365,8 +426,8 @@ fn take_down_and_read(
         report("reading disks", p.bytes_done, p.bytes_total);
     })?;
     // Started by hand while we read (virsh start)? Then what we read may be
-    // torn: do not keep it.
-    if patiently(|| hv.power_state(guest))? != PowerState::ShutOff {
+    // torn: do not keep it. (A point-in-time view is not affected.)
+    if !point_in_time && patiently(|| hv.power_state(guest))? != PowerState::ShutOff {
         let _ = store.delete_image(&r.manifest.image_id);
         return Err(AgentError::new(
             Kind::FailedPrecondition,
@@ -382,9 +443,67 @@ fn take_down_and_read(
         stats: r.stats,
         shutdown_seconds,
         read_seconds: t1.elapsed().as_secs_f64(),
-        boot_seconds: 0.0,
-        final_state: PowerState::ShutOff,
+        boot_seconds,
+        downtime_seconds: 0.0,
+        point_in_time,
+        final_state: if point_in_time {
+            PowerState::Running
+        } else {
+            PowerState::ShutOff
+        },
     })
+}
+
+/// Start the (shut off) guest paused, begin a pull-mode backup of the
+/// chosen disks into `dir` (NBD socket, scratch files), and resume it.
+fn begin_point_in_time(
+    hv: &dyn Hypervisor,
+    guest: &GuestRef,
+    config: &GuestConfig,
+    chosen: &[(usize, String)],
+    dir: &std::path::Path,
+    report: Report<'_>,
+) -> Result<()> {
+    report("taking a point-in-time view", 0, 0);
+    std::fs::create_dir_all(dir)
+        .map_err(|e| AgentError::new(Kind::Internal, format!("create {}: {e}", dir.display())))?;
+    // QEMU (its own user) makes the socket and writes the scratch files.
+    if let Ok(Some(u)) = nix::unistd::User::from_name("libvirt-qemu") {
+        let _ = std::os::unix::fs::chown(dir, Some(u.uid.as_raw()), Some(u.gid.as_raw()));
+    }
+    let disks: Vec<(String, Option<std::path::PathBuf>)> = config
+        .disks
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.device == "disk")
+        .map(|(i, d)| {
+            let scratch = chosen
+                .iter()
+                .any(|(c, _)| *c == i)
+                .then(|| dir.join(format!("scratch-{}.qcow2", d.target_dev)));
+            (d.target_dev.clone(), scratch)
+        })
+        .collect();
+    patiently(|| hv.start_paused(guest))?;
+    hv.backup_begin(guest, &dir.join("nbd.sock"), &disks)?;
+    hv.resume(guest)?;
+    Ok(())
+}
+
+/// End a point-in-time view: the backup job, then its directory (socket,
+/// scratch files). Failures are logged: the journal retries at the next
+/// start.
+fn end_backup(hv: &dyn Hypervisor, guest: &GuestRef, dir: &std::path::Path) {
+    if let Err(e) = hv.backup_end(guest) {
+        tracing::warn!(guest = %guest.name, error = %e, "cannot end the backup job");
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the backup directory")
+        }
+    }
 }
 
 fn shut_down(
@@ -451,6 +570,12 @@ fn patiently<T>(f: impl Fn() -> Result<T>) -> Result<T> {
 
 fn restore_power(hv: &dyn Hypervisor, guest: &GuestRef, was_running: bool) -> Result<PowerState> {
     let now = patiently(|| hv.power_state(guest))?;
+    if was_running && now == PowerState::Paused {
+        // Started paused for a point-in-time read that did not get to
+        // resume it.
+        patiently(|| hv.resume(guest))?;
+        return Ok(PowerState::Running);
+    }
     if was_running && now != PowerState::Running {
         patiently(|| hv.start(guest))?;
         return Ok(PowerState::Running);
@@ -503,12 +628,16 @@ pub fn recover_where(
                 guest_name,
                 guest_uuid,
                 was_running,
+                backup_dir,
                 ..
             } => {
                 let g = GuestRef {
                     name: guest_name.clone(),
                     uuid: guest_uuid.clone(),
                 };
+                if let Some(dir) = backup_dir {
+                    end_backup(hv, &g, std::path::Path::new(dir));
+                }
                 restore_power(hv, &g, *was_running).map(|_| ())
             }
             Entry::Deploy {

@@ -95,6 +95,7 @@ fn spec(force: bool) -> CaptureSpec {
         labels: Default::default(),
         image_id: None,
         acpi_resend: Duration::from_millis(200),
+        backup_dir: None,
     }
 }
 
@@ -115,6 +116,52 @@ fn running_guest_is_captured_and_started_again() {
     assert_eq!(m.disks.len(), 1);
     assert_eq!(m.config["vcpus"], 1);
     assert_eq!(m.config["disks"][0]["size_bytes"], 4 << 20);
+    assert!(e.journal.list().expect("journal").is_empty());
+}
+
+#[test]
+fn running_guest_is_read_from_a_point_in_time_view_after_it_runs_again() {
+    let e = env(true, PowerState::Running);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let backup = e._tmp.path().join("backup");
+    let phases = Mutex::new(Vec::new());
+    let report = |phase: &str, _: u64, _: u64| {
+        let mut p = phases.lock().expect("lock");
+        if p.last().map(String::as_str) != Some(phase) {
+            p.push(phase.to_string());
+        }
+        // The disks are read while the guest runs again.
+        if phase == "reading disks" {
+            assert_eq!(
+                e.hv.guests.lock().expect("lock")["a"].state,
+                PowerState::Running
+            );
+        }
+    };
+    let spec = CaptureSpec {
+        backup_dir: Some(backup.clone()),
+        ..spec(false)
+    };
+    let o = capture(&e.ctx, &spec, &cancel, &report).expect("capture");
+    assert!(o.point_in_time);
+    assert_eq!(o.final_state, PowerState::Running);
+    assert!(
+        (o.downtime_seconds - (o.shutdown_seconds + o.boot_seconds)).abs() < 1e-9,
+        "{o:?}"
+    );
+    assert_eq!(
+        phases.lock().expect("lock").as_slice(),
+        [
+            "inspecting guest",
+            "shutting down",
+            "taking a point-in-time view",
+            "reading disks"
+        ]
+    );
+    let m = e.store.manifest(&o.image_id).expect("manifest");
+    assert_eq!(m.config["disks"][0]["size_bytes"], 4 << 20);
+    assert!(e.hv.backups.lock().expect("lock").is_empty(), "job ended");
+    assert!(!backup.join("op-1").exists(), "its directory removed");
     assert!(e.journal.list().expect("journal").is_empty());
 }
 
@@ -263,6 +310,7 @@ fn recovery_restarts_a_guest_left_off_by_a_dead_agent() {
             guest_name: "a".into(),
             guest_uuid: "a-uuid".into(),
             was_running: true,
+            backup_dir: None,
         })
         .expect("journal");
     let r = recover(&*e.hv, &e.journal);

@@ -484,6 +484,7 @@ fn op_json(o: &pb::Operation) -> Value {
             "bytes_stored": c.bytes_stored, "bytes_deduplicated": c.bytes_deduplicated,
             "zero_bytes_skipped": c.zero_bytes_skipped, "shutdown_seconds": c.shutdown_seconds,
             "read_seconds": c.read_seconds, "boot_seconds": c.boot_seconds,
+            "downtime_seconds": c.downtime_seconds, "point_in_time": c.point_in_time,
         })
     });
     let deploy = o.deploy.as_ref().map(|d| {
@@ -619,11 +620,16 @@ fn op_fields(o: &pb::Operation) -> String {
         f.push((
             "captured",
             format!(
-                "{} read, {} stored, {} deduplicated; downtime {:.1} s",
+                "{} read, {} stored, {} deduplicated; downtime {:.1} s{}",
                 output::bytes(c.bytes_read),
                 output::bytes(c.bytes_stored),
                 output::bytes(c.bytes_deduplicated),
-                c.shutdown_seconds + c.read_seconds + c.boot_seconds
+                c.downtime_seconds,
+                if c.point_in_time {
+                    format!(" (disks read in {:.1} s while it ran)", c.read_seconds)
+                } else {
+                    String::new()
+                }
             ),
         ));
     }

@@ -67,6 +67,7 @@ async fn serve_agent(
             import_url_prefixes: Vec::new(),
             export_group: None,
             default_nic: imprint_agent::domain::NicAttachment::Udp,
+            backup_dir: Some(dir.join("backup")),
         },
     );
     std::fs::create_dir_all(dir.join("transfer")).expect("transfer dir");

@@ -60,11 +60,18 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
         r.shutdown_seconds > 0.0 && r.read_seconds > 0.0 && r.boot_seconds > 0.0,
         "{r:?}"
     );
+    // The disks were read from a point-in-time view after A ran again:
+    // the read is not in the downtime.
+    assert!(r.point_in_time, "{r:?}");
+    assert!(
+        (r.downtime_seconds - (r.shutdown_seconds + r.boot_seconds)).abs() < 1e-6,
+        "{r:?}"
+    );
     assert_eq!(r.bytes_total, 64 << 20);
     assert!(r.zero_bytes_skipped > 0, "{r:?}");
     eprintln!(
-        "downtime: shutdown {:.1}s + read {:.1}s + boot {:.1}s",
-        r.shutdown_seconds, r.read_seconds, r.boot_seconds
+        "downtime {:.1}s: shutdown {:.1}s + start {:.1}s; read {:.1}s while it ran",
+        r.downtime_seconds, r.shutdown_seconds, r.boot_seconds, r.read_seconds
     );
     let log = wait_for(&log_a, "IMPRINT-READY", 2, BOOT);
     assert!(
@@ -114,7 +121,9 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
         Some(marker_a),
         "B has A's data"
     );
-    // A's disk was captured after one boot; B's boot is the second.
+    // A's disk was captured after one boot; B's boot is the second. (A's
+    // own second boot wrote count=2 while its disk was read: the image
+    // holds the point in time before it.)
     assert_eq!(last_value(&log, "IMPRINT-BOOT").as_deref(), Some("count=2"));
     assert_eq!(
         last_value(&log, "IMPRINT-HOSTNAME").as_deref(),
@@ -312,8 +321,10 @@ async fn qcow2_overlay_and_excluded_scratch_disk() {
 /// The agent dies (SIGKILL) while the guest is off for its capture; the
 /// restarted agent finds the journal and starts the guest again.
 #[tokio::test(flavor = "multi_thread")]
-async fn agent_killed_mid_capture_restores_guest_after_restart() {
-    let mut f = Fixture::new();
+async fn agent_killed_during_the_background_read_leaves_no_job_or_scratch() {
+    let wd = Workdir::new("imprint-e2e-");
+    let backup_dir = wd.path().join("backup");
+    let mut f = Fixture::in_workdir(wd, &["--backup-dir", backup_dir.to_str().expect("utf8")]);
     let disk = f.disk_in_pool_a(&f.guest.disk, "k-vda.raw");
     // 768 MiB of incompressible data past the guest's filesystem keeps the
     // read phase long enough to be interrupted.
@@ -337,31 +348,22 @@ async fn agent_killed_mid_capture_restores_guest_after_restart() {
         .await
         .expect("capture")
         .into_inner();
-    // Wait until the guest is off and being read, then kill the agent.
-    let start = std::time::Instant::now();
-    loop {
-        let cur = client
-            .get_operation(pb::GetOperationRequest {
-                operation_id: op.operation_id.clone(),
-            })
-            .await
-            .expect("get")
-            .into_inner();
-        if cur.phase == "reading disks" && d.state() == "shut off" {
-            break;
-        }
-        assert_eq!(
-            cur.state,
-            pb::OperationState::Running as i32,
-            "finished before it could be interrupted: {cur:?}"
-        );
-        assert!(start.elapsed() < BOOT, "never reached the read phase");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // The guest runs again while its disks are read from the backup job.
+    phase_reached(&mut client, &op.operation_id, "reading disks").await;
+    assert_eq!(d.state(), "running", "running while its disks are read");
+    let job_dir = backup_dir.join(&op.operation_id);
+    assert!(job_dir.exists(), "the job's socket and scratch files");
     f.agent.kill();
-    assert_eq!(d.state(), "shut off", "the killed agent left the guest off");
+    assert_eq!(
+        d.state(),
+        "running",
+        "the killed agent leaves the guest running"
+    );
     f.restart_agent();
-    // Recovery runs before the new agent serves: the guest is up again.
+    // Recovery runs before the new agent serves: job ended, scratch gone.
+    assert!(!job_dir.exists(), "scratch and socket removed");
+    let job = virsh(&["domjobinfo", &name]);
+    assert!(job.contains("None"), "no backup job left: {job}");
     assert_eq!(d.state(), "running");
     wait_for(&log, "IMPRINT-READY", 2, BOOT);
     let mut client = f.client().await;
