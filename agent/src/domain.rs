@@ -132,6 +132,20 @@ pub fn nvram_path(name: &str) -> String {
     format!("{NVRAM_DIR}/{name}_VARS.fd")
 }
 
+impl NicConfig {
+    /// A virtio NIC attached where the host's `--default-nic` says.
+    pub fn unattached() -> Self {
+        Self {
+            kind: String::new(),
+            model: "virtio".into(),
+            source: None,
+            udp_local: None,
+            udp_remote: None,
+            mac: String::new(),
+        }
+    }
+}
+
 /// Where a NIC without an attachment of its own (an imported image's, or
 /// one a profile added) goes on this host: `network:NAME`, `bridge:NAME`,
 /// or `udp` (a tunnel on loopback that reaches nothing; for tests).
@@ -380,14 +394,7 @@ impl GuestConfig {
                     size_bytes: *size,
                 })
                 .collect(),
-            nics: vec![NicConfig {
-                kind: String::new(),
-                model: "virtio".into(),
-                source: None,
-                udp_local: None,
-                udp_remote: None,
-                mac: String::new(),
-            }],
+            nics: vec![NicConfig::unattached()],
             acpi: true,
             serial_console: true,
             esp: None,
@@ -436,15 +443,7 @@ impl GuestConfig {
             }
         }
         if let Some(n) = h.nic_count {
-            let template = NicConfig {
-                kind: String::new(),
-                model: "virtio".into(),
-                source: None,
-                udp_local: None,
-                udp_remote: None,
-                mac: String::new(),
-            };
-            self.nics.resize(n as usize, template);
+            self.nics.resize(n as usize, NicConfig::unattached());
         }
         if let Some(m) = h.nic_model {
             for nic in &mut self.nics {

@@ -530,7 +530,7 @@ impl Catalog {
     /// operation goes to one.
     pub async fn claim_operations(&self, include_own: bool) -> Result<Vec<OperationRow>> {
         let t = now();
-        let ids: Vec<String> = sqlx::query(
+        let ids = sqlx::query(
             "UPDATE operations SET lease_owner = $1, lease_until = $2 \
              WHERE state = 'running' AND (lease_until < $3 OR (lease_owner = $1 AND $4)) RETURNING id",
         )
@@ -539,12 +539,15 @@ impl Catalog {
         .bind(t)
         .bind(include_own)
         .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(|r| r.try_get("id"))
-        .collect::<std::result::Result<_, _>>()?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
+        .await?;
+        self.operations_by_id(&ids).await
+    }
+
+    /// The rows of the `id` columns `rows` returned.
+    async fn operations_by_id(&self, rows: &[sqlx::any::AnyRow]) -> Result<Vec<OperationRow>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: String = r.try_get("id")?;
             out.push(self.operation(&id).await?);
         }
         Ok(out)
@@ -554,7 +557,7 @@ impl Catalog {
     /// dead ([`crate::liveness`]), whatever their lease says; returns them.
     /// Several daemons may do this at once: each operation goes to one.
     pub async fn claim_operations_of(&self, owner: &str) -> Result<Vec<OperationRow>> {
-        let ids: Vec<String> = sqlx::query(
+        let ids = sqlx::query(
             "UPDATE operations SET lease_owner = $1, lease_until = $2 \
              WHERE state = 'running' AND lease_owner = $3 RETURNING id",
         )
@@ -562,15 +565,8 @@ impl Catalog {
         .bind(now() + LEASE_SECONDS)
         .bind(owner)
         .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(|r| r.try_get("id"))
-        .collect::<std::result::Result<_, _>>()?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            out.push(self.operation(&id).await?);
-        }
-        Ok(out)
+        .await?;
+        self.operations_by_id(&ids).await
     }
 
     /// The files other accounts than `account_id` exported on `host`: the
