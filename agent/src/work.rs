@@ -272,6 +272,19 @@ pub fn capture(
         was_running,
         backup_dir: backup.as_ref().map(|d| d.display().to_string()),
     })?;
+    // Once a point-in-time read lets the guest run again, its power state
+    // is its user's: neither this capture nor a recovery touches it.
+    let resumed = AtomicBool::new(false);
+    let on_resumed = || {
+        resumed.store(true, Ordering::Relaxed);
+        let _ = journal.write(&Entry::Capture {
+            operation_id: spec.operation_id.clone(),
+            guest_name: guest.name.clone(),
+            guest_uuid: guest.uuid.clone(),
+            was_running: false,
+            backup_dir: backup.as_ref().map(|d| d.display().to_string()),
+        });
+    };
     let mut outcome = take_down_and_read(
         hv,
         store,
@@ -280,16 +293,21 @@ pub fn capture(
         &chosen,
         initial,
         spec,
-        backup.as_deref(),
+        backup.as_deref().map(|d| (d, &on_resumed as &dyn Fn())),
         cancel,
         report,
     );
     if let Some(dir) = &backup {
         end_backup(hv, &guest, dir);
     }
-    // Whatever happened: back to the state it had.
+    // Whatever happened: back to the state it had (unless it runs again
+    // already and is its user's).
     let restore_started = Instant::now();
-    let restored = restore_power(hv, &guest, was_running);
+    let restored = if resumed.load(Ordering::Relaxed) {
+        patiently(|| hv.power_state(&guest))
+    } else {
+        restore_power(hv, &guest, was_running)
+    };
     let boot_seconds = restore_started.elapsed().as_secs_f64();
     match (&mut outcome, restored) {
         (Ok(o), Ok(state)) => {
@@ -333,7 +351,7 @@ fn take_down_and_read(
     chosen: &[(usize, String)],
     initial: PowerState,
     spec: &CaptureSpec,
-    backup: Option<&std::path::Path>,
+    backup: Option<(&std::path::Path, &dyn Fn())>,
     cancel: &Arc<AtomicBool>,
     report: Report<'_>,
 ) -> Result<CaptureOutcome> {
@@ -355,8 +373,8 @@ fn take_down_and_read(
     // the files while the guest stays off.
     let mut boot_seconds = 0.0;
     let point_in_time = match backup {
-        Some(dir) if initial == PowerState::Running => {
-            match begin_point_in_time(hv, guest, config, chosen, dir, report) {
+        Some((dir, on_resumed)) if initial == PowerState::Running => {
+            match begin_point_in_time(hv, guest, config, chosen, dir, on_resumed, report) {
                 Ok(()) => {
                     boot_seconds = t0.elapsed().as_secs_f64() - shutdown_seconds;
                     true
@@ -379,7 +397,7 @@ fn take_down_and_read(
     for (i, path) in chosen {
         let d = &mut config.disks[*i];
         let src = match backup {
-            Some(dir) if point_in_time => hv
+            Some((dir, _)) if point_in_time => hv
                 .backup_disk(guest, &dir.join("nbd.sock"), &d.target_dev)
                 .map_err(|e| {
                     e.context(format!("open the point-in-time view of {}", d.target_dev))
@@ -462,6 +480,7 @@ fn begin_point_in_time(
     config: &GuestConfig,
     chosen: &[(usize, String)],
     dir: &std::path::Path,
+    on_resumed: &dyn Fn(),
     report: Report<'_>,
 ) -> Result<()> {
     report("taking a point-in-time view", 0, 0);
@@ -487,6 +506,7 @@ fn begin_point_in_time(
     patiently(|| hv.start_paused(guest))?;
     hv.backup_begin(guest, &dir.join("nbd.sock"), &disks)?;
     hv.resume(guest)?;
+    on_resumed();
     Ok(())
 }
 
@@ -494,7 +514,9 @@ fn begin_point_in_time(
 /// scratch files). Failures are logged: the journal retries at the next
 /// start.
 fn end_backup(hv: &dyn Hypervisor, guest: &GuestRef, dir: &std::path::Path) {
-    if let Err(e) = hv.backup_end(guest) {
+    // libvirtd may have restarted during the read (the view is QEMU's and
+    // survives it): reconnect and end the job it still tracks.
+    if let Err(e) = retrying(UNDO_PATIENCE, || hv.backup_end(guest)) {
         tracing::warn!(guest = %guest.name, error = %e, "cannot end the backup job");
     }
     match std::fs::remove_dir_all(dir) {

@@ -1119,3 +1119,38 @@ pub fn debian_guest() -> DebianGuest {
         disk: get("disk:"),
     }
 }
+
+/// Whether libvirtd answers on `qemu:///system`.
+pub fn libvirtd_answers() -> bool {
+    Command::new("virsh")
+        .args(["-c", "qemu:///system", "version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Start libvirtd if it does not answer, and wait until it does.
+pub fn start_libvirtd() {
+    if !libvirtd_answers() {
+        let _ = Command::new("libvirtd").arg("-d").status();
+        let start = Instant::now();
+        while !libvirtd_answers() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "libvirtd did not come back"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// libvirtd runs again when a test that stops it ends, whatever happened.
+/// Declare it after every guard that needs libvirt to clean up (locals
+/// drop in reverse order, so it runs first).
+#[derive(Debug)]
+pub struct LibvirtdBack;
+
+impl Drop for LibvirtdBack {
+    fn drop(&mut self) {
+        start_libvirtd();
+    }
+}

@@ -406,3 +406,59 @@ async fn agent_killed_during_the_background_read_leaves_no_job_or_scratch() {
     assert_eq!(again["chunks_removed"], 0, "{again}");
     assert_eq!(again["chunks_kept_recent"], 0, "{again}");
 }
+
+/// The guest's user shuts it down while its disks are read from the
+/// point-in-time view: the job ends with the guest, the capture fails with
+/// a reason and keeps no image, and the guest stays off (its power state
+/// is the user's once it ran again).
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_shut_down_by_its_user_during_the_read() {
+    let f = Fixture::new();
+    let disk = f.disk_in_pool_a(&f.guest.disk, "u-vda.raw");
+    run("truncate", &["-s", "1G", disk.to_str().expect("utf8")]);
+    run(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", disk.display()),
+            "bs=1M",
+            "seek=128",
+            "count=768",
+            "conv=notrunc",
+            "status=none",
+        ],
+    );
+    let (d, name, _log) = f.boot_guest("u", &[(&disk, "raw")]);
+    let mut client = f.client().await;
+    let op = client
+        .capture(capture_req(&name, 60, false))
+        .await
+        .expect("capture")
+        .into_inner();
+    phase_reached(&mut client, &op.operation_id, "reading disks").await;
+    // The guest runs again; its user powers it off at once, while 768 MiB
+    // are still to be read: the view goes with the guest's QEMU.
+    virsh(&["destroy", &name]);
+    let done = watch(&mut client, &op.operation_id).await;
+    assert_eq!(done.state, pb::OperationState::Failed as i32, "{done:?}");
+    assert!(!done.error.is_empty());
+    let out = std::process::Command::new(binary("imprint"))
+        .args(["-o", "json", "store", "list", "--store"])
+        .arg(f.wd.path().join("store"))
+        .output()
+        .expect("imprint");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        list["images"].as_array().map(Vec::len),
+        Some(0),
+        "no torn image: {list}"
+    );
+    assert_eq!(d.state(), "shut off", "the user's power state stands");
+    // A job cannot outlive its domain's QEMU; its directory went too.
+    assert!(
+        !std::path::Path::new("/var/lib/imprint-agent/backup")
+            .join(&op.operation_id)
+            .exists(),
+        "scratch and socket removed"
+    );
+}

@@ -4,42 +4,8 @@
 //! before anything was created), and a retry under the same name works.
 //! (Its own test binary: it stops the libvirtd every other test uses.)
 
-use std::time::{Duration, Instant};
-
 use imprint_proto::v1 as pb;
 use imprint_tests::*;
-
-fn libvirtd_answers() -> bool {
-    std::process::Command::new("virsh")
-        .args(["-c", "qemu:///system", "version"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn start_libvirtd() {
-    if !libvirtd_answers() {
-        let _ = std::process::Command::new("libvirtd").arg("-d").status();
-        let start = Instant::now();
-        while !libvirtd_answers() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "libvirtd did not come back"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-/// libvirtd runs again when the test ends, whatever happened. Declared
-/// after every guard that needs libvirt to clean up (locals drop in
-/// reverse order, so it runs first).
-struct LibvirtdBack;
-
-impl Drop for LibvirtdBack {
-    fn drop(&mut self) {
-        start_libvirtd();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_failing_in_a_libvirtd_restart_leaves_nothing() {

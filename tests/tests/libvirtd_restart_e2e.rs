@@ -8,36 +8,6 @@ use std::time::{Duration, Instant};
 use imprint_proto::v1 as pb;
 use imprint_tests::*;
 
-fn libvirtd_answers() -> bool {
-    std::process::Command::new("virsh")
-        .args(["-c", "qemu:///system", "version"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Whatever happens, libvirtd runs again when the test ends. Declare it
-/// after every guard that needs libvirt to clean up: locals drop in
-/// reverse order, so it runs first.
-struct LibvirtdBack;
-
-impl LibvirtdBack {
-    fn ensure() {
-        if !libvirtd_answers() {
-            let _ = std::process::Command::new("libvirtd").arg("-d").status();
-            let start = Instant::now();
-            while !libvirtd_answers() && start.elapsed() < Duration::from_secs(30) {
-                std::thread::sleep(Duration::from_millis(200));
-            }
-        }
-    }
-}
-
-impl Drop for LibvirtdBack {
-    fn drop(&mut self) {
-        Self::ensure();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn capture_survives_libvirtd_restart() {
     let f = Fixture::new();
