@@ -61,7 +61,15 @@ impl S3Server {
             .expect("free port")
             .port();
         let bin = binary();
-        let child = Command::new(&bin)
+        // Through a small shell that outlives neither the test process nor
+        // its own SIGTERM: a server held in a `static` (one per test binary)
+        // is never dropped, and must not stay running after the tests.
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("sh")
+            .arg(std::process::id().to_string())
+            .arg(&bin)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
             .arg(root.path())
@@ -108,9 +116,22 @@ impl S3Server {
     }
 }
 
+/// `sh -c WATCHDOG sh TEST_PID SERVER ARGS...`: run the server, stop it
+/// when the test process is gone or on SIGTERM.
+const WATCHDOG: &str = r#"S=$1; shift; "$@" & C=$!
+trap 'kill $C 2>/dev/null; wait $C; exit 0' TERM
+while kill -0 "$S" 2>/dev/null && kill -0 "$C" 2>/dev/null; do sleep 1; done
+kill $C 2>/dev/null; wait $C"#;
+
 impl Drop for S3Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SIGTERM: the shell stops the server and exits.
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
         let _ = self.child.wait();
     }
 }
