@@ -64,6 +64,16 @@ fn reads_what_qemu_nbd_serves() {
     disk.read_exact_at((5 << 20) + 3, &mut part)
         .expect("unaligned");
     assert_eq!(&part[..], &pattern[3..4100]);
+    // Block status: the holes before the data are known without reading.
+    assert!(disk.knows_allocation(), "qemu-nbd offers base:allocation");
+    assert!(!disk.may_have_data(0, 1 << 20).expect("status"));
+    assert!(!disk.may_have_data(1 << 20, 4 << 20).expect("status"));
+    assert!(disk.may_have_data(5 << 20, 1 << 20).expect("status"));
+    assert!(
+        disk.may_have_data((4 << 20) + 4096, 1 << 20)
+            .expect("status"),
+        "straddles"
+    );
     let e = NbdDisk::open(&sock, "nope").expect_err("unknown export");
     assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{e}");
 }
