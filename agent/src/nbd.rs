@@ -8,7 +8,7 @@
 //! holes or zeros, so a capture never reads them (as `SEEK_DATA` does for
 //! files). Nothing else (no TLS, no writes): a full client crate would
 //! bring an async runtime or C bindings for a handful of message types. Tested against `qemu-nbd` and QEMU's
-//! own export (`agent/tests/nbd.rs`, `tests/tests/backup_capture_e2e.rs`).
+//! own export (`agent/tests/nbd.rs`, `tests/tests/agent_e2e.rs`).
 
 use std::{
     io::{self, Read, Write},
