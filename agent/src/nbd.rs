@@ -64,6 +64,14 @@ pub struct NbdDisk {
     allocation: Option<u32>,
 }
 
+/// An export name as options carry it: its length, then its bytes.
+fn named(name: &str) -> io::Result<Vec<u8>> {
+    let len = u32::try_from(name.len()).map_err(|_| bad("export name too long"))?;
+    let mut v = len.to_be_bytes().to_vec();
+    v.extend_from_slice(name.as_bytes());
+    Ok(v)
+}
+
 fn send_option(w: &mut impl Write, option: u32, data: &[u8]) -> io::Result<()> {
     let mut o = Vec::with_capacity(16 + data.len());
     o.extend_from_slice(&IHAVEOPT.to_be_bytes());
@@ -77,10 +85,20 @@ fn send_option(w: &mut impl Write, option: u32, data: &[u8]) -> io::Result<()> {
     w.write_all(&o)
 }
 
-/// The replies to one option, up to its ACK or error: (acknowledged, the
-/// id of a meta context it announced).
-fn option_replies(r: &mut impl Read) -> io::Result<(bool, Option<u32>)> {
-    let mut context = None;
+/// What the replies to one option said.
+#[derive(Debug, Default)]
+struct OptionReplies {
+    /// The server refused the option: its error code and message.
+    refused: Option<(u32, String)>,
+    /// A meta context it announced (`NBD_REP_META_CONTEXT`).
+    context: Option<u32>,
+    /// The export's size (`NBD_INFO_EXPORT`).
+    size: Option<u64>,
+}
+
+/// Read the replies to one option, up to its ACK or error.
+fn option_replies(r: &mut impl Read) -> io::Result<OptionReplies> {
+    let mut out = OptionReplies::default();
     loop {
         if read_u64(r)? != OPT_REPLY_MAGIC {
             return Err(bad("bad NBD option reply"));
@@ -94,11 +112,19 @@ fn option_replies(r: &mut impl Read) -> io::Result<(bool, Option<u32>)> {
         let mut data = vec![0; len];
         r.read_exact(&mut data)?;
         match kind {
-            REP_ACK => return Ok((true, context)),
+            REP_ACK => return Ok(out),
             REP_META_CONTEXT if data.len() >= 4 => {
-                context = Some(u32::from_be_bytes([data[0], data[1], data[2], data[3]]));
+                out.context = Some(u32::from_be_bytes([data[0], data[1], data[2], data[3]]));
             }
-            k if k & 0x8000_0000 != 0 => return Ok((false, None)),
+            REP_INFO if data.len() >= 12 && data[..2] == INFO_EXPORT.to_be_bytes() => {
+                let mut b = [0; 8];
+                b.copy_from_slice(&data[2..10]);
+                out.size = Some(u64::from_be_bytes(b));
+            }
+            k if k & 0x8000_0000 != 0 => {
+                out.refused = Some((k, String::from_utf8_lossy(&data).into_owned()));
+                return Ok(out);
+            }
             _ => {}
         }
     }
@@ -138,7 +164,7 @@ impl NbdDisk {
         sock.write_all(&client_flags.to_be_bytes())?;
         // Structured replies, and with them the allocation map, if offered.
         send_option(&mut sock, OPT_STRUCTURED_REPLY, &[])?;
-        let structured = option_replies(&mut sock)?.0;
+        let structured = option_replies(&mut sock)?.refused.is_none();
         let mut allocation = None;
         if structured {
             let mut q = Vec::new();
@@ -152,51 +178,20 @@ impl NbdDisk {
             q.extend_from_slice(&(ALLOCATION.len() as u32).to_be_bytes());
             q.extend_from_slice(ALLOCATION.as_bytes());
             send_option(&mut sock, OPT_SET_META_CONTEXT, &q)?;
-            allocation = option_replies(&mut sock)?.1;
+            allocation = option_replies(&mut sock)?.context;
         }
         // NBD_OPT_GO: export name, no information requests.
-        let name_len = u32::try_from(name.len()).map_err(|_| bad("export name too long"))?;
-        let mut opt = Vec::with_capacity(name.len() + 26);
-        opt.extend_from_slice(&IHAVEOPT.to_be_bytes());
-        opt.extend_from_slice(&OPT_GO.to_be_bytes());
-        opt.extend_from_slice(&(name_len + 6).to_be_bytes());
-        opt.extend_from_slice(&name_len.to_be_bytes());
-        opt.extend_from_slice(name.as_bytes());
-        opt.extend_from_slice(&0u16.to_be_bytes());
-        sock.write_all(&opt)?;
-        let mut size = None;
-        loop {
-            if read_u64(&mut sock)? != OPT_REPLY_MAGIC {
-                return Err(bad("bad NBD option reply"));
-            }
-            let _option = read_u32(&mut sock)?;
-            let kind = read_u32(&mut sock)?;
-            let len = read_u32(&mut sock)? as usize;
-            if len > 64 << 10 {
-                return Err(bad("NBD option reply too long"));
-            }
-            let mut data = vec![0; len];
-            sock.read_exact(&mut data)?;
-            match kind {
-                REP_ACK => break,
-                REP_INFO if data.len() >= 12 && data[..2] == INFO_EXPORT.to_be_bytes() => {
-                    let mut b = [0; 8];
-                    b.copy_from_slice(&data[2..10]);
-                    size = Some(u64::from_be_bytes(b));
-                }
-                REP_INFO => {}
-                k if k & 0x8000_0000 != 0 => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!(
-                            "NBD export {name:?}: the server refused it (error {k:#x}: {})",
-                            String::from_utf8_lossy(&data)
-                        ),
-                    ));
-                }
-                _ => {}
-            }
+        let mut go = named(name)?;
+        go.extend_from_slice(&0u16.to_be_bytes());
+        send_option(&mut sock, OPT_GO, &go)?;
+        let replies = option_replies(&mut sock)?;
+        if let Some((code, why)) = replies.refused {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("NBD export {name:?}: the server refused it (error {code:#x}: {why})"),
+            ));
         }
+        let size = replies.size;
         let size = size.ok_or_else(|| bad("the NBD server sent no export size"))?;
         Ok(Self {
             sock,
