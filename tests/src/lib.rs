@@ -980,6 +980,28 @@ impl Fixture {
         .expect("connect to agent")
     }
 
+    /// [`Fixture::disk_in_pool_a`] of the busybox disk, grown to 1 GiB with
+    /// 768 MiB of random (incompressible) data past its filesystem: the
+    /// guest boots as usual, and reading its disk takes long enough to
+    /// cause a fault in the middle.
+    pub fn slow_disk_in_pool_a(&self, name: &str) -> PathBuf {
+        let disk = self.disk_in_pool_a(&self.guest.disk, name);
+        run("truncate", &["-s", "1G", disk.to_str().expect("utf8")]);
+        run(
+            "dd",
+            &[
+                "if=/dev/urandom",
+                &format!("of={}", disk.display()),
+                "bs=1M",
+                "seek=128",
+                "count=768",
+                "conv=notrunc",
+                "status=none",
+            ],
+        );
+        disk
+    }
+
     /// Capture a shut-off guest `imp-<tag>-<suffix>` whose one disk holds
     /// `mib` MiB of random (incompressible) data; the image id. Its
     /// deploys write long enough to cause faults in the middle.

@@ -325,22 +325,8 @@ async fn agent_killed_during_the_background_read_leaves_no_job_or_scratch() {
     let wd = Workdir::new("imprint-e2e-");
     let backup_dir = wd.path().join("backup");
     let mut f = Fixture::in_workdir(wd, &["--backup-dir", backup_dir.to_str().expect("utf8")]);
-    let disk = f.disk_in_pool_a(&f.guest.disk, "k-vda.raw");
-    // 768 MiB of incompressible data past the guest's filesystem keeps the
-    // read phase long enough to be interrupted.
-    run("truncate", &["-s", "1G", disk.to_str().expect("utf8")]);
-    run(
-        "dd",
-        &[
-            "if=/dev/urandom",
-            &format!("of={}", disk.display()),
-            "bs=1M",
-            "seek=128",
-            "count=768",
-            "conv=notrunc",
-            "status=none",
-        ],
-    );
+    // A read long enough to cause a fault in the middle of it.
+    let disk = f.slow_disk_in_pool_a("k-vda.raw");
     let (d, name, log) = f.boot_guest("k", &[(&disk, "raw")]);
     let mut client = f.client().await;
     let op = client
@@ -414,20 +400,8 @@ async fn agent_killed_during_the_background_read_leaves_no_job_or_scratch() {
 #[tokio::test(flavor = "multi_thread")]
 async fn guest_shut_down_by_its_user_during_the_read() {
     let f = Fixture::new();
-    let disk = f.disk_in_pool_a(&f.guest.disk, "u-vda.raw");
-    run("truncate", &["-s", "1G", disk.to_str().expect("utf8")]);
-    run(
-        "dd",
-        &[
-            "if=/dev/urandom",
-            &format!("of={}", disk.display()),
-            "bs=1M",
-            "seek=128",
-            "count=768",
-            "conv=notrunc",
-            "status=none",
-        ],
-    );
+    // A read long enough to cause a fault in the middle of it.
+    let disk = f.slow_disk_in_pool_a("u-vda.raw");
     let (d, name, _log) = f.boot_guest("u", &[(&disk, "raw")]);
     let mut client = f.client().await;
     let op = client

@@ -12,22 +12,8 @@ async fn capture_read_survives_a_libvirtd_restart() {
     let wd = Workdir::new("imprint-e2e-");
     let backup_dir = wd.path().join("backup");
     let f = Fixture::in_workdir(wd, &["--backup-dir", backup_dir.to_str().expect("utf8")]);
-    let disk = f.disk_in_pool_a(&f.guest.disk, "r-vda.raw");
-    // Incompressible data past the guest's filesystem: a read long enough
-    // to restart libvirtd in the middle.
-    run("truncate", &["-s", "1G", disk.to_str().expect("utf8")]);
-    run(
-        "dd",
-        &[
-            "if=/dev/urandom",
-            &format!("of={}", disk.display()),
-            "bs=1M",
-            "seek=128",
-            "count=768",
-            "conv=notrunc",
-            "status=none",
-        ],
-    );
+    // A read long enough to cause a fault in the middle of it.
+    let disk = f.slow_disk_in_pool_a("r-vda.raw");
     let (d, name, _log) = f.boot_guest("r", &[(&disk, "raw")]);
     let _back = LibvirtdBack;
     let mut client = f.client().await;
