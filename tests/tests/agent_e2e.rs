@@ -318,8 +318,10 @@ async fn qcow2_overlay_and_excluded_scratch_disk() {
     assert!(log.contains(&sectors), "{log}");
 }
 
-/// The agent dies (SIGKILL) while the guest is off for its capture; the
-/// restarted agent finds the journal and starts the guest again.
+/// The agent dies (SIGKILL) while it reads a running guest's disks from
+/// the point-in-time view: the guest keeps running, the restarted agent
+/// ends the backup job and removes its scratch from the journal, no image
+/// is left, and GC frees the dead capture's chunks at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_killed_during_the_background_read_leaves_no_job_or_scratch() {
     let wd = Workdir::new("imprint-e2e-");
