@@ -46,7 +46,7 @@ fn left_in(dir: &Path, prefix: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_pool_refuses_or_cleans_up() {
     let f = Fixture::new();
-    let image_id = f.capture_random_disk("full", 512).await;
+    let image_id = f.capture_random_disk("full", 1024).await;
     let mut client = f.client().await;
     let deploy = |name: &str, pool: &str| pb::DeployRequest {
         image_id: image_id.clone(),
@@ -70,7 +70,7 @@ async fn a_full_pool_refuses_or_cleans_up() {
     // Big enough when checked, full while writing: the write fails and the
     // volume goes.
     let big_dir = f.wd.path().join("fills");
-    let _big_fs = Tmpfs::mount(&big_dir, "640M");
+    let _big_fs = Tmpfs::mount(&big_dir, "1100M");
     let fills = Pool::new(&format!("imp-{}-fills", f.tag), &big_dir);
     let name = format!("imp-{}-f", f.tag);
     let _copy = Domain::adopt(&name);
@@ -80,12 +80,14 @@ async fn a_full_pool_refuses_or_cleans_up() {
         .expect("deploy accepted")
         .into_inner();
     phase_reached(&mut client, &op.operation_id, "writing volumes").await;
-    // Something else takes the pool's space meanwhile: 200 of 640 MiB,
-    // so the 512 MiB the deploy writes no longer fit.
-    run(
-        "fallocate",
-        &["-l", "200M", big_dir.join("filler").to_str().expect("utf8")],
-    );
+    // Something else fills the pool meanwhile (dd ends when nothing is
+    // left): the rest of the deploy's write no longer fits.
+    let filled = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "status=none"])
+        .arg(format!("of={}", big_dir.join("filler").display()))
+        .status()
+        .expect("dd");
+    assert!(!filled.success(), "dd stops at a full pool");
     let done = watch(&mut client, &op.operation_id).await;
     assert_eq!(done.state, pb::OperationState::Failed as i32, "{done:?}");
     assert_eq!(
