@@ -2,6 +2,8 @@
 //! the capture and deploy logic is written against this trait and tested
 //! with [`fake::FakeHypervisor`].
 
+use std::time::Duration;
+
 use crate::error::Result;
 
 /// Power state of a guest.
@@ -31,6 +33,22 @@ pub struct GuestRef {
 pub struct PoolInfo {
     /// Bytes free.
     pub available_bytes: u64,
+}
+
+/// What a backup job covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupPlan {
+    /// The UNIX socket QEMU's NBD server listens on.
+    pub socket: std::path::PathBuf,
+    /// Every disk of the guest: (target device, scratch file; `None`: not
+    /// backed up).
+    pub disks: Vec<(String, Option<std::path::PathBuf>)>,
+    /// Export the blocks changed since this checkpoint (its disks'
+    /// bitmaps), for the disks it covers.
+    pub incremental: Option<String>,
+    /// Create this checkpoint with the backup, with a bitmap on each of
+    /// these disks (qcow2 only).
+    pub checkpoint: Option<(String, Vec<String>)>,
 }
 
 /// Guest and volume operations, all blocking: call them from a blocking
@@ -71,25 +89,41 @@ pub trait Hypervisor: Send + Sync {
     fn start_paused(&self, guest: &GuestRef) -> Result<()>;
     /// Let a paused guest run.
     fn resume(&self, guest: &GuestRef) -> Result<()>;
-    /// Begin a pull-mode backup of `disks` (target device, scratch file;
-    /// `None`: not backed up) of a running or paused guest: a point-in-time view of each disk,
-    /// exported over NBD on the UNIX socket `socket` under its target name,
-    /// while the guest runs on (copy-before-write into the scratch file).
-    fn backup_begin(
-        &self,
-        guest: &GuestRef,
-        socket: &std::path::Path,
-        disks: &[(String, Option<std::path::PathBuf>)],
-    ) -> Result<()>;
-    /// Read the point-in-time view of `disk` that a backup exports.
+    /// Begin a pull-mode backup of a running or paused guest: a
+    /// point-in-time view of each disk, exported over NBD on the UNIX
+    /// socket `plan.socket` under its target name, while the guest runs on
+    /// (copy-before-write into the scratch files).
+    fn backup_begin(&self, guest: &GuestRef, plan: &BackupPlan) -> Result<()>;
+    /// Read the point-in-time view of `disk` that a backup exports; with
+    /// `changes`, also which blocks changed since the backup's
+    /// `incremental` checkpoint.
     fn backup_disk(
         &self,
         guest: &GuestRef,
         socket: &std::path::Path,
         disk: &str,
+        changes: bool,
     ) -> Result<Box<dyn imprint_store::source::DiskSource>>;
+    /// Names of the guest's checkpoints.
+    fn checkpoints(&self, guest: &GuestRef) -> Result<Vec<String>>;
+    /// Delete a checkpoint (its bitmaps; a missing one is fine).
+    fn delete_checkpoint(&self, guest: &GuestRef, name: &str) -> Result<()>;
     /// End the guest's backup job (no job running is fine).
     fn backup_end(&self, guest: &GuestRef) -> Result<()>;
+    /// Whether the guest's agent (qemu-guest-agent on its virtio-serial
+    /// channel) answers within `timeout`: `FailedPrecondition` if not.
+    fn guest_agent_ping(&self, guest: &GuestRef, timeout: Duration) -> Result<()>;
+    /// Freeze the guest's filesystems through its agent (flushing them
+    /// first). Fails after `timeout`; the agent may still freeze them
+    /// later, so a failed freeze must be followed by thaws.
+    fn fs_freeze(&self, guest: &GuestRef, timeout: Duration) -> Result<()>;
+    /// Thaw the guest's filesystems (nothing frozen is fine).
+    fn fs_thaw(&self, guest: &GuestRef, timeout: Duration) -> Result<()>;
+    /// Whether the guest's filesystems are frozen now.
+    fn fs_frozen(&self, guest: &GuestRef, timeout: Duration) -> Result<bool>;
+    /// Whether QEMU paused the guest because a write failed with "no space"
+    /// (the guest waits: its write is retried when it runs again).
+    fn paused_on_io_error(&self, guest: &GuestRef) -> Result<bool>;
 }
 
 /// An in-memory hypervisor for unit tests: guests with power states,
@@ -113,6 +147,34 @@ pub mod fake {
         pub obeys_acpi: bool,
         /// ACPI requests received.
         pub acpi_requests: u32,
+        /// Has a guest agent that answers.
+        pub has_agent: bool,
+        /// Its filesystems are frozen.
+        pub frozen: bool,
+        /// Freezes ever requested.
+        pub freezes: u32,
+        /// Its agent takes longer than any timeout to answer a freeze.
+        pub freeze_hangs: bool,
+        /// Paused by QEMU on a failed write.
+        pub io_error: bool,
+    }
+
+    impl FakeGuest {
+        /// A guest in `state` that obeys ACPI and has no guest agent.
+        pub fn new(r#ref: GuestRef, xml: String, state: PowerState) -> Self {
+            Self {
+                r#ref,
+                xml,
+                state,
+                obeys_acpi: true,
+                acpi_requests: 0,
+                has_agent: false,
+                frozen: false,
+                freezes: 0,
+                freeze_hangs: false,
+                io_error: false,
+            }
+        }
     }
 
     /// See the module docs.
@@ -219,13 +281,7 @@ pub mod fake {
             }
             gs.insert(
                 c.name.clone(),
-                FakeGuest {
-                    r#ref: r.clone(),
-                    xml: xml.into(),
-                    state: PowerState::ShutOff,
-                    obeys_acpi: true,
-                    acpi_requests: 0,
-                },
+                FakeGuest::new(r.clone(), xml.into(), PowerState::ShutOff),
             );
             Ok(r)
         }
@@ -292,12 +348,8 @@ pub mod fake {
                 Ok(())
             })
         }
-        fn backup_begin(
-            &self,
-            g: &GuestRef,
-            _socket: &std::path::Path,
-            disks: &[(String, Option<std::path::PathBuf>)],
-        ) -> Result<()> {
+        fn backup_begin(&self, g: &GuestRef, plan: &BackupPlan) -> Result<()> {
+            let disks = &plan.disks;
             let xml = self.with_guest(g, |g| Ok(g.xml.clone()))?;
             let config = crate::domain::GuestConfig::from_domain_xml(&xml)
                 .map_err(|e| AgentError::new(Kind::Internal, e.to_string()))?;
@@ -326,6 +378,7 @@ pub mod fake {
             g: &GuestRef,
             _socket: &std::path::Path,
             disk: &str,
+            _changes: bool,
         ) -> Result<Box<dyn imprint_store::source::DiskSource>> {
             let xml = self.with_guest(g, |g| Ok(g.xml.clone()))?;
             let config = crate::domain::GuestConfig::from_domain_xml(&xml)
@@ -347,6 +400,62 @@ pub mod fake {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&g.uuid);
             Ok(())
+        }
+        fn checkpoints(&self, _g: &GuestRef) -> Result<Vec<String>> {
+            Ok(Vec::new())
+        }
+        fn delete_checkpoint(&self, _g: &GuestRef, _name: &str) -> Result<()> {
+            Ok(())
+        }
+        fn guest_agent_ping(&self, g: &GuestRef, _timeout: Duration) -> Result<()> {
+            self.with_guest(g, |g| match (g.state, g.has_agent) {
+                (PowerState::Running, true) => Ok(()),
+                _ => Err(AgentError::new(
+                    Kind::FailedPrecondition,
+                    "guest agent is not connected",
+                )),
+            })
+        }
+        fn fs_freeze(&self, g: &GuestRef, timeout: Duration) -> Result<()> {
+            let hangs = self.with_guest(g, |g| {
+                g.freezes += 1;
+                if !g.has_agent {
+                    return Err(AgentError::new(
+                        Kind::FailedPrecondition,
+                        "guest agent is not connected",
+                    ));
+                }
+                if !g.freeze_hangs {
+                    g.frozen = true;
+                }
+                Ok(g.freeze_hangs)
+            })?;
+            if hangs {
+                std::thread::sleep(timeout);
+                return Err(AgentError::new(
+                    Kind::DeadlineExceeded,
+                    "guest agent is not responding",
+                ));
+            }
+            Ok(())
+        }
+        fn fs_thaw(&self, g: &GuestRef, _timeout: Duration) -> Result<()> {
+            self.with_guest(g, |g| {
+                if !g.has_agent {
+                    return Err(AgentError::new(
+                        Kind::FailedPrecondition,
+                        "guest agent is not connected",
+                    ));
+                }
+                g.frozen = false;
+                Ok(())
+            })
+        }
+        fn fs_frozen(&self, g: &GuestRef, _timeout: Duration) -> Result<bool> {
+            self.with_guest(g, |g| Ok(g.frozen))
+        }
+        fn paused_on_io_error(&self, g: &GuestRef) -> Result<bool> {
+            self.with_guest(g, |g| Ok(g.state == PowerState::Paused && g.io_error))
         }
     }
 }

@@ -31,6 +31,10 @@ pub enum Entry {
         /// its backup job is ended and the directory removed.
         #[serde(default)]
         backup_dir: Option<String>,
+        /// A live capture froze (or may yet freeze) the guest's
+        /// filesystems: thaw until a thaw gets through.
+        #[serde(default)]
+        thaw: bool,
     },
     /// A deploy: what it created so far, to remove if it cannot finish.
     Deploy {
@@ -155,6 +159,7 @@ mod tests {
             guest_uuid: "u".into(),
             was_running: true,
             backup_dir: None,
+            thaw: false,
         };
         j.write(&e).expect("write");
         let j2 = Journal::open(&tmp.path().join("j")).expect("reopen");

@@ -12,11 +12,13 @@
 //! - [`service`]: the gRPC API (`proto/imprint/v1/agent.proto`); [`listen`]:
 //!   where it is served (a 0660 UNIX socket, or TCP with mutual TLS only).
 
+pub mod checkpoints;
 pub mod cloudinit;
 pub mod disks;
 pub mod domain;
 pub mod error;
 pub mod fetch;
+pub mod freeze;
 pub mod hypervisor;
 pub mod journal;
 pub mod libvirt;
@@ -24,6 +26,7 @@ pub mod listen;
 pub mod nbd;
 pub mod partitions;
 pub mod qcow2;
+pub mod scratch;
 pub mod service;
 pub mod transfer;
 pub mod work;

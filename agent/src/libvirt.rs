@@ -4,11 +4,11 @@
 //! The connection is opened lazily and dropped after an error that means
 //! "libvirtd is gone" (restarted, crashed), so the next call reconnects.
 
-use std::sync::Mutex;
+use std::{sync::Mutex, time::Duration};
 
 use virt::{
     connect::Connect,
-    domain::{Domain, DomainState},
+    domain::{Domain, DomainPausedReason, DomainState, DomainStateReason},
     enumutil::Enum,
     error::{Error as VirtError, ErrorNumber},
     storage_pool::StoragePool,
@@ -18,7 +18,7 @@ use virt::{
 use crate::{
     domain::esc,
     error::{AgentError, Kind, Result},
-    hypervisor::{GuestRef, Hypervisor, PoolInfo, PowerState},
+    hypervisor::{BackupPlan, GuestRef, Hypervisor, PoolInfo, PowerState},
 };
 
 /// libvirt through one (re)connecting, shared connection.
@@ -38,7 +38,10 @@ impl std::fmt::Debug for Libvirt {
 fn kind_of(e: &VirtError) -> Kind {
     match e.code() {
         Enum::Known(
-            ErrorNumber::NoDomain | ErrorNumber::NoStoragePool | ErrorNumber::NoStorageVolume,
+            ErrorNumber::NoDomain
+            | ErrorNumber::NoStoragePool
+            | ErrorNumber::NoStorageVolume
+            | ErrorNumber::NoDomainCheckpoint,
         ) => Kind::NotFound,
         Enum::Known(ErrorNumber::StorageVolExist) => Kind::Conflict,
         Enum::Known(ErrorNumber::OperationInvalid) => Kind::FailedPrecondition,
@@ -271,23 +274,31 @@ impl Hypervisor for Libvirt {
         })
     }
 
-    fn backup_begin(
-        &self,
-        g: &GuestRef,
-        socket: &std::path::Path,
-        disks: &[(String, Option<std::path::PathBuf>)],
-    ) -> Result<()> {
-        let xml = backup_xml(socket, disks);
-        let xml = std::ffi::CString::new(xml)
-            .map_err(|_| AgentError::new(Kind::InvalidArgument, "backup XML holds a NUL byte"))?;
+    fn backup_begin(&self, g: &GuestRef, plan: &BackupPlan) -> Result<()> {
+        let c_string = |x: String| {
+            std::ffi::CString::new(x)
+                .map_err(|_| AgentError::new(Kind::InvalidArgument, "backup XML holds a NUL byte"))
+        };
+        let xml = c_string(backup_xml(plan))?;
+        let checkpoint = plan
+            .checkpoint
+            .as_ref()
+            .map(|(name, disks)| c_string(checkpoint_xml(name, &plan.disks, disks)))
+            .transpose()?;
         self.with(&format!("begin a backup of guest {}", g.name), |c| {
             let d = Self::domain_of(c, g)?;
             // SAFETY: `d` is a live domain handle for the duration of the
-            // call (it is dropped after), `xml` is a NUL-terminated string
-            // that outlives the call, a NULL checkpoint XML is allowed
-            // ("no checkpoint"), and libvirt copies what it keeps.
+            // call (it is dropped after), `xml` and `checkpoint` are
+            // NUL-terminated strings that outlive the call, a NULL
+            // checkpoint XML is allowed ("no checkpoint"), and libvirt
+            // copies what it keeps.
             let r = unsafe {
-                virt::sys::virDomainBackupBegin(d.as_ptr(), xml.as_ptr(), std::ptr::null(), 0)
+                virt::sys::virDomainBackupBegin(
+                    d.as_ptr(),
+                    xml.as_ptr(),
+                    checkpoint.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+                    0,
+                )
             };
             if r < 0 {
                 return Err(VirtError::last_error());
@@ -301,8 +312,10 @@ impl Hypervisor for Libvirt {
         _g: &GuestRef,
         socket: &std::path::Path,
         disk: &str,
+        changes: bool,
     ) -> Result<Box<dyn imprint_store::source::DiskSource>> {
-        crate::nbd::NbdDisk::open(socket, disk)
+        let bitmap = changes.then(|| export_bitmap(disk));
+        crate::nbd::NbdDisk::open_with_bitmap(socket, disk, bitmap.as_deref())
             .map(|d| Box::new(d) as Box<dyn imprint_store::source::DiskSource>)
             .map_err(|e| {
                 AgentError::new(
@@ -334,20 +347,219 @@ impl Hypervisor for Libvirt {
             other => other,
         }
     }
+
+    fn checkpoints(&self, g: &GuestRef) -> Result<Vec<String>> {
+        self.with(&format!("list the checkpoints of guest {}", g.name), |c| {
+            let d = Self::domain_of(c, g)?;
+            let mut list: *mut virt::sys::virDomainCheckpointPtr = std::ptr::null_mut();
+            // SAFETY: `d` is a live domain handle for the call; `list` is
+            // a valid out-pointer that libvirt fills with an array it
+            // allocates (freed below).
+            let n = unsafe { virt::sys::virDomainListAllCheckpoints(d.as_ptr(), &mut list, 0) };
+            if n < 0 {
+                return Err(VirtError::last_error());
+            }
+            let mut names = Vec::with_capacity(n as usize);
+            for i in 0..n as usize {
+                // SAFETY: `list` holds `n` checkpoint handles we own; each
+                // is read once, its name (owned by the handle) copied
+                // before the handle is freed.
+                unsafe {
+                    let cp = *list.add(i);
+                    let name = virt::sys::virDomainCheckpointGetName(cp);
+                    if !name.is_null() {
+                        names.push(
+                            std::ffi::CStr::from_ptr(name)
+                                .to_string_lossy()
+                                .into_owned(),
+                        );
+                    }
+                    virt::sys::virDomainCheckpointFree(cp);
+                }
+            }
+            // SAFETY: the array came from libvirt's allocator (malloc) and
+            // its elements were freed above; NULL (no checkpoints) is fine.
+            unsafe { nix::libc::free(list.cast()) };
+            Ok(names)
+        })
+    }
+
+    fn delete_checkpoint(&self, g: &GuestRef, name: &str) -> Result<()> {
+        let c_name = std::ffi::CString::new(name).map_err(|_| {
+            AgentError::new(Kind::InvalidArgument, "checkpoint name holds a NUL byte")
+        })?;
+        let r = self.with(
+            &format!("delete checkpoint {name} of guest {}", g.name),
+            |c| {
+                let d = Self::domain_of(c, g)?;
+                // SAFETY: `d` is a live domain handle and `c_name` a
+                // NUL-terminated string, both outliving the call.
+                let cp = unsafe {
+                    virt::sys::virDomainCheckpointLookupByName(d.as_ptr(), c_name.as_ptr(), 0)
+                };
+                if cp.is_null() {
+                    return Err(VirtError::last_error());
+                }
+                // SAFETY: `cp` is the valid handle just returned; it is freed
+                // once, after the delete.
+                let r = unsafe {
+                    let r = virt::sys::virDomainCheckpointDelete(cp, 0);
+                    virt::sys::virDomainCheckpointFree(cp);
+                    r
+                };
+                if r < 0 {
+                    return Err(VirtError::last_error());
+                }
+                Ok(())
+            },
+        );
+        match r {
+            Err(e) if e.kind == Kind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    fn guest_agent_ping(&self, g: &GuestRef, timeout: Duration) -> Result<()> {
+        self.agent_command(g, "guest-ping", timeout, "reach the guest agent of")
+            .map(|_| ())
+    }
+
+    fn fs_freeze(&self, g: &GuestRef, timeout: Duration) -> Result<()> {
+        self.agent_command(
+            g,
+            "guest-fsfreeze-freeze",
+            timeout,
+            "freeze the filesystems of",
+        )
+        .map(|_| ())
+    }
+
+    fn fs_thaw(&self, g: &GuestRef, timeout: Duration) -> Result<()> {
+        self.agent_command(g, "guest-fsfreeze-thaw", timeout, "thaw the filesystems of")
+            .map(|_| ())
+    }
+
+    fn fs_frozen(&self, g: &GuestRef, timeout: Duration) -> Result<bool> {
+        let reply = self.agent_command(
+            g,
+            "guest-fsfreeze-status",
+            timeout,
+            "ask whether the filesystems are frozen in",
+        )?;
+        match reply.get("return").and_then(|r| r.as_str()) {
+            Some("frozen") => Ok(true),
+            Some("thawed") => Ok(false),
+            _ => Err(AgentError::new(
+                Kind::Internal,
+                format!(
+                    "guest agent of {}: unexpected freeze status {reply}",
+                    g.name
+                ),
+            )),
+        }
+    }
+
+    fn paused_on_io_error(&self, g: &GuestRef) -> Result<bool> {
+        self.with(&format!("state of guest {}", g.name), |c| {
+            let d = Self::domain_of(c, g)?;
+            // `state()` swallows errors (an unknown state); `info()` first
+            // reports a dead connection or a vanished guest.
+            d.info()?;
+            let (_, reason) = d.state()?;
+            Ok(matches!(
+                reason,
+                Enum::Known(DomainStateReason::Paused(Enum::Known(
+                    DomainPausedReason::IOError
+                )))
+            ))
+        })
+    }
 }
 
-/// Pull-mode backup XML: the listed disks exported over NBD on `socket`
-/// (export names are the disks' target names), each with its scratch
-/// file; disks without one are not backed up.
-fn backup_xml(socket: &std::path::Path, disks: &[(String, Option<std::path::PathBuf>)]) -> String {
+impl Libvirt {
+    /// Run a guest agent command (`execute` with no arguments), waiting at
+    /// most `timeout` for the answer; `what` + the guest's name say what
+    /// failed. An agent that is not configured, not connected or does not
+    /// answer in time is `FailedPrecondition`.
+    fn agent_command(
+        &self,
+        g: &GuestRef,
+        execute: &str,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<serde_json::Value> {
+        let secs = i32::try_from(timeout.as_secs().max(1)).unwrap_or(i32::MAX);
+        let cmd = serde_json::json!({ "execute": execute }).to_string();
+        let what = format!("{what} guest {}", g.name);
+        // Agent failures come back inside Ok: `with` maps the rest
+        // (libvirtd gone, no such guest) as for every call.
+        let reply = self.with(&what, |c| {
+            match Self::domain_of(c, g)?.qemu_agent_command(&cmd, secs, 0) {
+                Ok(reply) => Ok(Ok(reply)),
+                Err(e) if is_agent_failure(&e) => Ok(Err(e)),
+                Err(e) => Err(e),
+            }
+        })?;
+        match reply {
+            Ok(reply) => serde_json::from_str(&reply).map_err(|e| {
+                AgentError::new(Kind::Internal, format!("{what}: unreadable reply: {e}"))
+            }),
+            Err(e) => Err(AgentError::new(
+                Kind::FailedPrecondition,
+                format!("{what}: {}", e.message()),
+            )),
+        }
+    }
+}
+
+/// The guest agent is not configured, not connected, not answering, or
+/// refused the command.
+fn is_agent_failure(e: &VirtError) -> bool {
+    matches!(
+        e.code(),
+        Enum::Known(
+            ErrorNumber::AgentUnresponsive
+                | ErrorNumber::AgentUnsynced
+                | ErrorNumber::AgentCommandTimeout
+                | ErrorNumber::AgentCommandFailed
+                | ErrorNumber::ArgumentUnsupported
+                | ErrorNumber::OperationUnsupported
+        )
+    )
+}
+
+/// The name under which a pull-mode backup exports `disk`'s changes.
+fn export_bitmap(disk: &str) -> String {
+    format!("backup-{disk}")
+}
+
+/// Pull-mode backup XML: the listed disks exported over NBD on the plan's
+/// socket (export names are the disks' target names), each with its
+/// scratch file; disks without one are not backed up. With an incremental
+/// checkpoint, the disks it covers (those the new checkpoint covers too:
+/// qcow2) also export their changes since it as bitmap `backup-DISK`.
+fn backup_xml(plan: &BackupPlan) -> String {
     let mut x = format!(
         "<domainbackup mode='pull'>\n  <server transport='unix' socket='{}'/>\n  <disks>\n",
-        esc(&socket.display().to_string())
+        esc(&plan.socket.display().to_string())
     );
-    for (dev, scratch) in disks {
+    let tracked = |dev: &String| {
+        plan.checkpoint
+            .as_ref()
+            .is_some_and(|(_, disks)| disks.contains(dev))
+    };
+    for (dev, scratch) in &plan.disks {
+        let mode = match &plan.incremental {
+            Some(cp) if tracked(dev) => format!(
+                " backupmode='incremental' incremental='{}' exportbitmap='{}'",
+                esc(cp),
+                esc(&export_bitmap(dev))
+            ),
+            _ => String::new(),
+        };
         match scratch {
             Some(scratch) => x.push_str(&format!(
-                "    <disk name='{}' backup='yes' type='file'><scratch file='{}'/></disk>\n",
+                "    <disk name='{}' backup='yes' type='file'{mode}><scratch file='{}'/></disk>\n",
                 esc(dev),
                 esc(&scratch.display().to_string())
             )),
@@ -355,5 +567,31 @@ fn backup_xml(socket: &std::path::Path, disks: &[(String, Option<std::path::Path
         }
     }
     x.push_str("  </disks>\n</domainbackup>\n");
+    x
+}
+
+/// Checkpoint XML: a bitmap on each of `tracked`, none on the guest's
+/// other disks.
+fn checkpoint_xml(
+    name: &str,
+    disks: &[(String, Option<std::path::PathBuf>)],
+    tracked: &[String],
+) -> String {
+    let mut x = format!(
+        "<domaincheckpoint>\n  <name>{}</name>\n  <disks>\n",
+        esc(name)
+    );
+    for (dev, _) in disks {
+        let kind = if tracked.contains(dev) {
+            "bitmap"
+        } else {
+            "no"
+        };
+        x.push_str(&format!(
+            "    <disk name='{}' checkpoint='{kind}'/>\n",
+            esc(dev)
+        ));
+    }
+    x.push_str("  </disks>\n</domaincheckpoint>\n");
     x
 }

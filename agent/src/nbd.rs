@@ -44,6 +44,9 @@ const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
 const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
 const STATE_ZERO: u32 = 2;
 const ALLOCATION: &str = "base:allocation";
+/// QEMU's dirty bitmaps: `qemu:dirty-bitmap:NAME`, state bit 0 = dirty.
+const DIRTY_BITMAP: &str = "qemu:dirty-bitmap:";
+const STATE_DIRTY: u32 = 1;
 /// Largest read sent as one request (servers accept 32 MiB; stay well
 /// below).
 const MAX_READ: usize = 4 << 20;
@@ -60,6 +63,8 @@ pub struct NbdDisk {
     handle: u64,
     /// Structured replies were negotiated.
     structured: bool,
+    /// The dirty bitmap's context id, when asked for.
+    dirty: Option<u32>,
     /// The `base:allocation` context id, when the server has it.
     allocation: Option<u32>,
 }
@@ -90,8 +95,8 @@ fn send_option(w: &mut impl Write, option: u32, data: &[u8]) -> io::Result<()> {
 struct OptionReplies {
     /// The server refused the option: its error code and message.
     refused: Option<(u32, String)>,
-    /// A meta context it announced (`NBD_REP_META_CONTEXT`).
-    context: Option<u32>,
+    /// The meta contexts it announced (`NBD_REP_META_CONTEXT`): id, name.
+    contexts: Vec<(u32, String)>,
     /// The export's size (`NBD_INFO_EXPORT`).
     size: Option<u64>,
 }
@@ -114,7 +119,10 @@ fn option_replies(r: &mut impl Read) -> io::Result<OptionReplies> {
         match kind {
             REP_ACK => return Ok(out),
             REP_META_CONTEXT if data.len() >= 4 => {
-                out.context = Some(u32::from_be_bytes([data[0], data[1], data[2], data[3]]));
+                out.contexts.push((
+                    u32::from_be_bytes([data[0], data[1], data[2], data[3]]),
+                    String::from_utf8_lossy(&data[4..]).into_owned(),
+                ));
             }
             REP_INFO if data.len() >= 12 && data[..2] == INFO_EXPORT.to_be_bytes() => {
                 let mut b = [0; 8];
@@ -149,6 +157,15 @@ fn read_u64(r: &mut impl Read) -> io::Result<u64> {
 impl NbdDisk {
     /// Connect to the server on `socket` and open export `name`.
     pub fn open(socket: &Path, name: &str) -> io::Result<Self> {
+        Self::open_with_bitmap(socket, name, None)
+    }
+
+    /// [`NbdDisk::open`], also asking for the dirty bitmap `bitmap` (QEMU's
+    /// `qemu:dirty-bitmap:NAME` context: the blocks written since a
+    /// checkpoint), which [`DiskSource::may_have_changed`] then answers
+    /// from. A server without it is an error: the caller wanted to read
+    /// only what changed.
+    pub fn open_with_bitmap(socket: &Path, name: &str, bitmap: Option<&str>) -> io::Result<Self> {
         let mut sock = UnixStream::connect(socket)?;
         sock.set_read_timeout(Some(Duration::from_secs(60)))?;
         sock.set_write_timeout(Some(Duration::from_secs(60)))?;
@@ -166,19 +183,31 @@ impl NbdDisk {
         send_option(&mut sock, OPT_STRUCTURED_REPLY, &[])?;
         let structured = option_replies(&mut sock)?.refused.is_none();
         let mut allocation = None;
+        let mut dirty = None;
+        let dirty_name = bitmap.map(|b| format!("{DIRTY_BITMAP}{b}"));
         if structured {
-            let mut q = Vec::new();
-            q.extend_from_slice(
-                &u32::try_from(name.len())
-                    .map_err(|_| bad("long name"))?
-                    .to_be_bytes(),
-            );
-            q.extend_from_slice(name.as_bytes());
-            q.extend_from_slice(&1u32.to_be_bytes());
-            q.extend_from_slice(&(ALLOCATION.len() as u32).to_be_bytes());
-            q.extend_from_slice(ALLOCATION.as_bytes());
+            let wanted: Vec<&str> = std::iter::once(ALLOCATION)
+                .chain(dirty_name.as_deref())
+                .collect();
+            let mut q = named(name)?;
+            q.extend_from_slice(&(wanted.len() as u32).to_be_bytes());
+            for c in &wanted {
+                q.extend_from_slice(&named(c)?);
+            }
             send_option(&mut sock, OPT_SET_META_CONTEXT, &q)?;
-            allocation = option_replies(&mut sock)?.context;
+            for (id, c) in option_replies(&mut sock)?.contexts {
+                if c == ALLOCATION {
+                    allocation = Some(id);
+                } else if Some(&c) == dirty_name.as_ref() {
+                    dirty = Some(id);
+                }
+            }
+        }
+        if let (Some(b), None) = (bitmap, dirty) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("NBD export {name:?} has no dirty bitmap {b:?}"),
+            ));
         }
         // NBD_OPT_GO: export name, no information requests.
         let mut go = named(name)?;
@@ -199,6 +228,7 @@ impl NbdDisk {
             handle: 0,
             structured,
             allocation,
+            dirty,
         })
     }
 
@@ -301,32 +331,30 @@ impl NbdDisk {
     }
 }
 
-impl DiskSource for NbdDisk {
-    fn size_bytes(&self) -> u64 {
-        self.size
-    }
-
-    fn may_have_data(&mut self, offset: u64, len: u64) -> io::Result<bool> {
-        let Some(context) = self.allocation else {
-            return Ok(true);
-        };
+impl NbdDisk {
+    /// Block status of `[offset, offset + len)` in meta context `context`:
+    /// whether any extent's state satisfies `hit`. What the answer does not
+    /// cover counts as a hit.
+    fn any_extent(
+        &mut self,
+        context: u32,
+        offset: u64,
+        len: u64,
+        hit: impl Fn(u32) -> bool,
+    ) -> io::Result<bool> {
         let asked = u32::try_from(len.min(u64::from(u32::MAX))).unwrap_or(u32::MAX);
         let handle = self.request(CMD_BLOCK_STATUS, offset, asked)?;
-        // Zero (or hole) across the whole range: no data. Anything the
-        // answer does not cover counts as data.
-        let mut zero_up_to = offset;
-        let mut all_zero = true;
+        let mut covered_to = offset;
+        let mut any = false;
         loop {
             let (flags, kind, p) = self.chunk(handle)?;
             if kind == REPLY_TYPE_BLOCK_STATUS && p.get(..4) == Some(&context.to_be_bytes()[..]) {
                 for d in p[4..].chunks_exact(8) {
                     let n = u64::from(u32::from_be_bytes([d[0], d[1], d[2], d[3]]));
                     let state = u32::from_be_bytes([d[4], d[5], d[6], d[7]]);
-                    if zero_up_to < offset + len {
-                        if state & STATE_ZERO == 0 {
-                            all_zero = false;
-                        }
-                        zero_up_to += n;
+                    if covered_to < offset + len {
+                        any |= hit(state);
+                        covered_to += n;
                     }
                 }
             }
@@ -334,7 +362,30 @@ impl DiskSource for NbdDisk {
                 break;
             }
         }
-        Ok(!(all_zero && zero_up_to >= offset + len))
+        Ok(any || covered_to < offset + len)
+    }
+}
+
+impl DiskSource for NbdDisk {
+    fn size_bytes(&self) -> u64 {
+        self.size
+    }
+
+    fn may_have_data(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        match self.allocation {
+            // Zero (or hole) across the whole range: no data.
+            Some(context) => self.any_extent(context, offset, len, |state| state & STATE_ZERO == 0),
+            None => Ok(true),
+        }
+    }
+
+    fn may_have_changed(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        match self.dirty {
+            Some(context) => {
+                self.any_extent(context, offset, len, |state| state & STATE_DIRTY != 0)
+            }
+            None => Ok(true),
+        }
     }
 
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {

@@ -568,6 +568,40 @@ fn import_result(r: &imprint_store::capture::CaptureReport) -> pb::CaptureResult
     }
 }
 
+/// The longest a live capture keeps the filesystems frozen unless told.
+const DEFAULT_FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request's capture mode, checked.
+fn capture_mode(mode: i32, freeze_timeout_seconds: u32) -> Result<work::CaptureMode, Status> {
+    let mode = pb::CaptureMode::try_from(mode).map_err(|_| {
+        Status::invalid_argument(format!("capture mode {mode} is not a CaptureMode"))
+    })?;
+    if freeze_timeout_seconds > 3_600 {
+        return Err(Status::invalid_argument(
+            "freeze_timeout_seconds is more than an hour",
+        ));
+    }
+    Ok(match mode {
+        pb::CaptureMode::Unspecified | pb::CaptureMode::Offline if freeze_timeout_seconds == 0 => {
+            work::CaptureMode::Offline
+        }
+        pb::CaptureMode::Live => work::CaptureMode::Live {
+            freeze_timeout: match freeze_timeout_seconds {
+                0 => DEFAULT_FREEZE_TIMEOUT,
+                s => Duration::from_secs(u64::from(s)),
+            },
+        },
+        pb::CaptureMode::CrashConsistent if freeze_timeout_seconds == 0 => {
+            work::CaptureMode::CrashConsistent
+        }
+        _ => {
+            return Err(Status::invalid_argument(
+                "freeze_timeout_seconds is for live captures (mode LIVE)",
+            ));
+        }
+    })
+}
+
 fn op_id(given: &str) -> Result<String, Status> {
     if given.is_empty() {
         return Ok(uuid::Uuid::new_v4().to_string());
@@ -614,6 +648,7 @@ impl AgentService for Agent {
             image_id,
             acpi_resend: Duration::from_secs(5),
             backup_dir: self.settings.backup_dir.clone(),
+            mode: capture_mode(r.mode, r.freeze_timeout_seconds)?,
         };
         // Bad input (unknown guest or disk, a disk without a local source...)
         // is refused now, not as a failed operation.
@@ -647,6 +682,18 @@ impl AgentService for Agent {
                     warnings: Vec::new(),
                     downtime_seconds: o.downtime_seconds,
                     point_in_time: o.point_in_time,
+                    mode: match o.mode {
+                        work::CaptureMode::Offline => pb::CaptureMode::Offline,
+                        work::CaptureMode::Live { .. } => pb::CaptureMode::Live,
+                        work::CaptureMode::CrashConsistent => pb::CaptureMode::CrashConsistent,
+                    } as i32,
+                    freeze_seconds: o.freeze_seconds,
+                    incremental_parent: o
+                        .incremental_parent
+                        .map(|p| p.to_string())
+                        .unwrap_or_default(),
+                    full_read_reason: o.full_read_reason.unwrap_or_default(),
+                    bytes_reused: o.stats.bytes_reused,
                 }))
             },
         );

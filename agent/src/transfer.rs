@@ -313,6 +313,7 @@ pub fn import_from(
     let disk = DiskInput {
         name: "vda".into(),
         source,
+        base: None,
     };
     Ok(imprint_store::capture::capture(
         store,

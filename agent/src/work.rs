@@ -23,7 +23,7 @@ use crate::{
     disks::open_source,
     domain::{GuestConfig, NewDisk, NewDomain},
     error::{AgentError, Kind, Result},
-    hypervisor::{GuestRef, Hypervisor, PowerState},
+    hypervisor::{BackupPlan, GuestRef, Hypervisor, PowerState},
     journal::{Entry, Journal},
 };
 
@@ -108,7 +108,54 @@ pub struct CaptureSpec {
     /// Where point-in-time reads keep their NBD socket and scratch files
     /// (one directory per capture); `None`: read with the guest off.
     pub backup_dir: Option<PathBuf>,
+    /// How a running guest is captured.
+    pub mode: CaptureMode,
 }
+
+/// How a running guest is captured (a shut-off guest is read as it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CaptureMode {
+    /// ACPI shutdown, then a point-in-time view taken with the guest
+    /// paused; it runs again while the view is read.
+    #[default]
+    Offline,
+    /// No shutdown: the guest agent freezes the filesystems, at most
+    /// `freeze_timeout`, while the view is taken.
+    Live {
+        /// The longest the filesystems may stay frozen.
+        freeze_timeout: Duration,
+    },
+    /// No shutdown, no freeze: the view is the disks as after a power cut.
+    CrashConsistent,
+}
+
+impl CaptureMode {
+    /// The guest keeps running.
+    pub fn is_live(self) -> bool {
+        !matches!(self, CaptureMode::Offline)
+    }
+}
+
+/// What taking a view did that the capture must finish after the read.
+#[derive(Debug, Default)]
+struct ViewState {
+    /// A live capture's thaw was not confirmed.
+    thaw_pending: AtomicBool,
+    /// The checkpoint created with the view.
+    checkpoint: Mutex<Option<String>>,
+}
+
+impl ViewState {
+    fn checkpoint(&self) -> Option<String> {
+        self.checkpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// How long a live capture waits for the guest agent to answer a ping.
+const AGENT_PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a capture did.
 #[derive(Debug, Clone)]
@@ -131,6 +178,15 @@ pub struct CaptureOutcome {
     pub downtime_seconds: f64,
     /// The disks were read from a point-in-time view while the guest ran.
     pub point_in_time: bool,
+    /// The mode it was captured in (a shut-off guest: offline).
+    pub mode: CaptureMode,
+    /// Live: seconds from the freeze request to the thaw.
+    pub freeze_seconds: f64,
+    /// The image whose chunks the unchanged parts of the disks reused
+    /// (an incremental capture).
+    pub incremental_parent: Option<ImageId>,
+    /// Why disks were read in full rather than incrementally.
+    pub full_read_reason: Option<String>,
     /// Power state it was left in.
     pub final_state: PowerState,
 }
@@ -179,6 +235,25 @@ pub fn check_capture(
                 guest.name
             ),
         ));
+    }
+    if initial == PowerState::Running && spec.mode.is_live() {
+        if spec.backup_dir.is_none() {
+            return Err(AgentError::new(
+                Kind::FailedPrecondition,
+                "this agent reads captures with the guest off (--offline-read); a live capture needs its backup directory",
+            ));
+        }
+        if let CaptureMode::Live { .. } = spec.mode {
+            hv.guest_agent_ping(&guest, AGENT_PING_TIMEOUT).map_err(|e| {
+                AgentError::new(
+                    Kind::FailedPrecondition,
+                    format!(
+                        "guest {} has no responding guest agent, so its filesystems cannot be frozen for a live capture ({}); install and start qemu-guest-agent with its org.qemu.guest_agent.0 channel, or ask for a crash-consistent capture",
+                        guest.name, e.message
+                    ),
+                )
+            })?;
+        }
     }
     for ex in &spec.exclude_disks {
         if !config.disks.iter().any(|d| &d.target_dev == ex) {
@@ -258,9 +333,11 @@ pub fn capture(
         chosen,
     } = check_capture(hv, store, spec)?;
     let was_running = initial == PowerState::Running;
+    let live = was_running && spec.mode.is_live();
+    let frozen = live && matches!(spec.mode, CaptureMode::Live { .. });
     // A point-in-time read needs a place for QEMU's NBD socket and the
     // scratch files; journaled first, so a restart ends the job and
-    // removes them.
+    // removes them (and thaws a guest a live capture froze).
     let backup = match (&spec.backup_dir, was_running) {
         (Some(dir), true) => Some(dir.join(&spec.operation_id)),
         _ => None,
@@ -269,12 +346,14 @@ pub fn capture(
         operation_id: spec.operation_id.clone(),
         guest_name: guest.name.clone(),
         guest_uuid: guest.uuid.clone(),
-        was_running,
+        was_running: was_running && !live,
         backup_dir: backup.as_ref().map(|d| d.display().to_string()),
+        thaw: frozen,
     })?;
-    // Once a point-in-time read lets the guest run again, its power state
-    // is its user's: neither this capture nor a recovery touches it.
-    let resumed = AtomicBool::new(false);
+    // Once a point-in-time read lets the guest run again (a live capture:
+    // from the start), its power state is its user's: neither this
+    // capture nor a recovery touches it.
+    let resumed = AtomicBool::new(live);
     let on_resumed = || {
         resumed.store(true, Ordering::Relaxed);
         let _ = journal.write(&Entry::Capture {
@@ -283,8 +362,12 @@ pub fn capture(
             guest_uuid: guest.uuid.clone(),
             was_running: false,
             backup_dir: backup.as_ref().map(|d| d.display().to_string()),
+            thaw: frozen,
         });
     };
+    // A live capture whose thaw was not confirmed keeps its journal entry:
+    // the recovery pass thaws until a thaw gets through.
+    let view = ViewState::default();
     let mut outcome = take_down_and_read(
         hv,
         store,
@@ -294,6 +377,7 @@ pub fn capture(
         initial,
         spec,
         backup.as_deref().map(|d| (d, &on_resumed as &dyn Fn())),
+        &view,
         cancel,
         report,
     );
@@ -315,6 +399,7 @@ pub fn capture(
                 o.boot_seconds = if was_running { boot_seconds } else { 0.0 };
             }
             o.downtime_seconds = match (o.point_in_time, was_running) {
+                _ if live => 0.0,
                 (true, _) => o.shutdown_seconds + o.boot_seconds,
                 (false, true) => o.shutdown_seconds + o.read_seconds + o.boot_seconds,
                 (false, false) => 0.0,
@@ -338,7 +423,28 @@ pub fn capture(
         }
         (Err(_), Ok(_)) => {}
     }
-    journal.remove(&spec.operation_id)?;
+    // Keep only the new image's checkpoint; a failed capture's goes (its
+    // parent's stays for the next try).
+    if let Some(cp) = view.checkpoint() {
+        match &outcome {
+            Ok(_) => crate::checkpoints::prune(hv, &guest, Some(&cp)),
+            Err(_) => {
+                if let Err(e) = hv.delete_checkpoint(&guest, &cp) {
+                    tracing::warn!(guest = %guest.name, checkpoint = %cp, error = %e, "cannot delete checkpoint");
+                }
+            }
+        }
+    }
+    if view.thaw_pending.load(Ordering::Relaxed) {
+        // Thaw as soon as the guest agent can hear it; the journal entry
+        // stays for a restart of this agent (the recovery pass removes it
+        // once its own thaw gets through).
+        tracing::warn!(guest = %guest.name, "thaw not confirmed; thawing until one gets through");
+        let (hv, guest) = (ctx.hv.clone(), guest.clone());
+        std::thread::spawn(move || crate::freeze::thaw_until_through(&*hv, &guest));
+    } else {
+        journal.remove(&spec.operation_id)?;
+    }
     outcome
 }
 
@@ -352,15 +458,18 @@ fn take_down_and_read(
     initial: PowerState,
     spec: &CaptureSpec,
     backup: Option<(&std::path::Path, &dyn Fn())>,
+    view: &ViewState,
     cancel: &Arc<AtomicBool>,
     report: Report<'_>,
 ) -> Result<CaptureOutcome> {
     let t0 = Instant::now();
-    if initial == PowerState::Running {
+    let live = initial == PowerState::Running && spec.mode.is_live();
+    let take_down = initial == PowerState::Running && !live;
+    if take_down {
         report("shutting down", 0, 0);
         shut_down(hv, guest, spec, cancel)?;
     }
-    let shutdown_seconds = if initial == PowerState::Running {
+    let shutdown_seconds = if take_down {
         t0.elapsed().as_secs_f64()
     } else {
         0.0
@@ -371,10 +480,30 @@ fn take_down_and_read(
     // the view while it runs: the downtime is shutdown + start, whatever
     // the disks' size. Without one (or if libvirt refuses the backup): read
     // the files while the guest stays off.
+    let image_id = spec.image_id.clone().unwrap_or_else(ImageId::generate);
+    // A view comes with a checkpoint (qcow2 disks), and is incremental
+    // from the newest earlier one when it can be.
+    let mut inc = match backup {
+        Some(_) if initial == PowerState::Running => {
+            crate::checkpoints::plan(hv, store, guest, config, chosen, &image_id)
+        }
+        _ => crate::checkpoints::Increment::default(),
+    };
     let mut boot_seconds = 0.0;
+    let mut freeze_seconds = 0.0;
     let point_in_time = match backup {
+        // Live: no fallback to reading with the guest off (that would be
+        // downtime the caller did not ask for).
+        Some((dir, _)) if live => {
+            let plan = backup_plan(config, chosen, dir)?;
+            freeze_seconds = begin_live_view(hv, guest, plan, &mut inc, spec, view, report)?;
+            true
+        }
         Some((dir, on_resumed)) if initial == PowerState::Running => {
-            match begin_point_in_time(hv, guest, config, chosen, dir, on_resumed, report) {
+            let began = backup_plan(config, chosen, dir).and_then(|plan| {
+                begin_point_in_time(hv, guest, plan, &mut inc, view, on_resumed, report)
+            });
+            match began {
                 Ok(()) => {
                     boot_seconds = t0.elapsed().as_secs_f64() - shutdown_seconds;
                     true
@@ -394,11 +523,13 @@ fn take_down_and_read(
     report("reading disks", 0, 0);
     let t1 = Instant::now();
     let mut inputs = Vec::new();
+    let mut incremental_parent = None;
     for (i, path) in chosen {
         let d = &mut config.disks[*i];
+        let changes = point_in_time && inc.tracks_changes_of(&d.target_dev);
         let src = match backup {
             Some((dir, _)) if point_in_time => hv
-                .backup_disk(guest, &dir.join("nbd.sock"), &d.target_dev)
+                .backup_disk(guest, &dir.join("nbd.sock"), &d.target_dev, changes)
                 .map_err(|e| {
                     e.context(format!("open the point-in-time view of {}", d.target_dev))
                 })?,
@@ -406,9 +537,18 @@ fn take_down_and_read(
                 .map_err(|e| e.context(format!("open disk {}", d.target_dev)))?,
         };
         d.size_bytes = src.size_bytes();
+        let base = if changes {
+            inc.base_for(store, &d.target_dev, d.size_bytes)
+        } else {
+            None
+        };
+        if base.is_some() {
+            incremental_parent = inc.parent.as_ref().map(|p| p.image_id.clone());
+        }
         inputs.push(DiskInput {
             name: d.target_dev.clone(),
             source: src,
+            base,
         });
     }
     // The manifest records only the captured disks, in order.
@@ -417,7 +557,6 @@ fn take_down_and_read(
         .iter()
         .map(|(i, _)| config.disks[*i].clone())
         .collect();
-    let image_id = spec.image_id.clone().unwrap_or_else(ImageId::generate);
     // A UEFI guest's NVRAM (boot entries, variables) is part of what it is:
     // read while the guest is off, kept beside the image's indexes (before
     // the manifest commits; a capture that fails leaves it to GC with the
@@ -436,13 +575,31 @@ fn take_down_and_read(
         cancel: Some(cancel.clone()),
         config: serde_json::to_value(&recorded)
             .map_err(|e| AgentError::new(Kind::Internal, e.to_string()))?,
-        labels: spec.labels.clone(),
+        labels: {
+            let mut labels = spec.labels.clone();
+            if let Some(cp) = view.checkpoint() {
+                labels.insert(crate::checkpoints::CHECKPOINT_LABEL.into(), cp);
+            }
+            if let Some(p) = &incremental_parent {
+                labels.insert(crate::checkpoints::PARENT_LABEL.into(), p.to_string());
+            }
+            labels
+        },
         image_id: Some(image_id),
         ..Default::default()
     };
-    let r = imprint_store::capture::capture(store, &spec.image_name, inputs, &opts, &mut |p| {
-        report("reading disks", p.bytes_done, p.bytes_total);
-    })?;
+    let read = || {
+        imprint_store::capture::capture(store, &spec.image_name, inputs, &opts, &mut |p| {
+            report("reading disks", p.bytes_done, p.bytes_total);
+        })
+        .map_err(AgentError::from)
+    };
+    // A view's scratch space may run out while the guest writes: the
+    // backup breaks then, not the guest.
+    let r = match backup {
+        Some((dir, _)) if point_in_time => crate::scratch::watched(hv, guest, dir, read)?,
+        _ => read()?,
+    };
     // Started by hand while we read (virsh start)? Then what we read may be
     // torn: do not keep it. (A point-in-time view is not affected.)
     if !point_in_time && patiently(|| hv.power_state(guest))? != PowerState::ShutOff {
@@ -464,6 +621,14 @@ fn take_down_and_read(
         boot_seconds,
         downtime_seconds: 0.0,
         point_in_time,
+        mode: if initial == PowerState::Running {
+            spec.mode
+        } else {
+            CaptureMode::Offline
+        },
+        freeze_seconds,
+        incremental_parent,
+        full_read_reason: inc.full_read_reason.clone(),
         final_state: if point_in_time {
             PowerState::Running
         } else {
@@ -477,20 +642,112 @@ fn take_down_and_read(
 fn begin_point_in_time(
     hv: &dyn Hypervisor,
     guest: &GuestRef,
-    config: &GuestConfig,
-    chosen: &[(usize, String)],
-    dir: &std::path::Path,
+    plan: BackupPlan,
+    inc: &mut crate::checkpoints::Increment,
+    view: &ViewState,
     on_resumed: &dyn Fn(),
     report: Report<'_>,
 ) -> Result<()> {
     report("taking a point-in-time view", 0, 0);
+    patiently(|| hv.start_paused(guest))?;
+    begin_backup(hv, guest, plan, inc, view)?;
+    hv.resume(guest)?;
+    on_resumed();
+    Ok(())
+}
+
+/// Take the point-in-time view of a running guest without stopping it:
+/// under a bounded filesystem freeze (live), or as is (crash-consistent).
+/// Returns the seconds the filesystems were frozen.
+fn begin_live_view(
+    hv: &dyn Hypervisor,
+    guest: &GuestRef,
+    plan: BackupPlan,
+    inc: &mut crate::checkpoints::Increment,
+    spec: &CaptureSpec,
+    view: &ViewState,
+    report: Report<'_>,
+) -> Result<f64> {
+    match spec.mode {
+        CaptureMode::Live { freeze_timeout } => {
+            report("freezing filesystems", 0, 0);
+            let f = crate::freeze::while_frozen(hv, guest, freeze_timeout, || {
+                begin_backup(hv, guest, plan, inc, view)
+            });
+            view.thaw_pending.store(!f.thawed, Ordering::Relaxed);
+            f.result?;
+            Ok(f.frozen_for.as_secs_f64())
+        }
+        CaptureMode::CrashConsistent | CaptureMode::Offline => {
+            report("taking a point-in-time view", 0, 0);
+            begin_backup(hv, guest, plan, inc, view)?;
+            Ok(0.0)
+        }
+    }
+}
+
+/// Begin the backup job of `plan` with what `inc` decided: incremental
+/// from its parent and with a new checkpoint. When libvirt refuses the
+/// incremental part (a bitmap inconsistent after a crash, in use...), the
+/// backup is taken in full; when it refuses the checkpoint, without one.
+fn begin_backup(
+    hv: &dyn Hypervisor,
+    guest: &GuestRef,
+    mut plan: BackupPlan,
+    inc: &mut crate::checkpoints::Increment,
+    view: &ViewState,
+) -> Result<()> {
+    plan.checkpoint = inc.checkpoint.clone();
+    plan.incremental = inc.parent.as_ref().map(|p| p.checkpoint.clone());
+    if plan.incremental.is_some() {
+        match hv.backup_begin(guest, &plan) {
+            Ok(()) => {
+                *view.checkpoint.lock().unwrap_or_else(|p| p.into_inner()) =
+                    plan.checkpoint.map(|(name, _)| name);
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(guest = %guest.name, error = %e, "incremental backup refused; taking it in full");
+                inc.fall_back(format!(
+                    "libvirt refused a backup incremental from checkpoint {} ({}); read in full",
+                    plan.incremental.take().unwrap_or_default(),
+                    e.message
+                ));
+            }
+        }
+    }
+    if plan.checkpoint.is_some() {
+        match hv.backup_begin(guest, &plan) {
+            Ok(()) => {
+                *view.checkpoint.lock().unwrap_or_else(|p| p.into_inner()) =
+                    plan.checkpoint.map(|(name, _)| name);
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(guest = %guest.name, error = %e, "backup with a checkpoint refused; taking it without");
+                inc.checkpoint = None;
+                plan.checkpoint = None;
+            }
+        }
+    }
+    hv.backup_begin(guest, &plan)
+}
+
+/// Make the directory of a point-in-time view and list what the backup job
+/// covers: every disk (target, scratch file in `dir` for the chosen ones,
+/// `None` for the others); no checkpoint yet.
+fn backup_plan(
+    config: &GuestConfig,
+    chosen: &[(usize, String)],
+    dir: &std::path::Path,
+) -> Result<BackupPlan> {
     std::fs::create_dir_all(dir)
         .map_err(|e| AgentError::new(Kind::Internal, format!("create {}: {e}", dir.display())))?;
     // QEMU (its own user) makes the socket and writes the scratch files.
     if let Ok(Some(u)) = nix::unistd::User::from_name("libvirt-qemu") {
         let _ = std::os::unix::fs::chown(dir, Some(u.uid.as_raw()), Some(u.gid.as_raw()));
     }
-    let disks: Vec<(String, Option<std::path::PathBuf>)> = config
+    let disks = config
         .disks
         .iter()
         .enumerate()
@@ -503,11 +760,12 @@ fn begin_point_in_time(
             (d.target_dev.clone(), scratch)
         })
         .collect();
-    patiently(|| hv.start_paused(guest))?;
-    hv.backup_begin(guest, &dir.join("nbd.sock"), &disks)?;
-    hv.resume(guest)?;
-    on_resumed();
-    Ok(())
+    Ok(BackupPlan {
+        socket: dir.join("nbd.sock"),
+        disks,
+        incremental: None,
+        checkpoint: None,
+    })
 }
 
 /// End a point-in-time view: the backup job, then its directory (socket,
@@ -518,6 +776,15 @@ fn end_backup(hv: &dyn Hypervisor, guest: &GuestRef, dir: &std::path::Path) {
     // survives it): reconnect and end the job it still tracks.
     if let Err(e) = retrying(UNDO_PATIENCE, || hv.backup_end(guest)) {
         tracing::warn!(guest = %guest.name, error = %e, "cannot end the backup job");
+    }
+    // QEMU may have stopped the guest on a full scratch (up to the moment
+    // the job ended, or while no agent watched): let it run. (Had its own
+    // disk filled instead, QEMU stops it again at once.)
+    if hv.paused_on_io_error(guest).unwrap_or(false) {
+        tracing::warn!(guest = %guest.name, "guest stopped on a failed write during the backup; resuming it");
+        if let Err(e) = patiently(|| hv.resume(guest)) {
+            tracing::warn!(guest = %guest.name, error = %e, "cannot resume the guest");
+        }
     }
     match std::fs::remove_dir_all(dir) {
         Ok(()) => {}
@@ -651,6 +918,7 @@ pub fn recover_where(
                 guest_uuid,
                 was_running,
                 backup_dir,
+                thaw,
                 ..
             } => {
                 let g = GuestRef {
@@ -660,7 +928,8 @@ pub fn recover_where(
                 if let Some(dir) = backup_dir {
                     end_backup(hv, &g, std::path::Path::new(dir));
                 }
-                restore_power(hv, &g, *was_running).map(|_| ())
+                let thawed = if *thaw { thaw_after(hv, &g) } else { Ok(()) };
+                thawed.and_then(|()| restore_power(hv, &g, *was_running).map(|_| ()))
             }
             Entry::Deploy {
                 guest_name,
@@ -678,6 +947,20 @@ pub fn recover_where(
         out.push((id, r));
     }
     out
+}
+
+/// Thaw what a live capture may have frozen: done when a thaw gets through
+/// or the guest no longer runs (a guest that stopped has nothing frozen).
+fn thaw_after(hv: &dyn Hypervisor, g: &GuestRef) -> Result<()> {
+    match hv.fs_thaw(g, crate::freeze::THAW_TIMEOUT) {
+        Ok(()) => Ok(()),
+        Err(e) => match hv.power_state(g) {
+            Ok(PowerState::Running | PowerState::Paused) => Err(e),
+            Ok(_) => Ok(()),
+            Err(s) if s.kind == Kind::NotFound => Ok(()),
+            Err(s) => Err(s),
+        },
+    }
 }
 
 /// Remove an NVRAM file a deploy wrote (gone already is fine).

@@ -16,7 +16,10 @@ use imprint_agent::{
         fake::{FakeGuest, FakeHypervisor},
     },
     journal::{Entry, Journal},
-    work::{Busy, CaptureSpec, Ctx, DeploySpec, InterfaceSpec, capture, deploy, recover},
+    work::{
+        Busy, CaptureMode, CaptureSpec, Ctx, DeploySpec, InterfaceSpec, capture, check_capture,
+        deploy, recover,
+    },
 };
 use imprint_store::{Store, StoreConfig};
 
@@ -51,14 +54,15 @@ fn env(obeys_acpi: bool, state: PowerState) -> Env {
     guests.insert(
         "a".to_string(),
         FakeGuest {
-            r#ref: GuestRef {
-                name: "a".into(),
-                uuid: "a-uuid".into(),
-            },
-            xml: guest_xml("a", &disk),
-            state,
             obeys_acpi,
-            acpi_requests: 0,
+            ..FakeGuest::new(
+                GuestRef {
+                    name: "a".into(),
+                    uuid: "a-uuid".into(),
+                },
+                guest_xml("a", &disk),
+                state,
+            )
         },
     );
     let hv = Arc::new(FakeHypervisor {
@@ -96,6 +100,7 @@ fn spec(force: bool) -> CaptureSpec {
         image_id: None,
         acpi_resend: Duration::from_millis(200),
         backup_dir: None,
+        mode: CaptureMode::Offline,
     }
 }
 
@@ -163,6 +168,145 @@ fn running_guest_is_read_from_a_point_in_time_view_after_it_runs_again() {
     assert!(e.hv.backups.lock().expect("lock").is_empty(), "job ended");
     assert!(!backup.join("op-1").exists(), "its directory removed");
     assert!(e.journal.list().expect("journal").is_empty());
+}
+
+fn live_spec(e: &Env, mode: CaptureMode) -> CaptureSpec {
+    CaptureSpec {
+        backup_dir: Some(e._tmp.path().join("backup")),
+        mode,
+        ..spec(false)
+    }
+}
+
+fn guest<T>(e: &Env, f: impl FnOnce(&mut FakeGuest) -> T) -> T {
+    f(e.hv
+        .guests
+        .lock()
+        .expect("lock")
+        .get_mut("a")
+        .expect("guest a"))
+}
+
+const LIVE: CaptureMode = CaptureMode::Live {
+    freeze_timeout: Duration::from_millis(300),
+};
+
+#[test]
+fn live_capture_freezes_takes_the_view_thaws_and_never_stops_the_guest() {
+    let e = env(true, PowerState::Running);
+    guest(&e, |g| g.has_agent = true);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let phases = Mutex::new(Vec::new());
+    let report = |phase: &str, _: u64, _: u64| {
+        let mut p = phases.lock().expect("lock");
+        if p.last().map(String::as_str) != Some(phase) {
+            p.push(phase.to_string());
+        }
+        if phase == "reading disks" {
+            assert!(!guest(&e, |g| g.frozen), "thawed before the read");
+        }
+    };
+    let o = capture(&e.ctx, &live_spec(&e, LIVE), &cancel, &report).expect("capture");
+    assert!(o.point_in_time);
+    assert_eq!(o.mode, LIVE);
+    assert_eq!(o.downtime_seconds, 0.0, "{o:?}");
+    assert_eq!(o.shutdown_seconds, 0.0, "{o:?}");
+    assert!(o.freeze_seconds > 0.0 && o.freeze_seconds < 0.3, "{o:?}");
+    assert_eq!(o.final_state, PowerState::Running);
+    guest(&e, |g| {
+        assert_eq!(g.acpi_requests, 0, "never asked to shut down");
+        assert_eq!(g.freezes, 1);
+        assert!(!g.frozen);
+    });
+    assert_eq!(
+        phases.lock().expect("lock").as_slice(),
+        ["inspecting guest", "freezing filesystems", "reading disks"]
+    );
+    assert!(e.hv.backups.lock().expect("lock").is_empty(), "job ended");
+    assert!(e.journal.list().expect("journal").is_empty());
+}
+
+#[test]
+fn live_capture_of_a_guest_without_agent_is_refused_before_anything_happens() {
+    let e = env(true, PowerState::Running);
+    let err = check_capture(&*e.hv, &e.store, &live_spec(&e, LIVE)).expect_err("no agent");
+    assert_eq!(err.kind, Kind::FailedPrecondition, "{err}");
+    assert!(err.message.contains("crash-consistent"), "{err}");
+    guest(&e, |g| assert_eq!((g.freezes, g.acpi_requests), (0, 0)));
+    // Without --backup-dir (offline reads only) a live capture cannot work.
+    guest(&e, |g| g.has_agent = true);
+    let no_dir = CaptureSpec {
+        backup_dir: None,
+        ..live_spec(&e, LIVE)
+    };
+    let err = check_capture(&*e.hv, &e.store, &no_dir).expect_err("offline agent");
+    assert_eq!(err.kind, Kind::FailedPrecondition, "{err}");
+    // Paused guests are refused in every mode.
+    guest(&e, |g| g.state = PowerState::Paused);
+    let err = check_capture(&*e.hv, &e.store, &live_spec(&e, LIVE)).expect_err("paused");
+    assert_eq!(err.kind, Kind::FailedPrecondition, "{err}");
+}
+
+#[test]
+fn crash_consistent_capture_needs_no_agent_and_never_freezes() {
+    let e = env(true, PowerState::Running);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let spec = live_spec(&e, CaptureMode::CrashConsistent);
+    let o = capture(&e.ctx, &spec, &cancel, &no_report).expect("capture");
+    assert_eq!(o.mode, CaptureMode::CrashConsistent);
+    assert_eq!((o.downtime_seconds, o.freeze_seconds), (0.0, 0.0));
+    guest(&e, |g| assert_eq!((g.freezes, g.acpi_requests), (0, 0)));
+    assert_eq!(state(&e, "a"), PowerState::Running);
+}
+
+#[test]
+fn a_freeze_that_hangs_fails_at_its_bound_and_recovery_thaws() {
+    let e = env(true, PowerState::Running);
+    guest(&e, |g| {
+        g.has_agent = true;
+        g.freeze_hangs = true;
+    });
+    let cancel = Arc::new(AtomicBool::new(false));
+    let err = capture(&e.ctx, &live_spec(&e, LIVE), &cancel, &no_report).expect_err("hang");
+    assert_eq!(err.kind, Kind::DeadlineExceeded, "{err}");
+    assert!(err.message.contains("did not freeze"), "{err}");
+    assert!(e.store.list().expect("list").is_empty(), "no image");
+    assert!(e.hv.backups.lock().expect("lock").is_empty(), "no job");
+    assert_eq!(state(&e, "a"), PowerState::Running);
+    guest(&e, |g| assert_eq!(g.acpi_requests, 0));
+    // The fake's thaw always gets through: nothing is left to retry.
+    assert!(e.journal.list().expect("journal").is_empty());
+}
+
+#[test]
+fn a_thaw_that_does_not_get_through_is_retried_by_recovery() {
+    let e = env(true, PowerState::Running);
+    e.journal
+        .write(&Entry::Capture {
+            operation_id: "op-8".into(),
+            guest_name: "a".into(),
+            guest_uuid: "a-uuid".into(),
+            was_running: false,
+            backup_dir: None,
+            thaw: true,
+        })
+        .expect("journal");
+    // Its agent does not answer: the entry stays for the next pass.
+    guest(&e, |g| g.frozen = true);
+    let r = recover(&*e.hv, &e.journal);
+    assert_eq!(
+        r[0].1.as_ref().map_err(|e| e.kind),
+        Err(Kind::FailedPrecondition)
+    );
+    assert!(guest(&e, |g| g.frozen));
+    assert_eq!(e.journal.list().expect("journal").len(), 1);
+    // It answers again: thawed, entry gone.
+    guest(&e, |g| g.has_agent = true);
+    let r = recover(&*e.hv, &e.journal);
+    assert!(r[0].1.is_ok(), "{r:?}");
+    assert!(!guest(&e, |g| g.frozen));
+    assert!(e.journal.list().expect("journal").is_empty());
+    assert_eq!(state(&e, "a"), PowerState::Running, "power state untouched");
 }
 
 #[test]
@@ -311,6 +455,7 @@ fn recovery_restarts_a_guest_left_off_by_a_dead_agent() {
             guest_uuid: "a-uuid".into(),
             was_running: true,
             backup_dir: None,
+            thaw: false,
         })
         .expect("journal");
     let r = recover(&*e.hv, &e.journal);

@@ -221,12 +221,35 @@ pub struct CaptureArgs {
     /// Force the guest off after the timeout (otherwise fail, guest left running).
     #[arg(long)]
     force_off: bool,
+    /// Capture a running guest without shutting it down: its guest agent
+    /// (qemu-guest-agent) freezes the filesystems while the point-in-time
+    /// view is taken. A guest without a responding agent is refused.
+    #[arg(long, conflicts_with_all = ["crash_consistent", "force_off"])]
+    live: bool,
+    /// Capture a running guest without shutting it down or freezing it
+    /// (as after a power cut; for guests without an agent).
+    #[arg(long, conflicts_with = "force_off")]
+    crash_consistent: bool,
+    /// With --live: the longest the filesystems may stay frozen, in
+    /// seconds (default: the agent's, 10).
+    #[arg(long, requires = "live", value_parser = clap::value_parser!(u32).range(1..=3600))]
+    freeze_timeout: Option<u32>,
     /// Idempotency key: a retry with the same key returns the same operation.
     #[arg(long)]
     request_id: Option<String>,
     /// Wait until done, with progress; exit non-zero if it fails.
     #[arg(long)]
     wait: bool,
+}
+
+impl CaptureArgs {
+    fn mode(&self) -> pb::CaptureMode {
+        match (self.live, self.crash_consistent) {
+            (true, _) => pb::CaptureMode::Live,
+            (false, true) => pb::CaptureMode::CrashConsistent,
+            (false, false) => pb::CaptureMode::Offline,
+        }
+    }
 }
 
 /// `image deploy`.
@@ -477,6 +500,15 @@ fn location_state_name(s: i32) -> &'static str {
     }
 }
 
+/// A capture mode as the CLI prints it.
+fn capture_mode_name(mode: i32) -> &'static str {
+    match pb::CaptureMode::try_from(mode) {
+        Ok(pb::CaptureMode::Live) => "live",
+        Ok(pb::CaptureMode::CrashConsistent) => "crash-consistent",
+        _ => "offline",
+    }
+}
+
 fn op_json(o: &pb::Operation) -> Value {
     let capture = o.capture.as_ref().map(|c| {
         json!({
@@ -485,6 +517,9 @@ fn op_json(o: &pb::Operation) -> Value {
             "zero_bytes_skipped": c.zero_bytes_skipped, "shutdown_seconds": c.shutdown_seconds,
             "read_seconds": c.read_seconds, "boot_seconds": c.boot_seconds,
             "downtime_seconds": c.downtime_seconds, "point_in_time": c.point_in_time,
+            "mode": capture_mode_name(c.mode), "freeze_seconds": c.freeze_seconds,
+            "incremental_parent": c.incremental_parent, "full_read_reason": c.full_read_reason,
+            "bytes_reused": c.bytes_reused,
         })
     });
     let deploy = o.deploy.as_ref().map(|d| {
@@ -620,11 +655,16 @@ fn op_fields(o: &pb::Operation) -> String {
         f.push((
             "captured",
             format!(
-                "{} read, {} stored, {} deduplicated; downtime {:.1} s{}",
+                "{} read, {} stored, {} deduplicated; {}{}",
                 output::bytes(c.bytes_read),
                 output::bytes(c.bytes_stored),
                 output::bytes(c.bytes_deduplicated),
-                c.downtime_seconds,
+                match pb::CaptureMode::try_from(c.mode) {
+                    Ok(pb::CaptureMode::Live) =>
+                        format!("live, filesystems frozen {:.2} s", c.freeze_seconds),
+                    Ok(pb::CaptureMode::CrashConsistent) => "live, crash-consistent".to_string(),
+                    _ => format!("downtime {:.1} s", c.downtime_seconds),
+                },
                 if c.point_in_time {
                     format!(" (disks read in {:.1} s while it ran)", c.read_seconds)
                 } else {
@@ -632,6 +672,19 @@ fn op_fields(o: &pb::Operation) -> String {
                 }
             ),
         ));
+        if !c.incremental_parent.is_empty() {
+            f.push((
+                "incremental",
+                format!(
+                    "from image {}: {} unchanged, reused unread",
+                    c.incremental_parent,
+                    output::bytes(c.bytes_reused)
+                ),
+            ));
+        }
+        if !c.full_read_reason.is_empty() {
+            f.push(("full read", c.full_read_reason.clone()));
+        }
     }
     if let Some(d) = &o.deploy {
         f.push((
@@ -815,6 +868,7 @@ async fn image_inner(cmd: ImageCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> 
             show_image(ctx, i).await
         }
         ImageCommand::Capture(a) => {
+            let mode = a.mode().into();
             let op = api
                 .images
                 .capture_image(pb::CaptureImageRequest {
@@ -827,6 +881,8 @@ async fn image_inner(cmd: ImageCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> 
                     exclude_disks: a.exclude_disks,
                     shutdown_timeout_seconds: a.shutdown_timeout,
                     allow_force_off: a.force_off,
+                    mode,
+                    freeze_timeout_seconds: a.freeze_timeout.unwrap_or(0),
                 })
                 .await?
                 .into_inner();

@@ -250,6 +250,7 @@ pub fn run(cmd: StoreCommand, ctx: &Ctx) -> Result<u8> {
                 inputs.push(DiskInput {
                     name: disk_name(path),
                     source: Box::new(src),
+                    base: None,
                 });
             }
             let config = StoreConfig {

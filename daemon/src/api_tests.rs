@@ -92,16 +92,14 @@ async fn world(catalog: Catalog) -> World {
     let hv = Arc::new(FakeHypervisor {
         guests: std::sync::Mutex::new(HashMap::from([(
             "a".to_string(),
-            FakeGuest {
-                r#ref: GuestRef {
+            FakeGuest::new(
+                GuestRef {
                     name: "a".into(),
                     uuid: "a-uuid".into(),
                 },
-                xml: guest_xml("a", &disk),
-                state: PowerState::Running,
-                obeys_acpi: true,
-                acpi_requests: 0,
-            },
+                guest_xml("a", &disk),
+                PowerState::Running,
+            ),
         )])),
         pools: HashMap::from([("p".to_string(), pool)]),
         ..Default::default()
@@ -1217,6 +1215,7 @@ async fn orphaned_manifests_are_reconciled() {
             vec![imprint_store::capture::DiskInput {
                 name: "vda".into(),
                 source: Box::new(imprint_store::source::FileSource::open(&disk).expect("open")),
+                base: None,
             }],
             &Default::default(),
             &mut |_| {},

@@ -211,6 +211,19 @@ impl ImageService for Images {
                 "shutdown_timeout_seconds is more than a day",
             ));
         }
+        let mode = pb::CaptureMode::try_from(r.mode).map_err(|_| {
+            Status::invalid_argument(format!("capture mode {} is not a CaptureMode", r.mode))
+        })?;
+        if r.freeze_timeout_seconds > 3_600 {
+            return Err(Status::invalid_argument(
+                "freeze_timeout_seconds is more than an hour",
+            ));
+        }
+        if r.freeze_timeout_seconds != 0 && mode != pb::CaptureMode::Live {
+            return Err(Status::invalid_argument(
+                "freeze_timeout_seconds is for live captures (mode LIVE)",
+            ));
+        }
         let host = crate::hosts::usable_host(self.catalog(), &who, &r.host).await?;
         // The guest must exist now; it is named by its UUID from here on, so
         // two captures of it conflict however it was named.
@@ -237,6 +250,8 @@ impl ImageService for Images {
             allow_force_off: r.allow_force_off,
             labels: [("imprint.owner".to_string(), who.name.clone())].into(),
             image_id: image_id.clone(),
+            mode: mode.into(),
+            freeze_timeout_seconds: r.freeze_timeout_seconds,
         });
         let encoded = agent_req.encode();
         let n = NewOperation {

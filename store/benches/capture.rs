@@ -204,6 +204,7 @@ fn ours_capture_at(
             vec![DiskInput {
                 name: "vda".into(),
                 source: Box::new(FileSource::open(&disk).expect("open")),
+                base: None,
             }],
             &CaptureOptions {
                 zstd_level: level,

@@ -84,6 +84,12 @@ pub struct DiskInput<'a> {
     pub name: String,
     /// Where its bytes come from.
     pub source: Box<dyn DiskSource + 'a>,
+    /// The same disk at an earlier point in time (an incremental capture):
+    /// its chunk digests, one per chunk of this disk. Chunks the source
+    /// reports unchanged since then ([`DiskSource::may_have_changed`]) are
+    /// taken from it unread. Such a disk gets no SHA-256 here (it would
+    /// need every byte).
+    pub base: Option<Vec<ChunkDigest>>,
 }
 
 impl std::fmt::Debug for DiskInput<'_> {
@@ -109,12 +115,16 @@ pub struct CaptureStats {
     pub bytes_deduplicated: u64,
     /// Bytes of zero chunks and holes, recorded and not stored.
     pub zero_bytes_skipped: u64,
+    /// Bytes taken unread from the base of an incremental capture.
+    pub bytes_reused: u64,
     /// Chunks written.
     pub chunks_new: u64,
     /// Chunks already present.
     pub chunks_deduplicated: u64,
     /// Zero chunks.
     pub chunks_zero: u64,
+    /// Chunks taken unread from the base.
+    pub chunks_reused: u64,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -130,6 +140,8 @@ impl CaptureStats {
         self.chunks_new += o.chunks_new;
         self.chunks_deduplicated += o.chunks_deduplicated;
         self.chunks_zero += o.chunks_zero;
+        self.bytes_reused += o.bytes_reused;
+        self.chunks_reused += o.chunks_reused;
     }
 }
 
@@ -229,9 +241,15 @@ fn capture_inner(
                 stats: all,
             });
         };
-        let (index, sha256, stats) =
-            capture_disk(store, disk.source, opts, &mut on_progress, writer)
-                .map_err(|e| e.context(format!("capture disk {i} ({disk_name})")))?;
+        let (index, sha256, stats) = capture_disk(
+            store,
+            disk.source,
+            disk.base,
+            opts,
+            &mut on_progress,
+            writer,
+        )
+        .map_err(|e| e.context(format!("capture disk {i} ({disk_name})")))?;
         let index_file = format!("disk{i}.fidx");
         let encoded = index.encode();
         store
@@ -325,16 +343,27 @@ impl Drop for WriterGuard<'_> {
     }
 }
 
-struct Job {
-    i: usize,
-    buf: Arc<Pooled>,
-    len: usize,
+enum Job {
+    /// Chunk `i`, read: store it.
+    Data {
+        i: usize,
+        buf: Arc<Pooled>,
+        len: usize,
+    },
+    /// Chunk `i`, unchanged since the base: its base digest (kept fresh for
+    /// GC, and proven present).
+    Reuse {
+        i: usize,
+        digest: ChunkDigest,
+        len: usize,
+    },
 }
 
 enum Outcome {
     Zero,
     New { stored: u64 },
     Existing,
+    Reused,
 }
 
 struct Done {
@@ -348,6 +377,7 @@ struct Done {
 fn capture_disk(
     store: &Store,
     mut source: Box<dyn DiskSource + '_>,
+    base: Option<Vec<ChunkDigest>>,
     opts: &CaptureOptions,
     progress: &mut dyn FnMut(&CaptureStats),
     writer: &WriterGuard<'_>,
@@ -356,6 +386,17 @@ fn capture_disk(
     let size = source.size_bytes();
     let chunk_size = store.chunk_size();
     let mut index = FixedIndex::new_zeroed(size, chunk_size)?;
+    if let Some(b) = &base
+        && b.len() != index.digests().len()
+    {
+        return Err(Error::invalid(format!(
+            "the base has {} chunks; the disk has {}",
+            b.len(),
+            index.digests().len()
+        )));
+    }
+    // SHA-256 needs every byte; chunks taken from a base are not read.
+    let disk_sha256 = opts.disk_sha256 && base.is_none();
     // Network stores want several requests in flight per core.
     // At most 32 in all: each worker holds buffers (and, capturing, a zstd
     // context), and compression past the core count only queues.
@@ -373,20 +414,22 @@ fn capture_disk(
     // image) arriving meanwhile is a duplicate, not a second upload.
     let in_flight = Mutex::new(HashSet::new());
     let (reader_result, sha, first_error) = std::thread::scope(|s| {
-        let hasher = opts.disk_sha256.then(|| {
+        let hasher = disk_sha256.then(|| {
             let chunk_size = chunk_size as usize;
             s.spawn(move || hash_disk(&sha_rx, chunk_size))
         });
-        let sha_tx = opts.disk_sha256.then_some(sha_tx);
+        let sha_tx = disk_sha256.then_some(sha_tx);
         let reader = {
             let layout = index.layout();
             let abort = &abort;
             let pool_tx = pool_tx.clone();
             let done_tx = done_tx.clone();
             let source = &mut source;
+            let base = base.as_deref();
             s.spawn(move || {
                 read_disk(
                     &mut **source,
+                    base,
                     layout,
                     n_bufs,
                     opts,
@@ -433,6 +476,10 @@ fn capture_disk(
                         Outcome::Existing => {
                             stats.bytes_deduplicated += done.len as u64;
                             stats.chunks_deduplicated += 1;
+                        }
+                        Outcome::Reused => {
+                            stats.bytes_reused += done.len as u64;
+                            stats.chunks_reused += 1;
                         }
                     }
                 }
@@ -513,6 +560,7 @@ fn hash_disk(parts: &Receiver<ShaPart>, chunk_size: usize) -> [u8; 32] {
 #[allow(clippy::too_many_arguments)]
 fn read_disk(
     source: &mut dyn DiskSource,
+    base: Option<&[ChunkDigest]>,
     layout: Layout,
     n_bufs: usize,
     opts: &CaptureOptions,
@@ -530,6 +578,25 @@ fn read_disk(
         }
         check_cancel(opts).inspect_err(|_| abort.store(true, Ordering::Relaxed))?;
         let (offset, len) = layout.chunk_range(i);
+        // Unchanged since the base: its digest, unread.
+        if let Some(base) = base
+            && !source
+                .may_have_changed(offset, len as u64)
+                .map_err(|e| Error::io(format!("find changes at offset {offset}"), e))?
+        {
+            let digest = base[i];
+            if digest.is_zero_chunk() {
+                let _ = done_tx.send(Done {
+                    i,
+                    len,
+                    read: false,
+                    result: Some(Ok((digest, Outcome::Zero))),
+                });
+            } else if job_tx.send(Job::Reuse { i, digest, len }).is_err() {
+                return Err(Error::new(crate::ErrorKind::Io, "capture workers stopped"));
+            }
+            continue;
+        }
         let has_data = source
             .may_have_data(offset, len as u64)
             .map_err(|e| Error::io(format!("find data at offset {offset}"), e))?;
@@ -568,7 +635,7 @@ fn read_disk(
         if let Some(tx) = &sha_tx {
             let _ = tx.send(ShaPart::Data(buf.clone()));
         }
-        if job_tx.send(Job { i, buf, len }).is_err() {
+        if job_tx.send(Job::Data { i, buf, len }).is_err() {
             return Err(Error::new(crate::ErrorKind::Io, "capture workers stopped"));
         }
     }
@@ -596,18 +663,29 @@ fn compress_worker(
             None
         }
     };
-    for Job { i, buf, len } in jobs.iter() {
-        let result = match (&mut encoder, abort.load(Ordering::Relaxed)) {
-            (Some(enc), false) => Some(store_chunk(store, enc, in_flight, &buf.buf)),
-            _ => None,
+    for job in jobs.iter() {
+        let failing = abort.load(Ordering::Relaxed);
+        let d = match (job, &mut encoder) {
+            (Job::Data { i, buf, len }, Some(enc)) => Done {
+                i,
+                len,
+                read: true,
+                result: (!failing).then(|| store_chunk(store, enc, in_flight, &buf.buf)),
+            },
+            (Job::Data { i, len, .. }, None) => Done {
+                i,
+                len,
+                read: true,
+                result: None,
+            },
+            (Job::Reuse { i, digest, len }, _) => Done {
+                i,
+                len,
+                read: false,
+                result: (!failing).then(|| reuse_chunk(store, digest)),
+            },
         };
-        drop(buf);
-        let _ = done.send(Done {
-            i,
-            len,
-            read: true,
-            result,
-        });
+        let _ = done.send(d);
     }
 }
 
@@ -632,6 +710,20 @@ fn store_chunk(
         s.remove(&digest);
     }
     r
+}
+
+/// A chunk of the base, unchanged: touched so GC keeps it for the new
+/// image; missing (the base's image was deleted and collected meanwhile)
+/// is an error, as the bytes were not read.
+fn reuse_chunk(store: &Store, digest: ChunkDigest) -> Result<(ChunkDigest, Outcome)> {
+    if store.backend().touch_chunk(&digest)? {
+        Ok((digest, Outcome::Reused))
+    } else {
+        Err(Error::new(
+            ErrorKind::NotFound,
+            format!("chunk {digest} of the base is no longer in the store"),
+        ))
+    }
 }
 
 fn touch_or_insert(

@@ -28,6 +28,15 @@ pub trait DiskSource: Send {
         let _ = (offset, len);
         Ok(true)
     }
+    /// Whether `[offset, offset + len)` may differ from the same range of
+    /// the disk's base (an earlier capture of it; see
+    /// [`crate::capture::DiskInput::base`]). Sources that know what changed
+    /// since (a dirty bitmap) answer `false` for ranges that did not; the
+    /// base's chunks are reused for them unread.
+    fn may_have_changed(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        let _ = (offset, len);
+        Ok(true)
+    }
 }
 
 /// A raw disk in a regular file or block device; skips holes of sparse files

@@ -54,6 +54,7 @@ fn put(s: &Store, name: &str, path: &Path) -> imprint_store::Manifest {
         vec![DiskInput {
             name: "vda".into(),
             source: Box::new(FileSource::open(path).expect("open")),
+            base: None,
         }],
         &CaptureOptions::default(),
         &mut |_| {},

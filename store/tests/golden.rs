@@ -67,6 +67,7 @@ fn golden_disk_digests_index_and_sha256() {
         vec![DiskInput {
             name: "vda".into(),
             source: Box::new(ReadSeekSource::new(Cursor::new(disk)).expect("src")),
+            base: None,
         }],
         &CaptureOptions::default(),
         &mut |_| {},

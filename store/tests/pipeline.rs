@@ -129,6 +129,7 @@ fn capture_files(
         .map(|p| DiskInput {
             name: p.file_name().expect("name").to_string_lossy().into_owned(),
             source: Box::new(FileSource::open(p).expect("open")),
+            base: None,
         })
         .collect();
     capture(store, name, disks, &opts(), &mut |_| {})
@@ -172,6 +173,7 @@ fn round_trip_is_byte_identical_and_sha256_matches(kind: Kind) {
         vec![DiskInput {
             name: "vda".into(),
             source: Box::new(FileSource::open(&disk).expect("open")),
+            base: None,
         }],
         &opts(),
         &mut |p| {
@@ -235,6 +237,7 @@ fn disk_sha256_can_be_skipped(kind: Kind) {
         vec![DiskInput {
             name: "vda".into(),
             source: src,
+            base: None,
         }],
         &o,
         &mut |_| {},
@@ -260,6 +263,7 @@ fn caller_chosen_image_id_is_used_and_never_overwritten(kind: Kind) {
         vec![DiskInput {
             name: "vda".into(),
             source: Box::new(FileSource::open(&w.disk).expect("open")) as Box<dyn DiskSource>,
+            base: None,
         }]
     };
     let r = capture(&w.store, "chosen", input(), &with_id(&chosen), &mut |_| {})
@@ -378,6 +382,119 @@ fn recapture_stores_only_what_changed(kind: Kind) {
     );
 }
 
+/// A source that knows which bytes changed since its base (as a dirty
+/// bitmap does): `changed` ranges, everything else clean.
+struct Tracked {
+    inner: FileSource,
+    changed: Vec<(u64, u64)>,
+    asked: Arc<AtomicUsize>,
+}
+
+impl DiskSource for Tracked {
+    fn size_bytes(&self) -> u64 {
+        self.inner.size_bytes()
+    }
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.inner.read_exact_at(offset, buf)
+    }
+    fn may_have_data(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        self.inner.may_have_data(offset, len)
+    }
+    fn may_have_changed(&mut self, offset: u64, len: u64) -> io::Result<bool> {
+        self.asked.fetch_add(1, Ordering::Relaxed);
+        Ok(self
+            .changed
+            .iter()
+            .any(|&(o, l)| o < offset + len && offset < o + l))
+    }
+}
+
+fn incremental_capture_reads_only_changed_chunks(kind: Kind) {
+    let World {
+        tmp: _tmp,
+        ts: _,
+        store,
+        disk,
+        data: _,
+    } = world(kind, 4);
+    let first = capture_files(&store, "v1", &[&disk]).expect("first");
+    let base = store
+        .read_index(&first.manifest, 0)
+        .expect("index")
+        .digests()
+        .to_vec();
+    // Change chunk 1 and write into a hole (chunk 12).
+    let f = File::options().write(true).open(&disk).expect("open");
+    f.write_all_at(&[0xEE; 100], u64::from(CS) + 10)
+        .expect("write");
+    f.write_all_at(b"new data", 12 * u64::from(CS))
+        .expect("write");
+    drop(f);
+    let asked = Arc::new(AtomicUsize::new(0));
+    let tracked = |changed: Vec<(u64, u64)>| DiskInput {
+        name: "vda.raw".into(),
+        source: Box::new(Tracked {
+            inner: FileSource::open(&disk).expect("open"),
+            changed,
+            asked: asked.clone(),
+        }),
+        base: Some(base.clone()),
+    };
+    let changed = vec![(u64::from(CS) + 10, 100), (12 * u64::from(CS), 8)];
+    let second =
+        capture(&store, "v2", vec![tracked(changed)], &opts(), &mut |_| {}).expect("incremental");
+    let st = &second.stats;
+    assert_eq!(
+        asked.load(Ordering::Relaxed),
+        base.len(),
+        "every chunk asked"
+    );
+    assert_eq!(
+        st.bytes_read,
+        2 * u64::from(CS),
+        "only the changed chunks: {st:?}"
+    );
+    assert_eq!(st.chunks_new, 2, "{st:?}");
+    let data_chunks = base.iter().filter(|d| !d.is_zero_chunk()).count() as u64;
+    assert_eq!(st.chunks_reused, data_chunks - 1, "{st:?}");
+    assert_eq!(st.bytes_total, fs::metadata(&disk).expect("meta").len());
+    assert_eq!(
+        restore_to_vec(&store, &second.manifest, 0).expect("restore"),
+        fs::read(&disk).expect("read"),
+        "the new image is the disk now"
+    );
+    // No SHA-256 without every byte.
+    assert_eq!(second.manifest.disks[0].sha256, None);
+    // A base of another shape is refused.
+    let short = DiskInput {
+        base: Some(base[1..].to_vec()),
+        ..tracked(vec![])
+    };
+    let err = capture(&store, "v3", vec![short], &opts(), &mut |_| {}).expect_err("short base");
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    // A base whose chunks are gone (its image deleted and collected) fails
+    // the capture: the bytes were not read.
+    store
+        .delete_image(&first.manifest.image_id)
+        .expect("delete");
+    store
+        .delete_image(&second.manifest.image_id)
+        .expect("delete");
+    collect_garbage(
+        &store,
+        &GcOptions {
+            grace: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .expect("gc");
+    let err =
+        capture(&store, "v4", vec![tracked(vec![])], &opts(), &mut |_| {}).expect_err("base gone");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("of the base"), "{err}");
+    assert_no_image_left(&store);
+}
+
 fn several_disks_and_an_empty_one(kind: Kind) {
     let tmp = tempfile::tempdir().expect("tmp");
     let (_ts, store) = new_store(kind, tmp.path());
@@ -407,6 +524,7 @@ fn any_read_seek_source_works(kind: Kind) {
         vec![DiskInput {
             name: "mem".into(),
             source: Box::new(ReadSeekSource::new(Cursor::new(data.clone())).expect("src")),
+            base: None,
         }],
         &opts(),
         &mut |_| {},
@@ -722,6 +840,7 @@ fn cancelled_capture_leaves_no_image(kind: Kind) {
         vec![DiskInput {
             name: "vda".into(),
             source: Box::new(src),
+            base: None,
         }],
         &o,
         &mut |_| cancel.store(true, Ordering::Relaxed),
@@ -977,6 +1096,7 @@ on_both_backends!(
     deploy_target_full_is_storage_full,
     deploy_over_used_target_zeroes_old_bytes,
     recapture_stores_only_what_changed,
+    incremental_capture_reads_only_changed_chunks,
     several_disks_and_an_empty_one,
     any_read_seek_source_works,
     target_too_small_is_refused_before_writing,

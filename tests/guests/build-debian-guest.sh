@@ -25,7 +25,7 @@ FORCE=${IMPRINT_GUEST_REBUILD:-0}
 [[ ${1:-} == --force ]] && FORCE=1
 # debootstrap does not resolve virtual packages: python3-cryptography (via
 # cloud-init) needs python3-cffi-backend-api-*, provided by python3-cffi-backend.
-INCLUDE=linux-image-cloud-amd64,systemd-sysv,udev,dbus,kmod,iproute2,cloud-init,python3-cffi-backend,e2fsprogs,procps
+INCLUDE=linux-image-cloud-amd64,systemd-sysv,udev,dbus,kmod,iproute2,cloud-init,python3-cffi-backend,e2fsprogs,procps,qemu-guest-agent
 
 log() { echo "build-debian-guest: $*" >&2; }
 
@@ -259,6 +259,29 @@ ExecStart=/bin/sh -c 'mkdir -p /run/systemd/logind.conf.d && printf "[Login]\\nH
 WantedBy=multi-user.target
 EOF
 in_root systemctl enable imprint-markers.service imprint-stop-marker.service imprint-ignore-acpi.service >/dev/null 2>&1
+
+# --- guest agent ---------------------------------------------------------------------
+# qemu-guest-agent starts when the domain has its virtio-serial channel
+# (org.qemu.guest_agent.0): live captures freeze the filesystems through it,
+# tests run commands with guest-exec. Its freeze hook lets a test make a
+# freeze hang for real: /run/imprint-hang-freeze holds the seconds.
+mkdir -p "$R/etc/qemu"
+cat >"$R/etc/qemu/qemu-ga.conf" <<'EOF'
+[general]
+fsfreeze-hook=/usr/local/sbin/imprint-fsfreeze-hook
+EOF
+cat >"$R/usr/local/sbin/imprint-fsfreeze-hook" <<'EOF'
+#!/bin/sh
+# qemu-ga runs this with "freeze" before it freezes, "thaw" after it thaws.
+if [ "$1" = freeze ] && [ -f /run/imprint-hang-freeze ]; then
+    s=$(cat /run/imprint-hang-freeze)
+    rm -f /run/imprint-hang-freeze
+    echo "IMPRINT-FREEZE-HANG $s" >/dev/console
+    sleep "$s"
+fi
+exit 0
+EOF
+chmod 0755 "$R/usr/local/sbin/imprint-fsfreeze-hook"
 
 # --- initramfs -----------------------------------------------------------------------
 # A small initrd (only what direct kernel boot from virtio needs) boots much

@@ -167,6 +167,46 @@ impl Workdir {
     }
 }
 
+/// A small tmpfs of its own (a filesystem that fills up for real),
+/// unmounted and removed on drop.
+#[derive(Debug)]
+pub struct Tmpfs {
+    dir: Workdir,
+}
+
+impl Tmpfs {
+    /// Mount a tmpfs of `size` (`mount -o size=`, e.g. `48m`).
+    pub fn mount(size: &str) -> Self {
+        let dir = Workdir::new("imprint-tmpfs-");
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+                dir.path().to_str().expect("utf8"),
+            ],
+        );
+        Self { dir }
+    }
+
+    /// Its mount point.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
 /// A `dir` storage pool, removed (with its volumes) on drop.
 #[derive(Debug)]
 pub struct Pool {
@@ -313,6 +353,83 @@ pub fn guest_xml(
         lp = udp_port,
         log = log.display(),
     )
+}
+
+/// `xml` (a domain) with the guest agent's virtio-serial channel
+/// (`org.qemu.guest_agent.0`), for guests that run qemu-guest-agent.
+pub fn with_guest_agent(xml: &str) -> String {
+    xml.replacen(
+        "</devices>",
+        "  <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n  </devices>",
+        1,
+    )
+}
+
+/// A guest agent command through libvirt (`virsh qemu-agent-command`)
+/// that waits at most `timeout_s` seconds: the reply's `return` value, or
+/// virsh's error text.
+pub fn agent_command(
+    domain: &str,
+    json: &str,
+    timeout_s: u32,
+) -> Result<serde_json::Value, String> {
+    let out = Command::new("virsh")
+        .args(["-c", "qemu:///system", "qemu-agent-command", domain, json])
+        .args(["--timeout", &timeout_s.to_string()])
+        .output()
+        .expect("virsh");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("agent reply is JSON");
+    Ok(v["return"].clone())
+}
+
+/// Wait until `domain`'s guest agent answers a ping.
+pub fn wait_for_guest_agent(domain: &str, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        match agent_command(domain, r#"{"execute":"guest-ping"}"#, 5) {
+            Ok(_) => return,
+            Err(e) => assert!(
+                start.elapsed() < timeout,
+                "the guest agent of {domain} did not answer within {timeout:?}: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Run `script` with `/bin/sh -c` in the guest through its agent
+/// (guest-exec); wait at most `timeout` for it to end; its exit code.
+pub fn guest_exec(domain: &str, script: &str, timeout: Duration) -> i64 {
+    let cmd = serde_json::json!({
+        "execute": "guest-exec",
+        "arguments": { "path": "/bin/sh", "arg": ["-c", script] },
+    });
+    let pid = agent_command(domain, &cmd.to_string(), 30)
+        .unwrap_or_else(|e| panic!("guest-exec {script:?} in {domain}: {e}"))["pid"]
+        .as_i64()
+        .expect("pid");
+    let status = serde_json::json!({ "execute": "guest-exec-status", "arguments": { "pid": pid } });
+    let start = Instant::now();
+    loop {
+        // libvirt refuses agent commands while the guest is paused (a test
+        // may cause a pause on purpose): ask again until the timeout.
+        let s = match agent_command(domain, &status.to_string(), 30) {
+            Ok(s) => s,
+            Err(e) if e.contains("domain is not running") => serde_json::Value::Null,
+            Err(e) => panic!("guest-exec-status in {domain}: {e}"),
+        };
+        if s["exited"].as_bool() == Some(true) {
+            return s["exitcode"].as_i64().unwrap_or(-1);
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "{script:?} did not end in {domain} within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Wait until the serial log at `log` holds `pattern` at least `count`
