@@ -190,6 +190,8 @@ pub mod fake {
         pub fail_define: Mutex<bool>,
         /// Guests with a backup job: the disk files their views read.
         pub backups: Mutex<HashMap<String, Vec<String>>>,
+        /// Checkpoint names (of any guest), in creation order.
+        pub checkpoints: Mutex<Vec<String>>,
     }
 
     impl FakeHypervisor {
@@ -367,6 +369,16 @@ pub mod fake {
                         .ok_or_else(|| AgentError::new(Kind::NotFound, format!("no disk {dev}")))
                 })
                 .collect::<Result<Vec<_>>>()?;
+            if let Some((name, _)) = &plan.checkpoint {
+                let mut cps = self.checkpoints.lock().unwrap_or_else(|p| p.into_inner());
+                if cps.contains(name) {
+                    return Err(AgentError::new(
+                        Kind::Conflict,
+                        format!("checkpoint {name} exists"),
+                    ));
+                }
+                cps.push(name.clone());
+            }
             self.backups
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -402,9 +414,17 @@ pub mod fake {
             Ok(())
         }
         fn checkpoints(&self, _g: &GuestRef) -> Result<Vec<String>> {
-            Ok(Vec::new())
+            Ok(self
+                .checkpoints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone())
         }
-        fn delete_checkpoint(&self, _g: &GuestRef, _name: &str) -> Result<()> {
+        fn delete_checkpoint(&self, _g: &GuestRef, name: &str) -> Result<()> {
+            self.checkpoints
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|n| n != name);
             Ok(())
         }
         fn guest_agent_ping(&self, g: &GuestRef, _timeout: Duration) -> Result<()> {

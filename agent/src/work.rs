@@ -271,6 +271,24 @@ pub fn check_capture(
             format!("image {id} exists already"),
         ));
     }
+    // The checkpoint taken with the view is named after the image: one of
+    // that name left on the guest (a capture with this image id that died
+    // half-way) is refused now, not found out after the shutdown.
+    if let Some(id) = &spec.image_id
+        && initial == PowerState::Running
+        && spec.backup_dir.is_some()
+    {
+        let name = crate::checkpoints::name_for(id);
+        if hv.checkpoints(&guest)?.contains(&name) {
+            return Err(AgentError::new(
+                Kind::Conflict,
+                format!(
+                    "guest {} already has checkpoint {name}; capture into another image id, or delete it (virsh checkpoint-delete {} {name})",
+                    guest.name, guest.name
+                ),
+            ));
+        }
+    }
     // Resolve every source before taking the guest down: a bad disk must not
     // cost downtime.
     let mut chosen = Vec::new();
@@ -444,6 +462,19 @@ pub fn capture(
         std::thread::spawn(move || crate::freeze::thaw_until_through(&*hv, &guest));
     } else {
         journal.remove(&spec.operation_id)?;
+    }
+    // Disks read incrementally get their SHA-256 from the stored image,
+    // after the capture (pending until then).
+    if let Ok(o) = &outcome
+        && o.manifest.disks.iter().any(|d| d.sha256.is_none())
+    {
+        let (store, id) = (store.clone(), o.image_id.clone());
+        std::thread::spawn(
+            move || match imprint_store::disk_sha256::complete(&store, &id) {
+                Ok(_) => tracing::info!(image = %id, "disk SHA-256 computed"),
+                Err(e) => tracing::warn!(image = %id, error = %e, "cannot compute disk SHA-256"),
+            },
+        );
     }
     outcome
 }

@@ -309,6 +309,37 @@ fn a_thaw_that_does_not_get_through_is_retried_by_recovery() {
     assert_eq!(state(&e, "a"), PowerState::Running, "power state untouched");
 }
 
+/// The fake's disks are raw: no checkpoint, a full read that says so; a
+/// checkpoint named after the new image already on the guest is refused
+/// before anything happens.
+#[test]
+fn checkpoints_raw_disks_and_a_name_collision() {
+    let e = env(true, PowerState::Running);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let spec = live_spec(&e, CaptureMode::CrashConsistent);
+    let o = capture(&e.ctx, &spec, &cancel, &no_report).expect("capture");
+    assert!(o.incremental_parent.is_none());
+    assert!(
+        o.full_read_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("raw disks")),
+        "{o:?}"
+    );
+    assert!(e.hv.checkpoints.lock().expect("lock").is_empty());
+    let id: imprint_store::ImageId = "6f1c2a4e-0b7d-4c1e-9a3b-2d5e8f7a6b10".parse().expect("id");
+    e.hv.checkpoints
+        .lock()
+        .expect("lock")
+        .push(format!("imprint-{id}"));
+    let taken = CaptureSpec {
+        image_id: Some(id),
+        ..live_spec(&e, CaptureMode::Offline)
+    };
+    let err = check_capture(&*e.hv, &e.store, &taken).expect_err("collision");
+    assert_eq!(err.kind, Kind::Conflict, "{err}");
+    guest(&e, |g| assert_eq!(g.acpi_requests, 0));
+}
+
 #[test]
 fn guest_ignoring_acpi_without_force_is_left_running() {
     let e = env(false, PowerState::Running);

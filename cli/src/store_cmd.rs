@@ -501,7 +501,11 @@ pub fn run(cmd: StoreCommand, ctx: &Ctx) -> Result<u8> {
         StoreCommand::Show { store, image } => {
             let st = open(&store)?;
             let m = st.resolve(&image)?;
-            ctx.emit(&m, || {
+            // An incremental capture's SHA-256 is computed after it.
+            let sums = imprint_store::disk_sha256::sums(&st, &m)?;
+            let mut doc = serde_json::to_value(&m)?;
+            doc["disk_sha256"] = serde_json::to_value(&sums)?;
+            ctx.emit(&doc, || {
                 let mut s = fields(&[
                     ("image_id", m.image_id.to_string()),
                     ("name", m.name.clone()),
@@ -519,7 +523,10 @@ pub fn run(cmd: StoreCommand, ctx: &Ctx) -> Result<u8> {
                             bytes(d.size_bytes),
                             d.data_chunks.to_string(),
                             d.zero_chunks.to_string(),
-                            d.sha256.clone().unwrap_or_else(|| "-".into()),
+                            match &sums[i] {
+                                imprint_store::disk_sha256::DiskSha256::Done(h) => h.clone(),
+                                imprint_store::disk_sha256::DiskSha256::Pending => "pending".into(),
+                            },
                         ]
                     })
                     .collect();

@@ -1542,6 +1542,43 @@ async fn bad_input_on(w: World) {
             "dave",
             capture("x", "a", "h1"),
         ),
+        (
+            "unknown capture mode",
+            Code::InvalidArgument,
+            "alice",
+            pb::CaptureImageRequest {
+                mode: 99,
+                ..capture("x", "a", "h1")
+            },
+        ),
+        (
+            "a freeze bound without a live capture",
+            Code::InvalidArgument,
+            "alice",
+            pb::CaptureImageRequest {
+                freeze_timeout_seconds: 5,
+                ..capture("x", "a", "h1")
+            },
+        ),
+        (
+            "a freeze bound over an hour",
+            Code::InvalidArgument,
+            "alice",
+            pb::CaptureImageRequest {
+                mode: pb::CaptureMode::Live as i32,
+                freeze_timeout_seconds: 7200,
+                ..capture("x", "a", "h1")
+            },
+        ),
+        (
+            "live capture of a guest without a guest agent (the agent refuses)",
+            Code::FailedPrecondition,
+            "alice",
+            pb::CaptureImageRequest {
+                mode: pb::CaptureMode::Live as i32,
+                ..capture("x", "a", "h1")
+            },
+        ),
     ];
     let base = pb::DeployImageRequest {
         image_id: img.id.clone(),

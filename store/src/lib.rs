@@ -66,6 +66,7 @@ pub mod capture;
 pub mod copy;
 mod digest;
 mod dir;
+pub mod disk_sha256;
 mod error;
 pub mod format;
 mod format_check;

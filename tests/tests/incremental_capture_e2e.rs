@@ -157,6 +157,42 @@ async fn recapture_of_a_qcow2_guest_reads_only_what_changed() {
     assert_succeeded(&done);
     let fourth = done.capture.expect("result");
     assert_eq!(fourth.incremental_parent, third.image_id, "{fourth:?}");
+    // Its disk's SHA-256 was not read during the capture: it is computed
+    // from the stored image afterwards, and is the exported disk's.
+    assert!(fourth.disks[0].sha256.is_empty(), "{fourth:?}");
+    let store = f.wd.path().join("store");
+    let start = std::time::Instant::now();
+    let recorded = loop {
+        let out = std::process::Command::new(binary("imprint"))
+            .args(["-o", "json", "store", "show", "--store"])
+            .arg(&store)
+            .arg(&fourth.image_id)
+            .output()
+            .expect("imprint");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        let s = &doc["disk_sha256"][0];
+        if s["state"] == "done" {
+            break s["sha256"].as_str().expect("hex").to_string();
+        }
+        assert_eq!(s["state"], "pending", "{doc}");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "still pending: {doc}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let exported = f.wd.path().join("fourth.raw");
+    let out = std::process::Command::new(binary("imprint"))
+        .args(["store", "get", "--store"])
+        .arg(&store)
+        .arg("--output")
+        .arg(&exported)
+        .arg(&fourth.image_id)
+        .output()
+        .expect("imprint");
+    assert!(out.status.success(), "{out:?}");
+    let len = std::fs::metadata(&exported).expect("meta").len();
+    assert_eq!(sha_of(&exported, 0, len), recorded);
     let clone = format!("imp-{}-inccopy", f.tag);
     let _c = Domain::adopt(&clone);
     let op = client
