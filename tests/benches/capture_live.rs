@@ -8,7 +8,8 @@
 //!
 //! Boots the Debian guest (qemu-guest-agent on its channel) with its 1 GiB
 //! root disk and a qcow2 data disk of `--data-gib` GiB holding
-//! `--random-mib` MiB of random bytes. Captures it live (the first capture:
+//! `--random-mib` MiB of random bytes; the captures take the data disk
+//! (the root disk is raw: read in full every time). Captures it live (the first capture:
 //! everything read), lets the guest overwrite `--change-mib` MiB of the
 //! data disk, captures it live again (incremental from the first one's
 //! checkpoint), and, as the peer, captures it offline (ACPI shutdown and a
@@ -132,11 +133,14 @@ async fn main() {
         image_name: image.into(),
         mode: mode as i32,
         shutdown_timeout_seconds: 120,
+        // The qcow2 data disk only: the raw root disk is read in full
+        // every time (no bitmap for raw), which is not what is measured.
+        exclude_disks: vec!["vda".into()],
         ..Default::default()
     };
-    let disk_bytes = (1 + data_gib) << 30;
+    let disk_bytes = data_gib << 30;
     println!(
-        "| capture | downtime seen (s) | frozen (s) | capture (s) | read (s) | read (MiB) | read / disks | reused (MiB) |"
+        "| capture | downtime seen (s) | frozen (s) | capture (s) | read (s) | read (MiB) | read / disk | reused (MiB) |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let row = |what: &str, r: &pb::CaptureResult, seen: f64, wall: f64| {
@@ -201,7 +205,7 @@ async fn main() {
         wall,
     );
     println!(
-        "\nincremental / first: read {:.1} % of the disks' bytes, capture took {:.1} % of the first's time",
+        "\nincremental / first: read {:.1} % of the disk's bytes, capture took {:.1} % of the first's time",
         100.0 * second.bytes_read as f64 / disk_bytes as f64,
         100.0 * second_wall / first_wall
     );
