@@ -400,17 +400,30 @@ impl Hypervisor for Libvirt {
                 if cp.is_null() {
                     return Err(VirtError::last_error());
                 }
-                // SAFETY: `cp` is the valid handle just returned; it is freed
-                // once, after the delete.
-                let r = unsafe {
-                    let r = virt::sys::virDomainCheckpointDelete(cp, 0);
-                    virt::sys::virDomainCheckpointFree(cp);
-                    r
+                // SAFETY: `cp` is the valid handle just returned; it is used
+                // for the deletes and freed once, after them (the error is
+                // read before the free, which resets it).
+                let failed = unsafe {
+                    if virt::sys::virDomainCheckpointDelete(cp, 0) == 0 {
+                        None
+                    } else {
+                        let e = VirtError::last_error();
+                        // A checkpoint whose bitmap is broken (QEMU killed
+                        // while it was in use) cannot be merged away: drop
+                        // libvirt's record of it; QEMU ignores the broken
+                        // bitmap left in the qcow2 file.
+                        let meta_only = virt::sys::VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY;
+                        if virt::sys::virDomainCheckpointDelete(cp, meta_only) == 0 {
+                            tracing::warn!(checkpoint = name, error = %e.message(), "checkpoint deleted from libvirt's records only");
+                            None
+                        } else {
+                            Some(e)
+                        }
+                    }
                 };
-                if r < 0 {
-                    return Err(VirtError::last_error());
-                }
-                Ok(())
+                // SAFETY: `cp` is valid and freed exactly once.
+                unsafe { virt::sys::virDomainCheckpointFree(cp) };
+                failed.map_or(Ok(()), Err)
             },
         );
         match r {
