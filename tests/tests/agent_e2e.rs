@@ -438,3 +438,66 @@ async fn guest_shut_down_by_its_user_during_the_read() {
         "scratch and socket removed"
     );
 }
+
+/// The guest is reset (rebooted) by its user while its disks are read from
+/// the point-in-time view: a reset keeps the guest's QEMU and with it the
+/// backup job, so the capture completes, with the bytes of its point in
+/// time (the boot counter before the reset's boot).
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_reset_by_its_user_during_the_read() {
+    let f = Fixture::new();
+    let disk = f.slow_disk_in_pool_a("r-vda.raw");
+    let (d, name, log) = f.boot_guest("r", &[(&disk, "raw")]);
+    let mut client = f.client().await;
+    let op = client
+        .capture(capture_req(&name, 60, false))
+        .await
+        .expect("capture")
+        .into_inner();
+    phase_reached(&mut client, &op.operation_id, "reading disks").await;
+    virsh(&["reset", &name]);
+    let during = client
+        .get_operation(pb::GetOperationRequest {
+            operation_id: op.operation_id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        during.state,
+        pb::OperationState::Running as i32,
+        "the reset came while 768 MiB were still to be read: {during:?}"
+    );
+    let done = watch(&mut client, &op.operation_id).await;
+    assert_succeeded(&done);
+    let r = done.capture.expect("result");
+    assert!(r.point_in_time, "{r:?}");
+    wait_for(&log, "IMPRINT-READY", 2, BOOT);
+    assert_eq!(d.state(), "running");
+    // Deploy it: the clone's boot is the second of the image's disk.
+    let clone = format!("imp-{}-rcopy", f.tag);
+    let _c = Domain::adopt(&clone);
+    let op = client
+        .deploy(pb::DeployRequest {
+            operation_id: uuid::Uuid::new_v4().to_string(),
+            image_id: r.image_id,
+            guest_name: clone.clone(),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .expect("deploy")
+        .into_inner();
+    assert_succeeded(&watch(&mut client, &op.operation_id).await);
+    let clone_log = wait_for(
+        &f.consoles.join(format!("{clone}.log")),
+        "IMPRINT-READY",
+        1,
+        BOOT,
+    );
+    assert_eq!(
+        last_value(&clone_log, "IMPRINT-BOOT").as_deref(),
+        Some("count=2"),
+        "the image holds the point in time, not the reset's boot"
+    );
+}
