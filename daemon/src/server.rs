@@ -16,6 +16,17 @@ use crate::{
     operations::Operations,
 };
 
+/// The gRPC services the daemon serves, as reflection lists them.
+pub const SERVED: &[&str] = &[
+    "imprint.v1.AccountService",
+    "imprint.v1.GuestService",
+    "imprint.v1.HostService",
+    "imprint.v1.ImageService",
+    "imprint.v1.OperationService",
+    "imprint.v1.ProfileService",
+    "grpc.health.v1.Health",
+];
+
 /// The router with every service, health and reflection; operations left
 /// running by a previous daemon are resumed and background duties started.
 pub async fn router(d: Arc<Dispatcher>, tls: Option<&TlsFiles>) -> anyhow::Result<Router> {
@@ -35,12 +46,18 @@ pub async fn router(d: Arc<Dispatcher>, tls: Option<&TlsFiles>) -> anyhow::Resul
         .set_serving::<OperationServiceServer<Operations>>()
         .await;
     // Reflection v1 and v1alpha: grpcurl and older clients ask the latter.
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(imprint_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(imprint_proto::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    // The descriptor set holds the agent's API too (its messages are
+    // shared): advertise only what this daemon serves.
+    let configure = || {
+        SERVED.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(imprint_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |b, name| b.with_service_name(*name),
+        )
+    };
+    let reflection = configure().build_v1()?;
+    let reflection_alpha = configure().build_v1alpha()?;
     let mut server = tonic::transport::Server::builder();
     if let Some(t) = tls {
         // Users come without certificates (they have tokens); agents show

@@ -175,14 +175,26 @@ async fn daemon_and_agent_talk_mutual_tls_only() {
         ("no certificate", None),
         ("another CA", Some(&pki.outsider)),
     ] {
-        let refused = match channel(&agent_url, &pki.ca, id).await {
-            Err(_) => true,
-            Ok(ch) => AgentServiceClient::new(ch)
-                .list_operations(pb::ListOperationsRequest {})
-                .await
-                .is_err(),
-        };
-        assert!(refused, "agent accepted a caller with {what}");
+        match channel(&agent_url, &pki.ca, id).await {
+            // Refused in the handshake.
+            Err(e) => assert!(
+                format!("{e:?}").contains("ransport"),
+                "agent refused a caller with {what} otherwise: {e:?}"
+            ),
+            // Or right after it: the server closes the connection before
+            // any gRPC answer (an answer would be the application, not
+            // TLS, saying no).
+            Ok(ch) => {
+                let e = AgentServiceClient::new(ch)
+                    .list_operations(pb::ListOperationsRequest {})
+                    .await
+                    .expect_err(&format!("agent accepted a caller with {what}"));
+                assert!(
+                    refused_by_transport(&e),
+                    "agent refused a caller with {what} otherwise: {e:?}"
+                );
+            }
+        }
     }
     // Plaintext to a TLS port fails.
     let plain = Endpoint::from_shared(format!("http://{}", daemon.listen))
@@ -191,12 +203,13 @@ async fn daemon_and_agent_talk_mutual_tls_only() {
         .connect()
         .await;
     if let Ok(ch) = plain {
+        let e = HostServiceClient::new(ch)
+            .list_hosts(pb::ListHostsRequest {})
+            .await
+            .expect_err("plaintext call answered");
         assert!(
-            HostServiceClient::new(ch)
-                .list_hosts(pb::ListHostsRequest {})
-                .await
-                .is_err(),
-            "plaintext call answered"
+            refused_by_transport(&e),
+            "plaintext refused otherwise: {e:?}"
         );
     }
 
@@ -209,4 +222,23 @@ async fn daemon_and_agent_talk_mutual_tls_only() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("loopback only"), "{err}");
+}
+
+/// A call that failed below gRPC: the connection was closed or spoke
+/// something else (TLS records to a plaintext client), so no server
+/// handler answered it.
+fn refused_by_transport(e: &tonic::Status) -> bool {
+    let mut text = e.message().to_string();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(x) = src {
+        text.push_str(&format!(" <- {x}"));
+        src = x.source();
+    }
+    matches!(
+        e.code(),
+        tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Unavailable
+            | tonic::Code::Internal
+    ) && (text.contains("transport error") || text.contains("h2 protocol error"))
 }
