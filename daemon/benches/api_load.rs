@@ -63,7 +63,7 @@ async fn main() {
         c.insert_image(&id, &accounts[k].0, &format!("img-{i:06}"), "", &[])
             .await
             .expect("insert");
-        c.set_image_state(&id, "active", "", 1 << 30)
+        c.set_image_state(&id, imprint_daemon::domain::ImageState::Active, "", 1 << 30)
             .await
             .expect("state");
         if i % 20 == 0 {

@@ -1274,7 +1274,7 @@ async fn heartbeats_cancel_what_the_catalog_ended() {
         w.catalog
             .finish_operation(
                 &reaped.id,
-                "failed",
+                crate::domain::OpState::Failed,
                 "host h1 stopped heartbeating",
                 Code::Unavailable as i32,
                 "",
@@ -1287,7 +1287,7 @@ async fn heartbeats_cancel_what_the_catalog_ended() {
         w.catalog
             .finish_operation(
                 &elsewhere.id,
-                "failed",
+                crate::domain::OpState::Failed,
                 "x",
                 Code::Unavailable as i32,
                 "",

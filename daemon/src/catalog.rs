@@ -18,6 +18,9 @@ use std::{
 
 use sqlx::{AnyPool, Row, any::AnyPoolOptions};
 
+pub use crate::domain::ImageState;
+use crate::domain::UnknownText;
+
 /// Catalog failures.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -42,10 +45,20 @@ pub enum CatalogError {
     /// Migrations failed.
     #[error("catalog migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The catalog holds what no version of the daemon writes.
+    #[error("catalog damaged: {0}")]
+    Corrupt(String),
 }
 
 /// Result of catalog calls.
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
+
+/// A stored text as the enum it names; one that names none is a damaged
+/// catalog.
+pub(crate) fn text<T: std::str::FromStr<Err = UnknownText>>(s: String) -> Result<T> {
+    s.parse()
+        .map_err(|e: UnknownText| CatalogError::Corrupt(e.to_string()))
+}
 
 /// An account.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,8 +120,8 @@ pub struct ImageRow {
     pub notes: String,
     /// Tags, sorted.
     pub tags: Vec<String>,
-    /// `creating`, `active`, `failed`, `deprecated`, `deleting`, `deleted`.
-    pub state: String,
+    /// Where it is in its life.
+    pub state: ImageState,
     /// Visibility.
     pub visibility: Visibility,
     /// Refuses deletion.
@@ -165,7 +178,7 @@ impl ImageRow {
 
     /// `active` or `deprecated`: may be deployed.
     pub fn deployable(&self) -> bool {
-        matches!(self.state.as_str(), "active" | "deprecated")
+        self.state.deployable()
     }
 }
 
@@ -181,7 +194,7 @@ pub struct ListQuery {
     /// Tag.
     pub tag: Option<String>,
     /// State.
-    pub state: Option<String>,
+    pub state: Option<ImageState>,
     /// Leave deprecated images out (the default view when no state is
     /// asked for).
     pub hide_deprecated: bool,
@@ -475,7 +488,7 @@ impl Catalog {
                 name: row.try_get("name")?,
                 notes: row.try_get("notes")?,
                 tags: Vec::new(),
-                state: row.try_get("state")?,
+                state: text(row.try_get::<String, _>("state")?)?,
                 visibility: Visibility::parse(&row.try_get::<String, _>("visibility")?)?,
                 protected: row.try_get::<i32, _>("protected")? != 0,
                 failure_reason: row.try_get("failure_reason")?,
@@ -606,7 +619,7 @@ impl Catalog {
             );
         }
         if let Some(s) = &q.state {
-            arg(&mut sql, " AND i.state = $?", s.clone());
+            arg(&mut sql, " AND i.state = $?", s.as_str().to_string());
         }
         if q.hide_deprecated {
             sql.push_str(" AND i.state <> 'deprecated'");
@@ -675,12 +688,12 @@ impl Catalog {
     pub async fn set_image_state(
         &self,
         id: &str,
-        state: &str,
+        state: ImageState,
         reason: &str,
         size_bytes: i64,
     ) -> Result<()> {
         sqlx::query("UPDATE images SET state = $1, failure_reason = $2, size_bytes = $3, updated_unix = $4 WHERE id = $5")
-            .bind(state)
+            .bind(state.as_str())
             .bind(reason)
             .bind(size_bytes)
             .bind(now())
@@ -985,9 +998,9 @@ impl Catalog {
     pub async fn set_deprecated(&self, owner: &Account, id: &str, deprecated: bool) -> Result<()> {
         let img = self.owned_image(owner, id).await?;
         let (from, to) = if deprecated {
-            ("active", "deprecated")
+            (ImageState::Active, ImageState::Deprecated)
         } else {
-            ("deprecated", "active")
+            (ImageState::Deprecated, ImageState::Active)
         };
         if img.state == to {
             return Ok(());
@@ -995,10 +1008,10 @@ impl Catalog {
         let r = sqlx::query(
             "UPDATE images SET state = $1, updated_unix = $2 WHERE id = $3 AND state = $4",
         )
-        .bind(to)
+        .bind(to.as_str())
         .bind(now())
         .bind(&img.id)
-        .bind(from)
+        .bind(from.as_str())
         .execute(&self.pool)
         .await?;
         if r.rows_affected() == 0 {
@@ -1084,20 +1097,20 @@ impl Catalog {
 
     /// Check that an owned image may be deleted and move it to `deleting`;
     /// returns the state it had.
-    pub async fn begin_delete(&self, owner: &Account, id: &str) -> Result<String> {
+    pub async fn begin_delete(&self, owner: &Account, id: &str) -> Result<ImageState> {
         let img = self.owned_image(owner, id).await?;
         if img.protected {
             return Err(CatalogError::FailedPrecondition(format!(
                 "image {id} is protected; unprotect it first"
             )));
         }
-        match img.state.as_str() {
-            "creating" => {
+        match img.state {
+            ImageState::Creating => {
                 return Err(CatalogError::FailedPrecondition(format!(
                     "image {id} is being captured; cancel its operation first"
                 )));
             }
-            "deleting" => {
+            ImageState::Deleting => {
                 return Err(CatalogError::FailedPrecondition(format!(
                     "image {id} is being deleted already"
                 )));
@@ -1112,7 +1125,7 @@ impl Catalog {
         let r = sqlx::query("UPDATE images SET state = 'deleting', updated_unix = $1 WHERE id = $2 AND state = $3 AND protected = 0")
             .bind(now())
             .bind(&img.id)
-            .bind(&img.state)
+            .bind(img.state.as_str())
             .execute(&mut *tx)
             .await?;
         if r.rows_affected() == 0 {
@@ -1137,11 +1150,11 @@ impl Catalog {
     }
 
     /// A delete that failed: back to the state it had.
-    pub async fn revert_deleting(&self, id: &str, state: &str) -> Result<()> {
+    pub async fn revert_deleting(&self, id: &str, state: ImageState) -> Result<()> {
         sqlx::query(
             "UPDATE images SET state = $1, updated_unix = $2 WHERE id = $3 AND state = 'deleting'",
         )
-        .bind(state)
+        .bind(state.as_str())
         .bind(now())
         .bind(id)
         .execute(&self.pool)
@@ -1345,7 +1358,7 @@ mod tests {
         c.insert_image(&img, &alice, "web", "", &["prod".into()])
             .await
             .expect("insert");
-        c.set_image_state(&img, "active", "", 1 << 30)
+        c.set_image_state(&img, ImageState::Active, "", 1 << 30)
             .await
             .expect("state");
 
@@ -1564,7 +1577,7 @@ mod tests {
         );
         assert_eq!(
             n(
-                c.list_images(&alice, &q(|q| q.state = Some("creating".into())))
+                c.list_images(&alice, &q(|q| q.state = Some(ImageState::Creating)))
                     .await
                     .expect("state")
             ),

@@ -33,6 +33,7 @@ use tonic::{Code, Status, transport::Channel};
 
 use crate::{
     catalog::{Catalog, ImageDiskRow, now},
+    domain::{ImageState, OpState},
     hosts::{HEARTBEAT_INTERVAL_SECONDS, status},
     ops::{HostRow, ImageOutcome, OperationRow, creates_image},
     sites::{DEFAULT_SITE, site_of_host},
@@ -622,10 +623,12 @@ impl Dispatcher {
                     }
                     _ => ImageOutcome::None,
                 };
-                ("succeeded", outcome)
+                (OpState::Succeeded, outcome)
             }
-            Ok(pb::OperationState::Cancelled) => ("cancelled", self.image_failed(op, &a.error)),
-            _ => ("failed", self.image_failed(op, &a.error)),
+            Ok(pb::OperationState::Cancelled) => {
+                (OpState::Cancelled, self.image_failed(op, &a.error))
+            }
+            _ => (OpState::Failed, self.image_failed(op, &a.error)),
         };
         // A guest deployed through imprint belongs to the deploying account
         // (recorded before the end, so a retry records it again).
@@ -659,7 +662,7 @@ impl Dispatcher {
                 tracing::info!(op = %op.id, kind = %op.kind, %state, error = %a.error, "operation finished");
                 record_metrics(op, state, a);
                 // A copy adds a site's bytes to what deleting frees.
-                if (creates_image(&op.kind) || op.kind == "copy") && state == "succeeded" {
+                if (creates_image(&op.kind) || op.kind == "copy") && state == OpState::Succeeded {
                     self.usage_changed();
                 }
                 self.record_damage(op, state, a).await;
@@ -678,7 +681,7 @@ impl Dispatcher {
     /// A deploy or export checks every chunk it reads: one that failed its
     /// check marks the image damaged (shown by `image show`); a deploy that
     /// read the whole image clears the mark.
-    async fn record_damage(&self, op: &OperationRow, state: &str, a: &pb::AgentOperation) {
+    async fn record_damage(&self, op: &OperationRow, state: OpState, a: &pb::AgentOperation) {
         let (true, Some(image)) = (
             matches!(op.kind.as_str(), "deploy" | "export"),
             &op.image_id,
@@ -687,8 +690,8 @@ impl Dispatcher {
         };
         let damage = match state {
             // A deploy reads every disk of the image; an export only one.
-            "succeeded" if op.kind == "deploy" => String::new(),
-            "succeeded" => return,
+            OpState::Succeeded if op.kind == "deploy" => String::new(),
+            OpState::Succeeded => return,
             _ if a.error_code == Code::DataLoss as i32 => {
                 format!("{} (found by {} operation {})", a.error, op.kind, op.id)
             }
@@ -724,13 +727,13 @@ impl Dispatcher {
         let outcome = self.image_failed(op, error);
         if let Err(e) = self
             .catalog
-            .finish_operation(&op.id, "failed", error, code as i32, "", &outcome)
+            .finish_operation(&op.id, OpState::Failed, error, code as i32, "", &outcome)
             .await
         {
             tracing::error!(op = %op.id, error = %e, "cannot record a failure");
         }
         tracing::warn!(op = %op.id, %error, "operation failed");
-        record_metrics(op, "failed", &pb::AgentOperation::default());
+        record_metrics(op, OpState::Failed, &pb::AgentOperation::default());
         self.settle_copy(op).await;
         self.bump();
     }
@@ -762,7 +765,7 @@ impl Dispatcher {
             self.catalog
                 .finish_operation(
                     &op.id,
-                    "cancelled",
+                    OpState::Cancelled,
                     "cancelled before the agent started it",
                     Code::Cancelled as i32,
                     "",
@@ -835,7 +838,11 @@ impl Dispatcher {
             let r = r.map_err(|e| format!("site {site}: {e}"));
             if let Err(e) = r {
                 // The image goes back to the state it had.
-                let prior = op.agent_request.strip_prefix("prior:").unwrap_or("active");
+                let prior = op
+                    .agent_request
+                    .strip_prefix("prior:")
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(ImageState::Active);
                 if let Err(e) = self.catalog.revert_deleting(&image_id, prior).await {
                     tracing::error!(op = %op.id, error = %e, "cannot restore image state");
                 }
@@ -858,9 +865,9 @@ impl Dispatcher {
         }
         let _ = self
             .catalog
-            .finish_operation(&op.id, "succeeded", "", 0, "", &ImageOutcome::None)
+            .finish_operation(&op.id, OpState::Succeeded, "", 0, "", &ImageOutcome::None)
             .await;
-        record_metrics(op, "succeeded", &pb::AgentOperation::default());
+        record_metrics(op, OpState::Succeeded, &pb::AgentOperation::default());
         self.usage_changed();
         self.bump();
     }
@@ -1110,9 +1117,10 @@ impl Rate {
 }
 
 /// Count a finished operation in /metrics.
-fn record_metrics(op: &OperationRow, result: &str, a: &pb::AgentOperation) {
+fn record_metrics(op: &OperationRow, result: OpState, a: &pb::AgentOperation) {
     let m = imprint_service::metrics::global();
     let kind = op.kind.as_str();
+    let result = result.as_str();
     m.inc(
         "imprint_operations_total",
         "Operations finished, by kind and result.",

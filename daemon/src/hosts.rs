@@ -23,9 +23,13 @@ pub fn status(e: CatalogError) -> Status {
         CatalogError::Conflict(m) => Status::already_exists(m),
         CatalogError::PermissionDenied(m) => Status::permission_denied(m),
         CatalogError::FailedPrecondition(m) => Status::failed_precondition(m),
-        other => {
-            tracing::error!(error = %other, "catalog failure");
+        e @ (CatalogError::Database(_) | CatalogError::Migrate(_)) => {
+            tracing::error!(error = %e, "catalog failure");
             Status::unavailable("the catalog database is unavailable; retry later")
+        }
+        e @ CatalogError::Corrupt(_) => {
+            tracing::error!(error = %e, "catalog damaged");
+            Status::internal("the catalog holds data this daemon cannot read; see its log")
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::{
         validate_tags,
     },
     dispatch::{AgentRequest, Dispatcher},
+    domain::ImageState,
     hosts::status,
     operations::op_to_pb,
     ops::{NewImage, NewOperation, OperationRow},
@@ -82,28 +83,14 @@ impl Images {
     }
 }
 
-fn state_str(s: i32) -> Result<Option<&'static str>, Status> {
-    Ok(match pb::ImageState::try_from(s) {
-        Ok(pb::ImageState::Unspecified) => None,
-        Ok(pb::ImageState::Creating) => Some("creating"),
-        Ok(pb::ImageState::Active) => Some("active"),
-        Ok(pb::ImageState::Failed) => Some("failed"),
-        Ok(pb::ImageState::Deprecated) => Some("deprecated"),
-        Ok(pb::ImageState::Deleting) => Some("deleting"),
-        Ok(pb::ImageState::Deleted) => Some("deleted"),
-        Err(_) => return Err(Status::invalid_argument(format!("unknown image state {s}"))),
-    })
-}
-
-fn state_pb(s: &str) -> pb::ImageState {
-    match s {
-        "creating" => pb::ImageState::Creating,
-        "active" => pb::ImageState::Active,
-        "failed" => pb::ImageState::Failed,
-        "deprecated" => pb::ImageState::Deprecated,
-        "deleting" => pb::ImageState::Deleting,
-        "deleted" => pb::ImageState::Deleted,
-        _ => pb::ImageState::Unspecified,
+/// A listing's state filter: none, or an image state.
+fn state_filter(s: i32) -> Result<Option<ImageState>, Status> {
+    match pb::ImageState::try_from(s) {
+        Ok(pb::ImageState::Unspecified) => Ok(None),
+        Ok(pb) => ImageState::try_from(pb)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(e.to_string())),
+        Err(_) => Err(Status::invalid_argument(format!("unknown image state {s}"))),
     }
 }
 
@@ -123,7 +110,7 @@ pub fn image_to_pb(
         })
         .collect();
     pb::Image {
-        state: state_pb(&row.state) as i32,
+        state: pb::ImageState::from(row.state) as i32,
         visibility: match row.visibility {
             Visibility::Private => pb::Visibility::Private,
             Visibility::Shared => pb::Visibility::Shared,
@@ -480,7 +467,7 @@ impl ImageService for Images {
             .owned_image(&who, &r.image_id)
             .await
             .map_err(status)?;
-        if !matches!(img.state.as_str(), "active" | "deprecated") {
+        if !img.state.deployable() {
             return Err(Status::failed_precondition(format!(
                 "image {} is {}; only active or deprecated images can be copied",
                 img.id, img.state
@@ -684,7 +671,7 @@ impl ImageService for Images {
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
         let who = auth::account(self.catalog(), &req).await?;
         let r = req.into_inner();
-        let state = state_str(r.state)?;
+        let state = state_filter(r.state)?;
         let q = ListQuery {
             owner: Some(r.owner).filter(|s| !s.is_empty()),
             visibility: match pb::Visibility::try_from(r.visibility) {
@@ -702,7 +689,7 @@ impl ImageService for Images {
             name_prefix: Some(r.name_prefix).filter(|s| !s.is_empty()),
             tag: Some(r.tag).filter(|s| !s.is_empty()),
             hide_deprecated: state.is_none(),
-            state: state.map(str::to_string),
+            state,
             page_size: r.page_size,
             page_token: Some(r.page_token).filter(|s| !s.is_empty()),
             order: r.order_by.parse().map_err(status)?,
@@ -852,7 +839,7 @@ impl ImageService for Images {
         let op: OperationRow = match self.catalog().begin_operation_with_id(&op_id, &n).await {
             Ok((op, _)) => op,
             Err(e) => {
-                let _ = self.catalog().revert_deleting(&r.id, &prior).await;
+                let _ = self.catalog().revert_deleting(&r.id, prior).await;
                 return Err(status(e));
             }
         };

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod catalog;
 pub mod credentials;
 pub mod dispatch;
+pub mod domain;
 pub mod guests;
 pub mod hosts;
 pub mod images;

@@ -20,13 +20,7 @@ use crate::{
 
 /// The API's view of an operation row.
 pub fn op_to_pb(op: &OperationRow) -> pb::Operation {
-    let state = match op.state.as_str() {
-        "running" => pb::OperationState::Running,
-        "succeeded" => pb::OperationState::Succeeded,
-        "failed" => pb::OperationState::Failed,
-        "cancelled" => pb::OperationState::Cancelled,
-        _ => pb::OperationState::Unspecified,
-    };
+    let state = pb::OperationState::from(op.state);
     // The agent's final report, when there is one.
     let result = hex::decode(&op.result)
         .ok()

@@ -2,7 +2,10 @@
 
 use sqlx::Row;
 
-use crate::catalog::{Catalog, CatalogError, Result, now};
+use crate::{
+    catalog::{Catalog, CatalogError, Result, now, text},
+    domain::OpState,
+};
 
 /// How long an operation's lease lasts without renewal: the time another
 /// daemon waits before it takes over the operations of a dead one.
@@ -19,8 +22,8 @@ pub struct OperationRow {
     pub request_id: Option<String>,
     /// `capture`, `deploy`, `delete`.
     pub kind: String,
-    /// `running`, `succeeded`, `failed`, `cancelled`.
-    pub state: String,
+    /// Where it is.
+    pub state: OpState,
     /// What it is doing now.
     pub phase: String,
     /// Image involved.
@@ -63,7 +66,7 @@ pub fn creates_image(kind: &str) -> bool {
 impl OperationRow {
     /// Still running.
     pub fn running(&self) -> bool {
-        self.state == "running"
+        self.state == OpState::Running
     }
 }
 
@@ -155,7 +158,7 @@ fn op_from(row: &sqlx::any::AnyRow) -> Result<OperationRow> {
         account_id: row.try_get("account_id")?,
         request_id: row.try_get("request_id")?,
         kind: row.try_get("kind")?,
-        state: row.try_get("state")?,
+        state: text(row.try_get::<String, _>("state")?)?,
         phase: row.try_get("phase")?,
         image_id: row.try_get("image_id")?,
         host: row.try_get("host")?,
@@ -447,13 +450,13 @@ impl Catalog {
     pub async fn finish_operation(
         &self,
         id: &str,
-        state: &str,
+        state: OpState,
         error: &str,
         error_code: i32,
         result: &str,
         image: &ImageOutcome,
     ) -> Result<bool> {
-        if !matches!(state, "succeeded" | "failed" | "cancelled") {
+        if !state.is_final() {
             return Err(CatalogError::InvalidArgument(format!(
                 "{state:?} is not a final state"
             )));
@@ -464,7 +467,7 @@ impl Catalog {
             "UPDATE operations SET state = $1, error = $2, error_code = $3, result = $4, phase = 'done', updated_unix = $5, finished_unix = $5 \
              WHERE id = $6 AND state = 'running'",
         )
-        .bind(state)
+        .bind(state.as_str())
         .bind(error)
         .bind(error_code)
         .bind(result)
@@ -769,7 +772,7 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testpg::catalogs;
+    use crate::{domain::ImageState, testpg::catalogs};
 
     #[tokio::test]
     async fn operations_are_idempotent_and_final() {
@@ -788,7 +791,7 @@ mod tests {
             };
             let (op, new) = c.begin_operation(&n).await.expect("begin");
             assert!(new);
-            assert_eq!(op.state, "running");
+            assert_eq!(op.state, OpState::Running);
             let (again, new) = c.begin_operation(&n).await.expect("retry");
             assert!(!new, "a retried request finds its operation");
             assert_eq!(again.id, op.id);
@@ -825,7 +828,7 @@ mod tests {
             assert!(
                 c.finish_operation(
                     &op.id,
-                    "succeeded",
+                    OpState::Succeeded,
                     "",
                     0,
                     "{\"image_id\":\"x\"}",
@@ -835,13 +838,13 @@ mod tests {
                 .expect("finish")
             );
             assert!(
-                !c.finish_operation(&op.id, "failed", "late", 2, "", &ImageOutcome::None)
+                !c.finish_operation(&op.id, OpState::Failed, "late", 2, "", &ImageOutcome::None)
                     .await
                     .expect("again"),
                 "final once"
             );
             let done = c.operation(&op.id).await.expect("get");
-            assert_eq!(done.state, "succeeded");
+            assert_eq!(done.state, OpState::Succeeded);
             assert_eq!(done.result, "{\"image_id\":\"x\"}");
             c.update_progress(&op.id, "ignored", 1, 1, 0.0)
                 .await
@@ -856,7 +859,7 @@ mod tests {
                 Err(CatalogError::NotFound(_))
             ));
             assert!(matches!(
-                c.finish_operation(&op.id, "running", "", 0, "", &ImageOutcome::None)
+                c.finish_operation(&op.id, OpState::Running, "", 0, "", &ImageOutcome::None)
                     .await,
                 Err(CatalogError::InvalidArgument(_))
             ));
@@ -871,7 +874,7 @@ mod tests {
             c.insert_image(&img, &alice, "web", "", &[])
                 .await
                 .expect("insert");
-            c.set_image_state(&img, "active", "", 1 << 20)
+            c.set_image_state(&img, ImageState::Active, "", 1 << 20)
                 .await
                 .expect("active");
             let deploy = |kind: &'static str| NewOperation {
@@ -900,14 +903,14 @@ mod tests {
             ));
             assert_eq!(
                 c.get_image(&alice, &img).await.expect("img").state,
-                "active"
+                ImageState::Active
             );
-            c.finish_operation(&op.id, "succeeded", "", 0, "", &ImageOutcome::None)
+            c.finish_operation(&op.id, OpState::Succeeded, "", 0, "", &ImageOutcome::None)
                 .await
                 .expect("finish");
             assert_eq!(
                 c.begin_delete(&alice, &img).await.expect("delete"),
-                "active"
+                ImageState::Active
             );
             // Once deleting, no new reader gets in.
             for kind in ["deploy", "export"] {
@@ -975,7 +978,7 @@ mod tests {
             assert!(one.renew_leases().await.expect("renew").is_empty());
             assert!(one.claim_operations(false).await.expect("claim").is_empty());
             // Finished operations are nobody's.
-            one.finish_operation(&op.id, "succeeded", "", 0, "", &ImageOutcome::None)
+            one.finish_operation(&op.id, OpState::Succeeded, "", 0, "", &ImageOutcome::None)
                 .await
                 .expect("finish");
             assert!(two.renew_leases().await.expect("renew").is_empty());
@@ -1042,7 +1045,7 @@ mod tests {
             assert_eq!(op.image_id.as_deref(), Some(img.as_str()));
             assert_eq!(
                 c.get_image(&alice, &img).await.expect("image").state,
-                "creating"
+                ImageState::Creating
             );
             let beat = c.hosts().await.expect("hosts")[0].last_heartbeat_unix;
             // Heard from recently: nothing fails.
@@ -1060,7 +1063,7 @@ mod tests {
                 1
             );
             let failed = c.operation(&op.id).await.expect("get");
-            assert_eq!(failed.state, "failed");
+            assert_eq!(failed.state, OpState::Failed);
             assert_eq!(failed.error_code, 14);
             assert!(
                 failed.error.contains("h1") && failed.error.contains("heartbeats"),
@@ -1069,7 +1072,7 @@ mod tests {
             );
             // Its image fails with the same reason: nothing stays CREATING.
             let image = c.get_image(&alice, &img).await.expect("image");
-            assert_eq!(image.state, "failed");
+            assert_eq!(image.state, ImageState::Failed);
             assert_eq!(image.failure_reason, failed.error);
         }
     }

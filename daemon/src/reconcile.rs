@@ -20,7 +20,10 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use crate::catalog::{Catalog, Result, now};
+use crate::{
+    catalog::{Catalog, Result, now},
+    domain::ImageState,
+};
 
 /// Manifests younger than this are never touched.
 pub const GRACE_SECONDS: i64 = 3600;
@@ -37,7 +40,7 @@ pub struct Reconciled {
 /// What the catalog says of one image.
 #[derive(Debug, Clone)]
 struct Known {
-    state: String,
+    state: ImageState,
     /// Sites with a location row (any state).
     sites: Vec<String>,
 }
@@ -52,7 +55,7 @@ impl Catalog {
             out.insert(
                 r.try_get("id")?,
                 Known {
-                    state: r.try_get("state")?,
+                    state: crate::catalog::text(r.try_get::<String, _>("state")?)?,
                     sites: Vec::new(),
                 },
             );
@@ -77,14 +80,9 @@ fn verdict(known: Option<&Known>, site: &str, created_unix: i64, now: i64, grace
     }
     match known {
         None => Verdict::Unknown,
-        Some(k) if matches!(k.state.as_str(), "failed" | "deleted") => Verdict::Delete,
+        Some(k) if matches!(k.state, ImageState::Failed | ImageState::Deleted) => Verdict::Delete,
         // A copy that failed after its manifest was committed.
-        Some(k)
-            if matches!(k.state.as_str(), "active" | "deprecated")
-                && !k.sites.iter().any(|s| s == site) =>
-        {
-            Verdict::Delete
-        }
+        Some(k) if k.state.deployable() && !k.sites.iter().any(|s| s == site) => Verdict::Delete,
         Some(_) => Verdict::Keep,
     }
 }
@@ -160,7 +158,7 @@ mod tests {
 
     fn k(state: &str, sites: &[&str]) -> Known {
         Known {
-            state: state.into(),
+            state: state.parse().expect("state"),
             sites: sites.iter().map(|s| s.to_string()).collect(),
         }
     }

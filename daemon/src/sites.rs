@@ -322,9 +322,16 @@ mod tests {
                 .expect("running: nothing changes");
             assert_eq!(c.locations(&img).await.expect("l")[1].state, "copying");
             let none = crate::ops::ImageOutcome::None;
-            c.finish_operation(&op1.id, "failed", "boom", 13, "", &none)
-                .await
-                .expect("fail");
+            c.finish_operation(
+                &op1.id,
+                crate::domain::OpState::Failed,
+                "boom",
+                13,
+                "",
+                &none,
+            )
+            .await
+            .expect("fail");
             c.settle_locations().await.expect("settle");
             assert_eq!(
                 c.locations(&img).await.expect("l").len(),
@@ -335,7 +342,7 @@ mod tests {
             c.add_location(&img, "dc2", "copying", &op2.id)
                 .await
                 .expect("again");
-            c.finish_operation(&op2.id, "succeeded", "", 0, "", &none)
+            c.finish_operation(&op2.id, crate::domain::OpState::Succeeded, "", 0, "", &none)
                 .await
                 .expect("ok");
             c.settle_locations().await.expect("settle");

@@ -1,0 +1,165 @@
+//! The daemon's typed domain: the states and kinds the catalog stores as
+//! text, as enums, with their one text form (what the catalog holds) and
+//! their one conversion to the API.
+
+use imprint_proto::v1 as pb;
+
+/// A catalog text that names no value of the enum it should hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {text:?} in the catalog")]
+pub struct UnknownText {
+    /// What it should have named.
+    pub what: &'static str,
+    /// What it said.
+    pub text: String,
+}
+
+/// An enum stored as one of a fixed set of texts.
+macro_rules! text_enum {
+    ($(#[$doc:meta])* $name:ident, $what:literal { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            /// Every value.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The text the catalog stores.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownText;
+
+            fn from_str(s: &str) -> Result<Self, UnknownText> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownText { what: $what, text: s.to_string() }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// The life of an image in the catalog.
+    ImageState, "image state" {
+        /// Its capture or import runs.
+        Creating = "creating",
+        /// Deployable.
+        Active = "active",
+        /// Its capture failed; kept with the reason until deleted.
+        Failed = "failed",
+        /// Deployable, left out of default listings.
+        Deprecated = "deprecated",
+        /// Its delete runs.
+        Deleting = "deleting",
+        /// Gone from the store; the row keeps the history.
+        Deleted = "deleted",
+    }
+}
+
+impl ImageState {
+    /// May be deployed (and exported, copied).
+    pub fn deployable(self) -> bool {
+        matches!(self, ImageState::Active | ImageState::Deprecated)
+    }
+}
+
+impl From<ImageState> for pb::ImageState {
+    fn from(s: ImageState) -> Self {
+        match s {
+            ImageState::Creating => pb::ImageState::Creating,
+            ImageState::Active => pb::ImageState::Active,
+            ImageState::Failed => pb::ImageState::Failed,
+            ImageState::Deprecated => pb::ImageState::Deprecated,
+            ImageState::Deleting => pb::ImageState::Deleting,
+            ImageState::Deleted => pb::ImageState::Deleted,
+        }
+    }
+}
+
+impl TryFrom<pb::ImageState> for ImageState {
+    type Error = UnknownText;
+
+    fn try_from(s: pb::ImageState) -> Result<Self, UnknownText> {
+        Ok(match s {
+            pb::ImageState::Creating => ImageState::Creating,
+            pb::ImageState::Active => ImageState::Active,
+            pb::ImageState::Failed => ImageState::Failed,
+            pb::ImageState::Deprecated => ImageState::Deprecated,
+            pb::ImageState::Deleting => ImageState::Deleting,
+            pb::ImageState::Deleted => ImageState::Deleted,
+            pb::ImageState::Unspecified => {
+                return Err(UnknownText {
+                    what: "image state",
+                    text: s.as_str_name().to_string(),
+                });
+            }
+        })
+    }
+}
+
+text_enum! {
+    /// Where an operation is.
+    OpState, "operation state" {
+        /// An agent works on it.
+        Running = "running",
+        /// Done.
+        Succeeded = "succeeded",
+        /// Ended with an error.
+        Failed = "failed",
+        /// Stopped on request.
+        Cancelled = "cancelled",
+    }
+}
+
+impl OpState {
+    /// Final: nothing changes it any more.
+    pub fn is_final(self) -> bool {
+        self != OpState::Running
+    }
+}
+
+impl From<OpState> for pb::OperationState {
+    fn from(s: OpState) -> Self {
+        match s {
+            OpState::Running => pb::OperationState::Running,
+            OpState::Succeeded => pb::OperationState::Succeeded,
+            OpState::Failed => pb::OperationState::Failed,
+            OpState::Cancelled => pb::OperationState::Cancelled,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn texts_round_trip_and_unknown_ones_are_named() {
+        for s in ImageState::ALL {
+            assert_eq!(s.as_str().parse::<ImageState>(), Ok(*s));
+            assert_eq!(ImageState::try_from(pb::ImageState::from(*s)), Ok(*s));
+        }
+        for s in OpState::ALL {
+            assert_eq!(s.as_str().parse::<OpState>(), Ok(*s));
+        }
+        let e = "lost".parse::<ImageState>().expect_err("unknown");
+        assert_eq!(e.to_string(), "unknown image state \"lost\" in the catalog");
+        assert!(ImageState::try_from(pb::ImageState::Unspecified).is_err());
+    }
+}
