@@ -1262,7 +1262,7 @@ async fn heartbeats_cancel_what_the_catalog_ended() {
         let new_op = |host: &'static str| crate::ops::NewOperation {
             account_id: &alice.id,
             request_id: None,
-            kind: "deploy",
+            kind: crate::domain::OpKind::Deploy,
             image_id: None,
             host,
             guest: "g",

@@ -33,9 +33,9 @@ use tonic::{Code, Status, transport::Channel};
 
 use crate::{
     catalog::{Catalog, ImageDiskRow, now},
-    domain::{ImageState, OpState},
+    domain::{ImageState, OpKind, OpState},
     hosts::{HEARTBEAT_INTERVAL_SECONDS, status},
-    ops::{HostRow, ImageOutcome, OperationRow, creates_image},
+    ops::{HostRow, ImageOutcome, OperationRow},
     sites::{DEFAULT_SITE, site_of_host},
 };
 
@@ -75,27 +75,25 @@ impl AgentRequest {
         })
     }
 
-    fn decode(kind: &str, hexed: &str) -> Result<Self, String> {
+    fn decode(kind: OpKind, hexed: &str) -> Result<Self, String> {
         let bytes = hex::decode(hexed).map_err(|e| e.to_string())?;
         match kind {
-            "capture" => pb::CaptureRequest::decode(bytes.as_slice())
+            OpKind::Capture => pb::CaptureRequest::decode(bytes.as_slice())
                 .map(AgentRequest::Capture)
                 .map_err(|e| e.to_string()),
-            "deploy" => pb::DeployRequest::decode(bytes.as_slice())
+            OpKind::Deploy => pb::DeployRequest::decode(bytes.as_slice())
                 .map(AgentRequest::Deploy)
                 .map_err(|e| e.to_string()),
-            "import" => pb::ImportRequest::decode(bytes.as_slice())
+            OpKind::Import => pb::ImportRequest::decode(bytes.as_slice())
                 .map(AgentRequest::Import)
                 .map_err(|e| e.to_string()),
-            "export" => pb::ExportRequest::decode(bytes.as_slice())
+            OpKind::Export => pb::ExportRequest::decode(bytes.as_slice())
                 .map(AgentRequest::Export)
                 .map_err(|e| e.to_string()),
-            "copy" => pb::CopyRequest::decode(bytes.as_slice())
+            OpKind::Copy => pb::CopyRequest::decode(bytes.as_slice())
                 .map(AgentRequest::Copy)
                 .map_err(|e| e.to_string()),
-            other => Err(format!(
-                "operations of kind {other:?} are not sent to agents"
-            )),
+            OpKind::Delete => Err("delete operations are not sent to agents".to_string()),
         }
     }
 }
@@ -374,7 +372,7 @@ impl Dispatcher {
         }
         let (me, id) = (self.clone(), op.id.clone());
         let task = tokio::spawn(async move {
-            if op.kind == "delete" {
+            if op.kind == OpKind::Delete {
                 me.finish_delete(&op).await;
             } else {
                 me.clone().follow(op.id.clone()).await;
@@ -509,7 +507,7 @@ impl Dispatcher {
         };
         if op.phase == "queued" {
             // Never acknowledged: send again (idempotent on the id).
-            let req = match AgentRequest::decode(&op.kind, &op.agent_request) {
+            let req = match AgentRequest::decode(op.kind, &op.agent_request) {
                 Ok(r) => r,
                 Err(e) => {
                     self.fail(
@@ -604,7 +602,7 @@ impl Dispatcher {
         let (state, outcome) = match pb::OperationState::try_from(a.state) {
             Ok(pb::OperationState::Succeeded) => {
                 let outcome = match &a.capture {
-                    Some(c) if creates_image(&op.kind) => {
+                    Some(c) if op.kind.creates_image() => {
                         let disks: Vec<ImageDiskRow> = c
                             .disks
                             .iter()
@@ -662,7 +660,9 @@ impl Dispatcher {
                 tracing::info!(op = %op.id, kind = %op.kind, %state, error = %a.error, "operation finished");
                 record_metrics(op, state, a);
                 // A copy adds a site's bytes to what deleting frees.
-                if (creates_image(&op.kind) || op.kind == "copy") && state == OpState::Succeeded {
+                if (op.kind.creates_image() || op.kind == OpKind::Copy)
+                    && state == OpState::Succeeded
+                {
                     self.usage_changed();
                 }
                 self.record_damage(op, state, a).await;
@@ -683,14 +683,14 @@ impl Dispatcher {
     /// read the whole image clears the mark.
     async fn record_damage(&self, op: &OperationRow, state: OpState, a: &pb::AgentOperation) {
         let (true, Some(image)) = (
-            matches!(op.kind.as_str(), "deploy" | "export"),
+            matches!(op.kind, OpKind::Deploy | OpKind::Export),
             &op.image_id,
         ) else {
             return;
         };
         let damage = match state {
             // A deploy reads every disk of the image; an export only one.
-            OpState::Succeeded if op.kind == "deploy" => String::new(),
+            OpState::Succeeded if op.kind == OpKind::Deploy => String::new(),
             OpState::Succeeded => return,
             _ if a.error_code == Code::DataLoss as i32 => {
                 format!("{} (found by {} operation {})", a.error, op.kind, op.id)
@@ -715,7 +715,7 @@ impl Dispatcher {
     }
 
     fn image_failed(&self, op: &OperationRow, error: &str) -> ImageOutcome {
-        if creates_image(&op.kind) {
+        if op.kind.creates_image() {
             ImageOutcome::Failed(error.to_string())
         } else {
             ImageOutcome::None
@@ -740,7 +740,7 @@ impl Dispatcher {
 
     /// After a copy ended: its location becomes available, or goes.
     async fn settle_copy(&self, op: &OperationRow) {
-        if op.kind == "copy"
+        if op.kind == OpKind::Copy
             && let Err(e) = self.catalog.settle_locations().await
         {
             // The background pass settles it later.
@@ -750,7 +750,7 @@ impl Dispatcher {
 
     /// Ask the agent to cancel a running operation.
     pub async fn cancel(&self, op: &OperationRow) -> Result<(), Status> {
-        if op.kind == "delete" {
+        if op.kind == OpKind::Delete {
             return Err(Status::failed_precondition(
                 "a delete cannot be cancelled once started",
             ));

@@ -145,6 +145,36 @@ impl From<OpState> for pb::OperationState {
     }
 }
 
+text_enum! {
+    /// What an operation does.
+    OpKind, "operation kind" {
+        /// A guest into a new image.
+        Capture = "capture",
+        /// An image into a new guest.
+        Deploy = "deploy",
+        /// An image out of the store and the catalog.
+        Delete = "delete",
+        /// A disk file (or URL) into a new image.
+        Import = "import",
+        /// An image's disk into a file.
+        Export = "export",
+        /// An image to another site's store.
+        Copy = "copy",
+    }
+}
+
+impl OpKind {
+    /// Makes a new image (its row is created with the operation).
+    pub fn creates_image(self) -> bool {
+        matches!(self, OpKind::Capture | OpKind::Import)
+    }
+
+    /// Reads an existing image (which may then not be deleted).
+    pub fn reads_image(self) -> bool {
+        matches!(self, OpKind::Deploy | OpKind::Export | OpKind::Copy)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +187,9 @@ mod tests {
         }
         for s in OpState::ALL {
             assert_eq!(s.as_str().parse::<OpState>(), Ok(*s));
+        }
+        for k in OpKind::ALL {
+            assert_eq!(k.as_str().parse::<OpKind>(), Ok(*k));
         }
         let e = "lost".parse::<ImageState>().expect_err("unknown");
         assert_eq!(e.to_string(), "unknown image state \"lost\" in the catalog");

@@ -19,7 +19,7 @@ use crate::{
         validate_tags,
     },
     dispatch::{AgentRequest, Dispatcher},
-    domain::ImageState,
+    domain::{ImageState, OpKind},
     hosts::status,
     operations::op_to_pb,
     ops::{NewImage, NewOperation, OperationRow},
@@ -57,7 +57,7 @@ impl Images {
         &self,
         who: &Account,
         request_id: &str,
-        kind: &str,
+        kind: OpKind,
     ) -> Result<Option<pb::Operation>, Status> {
         if request_id.is_empty() {
             return Ok(None);
@@ -184,7 +184,7 @@ impl ImageService for Images {
     ) -> Result<Response<pb::Operation>, Status> {
         let who = auth::account(self.catalog(), &req).await?;
         let r = req.into_inner();
-        if let Some(op) = self.replay(&who, &r.request_id, "capture").await? {
+        if let Some(op) = self.replay(&who, &r.request_id, OpKind::Capture).await? {
             return Ok(Response::new(op));
         }
         validate_image_name(&r.name).map_err(status)?;
@@ -244,7 +244,7 @@ impl ImageService for Images {
         let n = NewOperation {
             account_id: &who.id,
             request_id: Some(r.request_id.as_str()).filter(|s| !s.is_empty()),
-            kind: "capture",
+            kind: OpKind::Capture,
             image_id: None,
             host: &host.name,
             guest: &guest.uuid,
@@ -267,7 +267,7 @@ impl ImageService for Images {
     ) -> Result<Response<pb::Operation>, Status> {
         let who = auth::account(self.catalog(), &req).await?;
         let r = req.into_inner();
-        if let Some(op) = self.replay(&who, &r.request_id, "deploy").await? {
+        if let Some(op) = self.replay(&who, &r.request_id, OpKind::Deploy).await? {
             return Ok(Response::new(op));
         }
         let img = self.readable(&who, &r.image_id, "deployed").await?;
@@ -331,7 +331,7 @@ impl ImageService for Images {
         let n = NewOperation {
             account_id: &who.id,
             request_id: Some(r.request_id.as_str()).filter(|s| !s.is_empty()),
-            kind: "deploy",
+            kind: OpKind::Deploy,
             image_id: Some(&img.id),
             host: &host.name,
             guest: &r.guest_name,
@@ -347,7 +347,7 @@ impl ImageService for Images {
     ) -> Result<Response<pb::Operation>, Status> {
         let who = auth::account(self.catalog(), &req).await?;
         let r = req.into_inner();
-        if let Some(op) = self.replay(&who, &r.request_id, "import").await? {
+        if let Some(op) = self.replay(&who, &r.request_id, OpKind::Import).await? {
             return Ok(Response::new(op));
         }
         validate_image_name(&r.name).map_err(status)?;
@@ -391,7 +391,7 @@ impl ImageService for Images {
         let n = NewOperation {
             account_id: &who.id,
             request_id: Some(r.request_id.as_str()).filter(|s| !s.is_empty()),
-            kind: "import",
+            kind: OpKind::Import,
             image_id: None,
             host: &host.name,
             guest: "",
@@ -414,7 +414,7 @@ impl ImageService for Images {
     ) -> Result<Response<pb::Operation>, Status> {
         let who = auth::account(self.catalog(), &req).await?;
         let r = req.into_inner();
-        if let Some(op) = self.replay(&who, &r.request_id, "export").await? {
+        if let Some(op) = self.replay(&who, &r.request_id, OpKind::Export).await? {
             return Ok(Response::new(op));
         }
         let img = self.readable(&who, &r.image_id, "exported").await?;
@@ -443,7 +443,7 @@ impl ImageService for Images {
         let n = NewOperation {
             account_id: &who.id,
             request_id: Some(r.request_id.as_str()).filter(|s| !s.is_empty()),
-            kind: "export",
+            kind: OpKind::Export,
             image_id: Some(&img.id),
             host: &host.name,
             guest: "",
@@ -459,7 +459,7 @@ impl ImageService for Images {
     ) -> Result<Response<pb::Operation>, Status> {
         let who = auth::account(self.catalog(), &req).await?;
         let r = req.into_inner();
-        if let Some(op) = self.replay(&who, &r.request_id, "copy").await? {
+        if let Some(op) = self.replay(&who, &r.request_id, OpKind::Copy).await? {
             return Ok(Response::new(op));
         }
         let img = self
@@ -529,7 +529,7 @@ impl ImageService for Images {
         let n = NewOperation {
             account_id: &who.id,
             request_id: Some(r.request_id.as_str()).filter(|s| !s.is_empty()),
-            kind: "copy",
+            kind: OpKind::Copy,
             image_id: Some(&img.id),
             host: &host.name,
             // The target site, for the operation's readers.
@@ -806,7 +806,7 @@ impl ImageService for Images {
     ) -> Result<Response<pb::Operation>, Status> {
         let who = auth::account(self.catalog(), &req).await?;
         let r = req.into_inner();
-        if let Some(op) = self.replay(&who, &r.request_id, "delete").await? {
+        if let Some(op) = self.replay(&who, &r.request_id, OpKind::Delete).await? {
             return Ok(Response::new(op));
         }
         if self.d.store().is_none() {
@@ -828,7 +828,7 @@ impl ImageService for Images {
         let n = NewOperation {
             account_id: &who.id,
             request_id: Some(r.request_id.as_str()).filter(|s| !s.is_empty()),
-            kind: "delete",
+            kind: OpKind::Delete,
             image_id: Some(&r.id),
             host: "",
             guest: "",

@@ -146,7 +146,7 @@ mod tests {
             d1.begin_operation(&crate::ops::NewOperation {
                 account_id: &alice.id,
                 request_id: None,
-                kind: "deploy",
+                kind: crate::domain::OpKind::Deploy,
                 image_id: None,
                 host: "h",
                 guest: "g",

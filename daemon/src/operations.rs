@@ -42,7 +42,7 @@ pub fn op_to_pb(op: &OperationRow) -> pb::Operation {
     };
     pb::Operation {
         id: op.id.clone(),
-        kind: op.kind.clone(),
+        kind: op.kind.as_str().to_string(),
         state: state as i32,
         phase: op.phase.clone(),
         bytes_done: op.bytes_done.max(0) as u64,

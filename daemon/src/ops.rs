@@ -4,7 +4,7 @@ use sqlx::Row;
 
 use crate::{
     catalog::{Catalog, CatalogError, Result, now, text},
-    domain::OpState,
+    domain::{OpKind, OpState},
 };
 
 /// How long an operation's lease lasts without renewal: the time another
@@ -20,8 +20,8 @@ pub struct OperationRow {
     pub account_id: String,
     /// Client request id, if any.
     pub request_id: Option<String>,
-    /// `capture`, `deploy`, `delete`.
-    pub kind: String,
+    /// What it does.
+    pub kind: OpKind,
     /// Where it is.
     pub state: OpState,
     /// What it is doing now.
@@ -58,11 +58,6 @@ pub struct OperationRow {
     pub lease_until: i64,
 }
 
-/// Whether operations of `kind` make a new image (capture, import).
-pub fn creates_image(kind: &str) -> bool {
-    matches!(kind, "capture" | "import")
-}
-
 impl OperationRow {
     /// Still running.
     pub fn running(&self) -> bool {
@@ -95,7 +90,7 @@ pub struct NewOperation<'a> {
     /// Client request id (idempotency key).
     pub request_id: Option<&'a str>,
     /// Kind.
-    pub kind: &'a str,
+    pub kind: OpKind,
     /// Image involved.
     pub image_id: Option<&'a str>,
     /// Host.
@@ -157,7 +152,7 @@ fn op_from(row: &sqlx::any::AnyRow) -> Result<OperationRow> {
         id: row.try_get("id")?,
         account_id: row.try_get("account_id")?,
         request_id: row.try_get("request_id")?,
-        kind: row.try_get("kind")?,
+        kind: text(row.try_get::<String, _>("kind")?)?,
         state: text(row.try_get::<String, _>("state")?)?,
         phase: row.try_get("phase")?,
         image_id: row.try_get("image_id")?,
@@ -203,7 +198,7 @@ impl Catalog {
             }
             return Ok((op, false));
         }
-        if n.kind == "capture"
+        if n.kind == OpKind::Capture
             && let Some(other) = self.running_capture_of(n.host, n.guest).await?
         {
             // A concurrent retry of this very request may have won.
@@ -253,7 +248,7 @@ impl Catalog {
                 .await?;
             crate::catalog::insert_tags(&mut tx, img.id, img.tags).await?;
         }
-        if matches!(n.kind, "deploy" | "export" | "copy")
+        if n.kind.reads_image()
             && let Some(img) = n.image_id
         {
             // Touch the image row (a lock in PostgreSQL, the write lock in
@@ -277,7 +272,7 @@ impl Catalog {
         .bind(id)
         .bind(n.account_id)
         .bind(n.request_id)
-        .bind(n.kind)
+        .bind(n.kind.as_str())
         .bind(n.image_id.or(n.new_image.as_ref().map(|i| i.id)))
         .bind(n.host)
         .bind(n.guest)
@@ -322,7 +317,7 @@ impl Catalog {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        if creates_image(&op.kind)
+        if op.kind.creates_image()
             && let Some(img) = &op.image_id
         {
             sqlx::query("DELETE FROM images WHERE id = $1 AND state = 'creating'")
@@ -782,7 +777,7 @@ mod tests {
             let n = NewOperation {
                 account_id: &alice.id,
                 request_id: Some("req-1"),
-                kind: "capture",
+                kind: OpKind::Capture,
                 image_id: None,
                 host: "h1",
                 guest: "g1",
@@ -809,7 +804,7 @@ mod tests {
             // Same id for another kind of call is a client bug.
             let err = c
                 .begin_operation(&NewOperation {
-                    kind: "deploy",
+                    kind: OpKind::Deploy,
                     ..n.clone()
                 })
                 .await
@@ -877,7 +872,7 @@ mod tests {
             c.set_image_state(&img, ImageState::Active, "", 1 << 20)
                 .await
                 .expect("active");
-            let deploy = |kind: &'static str| NewOperation {
+            let deploy = |kind: OpKind| NewOperation {
                 account_id: "",
                 request_id: None,
                 kind,
@@ -891,7 +886,7 @@ mod tests {
                 .begin_operation(&NewOperation {
                     account_id: &alice.id,
                     image_id: Some(&img),
-                    ..deploy("deploy")
+                    ..deploy(OpKind::Deploy)
                 })
                 .await
                 .expect("deploy");
@@ -913,7 +908,7 @@ mod tests {
                 ImageState::Active
             );
             // Once deleting, no new reader gets in.
-            for kind in ["deploy", "export"] {
+            for kind in [OpKind::Deploy, OpKind::Export] {
                 assert!(matches!(
                     c.begin_operation(&NewOperation {
                         account_id: &alice.id,
@@ -941,7 +936,7 @@ mod tests {
             let n = NewOperation {
                 account_id: &alice.id,
                 request_id: None,
-                kind: "deploy",
+                kind: OpKind::Deploy,
                 image_id: None,
                 host: "h1",
                 guest: "g1",
@@ -1027,7 +1022,7 @@ mod tests {
             let n = NewOperation {
                 account_id: &alice.id,
                 request_id: None,
-                kind: "capture",
+                kind: OpKind::Capture,
                 image_id: None,
                 host: "h1",
                 guest: "g1",

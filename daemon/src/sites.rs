@@ -296,7 +296,7 @@ mod tests {
             let copy = |rid: &'static str| crate::ops::NewOperation {
                 account_id: &alice.id,
                 request_id: Some(rid),
-                kind: "copy",
+                kind: crate::domain::OpKind::Copy,
                 image_id: None,
                 host: "h1",
                 guest: "dc2",
