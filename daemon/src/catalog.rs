@@ -18,8 +18,8 @@ use std::{
 
 use sqlx::{AnyPool, Row, any::AnyPoolOptions};
 
-pub use crate::domain::ImageState;
 use crate::domain::UnknownText;
+pub use crate::domain::{ImageState, Visibility};
 
 /// Catalog failures.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +57,7 @@ pub type Result<T, E = CatalogError> = std::result::Result<T, E>;
 /// catalog.
 pub(crate) fn text<T: std::str::FromStr<Err = UnknownText>>(s: String) -> Result<T> {
     s.parse()
-        .map_err(|e: UnknownText| CatalogError::Corrupt(e.to_string()))
+        .map_err(|e: UnknownText| CatalogError::Corrupt(format!("{e} in the catalog")))
 }
 
 /// An account.
@@ -71,38 +71,6 @@ pub struct Account {
     pub can_publish: bool,
     /// May create accounts.
     pub is_admin: bool,
-}
-
-/// Image visibility.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Visibility {
-    /// Owner only.
-    Private,
-    /// Owner and members.
-    Shared,
-    /// Everyone.
-    Public,
-}
-
-impl Visibility {
-    fn as_str(self) -> &'static str {
-        match self {
-            Visibility::Private => "private",
-            Visibility::Shared => "shared",
-            Visibility::Public => "public",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self> {
-        match s {
-            "private" => Ok(Visibility::Private),
-            "shared" => Ok(Visibility::Shared),
-            "public" => Ok(Visibility::Public),
-            other => Err(CatalogError::InvalidArgument(format!(
-                "unknown visibility {other:?} in catalog"
-            ))),
-        }
-    }
 }
 
 /// An image row.
@@ -489,7 +457,7 @@ impl Catalog {
                 notes: row.try_get("notes")?,
                 tags: Vec::new(),
                 state: text(row.try_get::<String, _>("state")?)?,
-                visibility: Visibility::parse(&row.try_get::<String, _>("visibility")?)?,
+                visibility: text(row.try_get::<String, _>("visibility")?)?,
                 protected: row.try_get::<i32, _>("protected")? != 0,
                 failure_reason: row.try_get("failure_reason")?,
                 size_bytes: row.try_get("size_bytes")?,

@@ -4,9 +4,10 @@
 
 use imprint_proto::v1 as pb;
 
-/// A catalog text that names no value of the enum it should hold.
+/// A text (in the catalog) or number (in a request) that names no value
+/// of the enum it should.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {what} {text:?} in the catalog")]
+#[error("unknown {what} {text:?}")]
 pub struct UnknownText {
     /// What it should have named.
     pub what: &'static str,
@@ -114,6 +115,42 @@ impl TryFrom<pb::ImageState> for ImageState {
 }
 
 text_enum! {
+    /// Who sees an image.
+    Visibility, "visibility" {
+        /// Its owner.
+        Private = "private",
+        /// Its owner and the accounts it is shared with (who accepted).
+        Shared = "shared",
+        /// Everyone.
+        Public = "public",
+    }
+}
+
+impl From<Visibility> for pb::Visibility {
+    fn from(v: Visibility) -> Self {
+        match v {
+            Visibility::Private => pb::Visibility::Private,
+            Visibility::Shared => pb::Visibility::Shared,
+            Visibility::Public => pb::Visibility::Public,
+        }
+    }
+}
+
+/// A filter on visibility: none (unspecified) or one.
+pub fn visibility_filter(v: i32) -> Result<Option<Visibility>, UnknownText> {
+    match pb::Visibility::try_from(v) {
+        Ok(pb::Visibility::Unspecified) => Ok(None),
+        Ok(pb::Visibility::Private) => Ok(Some(Visibility::Private)),
+        Ok(pb::Visibility::Shared) => Ok(Some(Visibility::Shared)),
+        Ok(pb::Visibility::Public) => Ok(Some(Visibility::Public)),
+        Err(_) => Err(UnknownText {
+            what: "visibility",
+            text: v.to_string(),
+        }),
+    }
+}
+
+text_enum! {
     /// Where an operation is.
     OpState, "operation state" {
         /// An agent works on it.
@@ -188,11 +225,20 @@ mod tests {
         for s in OpState::ALL {
             assert_eq!(s.as_str().parse::<OpState>(), Ok(*s));
         }
+        for v in Visibility::ALL {
+            assert_eq!(v.as_str().parse::<Visibility>(), Ok(*v));
+            assert_eq!(
+                visibility_filter(pb::Visibility::from(*v) as i32),
+                Ok(Some(*v))
+            );
+        }
+        assert_eq!(visibility_filter(0), Ok(None));
+        assert!(visibility_filter(42).is_err());
         for k in OpKind::ALL {
             assert_eq!(k.as_str().parse::<OpKind>(), Ok(*k));
         }
         let e = "lost".parse::<ImageState>().expect_err("unknown");
-        assert_eq!(e.to_string(), "unknown image state \"lost\" in the catalog");
+        assert_eq!(e.to_string(), "unknown image state \"lost\"");
         assert!(ImageState::try_from(pb::ImageState::Unspecified).is_err());
     }
 }

@@ -15,8 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth,
     catalog::{
-        Account, Catalog, ImageRow, ListQuery, Visibility, validate_image_name, validate_notes,
-        validate_tags,
+        Account, Catalog, ImageRow, ListQuery, validate_image_name, validate_notes, validate_tags,
     },
     dispatch::{AgentRequest, Dispatcher},
     domain::{ImageState, OpKind},
@@ -111,11 +110,7 @@ pub fn image_to_pb(
         .collect();
     pb::Image {
         state: pb::ImageState::from(row.state) as i32,
-        visibility: match row.visibility {
-            Visibility::Private => pb::Visibility::Private,
-            Visibility::Shared => pb::Visibility::Shared,
-            Visibility::Public => pb::Visibility::Public,
-        } as i32,
+        visibility: pb::Visibility::from(row.visibility) as i32,
         id: row.id,
         name: row.name,
         notes: row.notes,
@@ -674,18 +669,8 @@ impl ImageService for Images {
         let state = state_filter(r.state)?;
         let q = ListQuery {
             owner: Some(r.owner).filter(|s| !s.is_empty()),
-            visibility: match pb::Visibility::try_from(r.visibility) {
-                Ok(pb::Visibility::Unspecified) => None,
-                Ok(pb::Visibility::Private) => Some(Visibility::Private),
-                Ok(pb::Visibility::Shared) => Some(Visibility::Shared),
-                Ok(pb::Visibility::Public) => Some(Visibility::Public),
-                Err(_) => {
-                    return Err(Status::invalid_argument(format!(
-                        "unknown visibility {}",
-                        r.visibility
-                    )));
-                }
-            },
+            visibility: crate::domain::visibility_filter(r.visibility)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?,
             name_prefix: Some(r.name_prefix).filter(|s| !s.is_empty()),
             tag: Some(r.tag).filter(|s| !s.is_empty()),
             hide_deprecated: state.is_none(),
