@@ -33,7 +33,7 @@ use tonic::{Code, Status, transport::Channel};
 
 use crate::{
     catalog::{Catalog, ImageDiskRow, now},
-    domain::{ImageState, OpKind, OpState},
+    domain::{ImageState, LocationState, OpKind, OpState},
     hosts::{HEARTBEAT_INTERVAL_SECONDS, status},
     ops::{HostRow, ImageOutcome, OperationRow},
     sites::{DEFAULT_SITE, site_of_host},
@@ -185,7 +185,7 @@ impl Dispatcher {
             .await
             .map_err(status)?
             .into_iter()
-            .filter(|l| l.state == "available")
+            .filter(|l| l.state == LocationState::Available)
             .map(|l| l.site)
             .collect();
         if available.iter().any(|s| s == here) {

@@ -151,6 +151,25 @@ pub fn visibility_filter(v: i32) -> Result<Option<Visibility>, UnknownText> {
 }
 
 text_enum! {
+    /// A stored copy of an image at a site.
+    LocationState, "location state" {
+        /// Complete: deploys at that site read it.
+        Available = "available",
+        /// Its copy runs.
+        Copying = "copying",
+    }
+}
+
+impl From<LocationState> for pb::LocationState {
+    fn from(s: LocationState) -> Self {
+        match s {
+            LocationState::Available => pb::LocationState::Available,
+            LocationState::Copying => pb::LocationState::Copying,
+        }
+    }
+}
+
+text_enum! {
     /// Where an operation is.
     OpState, "operation state" {
         /// An agent works on it.
@@ -234,6 +253,9 @@ mod tests {
         }
         assert_eq!(visibility_filter(0), Ok(None));
         assert!(visibility_filter(42).is_err());
+        for l in LocationState::ALL {
+            assert_eq!(l.as_str().parse::<LocationState>(), Ok(*l));
+        }
         for k in OpKind::ALL {
             assert_eq!(k.as_str().parse::<OpKind>(), Ok(*k));
         }

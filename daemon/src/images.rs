@@ -18,7 +18,7 @@ use crate::{
         Account, Catalog, ImageRow, ListQuery, validate_image_name, validate_notes, validate_tags,
     },
     dispatch::{AgentRequest, Dispatcher},
-    domain::{ImageState, OpKind},
+    domain::{ImageState, LocationState, OpKind},
     hosts::status,
     operations::op_to_pb,
     ops::{NewImage, NewOperation, OperationRow},
@@ -143,11 +143,7 @@ pub fn image_to_pb(
         locations: locations
             .into_iter()
             .map(|l| pb::ImageLocation {
-                state: if l.state == "available" {
-                    pb::LocationState::Available
-                } else {
-                    pb::LocationState::Copying
-                } as i32,
+                state: pb::LocationState::from(l.state) as i32,
                 site: l.site,
             })
             .collect(),
@@ -480,7 +476,10 @@ impl ImageService for Images {
         // The source: any complete copy; a site whose store is the target's
         // store under another name is the same store.
         let mut source = None;
-        for l in locations.iter().filter(|l| l.state == "available") {
+        for l in locations
+            .iter()
+            .filter(|l| l.state == LocationState::Available)
+        {
             let site = self.catalog().site(&l.site).await.map_err(status)?;
             let same = match (
                 imprint_store::Location::parse(&site.store),
@@ -542,7 +541,7 @@ impl ImageService for Images {
         }
         if let Err(e) = self
             .catalog()
-            .add_location(&img.id, &target.name, "copying", &op.id)
+            .add_location(&img.id, &target.name, LocationState::Copying, &op.id)
             .await
         {
             let _ = self.catalog().undo_operation(&op.id).await;
@@ -613,7 +612,7 @@ impl ImageService for Images {
                 // Keep the catalog true to the store: the copy is still there.
                 let _ = self
                     .catalog()
-                    .add_location(&img.id, &r.site, "available", "")
+                    .add_location(&img.id, &r.site, LocationState::Available, "")
                     .await;
             }
             return Err(Status::unavailable(format!(

@@ -9,7 +9,10 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use crate::catalog::{Catalog, CatalogError, Result, now};
+use crate::{
+    catalog::{Catalog, CatalogError, Result, now, text},
+    domain::LocationState,
+};
 
 /// The site of hosts that name none, and of the daemon's `--store`.
 pub const DEFAULT_SITE: &str = "default";
@@ -28,8 +31,8 @@ pub struct SiteRow {
 pub struct LocationRow {
     /// Site.
     pub site: String,
-    /// `available` or `copying`.
-    pub state: String,
+    /// Complete or being copied.
+    pub state: LocationState,
     /// The copy operation that made it, if any.
     pub operation_id: String,
 }
@@ -129,7 +132,7 @@ impl Catalog {
                 .or_default()
                 .push(LocationRow {
                     site: r.try_get("site")?,
-                    state: r.try_get("state")?,
+                    state: text(r.try_get::<String, _>("state")?)?,
                     operation_id: r.try_get("operation_id")?,
                 });
         }
@@ -138,13 +141,19 @@ impl Catalog {
 
     /// Record a location (`available` after a capture; `copying` when a
     /// copy starts). A location that exists is an error: one copy per site.
-    pub async fn add_location(&self, id: &str, site: &str, state: &str, op: &str) -> Result<()> {
+    pub async fn add_location(
+        &self,
+        id: &str,
+        site: &str,
+        state: LocationState,
+        op: &str,
+    ) -> Result<()> {
         match sqlx::query(
             "INSERT INTO image_locations (image_id, site, state, operation_id, updated_unix) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(id)
         .bind(site)
-        .bind(state)
+        .bind(state.as_str())
         .bind(op)
         .bind(now())
         .execute(self.pool())
@@ -210,13 +219,13 @@ impl Catalog {
                 readers.join(", ")
             )));
         }
-        let rows: Vec<(String, String)> =
+        let rows: Vec<(String, LocationState)> =
             sqlx::query("SELECT site, state FROM image_locations WHERE image_id = $1")
                 .bind(id)
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
-                .map(|r| Ok((r.try_get("site")?, r.try_get("state")?)))
+                .map(|r| Ok((r.try_get("site")?, text(r.try_get::<String, _>("state")?)?)))
                 .collect::<Result<_>>()?;
         match rows.iter().find(|(s, _)| s == site) {
             None => {
@@ -224,14 +233,17 @@ impl Catalog {
                     "image {id} is not stored at site {site:?}"
                 )));
             }
-            Some((_, state)) if state != "available" => {
+            Some((_, state)) if *state != LocationState::Available => {
                 return Err(CatalogError::FailedPrecondition(format!(
                     "the copy of image {id} at site {site} is still being made; cancel its copy instead"
                 )));
             }
             Some(_) => {}
         }
-        if !rows.iter().any(|(s, st)| s != site && st == "available") {
+        if !rows
+            .iter()
+            .any(|(s, st)| s != site && *st == LocationState::Available)
+        {
             return Err(CatalogError::FailedPrecondition(format!(
                 "site {site} holds the only copy of image {id}; delete the image instead"
             )));
@@ -290,7 +302,7 @@ mod tests {
             c.insert_image(&img, &alice, "web", "", &[])
                 .await
                 .expect("image");
-            c.add_location(&img, "dc1", "available", "")
+            c.add_location(&img, "dc1", LocationState::Available, "")
                 .await
                 .expect("loc");
             let copy = |rid: &'static str| crate::ops::NewOperation {
@@ -304,11 +316,12 @@ mod tests {
                 new_image: None,
             };
             let (op1, _) = c.begin_operation(&copy("c1")).await.expect("op");
-            c.add_location(&img, "dc2", "copying", &op1.id)
+            c.add_location(&img, "dc2", LocationState::Copying, &op1.id)
                 .await
                 .expect("copy");
             assert!(matches!(
-                c.add_location(&img, "dc2", "copying", "op-2").await,
+                c.add_location(&img, "dc2", LocationState::Copying, "op-2")
+                    .await,
                 Err(CatalogError::Conflict(_))
             ));
             let l = c.locations(&img).await.expect("locations");
@@ -320,7 +333,10 @@ mod tests {
             c.settle_locations()
                 .await
                 .expect("running: nothing changes");
-            assert_eq!(c.locations(&img).await.expect("l")[1].state, "copying");
+            assert_eq!(
+                c.locations(&img).await.expect("l")[1].state,
+                LocationState::Copying
+            );
             let none = crate::ops::ImageOutcome::None;
             c.finish_operation(
                 &op1.id,
@@ -339,14 +355,17 @@ mod tests {
                 "a failed copy leaves no location"
             );
             let (op2, _) = c.begin_operation(&copy("c2")).await.expect("op");
-            c.add_location(&img, "dc2", "copying", &op2.id)
+            c.add_location(&img, "dc2", LocationState::Copying, &op2.id)
                 .await
                 .expect("again");
             c.finish_operation(&op2.id, crate::domain::OpState::Succeeded, "", 0, "", &none)
                 .await
                 .expect("ok");
             c.settle_locations().await.expect("settle");
-            assert_eq!(c.locations(&img).await.expect("l")[1].state, "available");
+            assert_eq!(
+                c.locations(&img).await.expect("l")[1].state,
+                LocationState::Available
+            );
             c.remove_location(&img, "dc1").await.expect("remove");
             assert_eq!(c.locations(&img).await.expect("l")[0].site, "dc2");
         }
