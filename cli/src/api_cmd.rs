@@ -424,48 +424,63 @@ fn disk_format_pb(s: &str) -> Result<i32> {
     } as i32)
 }
 
-fn state_name(s: i32) -> &'static str {
-    match pb::ImageState::try_from(s) {
-        Ok(pb::ImageState::Creating) => "creating",
-        Ok(pb::ImageState::Active) => "active",
-        Ok(pb::ImageState::Failed) => "failed",
-        Ok(pb::ImageState::Deprecated) => "deprecated",
-        Ok(pb::ImageState::Deleting) => "deleting",
-        Ok(pb::ImageState::Deleted) => "deleted",
-        _ => "unknown",
+/// The CLI's name of a proto enum value: its proto name without the
+/// enum's prefix, lower-case (`IMAGE_STATE_ACTIVE` → `active`); "unknown"
+/// for numbers this CLI does not know.
+fn enum_name(proto_name: Option<&str>, prefix: &str) -> String {
+    proto_name
+        .and_then(|n| n.strip_prefix(prefix))
+        .filter(|n| *n != "UNSPECIFIED")
+        .map_or_else(|| "unknown".to_string(), str::to_ascii_lowercase)
+}
+
+/// The proto enum value the CLI name `name` stands for (see [`enum_name`]);
+/// a usage error listing the `allowed` names otherwise.
+fn enum_value<E: Into<i32>>(
+    name: &str,
+    prefix: &str,
+    from_str_name: fn(&str) -> Option<E>,
+    allowed: &[&str],
+) -> Result<i32> {
+    match from_str_name(&format!("{prefix}{}", name.to_ascii_uppercase())) {
+        Some(v) if allowed.contains(&name) => Ok(v.into()),
+        _ => bail!(usage(format!(
+            "unknown value {name:?} ({})",
+            allowed.join(", ")
+        ))),
     }
+}
+
+fn state_name(s: i32) -> String {
+    enum_name(
+        pb::ImageState::try_from(s).ok().map(|v| v.as_str_name()),
+        "IMAGE_STATE_",
+    )
 }
 
 fn image_state(s: &str) -> Result<i32> {
-    Ok(match s {
-        "creating" => pb::ImageState::Creating,
-        "active" => pb::ImageState::Active,
-        "failed" => pb::ImageState::Failed,
-        "deprecated" => pb::ImageState::Deprecated,
-        "deleting" => pb::ImageState::Deleting,
-        other => bail!(usage(format!(
-            "unknown state {other:?} (creating, active, failed, deprecated, deleting)"
-        ))),
-    } as i32)
+    enum_value(
+        s,
+        "IMAGE_STATE_",
+        pb::ImageState::from_str_name,
+        &["creating", "active", "failed", "deprecated", "deleting"],
+    )
 }
 
-fn visibility_name(v: i32) -> &'static str {
-    match pb::Visibility::try_from(v) {
-        Ok(pb::Visibility::Private) => "private",
-        Ok(pb::Visibility::Shared) => "shared",
-        Ok(pb::Visibility::Public) => "public",
-        _ => "unknown",
-    }
+fn visibility_name(v: i32) -> String {
+    enum_name(
+        pb::Visibility::try_from(v).ok().map(|v| v.as_str_name()),
+        "VISIBILITY_",
+    )
 }
 
-fn op_state_name(s: i32) -> &'static str {
-    match pb::OperationState::try_from(s) {
-        Ok(pb::OperationState::Running) => "running",
-        Ok(pb::OperationState::Succeeded) => "succeeded",
-        Ok(pb::OperationState::Failed) => "failed",
-        Ok(pb::OperationState::Cancelled) => "cancelled",
-        _ => "unknown",
-    }
+fn op_state_name(s: i32) -> String {
+    enum_name(
+        pb::OperationState::try_from(s)
+            .ok()
+            .map(|v| v.as_str_name()),
+        "OPERATION_STATE_",
+    )
 }
 
 /// A usage error (exit code 2) with a message.
@@ -492,20 +507,18 @@ fn image_json(i: &pb::Image) -> Value {
     })
 }
 
-fn location_state_name(s: i32) -> &'static str {
-    match pb::LocationState::try_from(s) {
-        Ok(pb::LocationState::Available) => "available",
-        Ok(pb::LocationState::Copying) => "copying",
-        _ => "unknown",
-    }
+fn location_state_name(s: i32) -> String {
+    enum_name(
+        pb::LocationState::try_from(s).ok().map(|v| v.as_str_name()),
+        "LOCATION_STATE_",
+    )
 }
 
-/// A capture mode as the CLI prints it.
-fn capture_mode_name(mode: i32) -> &'static str {
+/// A capture mode as the CLI prints it (unspecified is offline).
+fn capture_mode_name(mode: i32) -> String {
     match pb::CaptureMode::try_from(mode) {
-        Ok(pb::CaptureMode::Live) => "live",
-        Ok(pb::CaptureMode::CrashConsistent) => "crash-consistent",
-        _ => "offline",
+        Ok(pb::CaptureMode::Unspecified) => "offline".into(),
+        m => enum_name(m.ok().map(|m| m.as_str_name()), "CAPTURE_MODE_"),
     }
 }
 
@@ -550,8 +563,8 @@ fn image_row(i: &pb::Image) -> Vec<String> {
         i.id.clone(),
         i.name.clone(),
         i.owner.clone(),
-        state_name(i.state).into(),
-        visibility_name(i.visibility).into(),
+        state_name(i.state),
+        visibility_name(i.visibility),
         output::bytes(i.size_bytes),
         i.tags.join(","),
     ]
@@ -564,8 +577,8 @@ fn image_fields(i: &pb::Image) -> String {
         ("id", i.id.clone()),
         ("name", i.name.clone()),
         ("owner", i.owner.clone()),
-        ("state", state_name(i.state).into()),
-        ("visibility", visibility_name(i.visibility).into()),
+        ("state", state_name(i.state)),
+        ("visibility", visibility_name(i.visibility)),
         ("protected", i.protected.to_string()),
         ("size", output::bytes(i.size_bytes)),
         ("freed if deleted", output::bytes(i.exclusive_bytes)),
@@ -635,7 +648,7 @@ fn op_fields(o: &pb::Operation) -> String {
     let mut f = vec![
         ("id", o.id.clone()),
         ("kind", o.kind.clone()),
-        ("state", op_state_name(o.state).into()),
+        ("state", op_state_name(o.state)),
         ("phase", o.phase.clone()),
         (
             "progress",
@@ -807,15 +820,19 @@ pub async fn image(cmd: ImageCommand, conn: &Conn, ctx: &Ctx) -> Result<u8> {
 async fn image_inner(cmd: ImageCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> {
     match cmd {
         ImageCommand::List(a) => {
-            let visibility = match a.visibility.as_deref() {
-                None => 0,
-                Some("private") => pb::Visibility::Private as i32,
-                Some("shared") => pb::Visibility::Shared as i32,
-                Some("public") => pb::Visibility::Public as i32,
-                Some(o) => bail!(usage(format!(
-                    "unknown visibility {o:?} (private, shared, public)"
-                ))),
-            };
+            let visibility = a
+                .visibility
+                .as_deref()
+                .map(|v| {
+                    enum_value(
+                        v,
+                        "VISIBILITY_",
+                        pb::Visibility::from_str_name,
+                        &["private", "shared", "public"],
+                    )
+                })
+                .transpose()?
+                .unwrap_or(0);
             let state = a
                 .state
                 .as_deref()
@@ -1181,7 +1198,7 @@ async fn op_inner(cmd: OpCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> {
                         vec![
                             o.id.clone(),
                             o.kind.clone(),
-                            op_state_name(o.state).into(),
+                            op_state_name(o.state),
                             o.phase.clone(),
                             o.host.clone(),
                             o.image_id.clone(),
