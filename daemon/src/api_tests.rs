@@ -146,6 +146,7 @@ async fn world(catalog: Catalog) -> World {
         }
     }
     let d = Dispatcher::new(catalog.clone(), Some(store));
+    d.start().await.expect("start");
     let router = crate::server::router(d, None).await.expect("router");
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -117,6 +117,8 @@ pub struct Dispatcher {
     following: Mutex<HashMap<String, (tokio::task::AbortHandle, Instant)>>,
     /// Sites' stores, opened on first use.
     site_stores: Mutex<HashMap<String, Store>>,
+    /// The background loops, stopped on shutdown.
+    background: crate::background::Background,
 }
 
 impl Dispatcher {
@@ -141,6 +143,7 @@ impl Dispatcher {
             agent_tls,
             following: Mutex::default(),
             site_stores: Mutex::default(),
+            background: crate::background::Background::default(),
         })
     }
 
@@ -914,12 +917,30 @@ impl Dispatcher {
         }
     }
 
+    /// Begin work: resume the operations a previous daemon left running,
+    /// then start the background duties. Returns how many were resumed.
+    pub async fn start(self: &Arc<Self>) -> Result<usize, Status> {
+        let resumed = self.resume_all().await?;
+        if resumed > 0 {
+            tracing::info!(resumed, "resumed running operations");
+        }
+        self.start_background();
+        Ok(resumed)
+    }
+
+    /// Stop the background duties and wait for them (operations are rows:
+    /// the next start resumes them).
+    pub async fn stop(&self) {
+        self.background.stop().await;
+    }
+
     /// Background duties: fail operations of silent hosts, redo the space
     /// accounting when images came or went.
-    pub fn start_background(self: &Arc<Self>) {
-        tokio::spawn(self.clone().watch_liveness());
+    fn start_background(self: &Arc<Self>) {
+        let bg = &self.background;
+        bg.spawn("liveness", self.clone().watch_liveness());
         let me = self.clone();
-        tokio::spawn(async move {
+        bg.spawn("leases", async move {
             loop {
                 tokio::time::sleep(LEASE_RENEW_EVERY).await;
                 if let Err(e) = me.catalog.settle_locations().await {
@@ -936,7 +957,7 @@ impl Dispatcher {
             }
         });
         let me = self.clone();
-        tokio::spawn(async move {
+        bg.spawn("silent hosts", async move {
             let every = Duration::from_secs(u64::from(HEARTBEAT_INTERVAL_SECONDS));
             // Agents need a few intervals to reach a daemon that was down:
             // judge silence only from then on.
@@ -964,7 +985,7 @@ impl Dispatcher {
         });
         if self.store.is_some() {
             let me = self.clone();
-            tokio::spawn(async move {
+            bg.spawn("usage and reconciliation", async move {
                 let mut last_reconcile: Option<Instant> = None;
                 loop {
                     me.refresh_usage().await;

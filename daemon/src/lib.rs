@@ -13,6 +13,7 @@ pub mod accounts;
 #[cfg(test)]
 mod api_tests;
 pub mod auth;
+pub mod background;
 pub mod catalog;
 pub mod credentials;
 pub mod dispatch;

@@ -228,7 +228,8 @@ async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
             .with_context(|| format!("--site {spec}"))?;
     }
     let dispatcher = Dispatcher::with_agent_tls(catalog.clone(), store, agent_tls);
-    let router = imprint_daemon::server::router(dispatcher, tls.as_ref()).await?;
+    dispatcher.start().await?;
+    let router = imprint_daemon::server::router(dispatcher.clone(), tls.as_ref()).await?;
     tracing::info!(%local, store = ?args.store, %daemon_id, "imprintd serving");
     println!("listening on {local}");
     imprint_service::notify::ready(&format!("serving on {local}"));
@@ -249,6 +250,7 @@ async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
             },
         )
         .await?;
+    dispatcher.stop().await;
     tracing::info!("imprintd stopped");
     Ok(())
 }

@@ -27,14 +27,9 @@ pub const SERVED: &[&str] = &[
     "grpc.health.v1.Health",
 ];
 
-/// The router with every service, health and reflection; operations left
-/// running by a previous daemon are resumed and background duties started.
+/// The router with every service, health and reflection. Nothing starts
+/// here: the caller starts the dispatcher's work ([`Dispatcher::start`]).
 pub async fn router(d: Arc<Dispatcher>, tls: Option<&TlsFiles>) -> anyhow::Result<Router> {
-    let resumed = d.resume_all().await?;
-    if resumed > 0 {
-        tracing::info!(resumed, "resumed running operations");
-    }
-    d.start_background();
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<HostServiceServer<Hosts>>().await;
     health.set_serving::<ImageServiceServer<Images>>().await;
