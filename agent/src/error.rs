@@ -2,7 +2,6 @@
 
 /// What went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum Kind {
     /// Guest, image, pool or volume does not exist.
     NotFound,
@@ -35,8 +34,11 @@ pub enum Kind {
 pub struct AgentError {
     /// Kind.
     pub kind: Kind,
-    /// A sentence for people.
+    /// A sentence for people (the source's text included).
     pub message: String,
+    /// What failed underneath, for logs and callers that look deeper.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl AgentError {
@@ -45,6 +47,20 @@ impl AgentError {
         Self {
             kind,
             message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error of `kind` caused by `source`.
+    pub fn with_source(
+        kind: Kind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            source: Some(Box::new(source)),
         }
     }
 
@@ -68,9 +84,10 @@ impl From<imprint_store::Error> for AgentError {
             K::Unavailable => Kind::Unavailable,
             K::Corrupt => Kind::DataLoss,
             K::UnsupportedVersion => Kind::FailedPrecondition,
-            _ => Kind::Internal,
+            K::Io => Kind::Internal,
         };
-        Self::new(kind, e.to_string())
+        let message = e.to_string();
+        Self::with_source(kind, message, e)
     }
 }
 

@@ -6,7 +6,6 @@ use std::{fmt, io};
 /// What went wrong, for callers that must react differently (map to a gRPC
 /// code, an exit code, retry or not).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum ErrorKind {
     /// The image, chunk, index or store does not exist.
     NotFound,
