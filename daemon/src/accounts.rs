@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth,
     catalog::{Account, Catalog},
-    hosts::status,
+    error::status,
 };
 
 /// The service.

@@ -34,7 +34,7 @@ pub async fn account<T>(catalog: &Catalog, req: &Request<T>) -> Result<Account, 
     match catalog.account_by_token(token).await {
         Ok(a) => Ok(a),
         Err(CatalogError::NotFound(_)) => Err(Status::unauthenticated("invalid API token")),
-        Err(e) => Err(crate::hosts::status(e)),
+        Err(e) => Err(crate::error::status(e)),
     }
 }
 

@@ -122,7 +122,7 @@ pub async fn authenticate_host<T>(
             Err(CatalogError::NotFound(_)) => Err(Status::unauthenticated(
                 "invalid host token (imprintd host add NAME makes one)",
             )),
-            Err(e) => Err(crate::hosts::status(e)),
+            Err(e) => Err(crate::error::status(e)),
         };
     }
     if cert.is_some() {

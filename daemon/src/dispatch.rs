@@ -34,7 +34,8 @@ use tonic::{Code, Status, transport::Channel};
 use crate::{
     catalog::{Catalog, ImageDiskRow, now},
     domain::{ImageState, LocationState, OpKind, OpState},
-    hosts::{HEARTBEAT_INTERVAL_SECONDS, status},
+    error::status,
+    hosts::HEARTBEAT_INTERVAL_SECONDS,
     ops::{HostRow, ImageOutcome, OperationRow},
     sites::{DEFAULT_SITE, site_of_host},
 };

@@ -19,7 +19,8 @@ use crate::{
     auth,
     catalog::{Account, Catalog, CatalogError, Result, now},
     dispatch::Dispatcher,
-    hosts::{status, usable_host},
+    error::status,
+    hosts::usable_host,
     ops::HostRow,
 };
 

@@ -8,31 +8,13 @@ use tonic::{Request, Response, Status};
 use crate::{
     catalog::{Account, Catalog, CatalogError},
     credentials::authenticate_host,
+    error::status,
     ops::HostRow,
 };
 
 /// Seconds between agent heartbeats; a host is alive while its last one is
 /// younger than three intervals.
 pub const HEARTBEAT_INTERVAL_SECONDS: u32 = 10;
-
-/// Map catalog errors to gRPC statuses (database details stay in the log).
-pub fn status(e: CatalogError) -> Status {
-    match e {
-        CatalogError::NotFound(m) => Status::not_found(m),
-        CatalogError::InvalidArgument(m) => Status::invalid_argument(m),
-        CatalogError::Conflict(m) => Status::already_exists(m),
-        CatalogError::PermissionDenied(m) => Status::permission_denied(m),
-        CatalogError::FailedPrecondition(m) => Status::failed_precondition(m),
-        e @ (CatalogError::Database(_) | CatalogError::Migrate(_)) => {
-            tracing::error!(error = %e, "catalog failure");
-            Status::unavailable("the catalog database is unavailable; retry later")
-        }
-        e @ CatalogError::Corrupt(_) => {
-            tracing::error!(error = %e, "catalog damaged");
-            Status::internal("the catalog holds data this daemon cannot read; see its log")
-        }
-    }
-}
 
 /// The service.
 #[derive(Debug, Clone)]

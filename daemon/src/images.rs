@@ -19,7 +19,7 @@ use crate::{
     },
     dispatch::{AgentRequest, Dispatcher},
     domain::{ImageState, LocationState, OpKind},
-    hosts::status,
+    error::status,
     operations::op_to_pb,
     ops::{NewImage, NewOperation, OperationRow},
     sites::{LocationRow, site_of_host},

@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod credentials;
 pub mod dispatch;
 pub mod domain;
+pub mod error;
 pub mod guests;
 pub mod hosts;
 pub mod images;

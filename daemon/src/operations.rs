@@ -14,7 +14,7 @@ use crate::{
     auth,
     catalog::{Account, Catalog},
     dispatch::Dispatcher,
-    hosts::status,
+    error::status,
     ops::OperationRow,
 };
 

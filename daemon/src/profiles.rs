@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth,
     catalog::{Account, Catalog, CatalogError, ImageRow, Result, now},
-    hosts::status,
+    error::status,
 };
 
 /// Encode a profile for the catalog.
