@@ -128,6 +128,7 @@ pub trait Hypervisor: Send + Sync {
 
 /// An in-memory hypervisor for unit tests: guests with power states,
 /// volumes as files in a directory, and switches to misbehave.
+#[cfg(feature = "test-util")]
 pub mod fake {
     use std::{collections::HashMap, path::PathBuf, sync::Mutex};
 

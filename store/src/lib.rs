@@ -76,6 +76,7 @@ pub mod manifest;
 pub mod restore;
 pub mod s3;
 pub mod s3_keys;
+#[cfg(feature = "test-util")]
 pub mod s3_server;
 pub mod source;
 mod store;
