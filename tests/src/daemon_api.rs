@@ -81,33 +81,6 @@ impl Api {
             .map(tonic::Response::into_inner)
     }
 
-    /// Poll operation `id` until the daemon reports it in `phase` (it must
-    /// still run); returns it then.
-    pub async fn phase(&mut self, id: &str, phase: &str) -> pb::Operation {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            let op = self
-                .ops
-                .get_operation(pb::GetDaemonOperationRequest { id: id.into() })
-                .await
-                .expect("get operation")
-                .into_inner();
-            if op.phase == phase {
-                return op;
-            }
-            assert_eq!(
-                op.state,
-                pb::OperationState::Running as i32,
-                "ended before {phase:?}: {op:?}"
-            );
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no {phase:?} phase: {op:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     /// Follow an operation to its end through the daemon (reconnecting
     /// while the daemon restarts); returns the final state and the phases.
     pub async fn wait(&mut self, id: &str) -> (pb::Operation, Vec<String>) {
