@@ -75,6 +75,11 @@ pub struct WriterInfo {
     pub host: String,
     /// Process id on that host.
     pub pid: u32,
+    /// The host's kernel boot id when it registered
+    /// (`/proc/sys/kernel/random/boot_id`; empty if unknown): a process id
+    /// means nothing after a reboot.
+    #[serde(default)]
+    pub boot_id: String,
     /// When the capture began (seconds since the Unix epoch, writer's clock).
     pub started_unix: u64,
 }

@@ -317,6 +317,7 @@ impl<'a> WriterGuard<'a> {
             image_id: image_id.clone(),
             host,
             pid: std::process::id(),
+            boot_id: crate::store::boot_id(),
             started_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

@@ -223,8 +223,13 @@ impl Store {
     /// something.
     pub fn retire_dead_writers(&self, host: &str) -> Result<usize> {
         let mut retired = 0;
+        let booted = boot_id();
         for w in self.backend.list_writers()? {
-            if w.info.host != host || process_alive(w.info.pid) {
+            // Registered in an earlier boot of this host: its process is
+            // gone whatever process has that id now.
+            let earlier_boot =
+                !w.info.boot_id.is_empty() && !booted.is_empty() && w.info.boot_id != booted;
+            if w.info.host != host || (!earlier_boot && process_alive(w.info.pid)) {
                 continue;
             }
             self.backend.unregister_writer(&w.info.writer_id)?;
@@ -329,6 +334,13 @@ impl Store {
 }
 
 /// Whether process `pid` runs on this host (EPERM: it runs as another user).
+/// This host's kernel boot id (empty where the kernel has none).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 fn process_alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
         return false;
@@ -353,10 +365,20 @@ mod tests {
         let dead = child.id();
         child.wait().expect("wait");
         let image: ImageId = "8c4a4d2e-43a5-4d77-9a55-3a1f3a5b5e00".parse().expect("id");
-        for (id, host, pid) in [
-            ("dead-here", "h", dead),
-            ("alive-here", "h", std::process::id()),
-            ("dead-elsewhere", "other", dead),
+        let this_boot = boot_id();
+        assert!(!this_boot.is_empty(), "Linux has a boot id");
+        for (id, host, pid, boot) in [
+            ("dead-here", "h", dead, this_boot.as_str()),
+            ("alive-here", "h", std::process::id(), this_boot.as_str()),
+            ("alive-here-unknown-boot", "h", std::process::id(), ""),
+            // A live pid, but from before a reboot: another process now.
+            (
+                "earlier-boot",
+                "h",
+                std::process::id(),
+                "0b5c2e0e-0000-4000-8000-000000000000",
+            ),
+            ("dead-elsewhere", "other", dead, this_boot.as_str()),
         ] {
             store
                 .backend()
@@ -365,11 +387,12 @@ mod tests {
                     image_id: image.clone(),
                     host: host.into(),
                     pid,
+                    boot_id: boot.into(),
                     started_unix: 0,
                 })
                 .expect("register");
         }
-        assert_eq!(store.retire_dead_writers("h").expect("retire"), 1);
+        assert_eq!(store.retire_dead_writers("h").expect("retire"), 2);
         let mut left: Vec<String> = store
             .backend()
             .list_writers()
@@ -378,6 +401,9 @@ mod tests {
             .map(|w| w.info.writer_id)
             .collect();
         left.sort();
-        assert_eq!(left, ["alive-here", "dead-elsewhere"]);
+        assert_eq!(
+            left,
+            ["alive-here", "alive-here-unknown-boot", "dead-elsewhere"]
+        );
     }
 }

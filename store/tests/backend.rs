@@ -147,6 +147,7 @@ fn writers_register_heartbeat_and_leave(kind: Kind) {
         image_id: ImageId::generate(),
         host: "h".into(),
         pid: 7,
+        boot_id: "b".into(),
         started_unix: 1,
     };
     b.register_writer(&info).expect("register");

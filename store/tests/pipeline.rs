@@ -1008,6 +1008,7 @@ fn gc_spares_chunks_a_running_capture_relies_on(kind: Kind) {
             image_id: new_image.clone(),
             host: "h".into(),
             pid: 1,
+            boot_id: String::new(),
             started_unix: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .expect("time")
