@@ -1115,19 +1115,8 @@ pub struct DeployOutcome {
 
 /// libvirt domain names: 1-64 of `[A-Za-z0-9_.-]`, not starting with `-` or `.`.
 pub fn validate_guest_name(n: &str) -> Result<()> {
-    if n.is_empty()
-        || n.len() > 64
-        || n.starts_with(['-', '.'])
-        || !n
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-    {
-        return Err(AgentError::new(
-            Kind::InvalidArgument,
-            format!("guest name {n:?} must be 1-64 letters, digits, '-', '_' or '.'"),
-        ));
-    }
-    Ok(())
+    imprint_proto::limits::check_guest_name(n)
+        .map_err(|m| AgentError::new(Kind::InvalidArgument, m))
 }
 
 fn parse_ip(s: &str, what: &str) -> Result<Option<std::net::IpAddr>> {

@@ -913,6 +913,7 @@ async fn image_inner(cmd: ImageCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> 
                 None => String::new(),
             };
             imprint_proto::limits::check_user_data(&user_data).map_err(usage)?;
+            imprint_proto::limits::check_guest_name(&a.guest_name).map_err(usage)?;
             let memory_mib = a.memory.map_or(0, |m| m.div_ceil(1 << 20));
             let op = api
                 .images

@@ -152,19 +152,7 @@ pub fn image_to_pb(
 
 /// libvirt domain names we accept for new guests.
 fn validate_guest_name(name: &str) -> Result<(), Status> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with(['-', '.'])
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "guest name {name:?} must be 1-64 letters, digits, '-', '_' or '.', not starting with '-' or '.'"
-        )))
-    }
+    imprint_proto::limits::check_guest_name(name).map_err(Status::invalid_argument)
 }
 
 #[tonic::async_trait]

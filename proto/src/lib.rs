@@ -32,6 +32,39 @@ pub mod limits {
         }
         Ok(())
     }
+
+    /// A new guest's name, as libvirt and imprint's volume names take it:
+    /// 1-64 letters, digits, `-`, `_` or `.`, not starting with `-` or `.`.
+    pub fn check_guest_name(name: &str) -> Result<(), String> {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && !name.starts_with(['-', '.'])
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "guest name {name:?} must be 1-64 letters, digits, '-', '_' or '.', not starting with '-' or '.'"
+            ))
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn guest_names() {
+            for good in ["web1", "a", "db_2.prod", &"x".repeat(64)] {
+                assert_eq!(check_guest_name(good), Ok(()), "{good}");
+            }
+            for bad in ["", "-rf", ".hidden", "a b", "a/b", "é", &"x".repeat(65)] {
+                assert!(check_guest_name(bad).is_err(), "{bad:?}");
+            }
+        }
+    }
 }
 
 /// Version 1 of the API.
