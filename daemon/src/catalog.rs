@@ -596,7 +596,16 @@ impl Catalog {
             .page_token
             .as_deref()
             .filter(|t| !t.is_empty())
-            .map(|t| decode_list_token(t, q.order))
+            .map(|t| match q.order {
+                // The created key is a number.
+                ListOrder::CreatedDesc | ListOrder::CreatedAsc => {
+                    crate::paging::decode_numeric(t, q.order.tag())
+                        .map(|(k, id)| (k.to_string(), id))
+                }
+                ListOrder::NameAsc | ListOrder::NameDesc => {
+                    crate::paging::decode(t, q.order.tag()).map(|c| (c.key, c.id))
+                }
+            })
             .transpose()?;
         let (key, dir, cmp) = match q.order {
             ListOrder::CreatedDesc => ("i.created_unix", "DESC", "<"),
@@ -644,7 +653,7 @@ impl Catalog {
                     ListOrder::CreatedDesc | ListOrder::CreatedAsc => l.created_unix.to_string(),
                     ListOrder::NameAsc | ListOrder::NameDesc => l.name.clone(),
                 };
-                hex::encode(format!("v2:{}:{}:{k}", q.order.tag(), l.id))
+                crate::paging::encode(q.order.tag(), &k, &l.id)
             })
         } else {
             None
@@ -1176,12 +1185,6 @@ impl Catalog {
     }
 }
 
-pub(crate) fn encode_token(created: i64, id: &str) -> String {
-    hex::encode(format!("v1:{created}:{id}"))
-}
-
-/// A list page token: `v2:<order>:<id>:<key>` in hex, valid only for the
-/// order it was made for.
 /// Add `tags` (sorted, each once) to an image, inside a transaction.
 pub(crate) async fn insert_tags(
     conn: &mut sqlx::AnyConnection,
@@ -1208,45 +1211,6 @@ fn account_from_row(row: &sqlx::any::AnyRow) -> Result<Account> {
         can_publish: row.try_get::<i32, _>("can_publish")? != 0,
         is_admin: row.try_get::<i32, _>("is_admin")? != 0,
     })
-}
-
-fn decode_list_token(t: &str, order: ListOrder) -> Result<(String, String)> {
-    let bad = || {
-        CatalogError::InvalidArgument(format!(
-            "page token {t:?} is malformed or from another order_by; pass the next_page_token of a previous response"
-        ))
-    };
-    let raw = String::from_utf8(hex::decode(t).map_err(|_| bad())?).map_err(|_| bad())?;
-    let mut parts = raw.splitn(4, ':');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("v2"), Some(o), Some(id), Some(k))
-            if o == order.tag() && uuid::Uuid::try_parse(id).is_ok() =>
-        {
-            if matches!(order, ListOrder::CreatedDesc | ListOrder::CreatedAsc)
-                && k.parse::<i64>().is_err()
-            {
-                return Err(bad());
-            }
-            Ok((k.to_string(), id.to_string()))
-        }
-        _ => Err(bad()),
-    }
-}
-
-pub(crate) fn decode_token(t: &str) -> Result<(i64, String)> {
-    let bad = || {
-        CatalogError::InvalidArgument(format!(
-            "page token {t:?} is malformed; pass the next_page_token of a previous response"
-        ))
-    };
-    let raw = String::from_utf8(hex::decode(t).map_err(|_| bad())?).map_err(|_| bad())?;
-    let mut parts = raw.splitn(3, ':');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("v1"), Some(c), Some(id)) if uuid::Uuid::try_parse(id).is_ok() => {
-            Ok((c.parse().map_err(|_| bad())?, id.to_string()))
-        }
-        _ => Err(bad()),
-    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod images;
 pub mod liveness;
 pub mod operations;
 pub mod ops;
+pub mod paging;
 pub mod profiles;
 pub mod reconcile;
 pub mod server;

@@ -7,6 +7,9 @@ use crate::{
     domain::{OpKind, OpState},
 };
 
+/// The page-token scope of the operations listing (newest first).
+const OPS_SCOPE: &str = "ops";
+
 /// How long an operation's lease lasts without renewal: the time another
 /// daemon waits before it takes over the operations of a dead one.
 pub const LEASE_SECONDS: i64 = 15;
@@ -359,7 +362,7 @@ impl Catalog {
         };
         let cursor = page_token
             .filter(|t| !t.is_empty())
-            .map(crate::catalog::decode_token)
+            .map(|t| crate::paging::decode_numeric(t, OPS_SCOPE))
             .transpose()?;
         let mut sql = format!("{SELECT_OP} WHERE account_id = $1");
         if running_only {
@@ -386,7 +389,7 @@ impl Catalog {
             .collect::<Result<_>>()?;
         let next = if more {
             ops.last()
-                .map(|o| crate::catalog::encode_token(o.created_unix, &o.id))
+                .map(|o| crate::paging::encode(OPS_SCOPE, &o.created_unix.to_string(), &o.id))
         } else {
             None
         };
