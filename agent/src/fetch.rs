@@ -30,18 +30,26 @@ pub fn is_url(path: &str) -> bool {
     path.starts_with("s3://") || path.starts_with("http://") || path.starts_with("https://")
 }
 
-/// Whether `url` starts with one of the operator's `prefixes`. Downloads
+/// Whether `url` is below one of the operator's `prefixes`. Downloads
 /// run with the agent's network position and S3 keys (the store's), so
 /// without this any user could read the store's objects or internal
 /// services through an import.
+///
+/// Both are parsed as URLs (`url::Url`) and compared by parts: scheme,
+/// host (case-insensitive), port (the scheme's default counts), and path
+/// segments: the prefix names a directory, and the URL must be a file
+/// below it (`s3://imports/public/` admits `s3://imports/public/a.qcow2`,
+/// not `s3://imports/publicity/a` nor `s3://imports/public`). Dot segments
+/// are refused before any of this.
 pub fn allowed(url: &str, prefixes: &[String]) -> Result<()> {
-    if url.contains("/../") || url.contains("/./") || url.ends_with("/..") {
+    let parsed = url::Url::parse(url).map_err(|e| invalid(format!("{url:?}: {e}")))?;
+    if url
+        .split(['/', '?', '#'])
+        .any(|seg| seg == ".." || seg == ".")
+    {
         return Err(invalid(format!("{url:?}: dot segments are not allowed")));
     }
-    if prefixes
-        .iter()
-        .any(|p| !p.is_empty() && url.starts_with(p.as_str()))
-    {
+    if prefixes.iter().any(|p| below(&parsed, p)) {
         return Ok(());
     }
     Err(AgentError::new(
@@ -55,6 +63,32 @@ pub fn allowed(url: &str, prefixes: &[String]) -> Result<()> {
             )
         },
     ))
+}
+
+/// Whether `url` names a file below the directory `prefix` (see
+/// [`allowed`]); a prefix that is not a URL admits nothing.
+fn below(url: &url::Url, prefix: &str) -> bool {
+    let Ok(p) = url::Url::parse(prefix) else {
+        return false;
+    };
+    let segments = |u: &url::Url| -> Vec<String> {
+        u.path_segments()
+            .map(|s| s.map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let mut dir = segments(&p);
+    if dir.last().is_some_and(String::is_empty) {
+        dir.pop();
+    }
+    let file = segments(url);
+    url.scheme() == p.scheme()
+        && url.host_str().map(str::to_ascii_lowercase) == p.host_str().map(str::to_ascii_lowercase)
+        && url.port_or_known_default() == p.port_or_known_default()
+        && url.username().is_empty()
+        && url.password().is_none()
+        && file.len() > dir.len()
+        && file.starts_with(&dir)
+        && file.last().is_some_and(|f| !f.is_empty())
 }
 
 /// A parsed object URL: the store serving it and the key in it.
@@ -222,15 +256,32 @@ mod tests {
         ];
         assert!(allowed("s3://imports/public/web.qcow2", &p).is_ok());
         assert!(allowed("https://img.example/a.raw", &p).is_ok());
+        // Compared as URLs: case of the host, the default port.
+        assert!(allowed("https://IMG.example:443/a.raw", &p).is_ok());
+        assert!(allowed("s3://imports/public/sub/dir/web.qcow2", &p).is_ok());
         for bad in [
             "s3://store/images/x/disk0.fidx",
             "s3://imports/publicity/x",
+            "s3://imports/public",
+            "s3://imports/public/",
             "http://169.254.169.254/latest/meta-data/",
             "https://img.example.evil/a.raw",
+            "https://img.example@evil.example/a.raw",
+            "https://user:pw@img.example/a.raw",
+            "https://img.example:8443/a.raw",
+            "http://img.example/a.raw",
             "s3://imports/public/../private/x",
+            "s3://imports/public/./x",
+            "not a url",
         ] {
             assert!(allowed(bad, &p).is_err(), "{bad}");
         }
+        assert_eq!(
+            allowed("s3://imports/public/../x", &p)
+                .expect_err("dots")
+                .kind,
+            Kind::InvalidArgument
+        );
         assert_eq!(
             allowed("s3://imports/public/x", &[])
                 .expect_err("none")
