@@ -17,6 +17,8 @@ fi
 # warning (workspace lints in Cargo.toml) in any target.
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Production code never panics on a failed expectation (tests may).
+cargo clippy --workspace --lib --bins --locked -- -D warnings -D clippy::expect_used
 
 # The end-to-end tests start our binaries (imprintd, imprint-agent,
 # imprint): `cargo test` builds only those of packages with integration

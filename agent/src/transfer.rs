@@ -107,8 +107,12 @@ fn qcow2_header(f: &File, path: &Path) -> Result<Qcow2Header> {
             .map_err(|e| io("read qcow2 header of", path, e))?;
     }
     let h = h;
-    let be32 = |o: usize| u32::from_be_bytes(h[o..o + 4].try_into().expect("4 bytes"));
-    let be64 = |o: usize| u64::from_be_bytes(h[o..o + 8].try_into().expect("8 bytes"));
+    let be32 = |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    let be64 = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[o..o + 8]);
+        u64::from_be_bytes(b)
+    };
     let version = be32(4);
     if !(2..=3).contains(&version) {
         return Err(invalid(format!(

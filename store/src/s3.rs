@@ -355,6 +355,10 @@ impl S3Store {
             })
     }
 
+    #[allow(
+        clippy::expect_used,
+        reason = "the runtime lives until drop; a task that ends without an answer panicked, and its panic is passed on"
+    )]
     fn run<F, T>(&self, fut: F) -> T
     where
         F: Future<Output = T> + Send + 'static,

@@ -5,6 +5,8 @@
 //! `Last-Modified` is the file's mtime, so a test can age objects the same
 //! way it ages a directory store's files.
 
+#![allow(clippy::expect_used, reason = "a test double (feature test-util)")]
+
 use std::{
     net::TcpStream,
     path::{Path, PathBuf},

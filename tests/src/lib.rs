@@ -5,6 +5,13 @@
 //! Nothing here skips: when libvirt or a guest image is missing, the
 //! helpers panic with what to install or run.
 
+// A test harness: a step that fails fails the test, with what it expected.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    reason = "test harness: a failed step fails the test"
+)]
+
 pub mod daemon_api;
 pub mod pg;
 
