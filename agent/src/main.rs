@@ -166,7 +166,6 @@ fn detect_domain_type() -> String {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    imprint_proto::tls::install_crypto_provider();
     imprint_service::logging::init();
     let args = Args::parse();
     let file: FileConfig = match &args.config {

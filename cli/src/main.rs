@@ -67,7 +67,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    imprint_proto::tls::install_crypto_provider();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

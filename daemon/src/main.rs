@@ -122,7 +122,6 @@ fn catalog_url(args: &Args) -> Result<String> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    imprint_proto::tls::install_crypto_provider();
     imprint_service::logging::init();
     let args = Args::parse();
     let catalog = Catalog::open(&catalog_url(&args)?)

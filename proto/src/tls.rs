@@ -28,14 +28,6 @@ fn read(what: &str, p: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(p).map_err(|e| format!("read TLS {what} {}: {e}", p.display()))
 }
 
-/// Make ring the process's TLS crypto provider. tonic's TLS is built on
-/// ring and the S3 client links aws-lc-rs too; with two providers compiled
-/// in, rustls cannot pick one and panics unless one is installed. Safe to
-/// call any number of times.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 impl TlsFiles {
     /// From three optional paths: all or none.
     pub fn from_parts(
@@ -43,7 +35,6 @@ impl TlsFiles {
         key: Option<PathBuf>,
         ca: Option<PathBuf>,
     ) -> Result<Option<Self>, String> {
-        install_crypto_provider();
         match (cert, key, ca) {
             (None, None, None) => Ok(None),
             (Some(cert), Some(key), Some(ca)) => Ok(Some(Self { cert, key, ca })),
@@ -65,7 +56,6 @@ impl TlsFiles {
     /// Server side; `optional_client_cert` lets clients without a
     /// certificate in (their calls then carry no peer certificates).
     pub fn server(&self, optional_client_cert: bool) -> Result<ServerTlsConfig, String> {
-        install_crypto_provider();
         Ok(ServerTlsConfig::new()
             .identity(self.identity()?)
             .client_ca_root(self.ca()?)
@@ -74,7 +64,6 @@ impl TlsFiles {
 
     /// Client side.
     pub fn client(&self) -> Result<ClientTlsConfig, String> {
-        install_crypto_provider();
         Ok(ClientTlsConfig::new()
             .identity(self.identity()?)
             .ca_certificate(self.ca()?))

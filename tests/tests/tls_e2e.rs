@@ -20,7 +20,6 @@ async fn channel(
     ca: &std::path::Path,
     id: Option<&(std::path::PathBuf, std::path::PathBuf)>,
 ) -> Result<Channel, String> {
-    imprint_proto::tls::install_crypto_provider();
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(ca).expect("ca")));
     if let Some((cert, key)) = id {
