@@ -1,0 +1,539 @@
+//! Following operations to their end: one task per running operation,
+//! leases between daemons, the final state into the catalog.
+
+use super::*;
+
+impl Dispatcher {
+    /// Drive `op` to its end in a task of its own, unless this daemon
+    /// already does; returns the task when it is new.
+    pub fn spawn_follower(
+        self: &Arc<Self>,
+        op: OperationRow,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
+        if following.contains_key(&op.id) {
+            return None;
+        }
+        let (me, id) = (self.clone(), op.id.clone());
+        let task = tokio::spawn(async move {
+            if op.kind == OpKind::Delete {
+                me.finish_delete(&op).await;
+            } else {
+                me.clone().follow(op.id.clone()).await;
+            }
+            me.following
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&op.id);
+        });
+        following.insert(id, (task.abort_handle(), Instant::now()));
+        Some(task)
+    }
+
+    /// Operations this daemon drives now.
+    pub fn following(&self) -> usize {
+        self.following.lock().map_or(0, |f| f.len())
+    }
+
+    /// Renew this daemon's leases, stop following operations it lost, and
+    /// claim operations whose daemon died (with `include_own`, also the
+    /// ones this daemon held before a restart). Returns how many it took.
+    ///
+    /// A held operation nobody here follows (its follower gave up, e.g. a
+    /// delete whose store was unreachable) gets a follower again once it is
+    /// older than a dispatch can take, so nothing held stays unattended.
+    pub async fn lease_pass(self: &Arc<Self>, include_own: bool) -> Result<usize, Status> {
+        let renewing = Instant::now();
+        let held: HashSet<String> = self
+            .catalog
+            .renew_leases()
+            .await
+            .map_err(status)?
+            .into_iter()
+            .collect();
+        {
+            let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
+            following.retain(|id, (task, started)| {
+                // Followers started after the renewal began may be of
+                // operations created since: not in `held`, yet ours.
+                if held.contains(id) || task.is_finished() || *started >= renewing {
+                    return true;
+                }
+                // Ended meanwhile, or this daemon stalled past its lease and
+                // another one drives it now.
+                tracing::info!(op = %id, "no longer holding the operation's lease; stopped following it");
+                task.abort();
+                false
+            });
+        }
+        let unattended: Vec<String> = {
+            let following = self.following.lock().unwrap_or_else(|e| e.into_inner());
+            held.iter()
+                .filter(|id| !following.contains_key(*id))
+                .cloned()
+                .collect()
+        };
+        let settled = now() - 2 * SEND_TIMEOUT.as_secs() as i64;
+        for id in unattended {
+            match self.catalog.operation(&id).await {
+                Ok(op) if op.running() && op.created_unix < settled => {
+                    tracing::info!(op = %op.id, kind = %op.kind, "following a held operation again");
+                    self.spawn_follower(op);
+                }
+                _ => {}
+            }
+        }
+        let claimed = self
+            .catalog
+            .claim_operations(include_own)
+            .await
+            .map_err(status)?;
+        let mut n = 0;
+        for op in claimed {
+            tracing::info!(op = %op.id, kind = %op.kind, host = %op.host, phase = %op.phase, "driving operation");
+            if self.spawn_follower(op).is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// At start: pick up this daemon's operations from before a restart
+    /// and those of daemons that died.
+    pub async fn resume_all(self: &Arc<Self>) -> Result<usize, Status> {
+        self.lease_pass(true).await
+    }
+
+    /// Follow an operation until it is final (or failed by the reaper).
+    pub(super) async fn follow(self: Arc<Self>, id: String) {
+        loop {
+            let op = match self.catalog.operation(&id).await {
+                Ok(op) if op.running() => op,
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(op = %id, error = %e, "cannot read operation; retrying");
+                    tokio::time::sleep(RETRY_EVERY).await;
+                    continue;
+                }
+            };
+            match self.follow_once(&op).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::debug!(op = %id, error = %e, "agent not reachable; retrying");
+                    tokio::time::sleep(RETRY_EVERY).await;
+                }
+            }
+        }
+    }
+
+    /// One attempt: `Ok` when the operation reached its final state here,
+    /// `Err` to retry.
+    pub(super) async fn follow_once(&self, op: &OperationRow) -> Result<(), Status> {
+        let host = match self.catalog.host(&op.host).await {
+            Ok(h) => h,
+            // The host is gone from the catalog: the operation cannot end.
+            Err(e @ crate::catalog::CatalogError::NotFound(_)) => {
+                self.fail(op, Code::FailedPrecondition, &e.to_string())
+                    .await;
+                return Ok(());
+            }
+            // A database blip is no reason to fail the operation: retry.
+            Err(e) => return Err(Status::unavailable(format!("read host {}: {e}", op.host))),
+        };
+        if op.phase == "queued" {
+            // Never acknowledged: send again (idempotent on the id).
+            let req = match AgentRequest::decode(op.kind, &op.agent_request) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.fail(
+                        op,
+                        Code::Internal,
+                        &format!("stored request is unreadable: {e}"),
+                    )
+                    .await;
+                    return Ok(());
+                }
+            };
+            match self.send(&host, &req).await {
+                Ok(_) => {
+                    let _ = self.catalog.set_phase(&op.id, "dispatched").await;
+                }
+                Err(e) if unreachable(&e) => return Err(e),
+                Err(e) => {
+                    self.fail(
+                        op,
+                        e.code(),
+                        &format!("host {}: {}", host.name, e.message()),
+                    )
+                    .await;
+                    return Ok(());
+                }
+            }
+        }
+        let mut client = match self.agent(&host) {
+            Ok(c) => c,
+            Err(e) => {
+                self.fail(op, e.code(), e.message()).await;
+                return Ok(());
+            }
+        };
+        let mut stream = match client
+            .watch_operation(pb::GetOperationRequest {
+                operation_id: op.id.clone(),
+            })
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(e) if e.code() == Code::NotFound => {
+                self.fail(
+                    op,
+                    Code::Aborted,
+                    &format!(
+                        "the agent on host {} no longer knows this operation (it restarted while the operation ran); \
+                         a capture's guest was returned to its power state from the agent's journal",
+                        host.name
+                    ),
+                )
+                .await;
+                return Ok(());
+            }
+            Err(e) if unreachable(&e) => return Err(e),
+            Err(e) => {
+                self.fail(
+                    op,
+                    e.code(),
+                    &format!("host {}: {}", host.name, e.message()),
+                )
+                .await;
+                return Ok(());
+            }
+        };
+        let mut rate = Rate::default();
+        let mut last_write = Instant::now() - PROGRESS_EVERY;
+        while let Some(a) = stream.message().await? {
+            if a.state == pb::OperationState::Running as i32 {
+                let bps = rate.sample(a.bytes_done);
+                if last_write.elapsed() >= PROGRESS_EVERY {
+                    last_write = Instant::now();
+                    self.record_progress(&op.id, &a, bps).await;
+                    self.bump();
+                }
+                continue;
+            }
+            // A final state not recorded (database down) is retried: the
+            // agent sends it again on the next watch.
+            return self.finish(op, &a).await;
+        }
+        Err(Status::unavailable("the progress stream ended early"))
+    }
+
+    pub(super) async fn finish(
+        &self,
+        op: &OperationRow,
+        a: &pb::AgentOperation,
+    ) -> Result<(), Status> {
+        // A new image is stored at its host's site.
+        let site = match self.catalog.host(&op.host).await {
+            Ok(h) => site_of_host(&h.site).to_string(),
+            // Never guess the site: retry (the agent sends the end again).
+            Err(e) => return Err(Status::unavailable(format!("read host {}: {e}", op.host))),
+        };
+        let (state, outcome) = match pb::OperationState::try_from(a.state) {
+            Ok(pb::OperationState::Succeeded) => {
+                let outcome = match &a.capture {
+                    Some(c) if op.kind.creates_image() => {
+                        let disks: Vec<ImageDiskRow> = c
+                            .disks
+                            .iter()
+                            .map(|d| ImageDiskRow {
+                                name: d.name.clone(),
+                                size_bytes: d.size_bytes,
+                                sha256: d.sha256.clone(),
+                            })
+                            .collect();
+                        ImageOutcome::Active {
+                            size_bytes: disks.iter().map(|d| d.size_bytes as i64).sum(),
+                            config_json: c.config_json.clone(),
+                            disks_json: serde_json::to_string(&disks).unwrap_or_default(),
+                            site,
+                        }
+                    }
+                    _ => ImageOutcome::None,
+                };
+                (OpState::Succeeded, outcome)
+            }
+            Ok(pb::OperationState::Cancelled) => {
+                (OpState::Cancelled, self.image_failed(op, &a.error))
+            }
+            _ => (OpState::Failed, self.image_failed(op, &a.error)),
+        };
+        // A guest deployed through imprint belongs to the deploying account
+        // (recorded before the end, so a retry records it again).
+        if let (Some(d), pb::OperationState::Succeeded, "deploy") = (
+            &a.deploy,
+            pb::OperationState::try_from(a.state).unwrap_or_default(),
+            op.kind.as_str(),
+        ) && let Err(e) = self
+            .catalog
+            .assign_guests(
+                &op.host,
+                &[(d.guest_uuid.clone(), d.guest_name.clone())],
+                &op.account_id,
+                true,
+            )
+            .await
+        {
+            return Err(Status::unavailable(format!(
+                "record the new guest's owner: {e}"
+            )));
+        }
+        let result = hex::encode(a.encode_to_vec());
+        // The final figures, so the row does not keep the last sampled ones.
+        self.record_progress(&op.id, a, 0.0).await;
+        match self
+            .catalog
+            .finish_operation(&op.id, state, &a.error, a.error_code, &result, &outcome)
+            .await
+        {
+            Ok(true) => {
+                tracing::info!(op = %op.id, kind = %op.kind, %state, error = %a.error, "operation finished");
+                record_metrics(op, state, a);
+                // A copy adds a site's bytes to what deleting frees.
+                if (op.kind.creates_image() || op.kind == OpKind::Copy)
+                    && state == OpState::Succeeded
+                {
+                    self.usage_changed();
+                }
+                self.record_damage(op, state, a).await;
+                self.settle_copy(op).await;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(op = %op.id, error = %e, "cannot record the end of an operation; retrying");
+                return Err(Status::unavailable(e.to_string()));
+            }
+        }
+        self.bump();
+        Ok(())
+    }
+
+    /// A deploy or export checks every chunk it reads: one that failed its
+    /// check marks the image damaged (shown by `image show`); a deploy that
+    /// read the whole image clears the mark.
+    pub(super) async fn record_damage(
+        &self,
+        op: &OperationRow,
+        state: OpState,
+        a: &pb::AgentOperation,
+    ) {
+        let (true, Some(image)) = (
+            matches!(op.kind, OpKind::Deploy | OpKind::Export),
+            &op.image_id,
+        ) else {
+            return;
+        };
+        let damage = match state {
+            // A deploy reads every disk of the image; an export only one.
+            OpState::Succeeded if op.kind == OpKind::Deploy => String::new(),
+            OpState::Succeeded => return,
+            _ if a.error_code == Code::DataLoss as i32 => {
+                format!("{} (found by {} operation {})", a.error, op.kind, op.id)
+            }
+            _ => return,
+        };
+        if let Err(e) = self.catalog.set_damage(image, &damage).await {
+            tracing::error!(op = %op.id, %image, error = %e, "cannot record the image's damage");
+        } else if !damage.is_empty() {
+            tracing::error!(op = %op.id, %image, %damage, "stored data of an image failed its check");
+        }
+    }
+
+    pub(super) async fn record_progress(&self, id: &str, a: &pb::AgentOperation, bps: f64) {
+        if let Err(e) = self
+            .catalog
+            .update_progress(id, &a.phase, a.bytes_done as i64, a.bytes_total as i64, bps)
+            .await
+        {
+            tracing::warn!(op = %id, error = %e, "cannot record progress");
+        }
+    }
+
+    pub(super) fn image_failed(&self, op: &OperationRow, error: &str) -> ImageOutcome {
+        if op.kind.creates_image() {
+            ImageOutcome::Failed(error.to_string())
+        } else {
+            ImageOutcome::None
+        }
+    }
+
+    /// Fail an operation from the daemon's side.
+    pub async fn fail(&self, op: &OperationRow, code: Code, error: &str) {
+        let outcome = self.image_failed(op, error);
+        if let Err(e) = self
+            .catalog
+            .finish_operation(&op.id, OpState::Failed, error, code as i32, "", &outcome)
+            .await
+        {
+            tracing::error!(op = %op.id, error = %e, "cannot record a failure");
+        }
+        tracing::warn!(op = %op.id, %error, "operation failed");
+        record_metrics(op, OpState::Failed, &pb::AgentOperation::default());
+        self.settle_copy(op).await;
+        self.bump();
+    }
+
+    /// After a copy ended: its location becomes available, or goes.
+    pub(super) async fn settle_copy(&self, op: &OperationRow) {
+        if op.kind == OpKind::Copy
+            && let Err(e) = self.catalog.settle_locations().await
+        {
+            // The background pass settles it later.
+            tracing::warn!(op = %op.id, error = %e, "cannot settle the copy's location");
+        }
+    }
+
+    /// Carry out a delete operation: remove the manifest (the chunks are
+    /// GC's), then mark the image deleted. Safe to repeat.
+    pub async fn finish_delete(&self, op: &OperationRow) {
+        let Some(image_id) = op.image_id.clone() else {
+            self.fail(op, Code::Internal, "delete operation without an image")
+                .await;
+            return;
+        };
+        // Every site that holds (or is receiving) a copy.
+        let mut sites: Vec<String> = match self.catalog.locations(&image_id).await {
+            Ok(l) => l.into_iter().map(|l| l.site).collect(),
+            Err(e) => {
+                tracing::error!(op = %op.id, error = %e, "cannot read the image's locations; retrying later");
+                return;
+            }
+        };
+        if sites.is_empty() && self.store.is_some() {
+            sites.push(DEFAULT_SITE.to_string());
+        }
+        for site in sites {
+            let r = match self.site_store(&site).await {
+                Ok(store) => {
+                    let id = image_id.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let id: imprint_store::ImageId = id
+                            .parse()
+                            .map_err(|e: imprint_store::Error| e.to_string())?;
+                        match store.delete_image(&id) {
+                            Ok(()) => Ok(()),
+                            Err(e) if e.kind() == imprint_store::ErrorKind::NotFound => Ok(()),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+                }
+                Err(e) => Err(e.message().to_string()),
+            };
+            let r = r.map_err(|e| format!("site {site}: {e}"));
+            if let Err(e) = r {
+                // The image goes back to the state it had.
+                let prior = op
+                    .agent_request
+                    .strip_prefix("prior:")
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(ImageState::Active);
+                if let Err(e) = self.catalog.revert_deleting(&image_id, prior).await {
+                    tracing::error!(op = %op.id, error = %e, "cannot restore image state");
+                }
+                self.fail(
+                    op,
+                    Code::Unavailable,
+                    &format!("removing the image from the store failed: {e}"),
+                )
+                .await;
+                return;
+            }
+            if let Err(e) = self.catalog.remove_location(&image_id, &site).await {
+                tracing::warn!(op = %op.id, %site, error = %e, "cannot forget a removed location");
+            }
+        }
+        if let Err(e) = self.catalog.mark_deleted(&image_id).await {
+            // The operation stays running; the next start finishes it.
+            tracing::error!(op = %op.id, error = %e, "cannot mark image deleted");
+            return;
+        }
+        let _ = self
+            .catalog
+            .finish_operation(&op.id, OpState::Succeeded, "", 0, "", &ImageOutcome::None)
+            .await;
+        record_metrics(op, OpState::Succeeded, &pb::AgentOperation::default());
+        self.usage_changed();
+        self.bump();
+    }
+}
+
+/// Bytes per second over the last few seconds.
+#[derive(Debug, Default)]
+struct Rate {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl Rate {
+    fn sample(&mut self, done: u64) -> f64 {
+        let t = Instant::now();
+        self.samples.push_back((t, done));
+        while self.samples.len() > 2
+            && self
+                .samples
+                .front()
+                .is_some_and(|(s, _)| t.duration_since(*s) > Duration::from_secs(5))
+        {
+            self.samples.pop_front();
+        }
+        match (self.samples.front(), self.samples.back()) {
+            (Some((t0, b0)), Some((t1, b1))) if t1 > t0 && b1 >= b0 => {
+                (b1 - b0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+}
+
+/// Count a finished operation in /metrics.
+fn record_metrics(op: &OperationRow, result: OpState, a: &pb::AgentOperation) {
+    let m = imprint_service::metrics::global();
+    let kind = op.kind.as_str();
+    let result = result.as_str();
+    m.inc(
+        "imprint_operations_total",
+        "Operations finished, by kind and result.",
+        &[("kind", kind), ("result", result)],
+        1.0,
+    );
+    let secs = (now() - op.created_unix).max(0) as f64;
+    m.inc(
+        "imprint_operation_seconds_total",
+        "Wall-clock seconds of finished operations, by kind (divide by imprint_operations_total).",
+        &[("kind", kind)],
+        secs,
+    );
+    if let Some(c) = &a.capture {
+        for (what, n) in [
+            ("read", c.bytes_read),
+            ("stored", c.bytes_stored),
+            ("deduplicated", c.bytes_deduplicated),
+            ("zero", c.zero_bytes_skipped),
+        ] {
+            m.inc(
+                "imprint_capture_bytes_total",
+                "Bytes of successful captures: read from guests, newly stored (compressed), deduplicated, zero.",
+                &[("what", what)],
+                n as f64,
+            );
+        }
+    }
+    if let Some(d) = &a.deploy {
+        m.inc(
+            "imprint_deploy_bytes_total",
+            "Guest-visible bytes written by successful deploys.",
+            &[],
+            d.bytes_written as f64,
+        );
+    }
+}

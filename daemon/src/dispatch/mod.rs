@@ -1,0 +1,365 @@
+//! Dispatch of operations to host agents, and following them to the end.
+//!
+//! An operation is a row first. The request for the agent is stored with it
+//! (protobuf, hex) and sent under the operation's id, on which agents are
+//! idempotent. Then one task per operation follows the agent's progress
+//! stream into the row until the final state. After a daemon restart every
+//! running row gets its task again ([`Dispatcher::resume_all`]): a request
+//! the agent never acknowledged is sent again; an acknowledged one is
+//! watched; one the agent no longer knows fails with that reason. Agents
+//! that stop heartbeating have their operations failed by the reaper, so
+//! nothing stays running forever.
+//!
+//! Several daemons may share one catalog (PostgreSQL). Each running
+//! operation is driven by the daemon holding its lease in the row
+//! ([`crate::ops::LEASE_SECONDS`]); every daemon renews its leases every
+//! [`LEASE_RENEW_EVERY`] and claims operations whose lease expired. On
+//! PostgreSQL a daemon that died is noticed sooner: its liveness lock
+//! ([`crate::liveness`]) goes with its connection, and the others take its
+//! operations over within about a second. A daemon that finds it lost a
+//! lease (it stalled) stops following that operation.
+//!
+//! Here: the dispatcher, starting and cancelling operations. `agents`: the
+//! agent client pool and sending; `follow`: following operations, leases,
+//! final states; `duties`: the background loops.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use imprint_proto::v1::{self as pb, agent_service_client::AgentServiceClient};
+use imprint_store::Store;
+use prost::Message;
+use tokio::sync::{Notify, watch};
+use tonic::{Code, Status, transport::Channel};
+
+use crate::{
+    catalog::{Catalog, ImageDiskRow, now},
+    domain::{ImageState, LocationState, OpKind, OpState},
+    error::status,
+    hosts::HEARTBEAT_INTERVAL_SECONDS,
+    ops::{HostRow, ImageOutcome, OperationRow},
+    sites::{DEFAULT_SITE, site_of_host},
+};
+
+/// How long the daemon waits for an agent to accept a request.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause before retrying an agent that cannot be reached.
+const RETRY_EVERY: Duration = Duration::from_secs(2);
+/// At most one progress write per operation this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// How often a daemon renews its leases and looks for orphaned operations.
+pub const LEASE_RENEW_EVERY: Duration = Duration::from_secs(5);
+
+/// The request an operation sends to its agent.
+#[derive(Debug, Clone)]
+pub enum AgentRequest {
+    /// A capture.
+    Capture(pb::CaptureRequest),
+    /// A deploy.
+    Deploy(pb::DeployRequest),
+    /// An import of a file on the host.
+    Import(pb::ImportRequest),
+    /// An export to a file on the host.
+    Export(pb::ExportRequest),
+    /// A copy between two sites' stores.
+    Copy(pb::CopyRequest),
+}
+
+impl AgentRequest {
+    /// Hex of the protobuf encoding (kept in the operation row).
+    pub fn encode(&self) -> String {
+        hex::encode(match self {
+            AgentRequest::Capture(r) => r.encode_to_vec(),
+            AgentRequest::Deploy(r) => r.encode_to_vec(),
+            AgentRequest::Import(r) => r.encode_to_vec(),
+            AgentRequest::Export(r) => r.encode_to_vec(),
+            AgentRequest::Copy(r) => r.encode_to_vec(),
+        })
+    }
+
+    fn decode(kind: OpKind, hexed: &str) -> Result<Self, String> {
+        let bytes = hex::decode(hexed).map_err(|e| e.to_string())?;
+        match kind {
+            OpKind::Capture => pb::CaptureRequest::decode(bytes.as_slice())
+                .map(AgentRequest::Capture)
+                .map_err(|e| e.to_string()),
+            OpKind::Deploy => pb::DeployRequest::decode(bytes.as_slice())
+                .map(AgentRequest::Deploy)
+                .map_err(|e| e.to_string()),
+            OpKind::Import => pb::ImportRequest::decode(bytes.as_slice())
+                .map(AgentRequest::Import)
+                .map_err(|e| e.to_string()),
+            OpKind::Export => pb::ExportRequest::decode(bytes.as_slice())
+                .map(AgentRequest::Export)
+                .map_err(|e| e.to_string()),
+            OpKind::Copy => pb::CopyRequest::decode(bytes.as_slice())
+                .map(AgentRequest::Copy)
+                .map_err(|e| e.to_string()),
+            OpKind::Delete => Err("delete operations are not sent to agents".to_string()),
+        }
+    }
+}
+
+/// Whether a status means "the agent could not be reached" (retry) rather
+/// than "the agent said no" (final).
+fn unreachable(s: &Status) -> bool {
+    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded)
+}
+
+/// Sends operations to agents and follows them.
+#[derive(Debug)]
+pub struct Dispatcher {
+    catalog: Catalog,
+    store: Option<Store>,
+    clients: Mutex<HashMap<String, AgentServiceClient<Channel>>>,
+    changed: watch::Sender<u64>,
+    usage_wanted: Notify,
+    agent_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Operations this daemon drives now, by id.
+    following: Mutex<HashMap<String, (tokio::task::AbortHandle, Instant)>>,
+    /// Sites' stores, opened on first use.
+    site_stores: Mutex<HashMap<String, Store>>,
+    /// The background loops, stopped on shutdown.
+    background: crate::background::Background,
+}
+
+mod agents;
+mod duties;
+mod follow;
+
+pub use agents::AgentScheme;
+
+impl Dispatcher {
+    /// Over `catalog`, with direct access to the image store when the
+    /// daemon has it (needed to delete images and account their space).
+    pub fn new(catalog: Catalog, store: Option<Store>) -> Arc<Self> {
+        Self::with_agent_tls(catalog, store, None)
+    }
+
+    /// [`Dispatcher::new`], calling agents over mutual TLS.
+    pub fn with_agent_tls(
+        catalog: Catalog,
+        store: Option<Store>,
+        agent_tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            catalog,
+            store,
+            clients: Mutex::default(),
+            changed: watch::Sender::new(0),
+            usage_wanted: Notify::new(),
+            agent_tls,
+            following: Mutex::default(),
+            site_stores: Mutex::default(),
+            background: crate::background::Background::default(),
+        })
+    }
+
+    /// The store of site `site` (the daemon's own `--store` for the default
+    /// site), for metadata work: deletes, never bulk data.
+    pub async fn site_store(&self, site: &str) -> Result<Store, Status> {
+        if site == DEFAULT_SITE
+            && let Some(s) = &self.store
+        {
+            return Ok(s.clone());
+        }
+        if let Some(s) = self
+            .site_stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(site)
+        {
+            return Ok(s.clone());
+        }
+        let row = self.catalog.site(site).await.map_err(status)?;
+        let location = imprint_store::Location::parse(&row.store)
+            .map_err(|e| Status::failed_precondition(format!("site {site}: {e}")))?;
+        let store = tokio::task::spawn_blocking(move || Store::open_at(&location, false))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::unavailable(format!("site {site}: {e}")))?;
+        self.site_stores
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(site.to_string(), store.clone());
+        Ok(store)
+    }
+
+    /// Where a deploy or export on `host` reads image `image_id` from: ""
+    /// (the agent's own store) when the image is at the host's site,
+    /// otherwise the store of another site that has it (by name).
+    pub async fn source_store(&self, image_id: &str, host: &HostRow) -> Result<String, Status> {
+        let here = site_of_host(&host.site);
+        let available: Vec<String> = self
+            .catalog
+            .locations(image_id)
+            .await
+            .map_err(status)?
+            .into_iter()
+            .filter(|l| l.state == LocationState::Available)
+            .map(|l| l.site)
+            .collect();
+        if available.iter().any(|s| s == here) {
+            return Ok(String::new());
+        }
+        let Some(other) = available.first() else {
+            return Err(Status::failed_precondition(format!(
+                "image {image_id} has no complete copy at any site"
+            )));
+        };
+        let site = self.catalog.site(other).await.map_err(|_| {
+            Status::failed_precondition(format!(
+                "image {image_id} is stored at site {other}, whose store is not configured (imprintd --site {other}=LOCATION)"
+            ))
+        })?;
+        Ok(site.store)
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The store, if this daemon has one.
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    /// Ticks whenever an operation row changed (watchers re-read theirs).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Tell watchers something changed.
+    pub fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Ask for the space accounting to be redone soon.
+    pub fn usage_changed(&self) {
+        self.usage_wanted.notify_one();
+    }
+
+    /// Send a new operation's request to its agent and follow it. If the
+    /// agent refuses it (or cannot be reached), the operation and the image
+    /// it would have made are removed and the agent's status returned:
+    /// nothing changed. If the agent does not answer in time it may have
+    /// started: the operation stays and is followed (the request is sent
+    /// again, idempotently, until the agent answers or goes silent).
+    ///
+    /// Runs in its own task: a client that hangs up mid-call does not leave
+    /// an operation nobody follows.
+    pub async fn dispatch(
+        self: &Arc<Self>,
+        op: OperationRow,
+        req: &AgentRequest,
+    ) -> Result<OperationRow, Status> {
+        let (me, req) = (self.clone(), req.clone());
+        tokio::spawn(async move { me.dispatch_inner(op, &req).await })
+            .await
+            .map_err(|e| Status::internal(format!("dispatch task failed: {e}")))?
+    }
+
+    async fn dispatch_inner(
+        self: &Arc<Self>,
+        op: OperationRow,
+        req: &AgentRequest,
+    ) -> Result<OperationRow, Status> {
+        let host = match self.catalog.host(&op.host).await {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = self.catalog.undo_operation(&op.id).await;
+                return Err(status(e));
+            }
+        };
+        match self.send(&host, req).await {
+            Ok(a) => {
+                let phase = if a.phase.is_empty() {
+                    "dispatched"
+                } else {
+                    &a.phase
+                };
+                if let Err(e) = self.catalog.set_phase(&op.id, phase).await {
+                    // Still 'queued': the follower sends again (idempotent).
+                    tracing::warn!(op = %op.id, error = %e, "cannot record dispatch");
+                }
+                // Cancelled while the request was on its way: tell the agent.
+                if self
+                    .catalog
+                    .operation(&op.id)
+                    .await
+                    .is_ok_and(|o| !o.running())
+                {
+                    let _ = self.agent_cancel(&host, &op.id).await;
+                }
+            }
+            Err(e) if e.code() == Code::DeadlineExceeded => {
+                tracing::warn!(op = %op.id, error = %e.message(), "no answer yet; following the operation");
+            }
+            Err(e) => {
+                if let Err(u) = self.catalog.undo_operation(&op.id).await {
+                    tracing::error!(op = %op.id, error = %u, "cannot remove a refused operation");
+                }
+                return Err(Status::new(
+                    e.code(),
+                    format!("host {}: {}", host.name, e.message()),
+                ));
+            }
+        }
+        self.bump();
+        self.spawn_follower(op.clone());
+        self.catalog.operation(&op.id).await.map_err(status)
+    }
+
+    /// Ask the agent to cancel a running operation.
+    pub async fn cancel(&self, op: &OperationRow) -> Result<(), Status> {
+        if op.kind == OpKind::Delete {
+            return Err(Status::failed_precondition(
+                "a delete cannot be cancelled once started",
+            ));
+        }
+        if op.phase == "queued" {
+            // It may be reaching the agent right now: ask it to stop too.
+            if let Ok(host) = self.catalog.host(&op.host).await {
+                let _ = self.agent_cancel(&host, &op.id).await;
+            }
+            // The agent never accepted it: nothing runs there.
+            let outcome = self.image_failed(op, "cancelled before the agent started it");
+            self.catalog
+                .finish_operation(
+                    &op.id,
+                    OpState::Cancelled,
+                    "cancelled before the agent started it",
+                    Code::Cancelled as i32,
+                    "",
+                    &outcome,
+                )
+                .await
+                .map_err(status)?;
+            self.bump();
+            return Ok(());
+        }
+        let host = self.catalog.host(&op.host).await.map_err(|e| {
+            Status::failed_precondition(format!("cannot reach the operation's host: {e}"))
+        })?;
+        match self.agent_cancel(&host, &op.id).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.code() == Code::NotFound => Err(Status::failed_precondition(format!(
+                "the agent on host {} no longer knows this operation; it ends when the host's silence is noticed",
+                host.name
+            ))),
+            Err(e) if unreachable(&e) => Err(Status::unavailable(format!(
+                "the agent on host {} cannot be reached to cancel: {}",
+                host.name,
+                e.message()
+            ))),
+            Err(e) => Err(Status::new(
+                e.code(),
+                format!("host {}: {}", host.name, e.message()),
+            )),
+        }
+    }
+}
