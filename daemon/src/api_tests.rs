@@ -20,7 +20,7 @@ use imprint_proto::v1::{
 use imprint_store::{Store, StoreConfig};
 use tonic::{Code, Request, transport::Channel};
 
-use crate::{catalog::Catalog, dispatch::Dispatcher, ops::HostRow, testpg::catalogs};
+use crate::{catalog::Catalog, catalog::HostRow, dispatch::Dispatcher, testpg::catalogs};
 
 fn guest_xml(name: &str, disk: &Path) -> String {
     format!(
@@ -1260,7 +1260,7 @@ async fn heartbeats_cancel_what_the_catalog_ended() {
         let w = world(c).await;
         let token = w.catalog.add_host_token("h1").await.expect("token");
         let alice = w.catalog.account_by_name("alice").await.expect("alice");
-        let new_op = |host: &'static str| crate::ops::NewOperation {
+        let new_op = |host: &'static str| crate::catalog::NewOperation {
             account_id: &alice.id,
             request_id: None,
             kind: crate::domain::OpKind::Deploy,
@@ -1279,7 +1279,7 @@ async fn heartbeats_cancel_what_the_catalog_ended() {
                 "host h1 stopped heartbeating",
                 Code::Unavailable as i32,
                 "",
-                &crate::ops::ImageOutcome::None,
+                &crate::catalog::ImageOutcome::None,
             )
             .await
             .expect("fail");
@@ -1292,7 +1292,7 @@ async fn heartbeats_cancel_what_the_catalog_ended() {
                 "x",
                 Code::Unavailable as i32,
                 "",
-                &crate::ops::ImageOutcome::None,
+                &crate::catalog::ImageOutcome::None,
             )
             .await
             .expect("fail");

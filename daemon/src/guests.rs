@@ -17,11 +17,11 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth,
+    catalog::HostRow,
     catalog::{Account, Catalog, CatalogError, Result, now},
     dispatch::Dispatcher,
     error::status,
     hosts::usable_host,
-    ops::HostRow,
 };
 
 /// One ownership row.

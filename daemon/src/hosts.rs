@@ -6,10 +6,10 @@ use imprint_proto::v1::{self as pb, host_service_server::HostService};
 use tonic::{Request, Response, Status};
 
 use crate::{
+    catalog::HostRow,
     catalog::{Account, Catalog, CatalogError},
     credentials::authenticate_host,
     error::status,
-    ops::HostRow,
 };
 
 /// Seconds between agent heartbeats; a host is alive while its last one is

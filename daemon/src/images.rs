@@ -17,11 +17,11 @@ use crate::{
     catalog::{
         Account, Catalog, ImageRow, ListQuery, validate_image_name, validate_notes, validate_tags,
     },
+    catalog::{NewImage, NewOperation, OperationRow},
     dispatch::{AgentRequest, Dispatcher},
     domain::{ImageState, LocationState, OpKind},
     error::status,
     operations::op_to_pb,
-    ops::{NewImage, NewOperation, OperationRow},
     sites::{LocationRow, site_of_host},
 };
 

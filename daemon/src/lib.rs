@@ -24,7 +24,6 @@ pub mod hosts;
 pub mod images;
 pub mod liveness;
 pub mod operations;
-pub mod ops;
 pub mod paging;
 pub mod profiles;
 pub mod reconcile;

@@ -143,7 +143,7 @@ mod tests {
                 .await;
             assert!(twin.is_err(), "one holder per daemon id");
             let (alice, _) = d1.create_account("alice", false, false).await.expect("a");
-            d1.begin_operation(&crate::ops::NewOperation {
+            d1.begin_operation(&crate::catalog::NewOperation {
                 account_id: &alice.id,
                 request_id: None,
                 kind: crate::domain::OpKind::Deploy,

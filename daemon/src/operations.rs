@@ -12,10 +12,10 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     auth,
+    catalog::OperationRow,
     catalog::{Account, Catalog},
     dispatch::Dispatcher,
     error::status,
-    ops::OperationRow,
 };
 
 /// The API's view of an operation row.

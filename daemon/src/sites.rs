@@ -305,7 +305,7 @@ mod tests {
             c.add_location(&img, "dc1", LocationState::Available, "")
                 .await
                 .expect("loc");
-            let copy = |rid: &'static str| crate::ops::NewOperation {
+            let copy = |rid: &'static str| crate::catalog::NewOperation {
                 account_id: &alice.id,
                 request_id: Some(rid),
                 kind: crate::domain::OpKind::Copy,
@@ -337,7 +337,7 @@ mod tests {
                 c.locations(&img).await.expect("l")[1].state,
                 LocationState::Copying
             );
-            let none = crate::ops::ImageOutcome::None;
+            let none = crate::catalog::ImageOutcome::None;
             c.finish_operation(
                 &op1.id,
                 crate::domain::OpState::Failed,

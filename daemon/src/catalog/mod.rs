@@ -20,8 +20,13 @@ use sqlx::{AnyPool, Row, any::AnyPoolOptions};
 
 use crate::domain::UnknownText;
 mod accounts;
+mod hosts;
 mod images;
+mod operations;
 mod sharing;
+
+pub use hosts::HostRow;
+pub use operations::{ImageOutcome, LEASE_SECONDS, NewImage, NewOperation, OperationRow};
 
 pub use crate::domain::{ImageState, Visibility};
 

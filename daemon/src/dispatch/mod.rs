@@ -12,7 +12,7 @@
 //!
 //! Several daemons may share one catalog (PostgreSQL). Each running
 //! operation is driven by the daemon holding its lease in the row
-//! ([`crate::ops::LEASE_SECONDS`]); every daemon renews its leases every
+//! ([`crate::catalog::LEASE_SECONDS`]); every daemon renews its leases every
 //! [`LEASE_RENEW_EVERY`] and claims operations whose lease expired. On
 //! PostgreSQL a daemon that died is noticed sooner: its liveness lock
 //! ([`crate::liveness`]) goes with its connection, and the others take its
@@ -37,10 +37,10 @@ use tonic::{Code, Status, transport::Channel};
 
 use crate::{
     catalog::{Catalog, ImageDiskRow, now},
+    catalog::{HostRow, ImageOutcome, OperationRow},
     domain::{ImageState, LocationState, OpKind, OpState},
     error::status,
     hosts::HEARTBEAT_INTERVAL_SECONDS,
-    ops::{HostRow, ImageOutcome, OperationRow},
     sites::{DEFAULT_SITE, site_of_host},
 };
 
