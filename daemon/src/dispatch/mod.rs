@@ -106,7 +106,14 @@ impl AgentRequest {
 /// Whether a status means "the agent could not be reached" (retry) rather
 /// than "the agent said no" (final).
 fn unreachable(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded)
+    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) || from_transport(s)
+}
+
+/// The status was made by this side's transport, not sent by the agent: a
+/// connection reset or closed in the middle of a call (an agent restarting)
+/// comes as UNKNOWN or CANCELLED "transport error", which is no answer.
+fn from_transport(s: &Status) -> bool {
+    std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>())
 }
 
 /// Sends operations to agents and follows them.
