@@ -1334,7 +1334,7 @@ async fn copies_between_sites_on(w: World) {
     Store::open_or_create_dir(&dc2, false, StoreConfig::default()).expect("dc2 store");
     let default_store = w.store_dir.to_str().expect("utf8");
     w.catalog
-        .upsert_site(crate::sites::DEFAULT_SITE, default_store)
+        .upsert_site(crate::catalog::DEFAULT_SITE, default_store)
         .await
         .expect("default");
     w.catalog

@@ -95,7 +95,7 @@ impl HostService for Hosts {
         }
         // A site nobody configured would give its images a location whose
         // store no daemon can open (they could never be deleted).
-        if !r.site.is_empty() && r.site != crate::sites::DEFAULT_SITE {
+        if !r.site.is_empty() && r.site != crate::catalog::DEFAULT_SITE {
             match self.catalog.site(&r.site).await {
                 Ok(_) => {}
                 Err(crate::catalog::CatalogError::NotFound(_)) => {

@@ -17,12 +17,12 @@ use crate::{
     catalog::{
         Account, Catalog, ImageRow, ListQuery, validate_image_name, validate_notes, validate_tags,
     },
+    catalog::{LocationRow, site_of_host},
     catalog::{NewImage, NewOperation, OperationRow},
     dispatch::{AgentRequest, Dispatcher},
     domain::{ImageState, LocationState, OpKind},
     error::status,
     operations::op_to_pb,
-    sites::{LocationRow, site_of_host},
 };
 
 /// The service.
@@ -452,7 +452,7 @@ impl ImageService for Images {
                 img.id, img.state
             )));
         }
-        crate::sites::validate_site_name(&r.site).map_err(status)?;
+        crate::catalog::validate_site_name(&r.site).map_err(status)?;
         let target = self.catalog().site(&r.site).await.map_err(status)?;
         let locations = self.catalog().locations(&img.id).await.map_err(status)?;
         if let Some(l) = locations.iter().find(|l| l.site == target.name) {

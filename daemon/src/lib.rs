@@ -28,6 +28,5 @@ pub mod paging;
 pub mod profiles;
 pub mod reconcile;
 pub mod server;
-pub mod sites;
 #[cfg(test)]
 mod testpg;

@@ -212,7 +212,7 @@ async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
     }
     if let Some(s) = &args.store {
         catalog
-            .upsert_site(imprint_daemon::sites::DEFAULT_SITE, s)
+            .upsert_site(imprint_daemon::catalog::DEFAULT_SITE, s)
             .await
             .context("record the default site")?;
     }

@@ -24,9 +24,11 @@ mod hosts;
 mod images;
 mod operations;
 mod sharing;
+mod sites;
 
 pub use hosts::HostRow;
 pub use operations::{ImageOutcome, LEASE_SECONDS, NewImage, NewOperation, OperationRow};
+pub use sites::{DEFAULT_SITE, LocationRow, SiteRow, site_of_host, validate_site_name};
 
 pub use crate::domain::{ImageState, Visibility};
 

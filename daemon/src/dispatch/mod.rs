@@ -37,11 +37,11 @@ use tonic::{Code, Status, transport::Channel};
 
 use crate::{
     catalog::{Catalog, ImageDiskRow, now},
+    catalog::{DEFAULT_SITE, site_of_host},
     catalog::{HostRow, ImageOutcome, OperationRow},
     domain::{ImageState, LocationState, OpKind, OpState},
     error::status,
     hosts::HEARTBEAT_INTERVAL_SECONDS,
-    sites::{DEFAULT_SITE, site_of_host},
 };
 
 /// How long the daemon waits for an agent to accept a request.
