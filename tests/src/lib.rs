@@ -263,7 +263,7 @@ impl Domain {
     /// Define from XML (written next to `dir`).
     pub fn define(name: &str, xml: &str, dir: &Path) -> Self {
         virsh_quiet(&["destroy", name]);
-        virsh_quiet(&["undefine", name, "--nvram"]);
+        virsh_quiet(&["undefine", name, "--nvram", "--checkpoints-metadata"]);
         let p = dir.join(format!("{name}.xml"));
         std::fs::write(&p, xml).expect("xml");
         virsh(&["define", p.to_str().expect("utf8")]);
@@ -288,8 +288,10 @@ impl Domain {
 
 impl Drop for Domain {
     fn drop(&mut self) {
+        // Captures leave a checkpoint (incremental recaptures): libvirt
+        // refuses to undefine a domain with checkpoint metadata otherwise.
         virsh_quiet(&["destroy", &self.name]);
-        virsh_quiet(&["undefine", &self.name, "--nvram"]);
+        virsh_quiet(&["undefine", &self.name, "--nvram", "--checkpoints-metadata"]);
     }
 }
 
