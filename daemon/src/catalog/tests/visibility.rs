@@ -1,0 +1,139 @@
+//! Who sees an image: private, shared (pending, accepted, rejected), public.
+
+use super::id;
+use crate::catalog::*;
+use crate::testpg::catalogs;
+
+#[tokio::test]
+async fn visibility_private_shared_public() {
+    for (_b, c) in catalogs().await {
+        visibility_private_shared_public_on(&c).await;
+    }
+}
+
+async fn visibility_private_shared_public_on(c: &Catalog) {
+    let (alice, _) = c.create_account("alice", true, false).await.expect("a");
+    let (bob, _) = c.create_account("bob", false, false).await.expect("b");
+    let (carol, _) = c.create_account("carol", false, false).await.expect("c");
+    let img = id();
+    c.insert_image(&img, &alice, "web", "", &["prod".into()])
+        .await
+        .expect("insert");
+    c.set_image_state(&img, ImageState::Active, "", 1 << 30)
+        .await
+        .expect("state");
+
+    assert_eq!(
+        c.get_image(&alice, &img).await.expect("owner").owner,
+        "alice"
+    );
+    assert!(
+        matches!(
+            c.get_image(&bob, &img).await,
+            Err(CatalogError::NotFound(_))
+        ),
+        "private is invisible"
+    );
+    assert!(
+        matches!(
+            c.owned_image(&bob, &img).await,
+            Err(CatalogError::NotFound(_))
+        ),
+        "no existence leak"
+    );
+
+    // Sharing with an unknown account changes nothing.
+    assert!(matches!(
+        c.share(&alice, &img, &["bob".into(), "nobody".into()])
+            .await,
+        Err(CatalogError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        c.get_image(&bob, &img).await,
+        Err(CatalogError::NotFound(_))
+    ));
+    // Only the owner shares.
+    assert!(matches!(
+        c.share(&bob, &img, &["carol".into()]).await,
+        Err(CatalogError::NotFound(_))
+    ));
+
+    c.share(&alice, &img, &["bob".into()]).await.expect("share");
+    let seen = c.get_image(&bob, &img).await.expect("member sees it by id");
+    assert_eq!(seen.visibility, Visibility::Shared);
+    assert!(
+        c.list_images(&bob, &ListQuery::default())
+            .await
+            .expect("list")
+            .0
+            .is_empty(),
+        "pending: not listed"
+    );
+    assert!(
+        matches!(
+            c.owned_image(&bob, &img).await,
+            Err(CatalogError::PermissionDenied(_))
+        ),
+        "members cannot modify"
+    );
+    c.decide(&bob, &img, true).await.expect("accept");
+    assert_eq!(
+        c.list_images(&bob, &ListQuery::default())
+            .await
+            .expect("list")
+            .0
+            .len(),
+        1
+    );
+    c.decide(&bob, &img, false).await.expect("reject");
+    assert!(
+        c.list_images(&bob, &ListQuery::default())
+            .await
+            .expect("list")
+            .0
+            .is_empty()
+    );
+    assert!(matches!(
+        c.decide(&carol, &img, true).await,
+        Err(CatalogError::NotFound(_))
+    ));
+
+    assert!(matches!(
+        c.set_public(&bob, &img, true).await,
+        Err(CatalogError::PermissionDenied(_))
+    ));
+    c.set_public(&alice, &img, true).await.expect("publish");
+    assert_eq!(
+        c.list_images(&carol, &ListQuery::default())
+            .await
+            .expect("list")
+            .0
+            .len(),
+        1
+    );
+    c.set_public(&alice, &img, false).await.expect("unpublish");
+    assert!(matches!(
+        c.get_image(&carol, &img).await,
+        Err(CatalogError::NotFound(_))
+    ));
+    assert_eq!(
+        c.get_image(&bob, &img)
+            .await
+            .expect("still a member")
+            .visibility,
+        Visibility::Shared
+    );
+
+    let (dave, _) = c.create_account("dave", false, false).await.expect("d");
+    let img2 = id();
+    c.insert_image(&img2, &dave, "x", "", &[])
+        .await
+        .expect("insert");
+    assert!(
+        matches!(
+            c.set_public(&dave, &img2, true).await,
+            Err(CatalogError::PermissionDenied(_))
+        ),
+        "publishing needs the right"
+    );
+}
