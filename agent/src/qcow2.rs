@@ -1,9 +1,18 @@
 //! qcow2 disks as the guest sees them (backing chains resolved, compressed
 //! clusters decoded) through `imago`, with unallocated and zero clusters
 //! reported as holes so they are never read.
+//!
+//! The image file itself is always opened here, explicitly; every file its
+//! header names (a backing image, an external data file, and theirs in
+//! turn) is opened by imago through the caller's `ImplicitOpenGate`, or not
+//! at all. The gate is where a policy on those files belongs: it sees what
+//! is actually opened, not what a header parser thinks will be.
+
+use std::path::Path;
 
 use imago::{
-    FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate, file::File, qcow2::Qcow2,
+    DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate, Storage,
+    StorageOpenOptions, file::File, format::gate::ImplicitOpenGate, qcow2::Qcow2,
 };
 use imprint_store::source::DiskSource;
 
@@ -23,19 +32,28 @@ impl std::fmt::Debug for Qcow2Source {
     }
 }
 
-/// Open the qcow2 image at `path`.
+/// Open a guest's qcow2 disk at `path`, its backing chain included.
 pub fn open(path: &str) -> Result<Box<dyn DiskSource>> {
-    // The backing chain is named inside the image; the permissive gate lets
-    // imago open it (read-only), as QEMU would.
-    let q = Qcow2::<File>::builder_path(path)
-        .open(PermissiveImplicitOpenGate::default())
-        .map_err(|e| {
-            AgentError::new(
-                Kind::FailedPrecondition,
-                format!("open qcow2 image {path}: {e}"),
-            )
-        })?;
-    let access = FormatAccess::new(q);
+    // A guest's own disk: its backing chain is the hypervisor's
+    // configuration, which the guest reads through already. The permissive
+    // gate opens it (read-only), as QEMU does. Imported files, which come
+    // from callers, go through `transfer`'s gate instead.
+    open_gated(Path::new(path), PermissiveImplicitOpenGate::default()).map_err(|e| {
+        AgentError::new(
+            Kind::FailedPrecondition,
+            format!("open qcow2 image {path}: {e}"),
+        )
+    })
+}
+
+/// Open the qcow2 image at `path` read-only; whatever its header names is
+/// opened through `gate`, or not at all.
+pub fn open_gated<G: ImplicitOpenGate<File>>(
+    path: &Path,
+    gate: G,
+) -> std::io::Result<Box<dyn DiskSource>> {
+    let file = File::open(StorageOpenOptions::new().filename(path))?;
+    let access = FormatAccess::new(Qcow2::<File>::builder(file).open(gate)?);
     let size = access.size();
     Ok(Box::new(Qcow2Source { access, size }))
 }
@@ -77,9 +95,14 @@ impl std::fmt::Debug for Qcow2Target {
 impl Qcow2Target {
     /// Open the (new, empty) qcow2 image at `path` for writing.
     pub fn open(path: &str) -> Result<Self> {
-        let q = Qcow2::<File>::builder_path(path)
-            .write(true)
-            .open(PermissiveImplicitOpenGate::default())
+        // A fresh volume names no other file; one that did would have its
+        // writes land there, so the gate refuses whatever it names.
+        let q = File::open(StorageOpenOptions::new().filename(path).write(true))
+            .and_then(|file| {
+                Qcow2::<File>::builder(file)
+                    .write(true)
+                    .open(DenyImplicitOpenGate::default())
+            })
             .map_err(|e| {
                 AgentError::new(
                     Kind::Internal,

@@ -8,7 +8,15 @@
 //!   LUKS: convert it with `qemu-img convert` first);
 //! - qcow2 with an external data file;
 //! - qcow2 whose backing chain leaves the directory of the imported file
-//!   (the import would read files the caller did not name).
+//!   (the import would read files the caller did not name), or is longer
+//!   than 16 files;
+//! - a downloaded qcow2 that names any other file at all: it would be a
+//!   file of this host, not of the download.
+//!
+//! The qcow2 rules are not checked on a parsed header ahead of the open:
+//! imago opens every file a header names through an `ImplicitOpenGate`,
+//! and `ImportGate` is that gate, so the policy holds for exactly what
+//! is opened.
 //!
 //! An export never leaves a partial file under the requested name: it is
 //! written beside it and renamed at the end.
@@ -92,157 +100,223 @@ fn foreign_format(head: &[u8], tail: &[u8]) -> Option<&'static str> {
     }
 }
 
-/// What a qcow2 header says about files beyond the image itself.
-struct Qcow2Header {
-    backing: Option<String>,
-    external_data_file: bool,
+/// The format of the regular file at `path` by its signature, and its
+/// length; other formats are refused, naming what they are.
+fn detect(path: &Path) -> Result<(Format, u64)> {
+    let mut f = File::open(path).map_err(|e| io("open", path, e))?;
+    let meta = f.metadata().map_err(|e| io("stat", path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(invalid(format!("{} is not a regular file", path.display())));
+    }
+    let len = meta.len();
+    let mut head = [0u8; 512];
+    let n = f.read(&mut head).map_err(|e| io("read", path, e))?;
+    let mut tail = [0u8; 512];
+    if len >= 512 {
+        f.read_exact_at(&mut tail, len - 512)
+            .map_err(|e| io("read", path, e))?;
+    }
+    match foreign_format(&head[..n], &tail) {
+        Some("qcow2") => Ok((Format::Qcow2, len)),
+        Some(other) => Err(invalid(format!(
+            "{} is a {other} image; convert it to raw or qcow2 with qemu-img convert first",
+            path.display()
+        ))),
+        None => Ok((Format::Raw, len)),
+    }
 }
 
-fn qcow2_header(f: &File, path: &Path) -> Result<Qcow2Header> {
-    let mut h = [0u8; 80];
-    f.read_exact_at(&mut h[..72], 0)
-        .map_err(|e| io("read qcow2 header of", path, e))?;
-    if u32::from_be_bytes([h[4], h[5], h[6], h[7]]) >= 3 {
-        f.read_exact_at(&mut h[72..80], 72)
-            .map_err(|e| io("read qcow2 header of", path, e))?;
-    }
-    let h = h;
-    let be32 = |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
-    let be64 = |o: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&h[o..o + 8]);
-        u64::from_be_bytes(b)
-    };
-    let version = be32(4);
-    if !(2..=3).contains(&version) {
+fn check_raw_len(path: &Path, len: u64) -> Result<()> {
+    if len == 0 || !len.is_multiple_of(512) {
         return Err(invalid(format!(
-            "{} is qcow2 version {version}; versions 2 and 3 are read",
+            "{} is not a disk image: {len} bytes is not a positive multiple of 512",
             path.display()
         )));
     }
-    let mut external_data_file = false;
-    if version == 3 {
-        // Incompatible feature bit 2: the guest data lives in another file.
-        external_data_file = be64(72) & (1 << 2) != 0;
-    }
-    let (off, len) = (be64(8), be32(16) as usize);
-    let backing = if off == 0 || len == 0 {
-        None
-    } else if len > 1023 {
-        return Err(invalid(format!(
-            "{}: backing file name too long",
-            path.display()
-        )));
-    } else {
-        let mut name = vec![0u8; len];
-        f.read_exact_at(&mut name, off)
-            .map_err(|e| io("read backing file name of", path, e))?;
-        Some(String::from_utf8(name).map_err(|_| {
-            invalid(format!(
-                "{}: backing file name is not UTF-8",
-                path.display()
-            ))
-        })?)
-    };
-    Ok(Qcow2Header {
-        backing,
-        external_data_file,
-    })
+    Ok(())
 }
 
-/// Check `path` (and, for qcow2, its whole backing chain) before import;
-/// returns the detected format.
-pub fn check_import(path: &Path, want: Option<Format>) -> Result<Format> {
-    let canonical = path.canonicalize().map_err(|e| io("open", path, e))?;
-    let dir = canonical
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/"));
-    let mut current = canonical.clone();
-    let mut first = None;
-    for depth in 0..16 {
-        let mut f = File::open(&current).map_err(|e| io("open", &current, e))?;
-        let meta = f.metadata().map_err(|e| io("stat", &current, e))?;
-        if !meta.file_type().is_file() {
+/// What an import may open beyond the file it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Implicit {
+    /// Nothing: a downloaded image must be self-contained. Whatever its
+    /// header names would be a file of this host, not of the download.
+    Nothing,
+    /// Backing images in the imported file's directory (the caller named
+    /// the directory's files), read-only, at most 16 files in all.
+    BackingInDirectory,
+}
+
+/// The longest chain an import follows, the imported file included.
+const MAX_CHAIN: usize = 16;
+
+/// imago's [`ImplicitOpenGate`] for imports: every file a qcow2 header
+/// names (a backing image, an external data file, and theirs in turn) is
+/// opened here, under [`Implicit`], or not at all.
+///
+/// [`ImplicitOpenGate`]: imago::format::gate::ImplicitOpenGate
+struct ImportGate {
+    implicit: Implicit,
+    /// The imported file (canonical).
+    top: PathBuf,
+    /// Its directory.
+    dir: PathBuf,
+    /// The image whose header is being followed, for messages.
+    image: PathBuf,
+    /// Files in the chain so far, the imported file included.
+    files: usize,
+    /// Why an open was refused. imago reports only that the open failed,
+    /// with its own context around the reason; this is what callers see.
+    refused: Option<AgentError>,
+}
+
+impl ImportGate {
+    fn new(path: &Path, implicit: Implicit) -> Self {
+        ImportGate {
+            implicit,
+            top: path.to_path_buf(),
+            dir: path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("/")),
+            image: path.to_path_buf(),
+            files: 1,
+            refused: None,
+        }
+    }
+
+    fn refuse(&mut self, e: AgentError) -> std::io::Error {
+        let err = std::io::Error::new(std::io::ErrorKind::PermissionDenied, e.message.clone());
+        self.refused.get_or_insert(e);
+        err
+    }
+
+    /// The backing file `name` of `self.image`, if the policy lets it be
+    /// opened: its canonical path.
+    fn backing(&self, name: &Path) -> Result<PathBuf> {
+        let image = self.image.display();
+        if self.implicit == Implicit::Nothing {
             return Err(invalid(format!(
-                "{} is not a regular file",
-                current.display()
+                "{image} has backing file {}; an image imported from a URL must be self-contained: flatten it with qemu-img convert first",
+                name.display()
             )));
         }
-        let len = meta.len();
-        let mut head = [0u8; 512];
-        let n = f.read(&mut head).map_err(|e| io("read", &current, e))?;
-        let mut tail = [0u8; 512];
-        if len >= 512 {
-            f.read_exact_at(&mut tail, len - 512)
-                .map_err(|e| io("read", &current, e))?;
-        }
-        let detected = match foreign_format(&head[..n], &tail) {
-            Some("qcow2") => Format::Qcow2,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "{} is a {other} image; convert it to raw or qcow2 with qemu-img convert first",
-                    current.display()
-                )));
-            }
-            None => Format::Raw,
-        };
-        if depth == 0 {
-            if let Some(w) = want
-                && w != detected
-            {
-                return Err(invalid(format!(
-                    "{} is {}, not {}",
-                    path.display(),
-                    if detected == Format::Qcow2 {
-                        "qcow2"
-                    } else {
-                        "raw"
-                    },
-                    if w == Format::Qcow2 { "qcow2" } else { "raw" }
-                )));
-            }
-            first = Some(detected);
-        }
-        if detected == Format::Raw {
-            if len == 0 || len % 512 != 0 {
-                return Err(invalid(format!(
-                    "{} is not a disk image: {len} bytes is not a positive multiple of 512",
-                    current.display()
-                )));
-            }
-            break;
-        }
-        let h = qcow2_header(&f, &current)?;
-        if h.external_data_file {
+        let next = name.canonicalize().map_err(|e| {
+            io(
+                &format!("open backing file {} of", name.display()),
+                &self.image,
+                e,
+            )
+        })?;
+        if !next.starts_with(&self.dir) {
             return Err(invalid(format!(
-                "{} keeps its data in an external data file; merge it with qemu-img convert first",
-                current.display()
-            )));
-        }
-        let Some(backing) = h.backing else { break };
-        let base = current.parent().map(Path::to_path_buf).unwrap_or_default();
-        let next = base.join(&backing);
-        let next = next
-            .canonicalize()
-            .map_err(|e| io(&format!("open backing file {backing:?} of"), &current, e))?;
-        if !next.starts_with(&dir) {
-            return Err(invalid(format!(
-                "{} has backing file {} outside {}; flatten it with qemu-img convert first",
-                current.display(),
+                "{image} has backing file {} outside {}; flatten it with qemu-img convert first",
                 next.display(),
-                dir.display()
+                self.dir.display()
             )));
         }
-        current = next;
-        if depth == 15 {
+        if self.files >= MAX_CHAIN {
             return Err(invalid(format!(
-                "{}: backing chain deeper than 16",
-                path.display()
+                "{}: backing chain deeper than {MAX_CHAIN}",
+                self.top.display()
             )));
         }
+        let (format, len) = detect(&next)?;
+        if format == Format::Raw {
+            check_raw_len(&next, len)?;
+        }
+        Ok(next)
     }
-    first.ok_or_else(|| invalid(format!("{} cannot be read", path.display())))
+}
+
+impl imago::format::gate::ImplicitOpenGate<imago::file::File> for &mut ImportGate {
+    fn open_format<F: imago::FormatDriverBuilder<imago::file::File>>(
+        &mut self,
+        builder: F,
+    ) -> std::io::Result<imago::FormatAccess<imago::file::File>> {
+        // A backing layer over a file `open_storage` let through; what it
+        // names in turn is followed through this gate, naming it.
+        let image = builder.get_image_path().unwrap_or_default();
+        let parent = std::mem::replace(&mut self.image, image);
+        let layer = builder.open(&mut **self);
+        self.image = parent;
+        Ok(imago::FormatAccess::new(layer?))
+    }
+
+    fn open_storage(
+        &mut self,
+        opts: imago::StorageOpenOptions,
+    ) -> std::io::Result<imago::file::File> {
+        let name = opts
+            .get_filename()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        // An import opens nothing for writing. imago asks for write access
+        // to an external data file (and for none to a backing file), so
+        // this is where a data file is refused; a data file asked for
+        // read-only would still have to pass as a backing file below.
+        if opts.get_writable() {
+            let e = invalid(format!(
+                "{} keeps its data in an external data file ({}); merge it with qemu-img convert first",
+                self.image.display(),
+                name.display()
+            ));
+            return Err(self.refuse(e));
+        }
+        let next = self.backing(&name).map_err(|e| self.refuse(e))?;
+        self.files += 1;
+        <imago::file::File as imago::Storage>::open(opts.filename(next))
+    }
+}
+
+/// Open the file at `path` for import, under `implicit`: its format is
+/// checked against `want` (when given) and, for qcow2, every file its
+/// header names goes through [`ImportGate`].
+fn open_import(
+    path: &Path,
+    want: Option<Format>,
+    implicit: Implicit,
+) -> Result<(Format, Box<dyn DiskSource>)> {
+    let canonical = path.canonicalize().map_err(|e| io("open", path, e))?;
+    let (detected, len) = detect(&canonical)?;
+    if let Some(w) = want
+        && w != detected
+    {
+        let name = |f| if f == Format::Qcow2 { "qcow2" } else { "raw" };
+        return Err(invalid(format!(
+            "{} is {}, not {}",
+            path.display(),
+            name(detected),
+            name(w)
+        )));
+    }
+    let source: Box<dyn DiskSource> = match detected {
+        Format::Raw => {
+            check_raw_len(&canonical, len)?;
+            Box::new(FileSource::open(path).map_err(|e| io("open", path, e))?)
+        }
+        Format::Qcow2 => {
+            let mut gate = ImportGate::new(&canonical, implicit);
+            crate::qcow2::open_gated(&canonical, &mut gate).map_err(|e| {
+                gate.refused.take().unwrap_or_else(|| match e.kind() {
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                        io("open qcow2 image", &canonical, e)
+                    }
+                    _ => invalid(format!(
+                        "{} cannot be read as qcow2 ({e}); convert it with qemu-img convert first",
+                        canonical.display()
+                    )),
+                })
+            })?
+        }
+    };
+    Ok((detected, source))
+}
+
+/// Check `path` (and, for qcow2, its whole backing chain) before a local
+/// import; returns the detected format.
+pub fn check_import(path: &Path, want: Option<Format>) -> Result<Format> {
+    open_import(path, want, Implicit::BackingInDirectory).map(|(format, _)| format)
 }
 
 /// Import the disk image at `path` as a new image named `name`.
@@ -258,16 +332,27 @@ pub fn import(
     report: Report<'_>,
 ) -> Result<imprint_store::capture::CaptureReport> {
     let origin = path.display().to_string();
-    import_from(
-        store, path, &origin, want, name, image_id, hardware, cancel, report,
+    import_file(
+        store,
+        path,
+        Implicit::BackingInDirectory,
+        &origin,
+        want,
+        name,
+        image_id,
+        hardware,
+        cancel,
+        report,
     )
 }
 
 /// The label that keeps what an import warned about (lines).
 pub const WARNINGS_LABEL: &str = "imprint.import_warnings";
 
-/// [`import`] of a file that came from `origin` (a URL it was downloaded
-/// from), recorded in the image's labels.
+/// [`import`] of a file downloaded from `origin` (a URL), recorded in the
+/// image's labels. The file must be self-contained: a qcow2 that names any
+/// other file (a backing file, an external data file) is refused, since
+/// that file would be one of this host's, not part of the download.
 #[allow(clippy::too_many_arguments)]
 pub fn import_from(
     store: &Store,
@@ -280,13 +365,37 @@ pub fn import_from(
     cancel: &Arc<AtomicBool>,
     report: Report<'_>,
 ) -> Result<imprint_store::capture::CaptureReport> {
+    import_file(
+        store,
+        path,
+        Implicit::Nothing,
+        origin,
+        want,
+        name,
+        image_id,
+        hardware,
+        cancel,
+        report,
+    )
+}
+
+/// Import the file at `path`, opening what `implicit` allows besides.
+#[allow(clippy::too_many_arguments)]
+fn import_file(
+    store: &Store,
+    path: &Path,
+    implicit: Implicit,
+    origin: &str,
+    want: Option<Format>,
+    name: &str,
+    image_id: Option<ImageId>,
+    hardware: &Hardware,
+    cancel: &Arc<AtomicBool>,
+    report: Report<'_>,
+) -> Result<imprint_store::capture::CaptureReport> {
     imprint_store::manifest::validate_name(name)?;
-    let format = check_import(path, want)?;
+    let (_, mut source) = open_import(path, want, implicit)?;
     report("reading disk", 0, 0);
-    let mut source: Box<dyn DiskSource> = match format {
-        Format::Raw => Box::new(FileSource::open(path).map_err(|e| io("open", path, e))?),
-        Format::Qcow2 => crate::qcow2::open(&path.to_string_lossy())?,
-    };
     // An imported disk gets a configuration like a captured guest's: the
     // documented default, with the importer's hardware over it.
     let layout = crate::partitions::inspect(&mut *source);
@@ -501,4 +610,173 @@ fn restrict(path: &Path, group: Option<u32>) -> Result<()> {
     let mode = if group.is_some() { 0o640 } else { 0o600 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| io("chmod", path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    use super::*;
+
+    fn qemu_img(args: &[&str]) {
+        let out = Command::new("qemu-img")
+            .args(args)
+            .output()
+            .expect("qemu-img (package qemu-utils)");
+        assert!(
+            out.status.success(),
+            "qemu-img {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A qcow2 `name` in `dir` over the backing file `backing` (as written
+    /// into its header) of format `format`.
+    fn overlay(dir: &Path, name: &str, backing: &str, format: &str) -> PathBuf {
+        let p = dir.join(name);
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-u",
+            "-b",
+            backing,
+            "-F",
+            format,
+            p.to_str().expect("utf8"),
+            "1M",
+        ]);
+        p
+    }
+
+    fn raw(path: &Path) {
+        std::fs::write(path, vec![0x5au8; 1 << 20]).expect("write");
+    }
+
+    fn refused(r: Result<Format>, says: &str) {
+        let e = r.expect_err(says);
+        assert_eq!(e.kind, Kind::InvalidArgument, "{e}");
+        assert!(e.message.contains(says), "{says}: {e}");
+    }
+
+    #[test]
+    fn a_local_chain_is_followed_only_inside_its_directory() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("in");
+        std::fs::create_dir(&dir).expect("dir");
+        raw(&dir.join("base.raw"));
+        overlay(&dir, "mid.qcow2", "base.raw", "raw");
+        let top = overlay(&dir, "top.qcow2", "mid.qcow2", "qcow2");
+        assert_eq!(check_import(&top, None).expect("chain"), Format::Qcow2);
+
+        // The second layer leaves the directory: refused, naming that layer.
+        raw(&tmp.path().join("outside.raw"));
+        overlay(&dir, "mid-out.qcow2", "../outside.raw", "raw");
+        let top = overlay(&dir, "top-out.qcow2", "mid-out.qcow2", "qcow2");
+        let e = check_import(&top, None).expect_err("outside");
+        assert_eq!(e.kind, Kind::InvalidArgument, "{e}");
+        assert!(e.message.contains("mid-out.qcow2 has backing file"), "{e}");
+        assert!(e.message.contains("outside"), "{e}");
+
+        // A link in the directory to a file outside it.
+        std::os::unix::fs::symlink(tmp.path().join("outside.raw"), dir.join("link.raw"))
+            .expect("symlink");
+        let top = overlay(&dir, "top-link.qcow2", "link.raw", "raw");
+        refused(check_import(&top, None), "outside");
+
+        // A backing file missing: not found, naming it.
+        let top = overlay(&dir, "top-gone.qcow2", "gone.raw", "raw");
+        let e = check_import(&top, None).expect_err("gone");
+        assert_eq!(e.kind, Kind::NotFound, "{e}");
+        assert!(e.message.contains("gone.raw"), "{e}");
+
+        // Backing files are checked like imported ones.
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            dir.join("disk.vmdk").to_str().expect("utf8"),
+            "1M",
+        ]);
+        let top = overlay(&dir, "top-vmdk.qcow2", "disk.vmdk", "raw");
+        refused(check_import(&top, None), "VMDK");
+        std::fs::write(dir.join("odd.raw"), vec![1u8; 1000]).expect("write");
+        let top = overlay(&dir, "top-odd.qcow2", "odd.raw", "raw");
+        refused(check_import(&top, None), "multiple of 512");
+    }
+
+    #[test]
+    fn a_chain_longer_than_sixteen_files_is_refused() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        raw(&tmp.path().join("l0.raw"));
+        let mut below = ("l0.raw".to_string(), "raw");
+        let mut top = PathBuf::new();
+        for i in 1..MAX_CHAIN {
+            let name = format!("l{i}.qcow2");
+            top = overlay(tmp.path(), &name, &below.0, below.1);
+            below = (name, "qcow2");
+        }
+        assert_eq!(check_import(&top, None).expect("16 files"), Format::Qcow2);
+        let top = overlay(tmp.path(), "l16.qcow2", &below.0, below.1);
+        refused(check_import(&top, None), "deeper than 16");
+    }
+
+    #[test]
+    fn a_downloaded_image_must_be_self_contained() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = Store::open_or_create_dir(
+            &tmp.path().join("store"),
+            false,
+            imprint_store::StoreConfig::default(),
+        )
+        .expect("store");
+        let cancel = Arc::new(AtomicBool::new(false));
+        let import = |path: &Path| {
+            import_from(
+                &store,
+                path,
+                "https://images.example/disk.qcow2",
+                None,
+                "x",
+                None,
+                &Hardware::default(),
+                &cancel,
+                &|_: &str, _: u64, _: u64| {},
+            )
+            .map(|_| Format::Qcow2)
+        };
+        // A backing file beside the download, which a local import of the
+        // same file would read.
+        raw(&tmp.path().join("base.raw"));
+        let top = overlay(tmp.path(), "top.qcow2", "base.raw", "raw");
+        assert_eq!(check_import(&top, None).expect("local"), Format::Qcow2);
+        refused(import(&top), "must be self-contained");
+        let ext = tmp.path().join("ext.qcow2");
+        qemu_img(&[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=ext.data",
+            ext.to_str().expect("utf8"),
+            "1M",
+        ]);
+        refused(import(&ext), "external data file");
+        assert!(store.list().expect("list").is_empty(), "nothing imported");
+
+        // A self-contained one is imported.
+        let whole = tmp.path().join("whole.qcow2");
+        qemu_img(&[
+            "convert",
+            "-q",
+            "-O",
+            "qcow2",
+            top.to_str().expect("utf8"),
+            whole.to_str().expect("utf8"),
+        ]);
+        import(&whole).expect("self-contained");
+    }
 }
