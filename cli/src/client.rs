@@ -130,4 +130,34 @@ impl Conn {
             endpoint,
         })
     }
+
+    /// Connect and run `f` with the clients (an API command); a daemon
+    /// that cannot be reached is named in the error.
+    pub async fn call(&self, f: impl AsyncFnOnce(&mut Api) -> Result<u8>) -> Result<u8> {
+        let mut api = self.connect()?;
+        let endpoint = api.endpoint.clone();
+        f(&mut api)
+            .await
+            .map_err(|e| unreachable_names_endpoint(e, &endpoint))
+    }
+}
+
+/// A connection failure names the daemon's endpoint. UNAVAILABLE answered
+/// by the daemon itself (an agent down, a store unreachable) is passed on
+/// as it is: it is not about reaching the daemon.
+fn unreachable_names_endpoint(e: anyhow::Error, endpoint: &str) -> anyhow::Error {
+    use std::error::Error as _;
+    let transport = |s: &tonic::Status| {
+        s.source()
+            .is_some_and(|src| src.downcast_ref::<tonic::transport::Error>().is_some())
+    };
+    match e.downcast_ref::<tonic::Status>() {
+        Some(s) if s.code() == tonic::Code::Unavailable && transport(s) => {
+            anyhow::Error::new(tonic::Status::unavailable(format!(
+                "cannot reach the daemon at {endpoint}: {}",
+                s.message()
+            )))
+        }
+        _ => e,
+    }
 }

@@ -22,6 +22,11 @@ pub const NO_SPACE: u8 = 8;
 /// Cancelled (Ctrl-C).
 pub const CANCELLED: u8 = 130;
 
+/// A usage error (exit code 2) with a message.
+pub fn usage(msg: String) -> anyhow::Error {
+    anyhow::Error::new(tonic::Status::invalid_argument(msg))
+}
+
 /// The exit code for a gRPC status code (the daemon's answer, or a failed
 /// operation's error code).
 pub fn for_code(code: tonic::Code) -> u8 {

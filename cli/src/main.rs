@@ -8,14 +8,14 @@
 //! - `imprint completions SHELL` and `imprint man` print shell completions
 //!   and the man page, generated from the same definitions.
 
-mod api_cmd;
 mod client;
+mod cmd;
+mod enum_names;
 mod exit;
-mod guest_cmd;
+mod follow;
 mod output;
-mod profile_cmd;
+mod parse;
 mod progress;
-mod store_cmd;
 
 use std::process::ExitCode;
 
@@ -41,25 +41,25 @@ struct Cli {
 enum Command {
     /// Images: capture, deploy, list, share, publish, delete...
     #[command(subcommand)]
-    Image(api_cmd::ImageCommand),
+    Image(cmd::image::ImageCommand),
     /// Operations: list, show, watch, cancel.
     #[command(subcommand)]
-    Op(api_cmd::OpCommand),
+    Op(cmd::op::OpCommand),
     /// Hosts and their agents.
     #[command(subcommand)]
-    Host(api_cmd::HostCommand),
+    Host(cmd::host::HostCommand),
     /// Hardware profiles (flavors) for deploys and imports.
     #[command(subcommand)]
-    Profile(profile_cmd::ProfileCommand),
+    Profile(cmd::profile::ProfileCommand),
     /// Guests and the accounts that own them.
     #[command(subcommand)]
-    Guest(guest_cmd::GuestCommand),
+    Guest(cmd::guest::GuestCommand),
     /// Accounts and their tokens (admin accounts only).
     #[command(subcommand)]
-    Account(api_cmd::AccountCommand),
+    Account(cmd::account::AccountCommand),
     /// Work directly on a store directory (no daemon needed).
     #[command(subcommand)]
-    Store(store_cmd::StoreCommand),
+    Store(cmd::store::StoreCommand),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -82,21 +82,16 @@ fn main() -> ExitCode {
         format: cli.format,
         quiet: cli.quiet,
     };
-    let api = |f: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<u8>>>>| {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(f))
-    };
+    let conn = &cli.conn;
+    let ctx = &ctx;
     let result = match cli.command {
-        Command::Store(cmd) => store_cmd::run(cmd, &ctx),
-        Command::Image(cmd) => api(Box::pin(api_cmd::image(cmd, &cli.conn, &ctx))),
-        Command::Op(cmd) => api(Box::pin(api_cmd::op(cmd, &cli.conn, &ctx))),
-        Command::Host(cmd) => api(Box::pin(api_cmd::host(cmd, &cli.conn, &ctx))),
-        Command::Account(cmd) => api(Box::pin(api_cmd::account(cmd, &cli.conn, &ctx))),
-        Command::Guest(cmd) => api(Box::pin(guest_cmd::run(cmd, &cli.conn, &ctx))),
-        Command::Profile(cmd) => api(Box::pin(profile_cmd::run(cmd, &cli.conn, &ctx))),
+        Command::Store(c) => cmd::store::run(c, ctx),
+        Command::Image(c) => daemon(conn, async |api| cmd::image::run(c, api, ctx).await),
+        Command::Op(c) => daemon(conn, async |api| cmd::op::run(c, api, ctx).await),
+        Command::Host(c) => daemon(conn, async |api| cmd::host::run(c, api, ctx).await),
+        Command::Account(c) => daemon(conn, async |api| cmd::account::run(c, api, ctx).await),
+        Command::Guest(c) => daemon(conn, async |api| cmd::guest::run(c, api, ctx).await),
+        Command::Profile(c) => daemon(conn, async |api| cmd::profile::run(c, api, ctx).await),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -121,6 +116,18 @@ fn main() -> ExitCode {
             ExitCode::from(exit::code_for(&e))
         }
     }
+}
+
+/// Run an API command on a one-thread runtime.
+fn daemon(
+    conn: &client::Conn,
+    f: impl AsyncFnOnce(&mut client::Api) -> anyhow::Result<u8>,
+) -> anyhow::Result<u8> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(conn.call(f)))
 }
 
 #[cfg(test)]

@@ -10,8 +10,7 @@ use imprint_proto::v1 as pb;
 use serde_json::{Value, json};
 
 use crate::{
-    api_cmd::unreachable_names_endpoint,
-    client::{Api, Conn},
+    client::Api,
     output::{self, Ctx},
 };
 
@@ -81,15 +80,7 @@ fn emit(ctx: &Ctx, guests: &[pb::HostGuest]) -> Result<u8> {
 }
 
 /// Run a guest command.
-pub async fn run(cmd: GuestCommand, conn: &Conn, ctx: &Ctx) -> Result<u8> {
-    let mut api = conn.connect()?;
-    let endpoint = api.endpoint.clone();
-    inner(cmd, &mut api, ctx)
-        .await
-        .map_err(|e| unreachable_names_endpoint(e, &endpoint))
-}
-
-async fn inner(cmd: GuestCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> {
+pub async fn run(cmd: GuestCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> {
     match cmd {
         GuestCommand::List { host } => {
             let guests = api

@@ -7,8 +7,7 @@ use imprint_proto::v1 as pb;
 use serde_json::{Value, json};
 
 use crate::{
-    api_cmd::{parse_size, unreachable_names_endpoint},
-    client::{Api, Conn},
+    client::Api,
     output::{self, Ctx},
 };
 
@@ -19,7 +18,7 @@ pub struct HardwareArgs {
     #[arg(long)]
     pub vcpus: Option<u32>,
     /// Memory (`1G`, `512M`).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = crate::parse::size)]
     pub memory: Option<u64>,
     /// bios or uefi.
     #[arg(long)]
@@ -141,15 +140,7 @@ fn emit(ctx: &Ctx, profiles: &[pb::HardwareProfile]) -> Result<u8> {
 }
 
 /// Run a profile command.
-pub async fn run(cmd: ProfileCommand, conn: &Conn, ctx: &Ctx) -> Result<u8> {
-    let mut api = conn.connect()?;
-    let endpoint = api.endpoint.clone();
-    inner(cmd, &mut api, ctx)
-        .await
-        .map_err(|e| unreachable_names_endpoint(e, &endpoint))
-}
-
-async fn inner(cmd: ProfileCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> {
+pub async fn run(cmd: ProfileCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> {
     let one = match cmd {
         ProfileCommand::List => {
             let all = api
