@@ -8,93 +8,104 @@ use crate::testpg::catalogs;
 #[tokio::test]
 async fn operations_are_idempotent_and_final() {
     for (_b, c) in catalogs().await {
-        let (alice, _) = c.create_account("alice", false, false).await.expect("a");
-        let (bob, _) = c.create_account("bob", false, false).await.expect("b");
-        let n = NewOperation {
-            account_id: &alice.id,
-            request_id: Some("req-1"),
-            kind: OpKind::Capture,
-            image_id: None,
-            host: "h1",
-            guest: "g1",
-            agent_request: "",
-            new_image: None,
-        };
-        let (op, new) = c.begin_operation(&n).await.expect("begin");
-        assert!(new);
-        assert_eq!(op.state, OpState::Running);
-        let (again, new) = c.begin_operation(&n).await.expect("retry");
-        assert!(!new, "a retried request finds its operation");
-        assert_eq!(again.id, op.id);
-        // Request ids are per account.
-        let (other, new) = c
-            .begin_operation(&NewOperation {
-                account_id: &bob.id,
-                guest: "g2",
-                ..n.clone()
-            })
-            .await
-            .expect("bob");
-        assert!(new);
-        assert_ne!(other.id, op.id);
-        // Same id for another kind of call is a client bug.
-        let err = c
-            .begin_operation(&NewOperation {
-                kind: OpKind::Deploy,
-                ..n.clone()
-            })
-            .await
-            .expect_err("kind");
-        assert!(matches!(err, CatalogError::Conflict(_)));
-
-        c.update_progress(&op.id, "reading disks", 10, 100, 5.0)
-            .await
-            .expect("progress");
-        let cur = c.operation(&op.id).await.expect("get");
-        assert_eq!(
-            (cur.phase.as_str(), cur.bytes_done, cur.bytes_total),
-            ("reading disks", 10, 100)
-        );
-        assert_eq!(c.running_operations().await.expect("running").len(), 2);
-        assert!(
-            c.finish_operation(
-                &op.id,
-                OpState::Succeeded,
-                "",
-                0,
-                "{\"image_id\":\"x\"}",
-                &ImageOutcome::None
-            )
-            .await
-            .expect("finish")
-        );
-        assert!(
-            !c.finish_operation(&op.id, OpState::Failed, "late", 2, "", &ImageOutcome::None)
-                .await
-                .expect("again"),
-            "final once"
-        );
-        let done = c.operation(&op.id).await.expect("get");
-        assert_eq!(done.state, OpState::Succeeded);
-        assert_eq!(done.result, "{\"image_id\":\"x\"}");
-        c.update_progress(&op.id, "ignored", 1, 1, 0.0)
-            .await
-            .expect("progress");
-        assert_eq!(
-            c.operation(&op.id).await.expect("get").phase,
-            "done",
-            "a finished operation does not move"
-        );
-        assert!(matches!(
-            c.operation("nope").await,
-            Err(CatalogError::NotFound(_))
-        ));
-        assert!(matches!(
-            c.finish_operation(&op.id, OpState::Running, "", 0, "", &ImageOutcome::None)
-                .await,
-            Err(CatalogError::InvalidArgument(_))
-        ));
+        let op = retried_requests_find_their_operation(&c).await;
+        finished_operations_are_final(&c, &op).await;
     }
+}
+
+/// Alice's operation for request req-1 (a capture on h1), begun twice;
+/// bob's under the same request id is another one.
+async fn retried_requests_find_their_operation(c: &Catalog) -> OperationRow {
+    let (alice, _) = c.create_account("alice", false, false).await.expect("a");
+    let (bob, _) = c.create_account("bob", false, false).await.expect("b");
+    let n = NewOperation {
+        account_id: &alice.id,
+        request_id: Some("req-1"),
+        kind: OpKind::Capture,
+        image_id: None,
+        host: "h1",
+        guest: "g1",
+        agent_request: "",
+        new_image: None,
+    };
+    let (op, new) = c.begin_operation(&n).await.expect("begin");
+    assert!(new);
+    assert_eq!(op.state, OpState::Running);
+    let (again, new) = c.begin_operation(&n).await.expect("retry");
+    assert!(!new, "a retried request finds its operation");
+    assert_eq!(again.id, op.id);
+    // Request ids are per account.
+    let (other, new) = c
+        .begin_operation(&NewOperation {
+            account_id: &bob.id,
+            guest: "g2",
+            ..n.clone()
+        })
+        .await
+        .expect("bob");
+    assert!(new);
+    assert_ne!(other.id, op.id);
+    // Same id for another kind of call is a client bug.
+    let err = c
+        .begin_operation(&NewOperation {
+            kind: OpKind::Deploy,
+            ..n.clone()
+        })
+        .await
+        .expect_err("kind");
+    assert!(matches!(err, CatalogError::Conflict(_)));
+    op
+}
+
+/// `op` moves while it runs, then finishes once and stays as it ended.
+async fn finished_operations_are_final(c: &Catalog, op: &OperationRow) {
+    c.update_progress(&op.id, "reading disks", 10, 100, 5.0)
+        .await
+        .expect("progress");
+    let cur = c.operation(&op.id).await.expect("get");
+    assert_eq!(
+        (cur.phase.as_str(), cur.bytes_done, cur.bytes_total),
+        ("reading disks", 10, 100)
+    );
+    assert_eq!(c.running_operations().await.expect("running").len(), 2);
+    assert!(
+        c.finish_operation(
+            &op.id,
+            OpState::Succeeded,
+            "",
+            0,
+            "{\"image_id\":\"x\"}",
+            &ImageOutcome::None
+        )
+        .await
+        .expect("finish")
+    );
+    assert!(
+        !c.finish_operation(&op.id, OpState::Failed, "late", 2, "", &ImageOutcome::None)
+            .await
+            .expect("again"),
+        "final once"
+    );
+    let done = c.operation(&op.id).await.expect("get");
+    assert_eq!(done.state, OpState::Succeeded);
+    assert_eq!(done.result, "{\"image_id\":\"x\"}");
+    c.update_progress(&op.id, "ignored", 1, 1, 0.0)
+        .await
+        .expect("progress");
+    assert_eq!(
+        c.operation(&op.id).await.expect("get").phase,
+        "done",
+        "a finished operation does not move"
+    );
+    assert!(matches!(
+        c.operation("nope").await,
+        Err(CatalogError::NotFound(_))
+    ));
+    assert!(matches!(
+        c.finish_operation(&op.id, OpState::Running, "", 0, "", &ImageOutcome::None)
+            .await,
+        Err(CatalogError::InvalidArgument(_))
+    ));
 }
 
 #[tokio::test]
