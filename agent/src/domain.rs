@@ -457,12 +457,13 @@ impl GuestConfig {
 }
 
 /// `a`, `b`, ... `z`, `aa`, ... for the `i`th disk.
-fn disk_letter(i: usize) -> String {
+pub(crate) fn disk_letter(i: usize) -> String {
+    const LETTERS: &[u8; 26] = b"abcdefghijklmnopqrstuvwxyz";
     let mut s = String::new();
     let mut n = i + 1;
     while n > 0 {
         n -= 1;
-        s.insert(0, (b'a' + (n % 26) as u8) as char);
+        s.insert(0, char::from(LETTERS[n % 26]));
         n /= 26;
     }
     s

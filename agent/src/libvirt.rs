@@ -356,11 +356,12 @@ impl Hypervisor for Libvirt {
             // a valid out-pointer that libvirt fills with an array it
             // allocates (freed below).
             let n = unsafe { virt::sys::virDomainListAllCheckpoints(d.as_ptr(), &mut list, 0) };
-            if n < 0 {
+            // Negative means failure; otherwise the number of handles.
+            let Ok(n) = usize::try_from(n) else {
                 return Err(VirtError::last_error());
-            }
-            let mut names = Vec::with_capacity(n as usize);
-            for i in 0..n as usize {
+            };
+            let mut names = Vec::with_capacity(n);
+            for i in 0..n {
                 // SAFETY: `list` holds `n` checkpoint handles we own; each
                 // is read once, its name (owned by the handle) copied
                 // before the handle is freed.

@@ -190,7 +190,8 @@ impl NbdDisk {
                 .chain(dirty_name.as_deref())
                 .collect();
             let mut q = named(name)?;
-            q.extend_from_slice(&(wanted.len() as u32).to_be_bytes());
+            let count = u32::try_from(wanted.len()).map_err(|_| bad("too many meta contexts"))?;
+            q.extend_from_slice(&count.to_be_bytes());
             for c in &wanted {
                 q.extend_from_slice(&named(c)?);
             }

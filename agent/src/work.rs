@@ -1453,7 +1453,7 @@ fn deploy_steps(
         cancelled(cancel)?;
         let cfg_disk = plan.config.disks.get(i);
         let target_dev = cfg_disk.map_or_else(
-            || format!("vd{}", (b'a' + i as u8) as char),
+            || format!("vd{}", crate::domain::disk_letter(i)),
             |c| c.target_dev.clone(),
         );
         let bus = cfg_disk.map_or_else(|| "virtio".to_string(), |c| c.bus.clone());

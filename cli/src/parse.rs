@@ -32,7 +32,13 @@ pub fn size(s: &str) -> Result<u64, String> {
     if !(v.is_finite() && v >= 1.0 && v < u64::MAX as f64) {
         return Err(format!("{s:?} must be a positive size"));
     }
-    Ok(v as u64)
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "`v` is finite and within [1, u64::MAX) (checked above); dropping a fraction of a byte is intended"
+    )]
+    let size_bytes = v as u64;
+    Ok(size_bytes)
 }
 
 /// One `--nic`: `addr=192.0.2.10/24,gw4=192.0.2.1,dns=...,onlink=yes`.

@@ -8,6 +8,16 @@ use std::{
 
 use crate::output::bytes;
 
+/// A rate in bytes per second as whole bytes, for display.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "float-to-int `as` saturates (NaN and negatives to 0, huge to u64::MAX) and drops the fraction, which is what a displayed rate wants"
+)]
+fn whole_bytes(rate: f64) -> u64 {
+    rate as u64
+}
+
 /// Reports `done / total` of a phase.
 #[derive(Debug)]
 pub struct Progress {
@@ -41,7 +51,7 @@ impl Progress {
     /// Report progress with the rate and ETA the server computed.
     pub fn update_with_rate(&mut self, done: u64, total: u64, rate: f64, eta: f64) {
         let extra = if rate > 0.0 {
-            format!(" at {}/s, eta {eta:.0}s", bytes(rate as u64))
+            format!(" at {}/s, eta {eta:.0}s", bytes(whole_bytes(rate)))
         } else {
             String::new()
         };
@@ -95,7 +105,7 @@ impl Progress {
             self.label,
             bytes(done),
             bytes(total),
-            bytes(rate as u64)
+            bytes(whole_bytes(rate))
         );
         let mut err = std::io::stderr().lock();
         if self.tty {

@@ -46,12 +46,15 @@ impl BlobEncoder {
 
     /// Encode `data` into a blob; the returned slice lives until the next call.
     pub fn encode(&mut self, data: &[u8]) -> Result<&[u8]> {
-        if data.len() > MAX_CHUNK_SIZE as usize {
-            return Err(Error::invalid(format!(
-                "chunk of {} bytes is larger than the maximum {MAX_CHUNK_SIZE}",
-                data.len()
-            )));
-        }
+        let raw_len = match u32::try_from(data.len()) {
+            Ok(n) if n <= MAX_CHUNK_SIZE => n,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "chunk of {} bytes is larger than the maximum {MAX_CHUNK_SIZE}",
+                    data.len()
+                )));
+            }
+        };
         let bound = zstd::zstd_safe::compress_bound(data.len());
         self.out.clear();
         self.out.resize(CHUNK_HEADER_LEN + bound, 0);
@@ -67,20 +70,27 @@ impl BlobEncoder {
             self.out.extend_from_slice(data);
             ENCODING_RAW
         };
-        write_header(&mut self.out, encoding, data.len());
+        write_header(&mut self.out, encoding, raw_len)?;
         Ok(&self.out)
     }
 }
 
-fn write_header(blob: &mut [u8], encoding: u8, raw_len: usize) {
-    let payload_len = blob.len() - CHUNK_HEADER_LEN;
+fn write_header(blob: &mut [u8], encoding: u8, raw_len: u32) -> Result<()> {
+    // Never above `raw_len`: a payload zstd cannot shrink is stored raw.
+    let payload_len = u32::try_from(blob.len() - CHUNK_HEADER_LEN).map_err(|_| {
+        Error::invalid(format!(
+            "blob payload of {} bytes does not fit its header",
+            blob.len() - CHUNK_HEADER_LEN
+        ))
+    })?;
     blob[..8].copy_from_slice(&CHUNK_MAGIC_V1);
     blob[8] = encoding;
     blob[9..12].fill(0);
-    blob[12..16].copy_from_slice(&(raw_len as u32).to_le_bytes());
-    blob[16..20].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    blob[12..16].copy_from_slice(&raw_len.to_le_bytes());
+    blob[16..20].copy_from_slice(&payload_len.to_le_bytes());
     let crc = blob_crc(blob);
     blob[20..24].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
 }
 
 fn blob_crc(blob: &[u8]) -> u32 {

@@ -573,7 +573,13 @@ fn read_disk(
 ) -> Result<()> {
     let chunk_size = layout.chunk_size as usize;
     let mut allocated = 0;
-    for i in 0..layout.chunk_count() as usize {
+    let chunk_count = usize::try_from(layout.chunk_count()).map_err(|_| {
+        Error::invalid(format!(
+            "a disk of {} bytes has more chunks than this machine can address",
+            layout.size_bytes
+        ))
+    })?;
+    for i in 0..chunk_count {
         if abort.load(Ordering::Relaxed) {
             return Err(Error::new(crate::ErrorKind::Io, "capture aborted"));
         }

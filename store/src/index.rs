@@ -54,7 +54,9 @@ impl Layout {
     /// Byte range `(offset, len)` of chunk `i`.
     pub fn chunk_range(&self, i: usize) -> (u64, usize) {
         let offset = i as u64 * u64::from(self.chunk_size);
-        let len = (self.size_bytes - offset).min(u64::from(self.chunk_size));
+        // What is left of the disk, at most one chunk: fits a `u32`.
+        let len = u32::try_from(self.size_bytes - offset)
+            .map_or(self.chunk_size, |rest| rest.min(self.chunk_size));
         (offset, len as usize)
     }
 }

@@ -73,15 +73,18 @@ impl Manifest {
     pub fn encode(&self) -> Result<Vec<u8>> {
         let json = serde_json::to_vec(self)
             .map_err(|e| Error::invalid(format!("manifest does not serialize: {e}")))?;
-        if json.len() > MAX_MANIFEST_JSON {
-            return Err(Error::invalid(format!(
-                "manifest of {} bytes is larger than the maximum {MAX_MANIFEST_JSON}",
-                json.len()
-            )));
-        }
+        let json_len = match u32::try_from(json.len()) {
+            Ok(n) if json.len() <= MAX_MANIFEST_JSON => n,
+            _ => {
+                return Err(Error::invalid(format!(
+                    "manifest of {} bytes is larger than the maximum {MAX_MANIFEST_JSON}",
+                    json.len()
+                )));
+            }
+        };
         let mut out = Vec::with_capacity(MANIFEST_HEADER_LEN + json.len() + TRAILER_LEN);
         out.extend_from_slice(&MANIFEST_MAGIC_V1);
-        out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        out.extend_from_slice(&json_len.to_le_bytes());
         out.extend_from_slice(&json);
         let seal = blake3::hash(&out);
         out.extend_from_slice(seal.as_bytes());

@@ -103,7 +103,13 @@ impl DiskSource for FileSource {
             i64::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         match lseek(&self.file, off, Whence::SeekData) {
             Ok(data) => {
-                let data = data as u64;
+                // A successful lseek never returns a negative offset.
+                let data = u64::try_from(data).map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("SEEK_DATA returned the negative offset {data}"),
+                    )
+                })?;
                 self.next_data = Some((offset, data));
                 Ok(data < offset + len)
             }
@@ -185,7 +191,7 @@ fn write_zero_bytes(
     write: &mut dyn FnMut(u64, &[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
     while len > 0 {
-        let n = len.min(ZERO_BUF.len() as u64) as usize;
+        let n = usize::try_from(len).map_or(ZERO_BUF.len(), |len| len.min(ZERO_BUF.len()));
         write(offset, &ZERO_BUF[..n])?;
         offset += n as u64;
         len -= n as u64;
@@ -255,7 +261,15 @@ impl DiskTarget for FileTarget {
         }
         if self.punch {
             let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-            match fallocate(&self.file, flags, offset as i64, len as i64) {
+            let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "zero range of {len} bytes at {offset} is past the largest file offset"
+                    ),
+                ));
+            };
+            match fallocate(&self.file, flags, off, n) {
                 Ok(()) => return Ok(()),
                 Err(Errno::EOPNOTSUPP | Errno::EINVAL | Errno::ENOSYS) => self.punch = false,
                 Err(e) => return Err(e.into()),

@@ -329,7 +329,7 @@ pub fn guest_xml(
         devs.push_str(&format!(
             "<disk type='file' device='disk'><driver name='qemu' type='{format}'/><source file='{}'/><target dev='vd{}' bus='virtio'/></disk>\n",
             path.display(),
-            (b'a' + i as u8) as char
+            char::from(b"abcdefghijklmnopqrstuvwxyz"[i])
         ));
     }
     format!(
