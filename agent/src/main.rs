@@ -392,7 +392,7 @@ async fn main() -> Result<()> {
             .with_context(|| format!("listen for metrics on {addr}"))?;
         tokio::spawn(imprint_service::metrics::serve(
             l,
-            imprint_service::metrics::global().clone(),
+            imprint_service::shutdown::terminated(),
         ));
     }
     let on_stop = agent.clone();

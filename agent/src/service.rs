@@ -470,12 +470,10 @@ impl Agent {
                 Ok(pb::OperationState::Cancelled) => "cancelled",
                 _ => "failed",
             };
-            imprint_service::metrics::global().inc(
-                "imprint_agent_operations_total",
-                "Operations this agent finished, by kind and result.",
-                &[("kind", kind), ("result", result)],
-                1.0,
-            );
+            imprint_service::metrics::agent()
+                .operations
+                .get_or_create(&imprint_service::metrics::OperationLabels { kind, result })
+                .inc();
         });
         first
     }

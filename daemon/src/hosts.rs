@@ -150,12 +150,10 @@ impl HostService for Hosts {
         if !cancel_operation_ids.is_empty() {
             tracing::warn!(host = %name, operations = ?cancel_operation_ids, "the host runs operations the catalog ended; asking it to cancel them");
         }
-        imprint_service::metrics::global().inc(
-            "imprint_agent_heartbeats_total",
-            "Heartbeats received from agents, by host.",
-            &[("host", &name)],
-            1.0,
-        );
+        imprint_service::metrics::daemon()
+            .agent_heartbeats
+            .get_or_create(&imprint_service::metrics::HostLabels { host: name.clone() })
+            .inc();
         Ok(Response::new(pb::HeartbeatResponse {
             interval_seconds: HEARTBEAT_INTERVAL_SECONDS,
             cancel_operation_ids,

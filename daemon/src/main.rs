@@ -207,7 +207,7 @@ async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
         tracing::info!(addr = %l.local_addr()?, "metrics on /metrics");
         tokio::spawn(imprint_service::metrics::serve(
             l,
-            imprint_service::metrics::global().clone(),
+            imprint_service::shutdown::terminated(),
         ));
     }
     if let Some(s) = &args.store {

@@ -143,12 +143,9 @@ pub async fn reconcile(
     for (id, site) in &out.unknown {
         tracing::warn!(image = %id, %site, "the store holds an image the catalog does not know; left alone (delete it with imprint store delete if it is not needed)");
     }
-    imprint_service::metrics::global().set(
-        "imprint_store_unknown_images",
-        "Manifests in the stores that no catalog row knows (never deleted by the daemon).",
-        &[],
-        out.unknown.len() as f64,
-    );
+    imprint_service::metrics::daemon()
+        .store_unknown_images
+        .set(out.unknown.len() as i64);
     Ok(out)
 }
 

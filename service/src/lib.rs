@@ -7,8 +7,8 @@
 //! - [`shutdown`]: SIGTERM and SIGINT as one future;
 //! - [`logging`]: `tracing` to stderr, in journald's taste when run by
 //!   systemd (no timestamps or colours: the journal adds its own);
-//! - [`metrics`]: counters in Prometheus text format on a small HTTP
-//!   endpoint.
+//! - [`metrics`]: the typed Prometheus metrics of both, and their
+//!   `GET /metrics` endpoint.
 
 pub mod logging;
 pub mod metrics;

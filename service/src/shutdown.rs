@@ -1,5 +1,12 @@
 //! Termination signals.
 
+/// Logs the signal once per process, however many futures wait for it
+/// (the gRPC server and the metrics endpoint both do).
+fn received(signal: &str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| tracing::info!("{signal} received"));
+}
+
 /// Resolves at the first SIGTERM (systemd's stop) or SIGINT (Ctrl-C).
 pub async fn terminated() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -9,8 +16,8 @@ pub async fn terminated() {
     ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
+                _ = term.recv() => received("SIGTERM"),
+                _ = int.recv() => received("SIGINT"),
             }
         }
         _ => {

@@ -149,20 +149,10 @@ impl Dispatcher {
             imprint_service::notify::status(&format!(
                 "serving; {running} operation(s) running; {alive} of {all} host(s) alive"
             ));
-            let m = imprint_service::metrics::global();
-            m.set(
-                "imprint_operations_running",
-                "Operations running now.",
-                &[],
-                running as f64,
-            );
-            m.set(
-                "imprint_hosts_alive",
-                "Hosts whose agent sent a heartbeat in the last 30 s.",
-                &[],
-                alive as f64,
-            );
-            m.set("imprint_hosts", "Registered hosts.", &[], all as f64);
+            let m = imprint_service::metrics::daemon();
+            m.operations_running.set(running as i64);
+            m.hosts_alive.set(alive as i64);
+            m.hosts.set(all as i64);
         }
     }
 

@@ -497,22 +497,17 @@ impl Rate {
 
 /// Count a finished operation in /metrics.
 fn record_metrics(op: &OperationRow, result: OpState, a: &pb::AgentOperation) {
-    let m = imprint_service::metrics::global();
+    use imprint_service::metrics::{CaptureBytesLabels, KindLabels, OperationLabels};
+    let m = imprint_service::metrics::daemon();
     let kind = op.kind.as_str();
     let result = result.as_str();
-    m.inc(
-        "imprint_operations_total",
-        "Operations finished, by kind and result.",
-        &[("kind", kind), ("result", result)],
-        1.0,
-    );
-    let secs = (now() - op.created_unix).max(0) as f64;
-    m.inc(
-        "imprint_operation_seconds_total",
-        "Wall-clock seconds of finished operations, by kind (divide by imprint_operations_total).",
-        &[("kind", kind)],
-        secs,
-    );
+    m.operations
+        .get_or_create(&OperationLabels { kind, result })
+        .inc();
+    let secs = (now() - op.created_unix).max(0) as u64;
+    m.operation_seconds
+        .get_or_create(&KindLabels { kind })
+        .inc_by(secs);
     if let Some(c) = &a.capture {
         for (what, n) in [
             ("read", c.bytes_read),
@@ -520,20 +515,12 @@ fn record_metrics(op: &OperationRow, result: OpState, a: &pb::AgentOperation) {
             ("deduplicated", c.bytes_deduplicated),
             ("zero", c.zero_bytes_skipped),
         ] {
-            m.inc(
-                "imprint_capture_bytes_total",
-                "Bytes of successful captures: read from guests, newly stored (compressed), deduplicated, zero.",
-                &[("what", what)],
-                n as f64,
-            );
+            m.capture_bytes
+                .get_or_create(&CaptureBytesLabels { what })
+                .inc_by(n);
         }
     }
     if let Some(d) = &a.deploy {
-        m.inc(
-            "imprint_deploy_bytes_total",
-            "Guest-visible bytes written by successful deploys.",
-            &[],
-            d.bytes_written as f64,
-        );
+        m.deploy_bytes.inc_by(d.bytes_written);
     }
 }
