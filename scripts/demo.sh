@@ -38,7 +38,7 @@ if [[ ${1:-} == --stop ]]; then
 fi
 
 if ! command -v cargo >/dev/null; then
-    echo "demo.sh: cargo is missing: install a Rust toolchain (1.88 or newer: let chains) first" >&2
+    echo "demo.sh: cargo is missing: install a Rust toolchain (1.94 or newer: sqlx 0.9) first" >&2
     exit 2
 fi
 

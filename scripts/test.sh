@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v cargo >/dev/null; then
-    echo "test.sh: cargo is missing: install a Rust toolchain (1.88 or newer: let chains) first" >&2
+    echo "test.sh: cargo is missing: install a Rust toolchain (1.94 or newer: sqlx 0.9) first" >&2
     exit 2
 fi
 
@@ -17,8 +17,12 @@ fi
 # warning (workspace lints in Cargo.toml) in any target.
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# Production code never panics on a failed expectation (tests may).
-cargo clippy --workspace --lib --bins --locked -- -D warnings -D clippy::expect_used
+# Production code never panics on a failed expectation (tests may) and
+# converts numbers with a stated meaning, never a silent `as` that can
+# truncate, wrap or drop a sign.
+cargo clippy --workspace --lib --bins --locked -- -D warnings -D clippy::expect_used \
+    -D clippy::cast_possible_truncation -D clippy::cast_sign_loss -D clippy::cast_possible_wrap
+./scripts/check-policy.sh
 
 # The end-to-end tests start our binaries (imprintd, imprint-agent,
 # imprint): `cargo test` builds only those of packages with integration

@@ -527,7 +527,8 @@ async fn register_and_heartbeat(
                         agent_endpoint: endpoint.clone(),
                         libvirt_uri: libvirt_uri.clone(),
                         version: env!("CARGO_PKG_VERSION").into(),
-                        cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
+                        cpus: std::thread::available_parallelism()
+                            .map_or(0, |n| u32::try_from(n.get()).unwrap_or(u32::MAX)),
                         site: site.clone(),
                         ..Default::default()
                     })?)

@@ -134,7 +134,7 @@ fn prune_finished(ops: &mut HashMap<String, Op>, now: i64) {
 fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn power(p: PowerState) -> pb::PowerState {

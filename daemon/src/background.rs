@@ -1,7 +1,8 @@
 //! The daemon's background duties (lease renewal, liveness, silent hosts,
 //! space accounting): every loop is spawned here, owned by one
 //! cancellation token and one task tracker, and stopped (and awaited) on
-//! shutdown instead of being dropped with the runtime mid-step.
+//! shutdown instead of being dropped with the runtime mid-step. The
+//! operations' followers run here too ([`Background::spawn_task`]).
 
 use std::future::Future;
 
@@ -25,6 +26,22 @@ impl Background {
                 () = duty => tracing::warn!(duty = name, "background duty ended by itself"),
             }
         });
+    }
+
+    /// Run one piece of work (an operation's follower, a dispatch) in a
+    /// task of its own that shutdown stops and waits for like the duties;
+    /// its end is normal. Returns its handle.
+    pub fn spawn_task<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<Option<T>> {
+        let token = self.token.clone();
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = token.cancelled() => None,
+                out = work => Some(out),
+            }
+        })
     }
 
     /// Stop every duty and wait until all have ended.

@@ -12,100 +12,19 @@
 //! A credential of another host is PERMISSION_DENIED; none at all is
 //! UNAUTHENTICATED.
 
-use std::time::Instant;
+use tonic::Request;
 
-use sqlx::Row;
-use tonic::{Request, Status};
-
-use crate::catalog::{Catalog, CatalogError, Result, TOKEN_CACHE_TTL, now, token_hash};
-
-impl Catalog {
-    /// Make (or replace) the token of host `name`; returns it (shown once).
-    /// The host registers with it when its agent starts.
-    pub async fn add_host_token(&self, name: &str) -> Result<String> {
-        validate_host_name(name)?;
-        let token = format!("imh_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(
-            "INSERT INTO host_credentials (host, token_sha256, created_unix) VALUES ($1, $2, $3) \
-             ON CONFLICT (host) DO UPDATE SET token_sha256 = $2, created_unix = $3",
-        )
-        .bind(name)
-        .bind(token_hash(&token))
-        .bind(now())
-        .execute(self.pool())
-        .await?;
-        self.forget_host_tokens();
-        Ok(token)
-    }
-
-    /// Remove host `name`'s token (its agent can no longer register or
-    /// heartbeat) and its host row.
-    pub async fn remove_host(&self, name: &str) -> Result<()> {
-        let mut tx = self.pool().begin().await?;
-        let a = sqlx::query("DELETE FROM host_credentials WHERE host = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        let b = sqlx::query("DELETE FROM hosts WHERE name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        if a.rows_affected() + b.rows_affected() == 0 {
-            return Err(CatalogError::NotFound(format!("no host named {name:?}")));
-        }
-        tx.commit().await?;
-        self.forget_host_tokens();
-        Ok(())
-    }
-
-    /// The host a host token belongs to.
-    pub async fn host_by_token(&self, token: &str) -> Result<String> {
-        let hash = token_hash(token);
-        if let Some((host, at)) = self.host_token_cache().get(&hash)
-            && at.elapsed() < TOKEN_CACHE_TTL
-        {
-            return Ok(host.clone());
-        }
-        let host: String = sqlx::query("SELECT host FROM host_credentials WHERE token_sha256 = $1")
-            .bind(&hash)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or_else(|| CatalogError::NotFound("unknown host token".into()))?
-            .try_get("host")?;
-        let mut cache = self.host_token_cache();
-        if cache.len() > 10_000 {
-            cache.retain(|_, (_, at)| at.elapsed() < TOKEN_CACHE_TTL);
-        }
-        cache.insert(hash, (host.clone(), Instant::now()));
-        Ok(host)
-    }
-}
-
-/// Host names: DNS names (they may be bound to certificates).
-pub fn validate_host_name(name: &str) -> Result<()> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    };
-    if name.len() <= 253 && name.split('.').all(label_ok) {
-        Ok(())
-    } else {
-        Err(CatalogError::InvalidArgument(format!(
-            "host name {name:?} must be a lower-case DNS name: labels of 1-63 letters, digits or '-' (not at either end), joined by '.'"
-        )))
-    }
-}
+use crate::{
+    catalog::{Catalog, CatalogError},
+    error::DaemonError,
+};
 
 /// Check that the caller holds the credential of host `name`.
 pub async fn authenticate_host<T>(
     catalog: &Catalog,
     req: &Request<T>,
     name: &str,
-) -> Result<(), Status> {
+) -> Result<(), DaemonError> {
     let cert = req.peer_certs().and_then(|c| c.first().cloned());
     if let Some(cert) = &cert
         && cert_names_host(cert, name)
@@ -116,21 +35,21 @@ pub async fn authenticate_host<T>(
         let token = crate::auth::bearer(req)?;
         return match catalog.host_by_token(token).await {
             Ok(host) if host == name => Ok(()),
-            Ok(host) => Err(Status::permission_denied(format!(
+            Ok(host) => Err(DaemonError::denied(format!(
                 "this token belongs to host {host:?}, not {name:?}"
             ))),
-            Err(CatalogError::NotFound(_)) => Err(Status::unauthenticated(
+            Err(CatalogError::NotFound(_)) => Err(DaemonError::unauthenticated(
                 "invalid host token (imprintd host add NAME makes one)",
             )),
-            Err(e) => Err(crate::error::status(e)),
+            Err(e) => Err(e.into()),
         };
     }
     if cert.is_some() {
-        return Err(Status::permission_denied(format!(
+        return Err(DaemonError::denied(format!(
             "the client certificate does not name host {name:?} in its subjectAltName, and no host token was sent"
         )));
     }
-    Err(Status::unauthenticated(format!(
+    Err(DaemonError::unauthenticated(format!(
         "registering and heartbeating as host {name:?} needs its credential: 'authorization: Bearer <host token>' (imprintd host add {name}) or a TLS certificate naming the host"
     )))
 }
@@ -172,7 +91,7 @@ mod tests {
             authenticate_host(&c, &with(&t2), "kvm-01")
                 .await
                 .expect("own token");
-            let code = |r: Result<(), Status>| r.expect_err("refused").code();
+            let code = |r: Result<(), DaemonError>| r.expect_err("refused").kind().code();
             assert_eq!(
                 code(authenticate_host(&c, &with(&t2), "kvm-02").await),
                 tonic::Code::PermissionDenied

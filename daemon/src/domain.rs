@@ -231,9 +231,82 @@ impl OpKind {
     }
 }
 
+text_enum! {
+    /// A member's answer to an image shared with it.
+    ShareStatus, "share status" {
+        /// Not answered yet: the image is visible but not listed.
+        Pending = "pending",
+        /// Listed among the member's images.
+        Accepted = "accepted",
+        /// Hidden from the member.
+        Rejected = "rejected",
+    }
+}
+
+/// The phases the daemon itself sets; agents report their own (free text,
+/// shown as they are).
+pub mod phase {
+    /// Recorded, not yet acknowledged by its agent (sent again on resume).
+    pub const QUEUED: &str = "queued";
+    /// Acknowledged by its agent, which reported no phase yet.
+    pub const DISPATCHED: &str = "dispatched";
+    /// Final (set with the final state).
+    pub const DONE: &str = "done";
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The catalog's SQL names states and kinds by their text; every such
+    /// literal must be a text of one of the enums (a typo would match no
+    /// row, silently).
+    #[test]
+    fn sql_literals_are_known_texts() {
+        let known: Vec<&str> = ImageState::ALL
+            .iter()
+            .map(|v| v.as_str())
+            .chain(OpState::ALL.iter().map(|v| v.as_str()))
+            .chain(OpKind::ALL.iter().map(|v| v.as_str()))
+            .chain(Visibility::ALL.iter().map(|v| v.as_str()))
+            .chain(LocationState::ALL.iter().map(|v| v.as_str()))
+            .chain(ShareStatus::ALL.iter().map(|v| v.as_str()))
+            .chain([phase::QUEUED, phase::DISPATCHED, phase::DONE])
+            .collect();
+        let sources = [
+            include_str!("catalog/mod.rs"),
+            include_str!("catalog/accounts.rs"),
+            include_str!("catalog/images.rs"),
+            include_str!("catalog/operations.rs"),
+            include_str!("catalog/sharing.rs"),
+            include_str!("catalog/sites.rs"),
+            include_str!("catalog/hosts.rs"),
+        ];
+        let mut checked = 0;
+        for src in sources {
+            // Lines of SQL text: inside a string, quoted words.
+            for line in src
+                .lines()
+                .filter(|l| l.contains('\'') && !l.trim_start().starts_with("//"))
+            {
+                let mut parts = line.split('\'');
+                parts.next();
+                while let (Some(word), Some(_)) = (parts.next(), parts.next()) {
+                    if !word.is_empty() && word.bytes().all(|b| b.is_ascii_lowercase()) {
+                        assert!(
+                            known.contains(&word),
+                            "unknown state text '{word}' in: {line}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(
+            checked > 30,
+            "only {checked} SQL literals found: the scan is broken"
+        );
+    }
 
     #[test]
     fn texts_round_trip_and_unknown_ones_are_named() {

@@ -1,7 +1,5 @@
 //! `HostService`: agents register and heartbeat; operators list hosts.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use imprint_proto::v1::{self as pb, host_service_server::HostService};
 use tonic::{Request, Response, Status};
 
@@ -9,7 +7,7 @@ use crate::{
     catalog::HostRow,
     catalog::{Account, Catalog, CatalogError},
     credentials::authenticate_host,
-    error::status,
+    error::DaemonError,
 };
 
 /// Seconds between agent heartbeats; a host is alive while its last one is
@@ -32,23 +30,27 @@ impl Hosts {
 
 /// The host, if `who` may use it and it is alive. Hosts the account may
 /// not use answer NOT_FOUND, like unknown ones.
-pub async fn usable_host(catalog: &Catalog, who: &Account, host: &str) -> Result<HostRow, Status> {
+pub async fn usable_host(
+    catalog: &Catalog,
+    who: &Account,
+    host: &str,
+) -> Result<HostRow, DaemonError> {
     if host.is_empty() {
-        return Err(Status::invalid_argument("host is required"));
+        return Err(DaemonError::invalid("host is required"));
     }
-    let allowed = catalog.may_use_host(who, host).await.map_err(status)?;
+    let allowed = catalog.may_use_host(who, host).await?;
     let row = match catalog.host(host).await {
         Ok(h) if allowed => h,
         Ok(_) | Err(CatalogError::NotFound(_)) => {
-            return Err(Status::not_found(format!(
+            return Err(DaemonError::not_found(format!(
                 "host {host:?} is not registered or not available to account {}",
                 who.name
             )));
         }
-        Err(e) => return Err(status(e)),
+        Err(e) => return Err(e.into()),
     };
     if !crate::dispatch::Dispatcher::alive(&row) {
-        return Err(Status::unavailable(format!(
+        return Err(DaemonError::unavailable(format!(
             "host {host} has not sent a heartbeat for {} s; its agent is down",
             crate::catalog::now() - row.last_heartbeat_unix
         )));
@@ -56,21 +58,16 @@ pub async fn usable_host(catalog: &Catalog, who: &Account, host: &str) -> Result
     Ok(row)
 }
 
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 fn to_pb(h: HostRow) -> pb::Host {
     pb::Host {
-        alive: now() - h.last_heartbeat_unix < 3 * i64::from(HEARTBEAT_INTERVAL_SECONDS),
+        alive: crate::catalog::now() - h.last_heartbeat_unix
+            < 3 * i64::from(HEARTBEAT_INTERVAL_SECONDS),
         name: h.name,
         agent_endpoint: h.agent_endpoint,
         libvirt_uri: h.libvirt_uri,
         version: h.version,
-        cpus: h.cpus as u32,
-        memory_bytes: h.memory_bytes as u64,
+        cpus: u32::try_from(h.cpus).unwrap_or(0),
+        memory_bytes: crate::catalog::unsigned(h.memory_bytes),
         site: h.site,
         last_heartbeat_unix: h.last_heartbeat_unix,
     }
@@ -83,15 +80,16 @@ impl HostService for Hosts {
         req: Request<pb::RegisterHostRequest>,
     ) -> Result<Response<pb::Host>, Status> {
         let name = req.get_ref().name.clone();
-        crate::credentials::validate_host_name(&name).map_err(status)?;
+        crate::catalog::validate_host_name(&name)?;
         authenticate_host(&self.catalog, &req, &name).await?;
         let r = req.into_inner();
         if crate::dispatch::AgentScheme::of(&r.agent_endpoint).is_none() {
-            return Err(Status::invalid_argument(format!(
+            let said = format!(
                 "agent endpoint {:?}: {}",
                 r.agent_endpoint,
                 crate::dispatch::AgentScheme::RULE
-            )));
+            );
+            return Err(DaemonError::invalid(said).into());
         }
         // A site nobody configured would give its images a location whose
         // store no daemon can open (they could never be deleted).
@@ -99,12 +97,13 @@ impl HostService for Hosts {
             match self.catalog.site(&r.site).await {
                 Ok(_) => {}
                 Err(crate::catalog::CatalogError::NotFound(_)) => {
-                    return Err(Status::failed_precondition(format!(
+                    let said = format!(
                         "host {}: site {:?} is not configured on the daemon (imprintd --site {}=LOCATION)",
                         r.name, r.site, r.site
-                    )));
+                    );
+                    return Err(DaemonError::wrong_state(said).into());
                 }
-                Err(e) => return Err(status(e)),
+                Err(e) => return Err(e.into()),
             }
         }
         let row = HostRow {
@@ -113,22 +112,21 @@ impl HostService for Hosts {
             libvirt_uri: r.libvirt_uri,
             version: r.version,
             cpus: i32::try_from(r.cpus)
-                .map_err(|_| Status::invalid_argument("cpus is out of range"))?,
+                .map_err(|_| DaemonError::invalid("cpus is out of range"))?,
             memory_bytes: i64::try_from(r.memory_bytes)
-                .map_err(|_| Status::invalid_argument("memory_bytes is out of range"))?,
+                .map_err(|_| DaemonError::invalid("memory_bytes is out of range"))?,
             site: r.site,
             last_heartbeat_unix: 0,
         };
-        self.catalog.register_host(&row).await.map_err(status)?;
+        self.catalog.register_host(&row).await?;
         tracing::info!(host = %r.name, "host registered");
         let host = self
             .catalog
             .hosts()
-            .await
-            .map_err(status)?
+            .await?
             .into_iter()
             .find(|h| h.name == r.name)
-            .ok_or_else(|| Status::internal("registered host vanished"))?;
+            .ok_or_else(|| DaemonError::internal("registered host vanished"))?;
         Ok(Response::new(to_pb(host)))
     }
 
@@ -139,14 +137,10 @@ impl HostService for Hosts {
         let name = req.get_ref().name.clone();
         authenticate_host(&self.catalog, &req, &name).await?;
         let running = req.into_inner().running_operation_ids;
-        self.catalog.heartbeat(&name).await.map_err(status)?;
+        self.catalog.heartbeat(&name).await?;
         // What the host still runs but the catalog ended (the reaper failed
         // it while the host was silent): the agent cancels it.
-        let cancel_operation_ids = self
-            .catalog
-            .ended_among(&name, &running)
-            .await
-            .map_err(status)?;
+        let cancel_operation_ids = self.catalog.ended_among(&name, &running).await?;
         if !cancel_operation_ids.is_empty() {
             tracing::warn!(host = %name, operations = ?cancel_operation_ids, "the host runs operations the catalog ended; asking it to cancel them");
         }
@@ -167,13 +161,8 @@ impl HostService for Hosts {
         // Users see the hosts they may use (admins: all).
         let who = crate::auth::account(&self.catalog, &req).await?;
         let mut hosts = Vec::new();
-        for h in self.catalog.hosts().await.map_err(status)? {
-            if self
-                .catalog
-                .may_use_host(&who, &h.name)
-                .await
-                .map_err(status)?
-            {
+        for h in self.catalog.hosts().await? {
+            if self.catalog.may_use_host(&who, &h.name).await? {
                 hosts.push(to_pb(h));
             }
         }

@@ -9,7 +9,7 @@
 //! - [`dispatch`]: sending operations to agents and following them, also
 //!   across daemon restarts.
 
-pub mod accounts;
+pub mod api;
 #[cfg(test)]
 mod api_tests;
 pub mod auth;
@@ -19,14 +19,12 @@ pub mod credentials;
 pub mod dispatch;
 pub mod domain;
 pub mod error;
-pub mod guests;
 pub mod hosts;
-pub mod images;
 pub mod liveness;
-pub mod operations;
+pub mod ops;
 pub mod paging;
-pub mod profiles;
 pub mod reconcile;
 pub mod server;
+pub mod spec;
 #[cfg(test)]
 mod testpg;

@@ -62,7 +62,7 @@ impl Catalog {
                 return Ok(Some(Held { conn }));
             }
             if std::time::Instant::now() >= deadline {
-                return Err(crate::catalog::CatalogError::Conflict(format!(
+                return Err(crate::catalog::CatalogError::Exists(format!(
                     "another daemon with id {:?} holds its liveness lock; give each daemon its own --daemon-id",
                     self.daemon_id()
                 )));

@@ -19,10 +19,10 @@ pub fn encode(scope: &str, key: &str, id: &str) -> String {
 }
 
 /// The cursor in token `t` of listing `scope`; a malformed token, or one of
-/// another listing or order, is `InvalidArgument`.
+/// another listing or order, is `Invalid`.
 pub fn decode(t: &str, scope: &str) -> Result<Cursor> {
     let bad = || {
-        CatalogError::InvalidArgument(format!(
+        CatalogError::Invalid(format!(
             "page token {t:?} is malformed or from another listing or order; pass the next_page_token of a previous response"
         ))
     };
@@ -45,7 +45,7 @@ pub fn decode(t: &str, scope: &str) -> Result<Cursor> {
 pub fn decode_numeric(t: &str, scope: &str) -> Result<(i64, String)> {
     let c = decode(t, scope)?;
     let n = c.key.parse().map_err(|_| {
-        CatalogError::InvalidArgument(format!(
+        CatalogError::Invalid(format!(
             "page token {t:?} is malformed; pass the next_page_token of a previous response"
         ))
     })?;
@@ -82,7 +82,7 @@ mod tests {
             encode("cd", "1", "not-a-uuid"),
         ] {
             assert!(
-                matches!(decode(&bad, "cd"), Err(CatalogError::InvalidArgument(_))),
+                matches!(decode(&bad, "cd"), Err(CatalogError::Invalid(_))),
                 "{bad}"
             );
         }

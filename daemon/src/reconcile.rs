@@ -145,7 +145,7 @@ pub async fn reconcile(
     }
     imprint_service::metrics::daemon()
         .store_unknown_images
-        .set(out.unknown.len() as i64);
+        .set(crate::catalog::count(out.unknown.len()));
     Ok(out)
 }
 

@@ -12,8 +12,12 @@ use imprint_proto::v1::{
 use tonic::transport::server::Router;
 
 use crate::{
-    accounts::Accounts, dispatch::Dispatcher, guests::Guests, hosts::Hosts, images::Images,
-    operations::Operations,
+    api::{
+        accounts::Accounts, guests::Guests, images::Images, operations::Operations,
+        profiles::Profiles,
+    },
+    dispatch::Dispatcher,
+    hosts::Hosts,
 };
 
 /// The gRPC services the daemon serves, as reflection lists them.
@@ -34,9 +38,7 @@ pub async fn router(d: Arc<Dispatcher>, tls: Option<&TlsFiles>) -> anyhow::Resul
     health.set_serving::<HostServiceServer<Hosts>>().await;
     health.set_serving::<ImageServiceServer<Images>>().await;
     health.set_serving::<GuestServiceServer<Guests>>().await;
-    health
-        .set_serving::<ProfileServiceServer<crate::profiles::Profiles>>()
-        .await;
+    health.set_serving::<ProfileServiceServer<Profiles>>().await;
     health
         .set_serving::<OperationServiceServer<Operations>>()
         .await;
@@ -66,7 +68,7 @@ pub async fn router(d: Arc<Dispatcher>, tls: Option<&TlsFiles>) -> anyhow::Resul
         .add_service(HostServiceServer::new(Hosts::new(d.catalog().clone())))
         .add_service(ImageServiceServer::new(Images::new(d.clone())))
         .add_service(GuestServiceServer::new(Guests::new(d.clone())))
-        .add_service(ProfileServiceServer::new(crate::profiles::Profiles::new(
+        .add_service(ProfileServiceServer::new(Profiles::new(
             d.catalog().clone(),
         )))
         .add_service(AccountServiceServer::new(Accounts::new(

@@ -97,10 +97,7 @@ pub struct Hardware {
     pub serial_console: Option<bool>,
 }
 
-/// The most vCPUs a profile may give.
-pub const MAX_VCPUS: u32 = 1024;
-/// Memory bounds of a profile.
-pub const MEMORY_MIB: std::ops::RangeInclusive<u64> = 16..=16 << 20;
+pub use crate::limits::MAX_VCPUS;
 /// The most NICs a profile may give.
 pub const MAX_NICS: u32 = 16;
 
@@ -128,15 +125,8 @@ impl TryFrom<&pb::HardwareProfile> for Hardware {
         if !p.name.is_empty() {
             check_profile_name(&p.name)?;
         }
-        if p.vcpus > MAX_VCPUS {
-            return Err(format!("{} vCPUs is more than {MAX_VCPUS}", p.vcpus));
-        }
-        if p.memory_mib != 0 && !MEMORY_MIB.contains(&p.memory_mib) {
-            return Err(format!(
-                "memory_mib {} must be between 16 MiB and 16 TiB",
-                p.memory_mib
-            ));
-        }
+        crate::limits::check_vcpus(p.vcpus)?;
+        crate::limits::check_memory_mib(p.memory_mib)?;
         if p.nic_count > MAX_NICS {
             return Err(format!("{} NICs is more than {MAX_NICS}", p.nic_count));
         }

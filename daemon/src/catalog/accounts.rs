@@ -16,7 +16,7 @@ impl Catalog {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
         {
-            return Err(CatalogError::InvalidArgument(format!(
+            return Err(CatalogError::Invalid(format!(
                 "account name {name:?} must be 1-64 letters, digits, '-', '_' or '.'"
             )));
         }
@@ -41,9 +41,9 @@ impl Catalog {
                 },
                 token,
             )),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(
-                CatalogError::Conflict(format!("account {name:?} already exists")),
-            ),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(CatalogError::Exists(
+                format!("account {name:?} already exists"),
+            )),
             Err(e) => Err(e.into()),
         }
     }
@@ -92,7 +92,7 @@ impl Catalog {
         let mut ids = Vec::with_capacity(accounts.len());
         for a in accounts {
             ids.push(self.account_id_by_name(a).await.map_err(|_| {
-                CatalogError::InvalidArgument(format!("no account named {a:?} to {verb} with"))
+                CatalogError::Invalid(format!("no account named {a:?} to {verb} with"))
             })?);
         }
         Ok(ids)
@@ -154,7 +154,7 @@ impl Catalog {
     /// Let an account use a host (`*`: every host).
     pub async fn allow_host(&self, account: &str, host: &str) -> Result<()> {
         if host.is_empty() {
-            return Err(CatalogError::InvalidArgument("host name is empty".into()));
+            return Err(CatalogError::Invalid("host name is empty".into()));
         }
         let a = self.account_by_name(account).await?;
         sqlx::query("INSERT INTO account_hosts (account_id, host) VALUES ($1, $2) ON CONFLICT (account_id, host) DO NOTHING")

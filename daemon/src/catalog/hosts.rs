@@ -30,7 +30,7 @@ impl Catalog {
     /// Register (or re-register) a host.
     pub async fn register_host(&self, h: &HostRow) -> Result<()> {
         if h.name.is_empty() || h.agent_endpoint.is_empty() {
-            return Err(CatalogError::InvalidArgument(
+            return Err(CatalogError::Invalid(
                 "a host needs a name and an agent endpoint".into(),
             ));
         }
@@ -45,7 +45,7 @@ impl Catalog {
                 .await?
         {
             let other: String = other.try_get("name")?;
-            return Err(CatalogError::Conflict(format!(
+            return Err(CatalogError::Exists(format!(
                 "agent endpoint {} is registered by host {other}; remove that host first (imprintd host remove {other})",
                 h.agent_endpoint
             )));

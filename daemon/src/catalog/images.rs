@@ -106,11 +106,11 @@ impl Catalog {
     }
 
     /// The image, if `viewer` owns it; `NotFound` if it cannot see it,
-    /// `PermissionDenied` if it sees it but does not own it.
+    /// `Denied` if it sees it but does not own it.
     pub async fn owned_image(&self, viewer: &Account, id: &str) -> Result<ImageRow> {
         let img = self.get_image(viewer, id).await?;
         if img.owner_id != viewer.id {
-            return Err(CatalogError::PermissionDenied(format!(
+            return Err(CatalogError::Denied(format!(
                 "image {id} belongs to another account"
             )));
         }
@@ -123,129 +123,94 @@ impl Catalog {
         viewer: &Account,
         q: &ListQuery,
     ) -> Result<(Vec<ImageRow>, Option<String>)> {
-        let size = match q.page_size {
-            0 => 50,
-            n if n <= 1000 => n,
-            n => {
-                return Err(CatalogError::InvalidArgument(format!(
-                    "page_size {n} is more than 1000"
-                )));
-            }
-        } as i64;
-        let mut sql = format!(
-            "{SELECT_IMAGE} WHERE i.state <> 'deleted' AND (i.owner_id = $1 OR i.visibility = 'public' \
-             OR EXISTS (SELECT 1 FROM image_members m WHERE m.image_id = i.id AND m.account_id = $1 AND m.status = 'accepted'))"
-        );
-        let mut binds: Vec<String> = vec![viewer.id.clone()];
-        let mut arg = |sql: &mut String, clause: &str, v: String| {
-            binds.push(v);
-            sql.push_str(&clause.replace("$?", &format!("${}", binds.len())));
-        };
-        if let Some(o) = &q.owner {
-            arg(&mut sql, " AND a.name = $?", o.clone());
-        }
-        if let Some(v) = q.visibility {
-            arg(&mut sql, " AND i.visibility = $?", v.as_str().to_string());
-        }
-        if let Some(p) = &q.name_prefix {
-            let escaped = p
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
-            arg(
-                &mut sql,
-                " AND i.name LIKE $? ESCAPE '\\'",
-                format!("{escaped}%"),
-            );
-            if self.sqlite {
-                // SQLite cannot use an index for LIKE with ESCAPE; a byte-order
-                // range on the same prefix can (its BINARY collation makes the
-                // range exact). PostgreSQL keeps LIKE alone: locale collations
-                // do not order by prefix.
-                arg(&mut sql, " AND i.name >= $?", p.clone());
-                arg(&mut sql, " AND i.name < $?", format!("{p}\u{10FFFF}"));
-            }
-        }
-        if let Some(t) = &q.tag {
-            arg(
-                &mut sql,
-                " AND EXISTS (SELECT 1 FROM image_tags t WHERE t.image_id = i.id AND t.tag = $?)",
-                t.clone(),
-            );
-        }
-        if let Some(s) = &q.state {
-            arg(&mut sql, " AND i.state = $?", s.as_str().to_string());
-        }
-        if q.hide_deprecated {
-            sql.push_str(" AND i.state <> 'deprecated'");
-        }
-        let cursor = q
-            .page_token
-            .as_deref()
-            .filter(|t| !t.is_empty())
-            .map(|t| match q.order {
-                // The created key is a number.
-                ListOrder::CreatedDesc | ListOrder::CreatedAsc => {
-                    crate::paging::decode_numeric(t, q.order.tag())
-                        .map(|(k, id)| (k.to_string(), id))
-                }
-                ListOrder::NameAsc | ListOrder::NameDesc => {
-                    crate::paging::decode(t, q.order.tag()).map(|c| (c.key, c.id))
-                }
-            })
-            .transpose()?;
+        let size = page_size(q.page_size)?;
+        let mut l = self.listing(viewer, q);
         let (key, dir, cmp) = match q.order {
             ListOrder::CreatedDesc => ("i.created_unix", "DESC", "<"),
             ListOrder::CreatedAsc => ("i.created_unix", "ASC", ">"),
             ListOrder::NameAsc => ("i.name", "ASC", ">"),
             ListOrder::NameDesc => ("i.name", "DESC", "<"),
         };
-        if let Some((k, id)) = &cursor {
-            let n = binds.len();
-            sql.push_str(&format!(
-                " AND ({key} {cmp} ${a} OR ({key} = ${a} AND i.id {cmp} ${b}))",
-                a = n + 1,
-                b = n + 2
+        if let Some((k, id)) = page_cursor(q)? {
+            let (a, b) = (l.binds.len() + 1, l.binds.len() + 2);
+            l.sql.push_str(&format!(
+                " AND ({key} {cmp} ${a} OR ({key} = ${a} AND i.id {cmp} ${b}))"
             ));
-            binds.push(k.clone());
-            binds.push(id.clone());
+            l.binds.push(k);
+            l.binds.push(Bind::Text(id));
         }
-        sql.push_str(&format!(
+        l.sql.push_str(&format!(
             " ORDER BY {key} {dir}, i.id {dir} LIMIT {}",
             size + 1
         ));
         // Built from constants and `$n` placeholders only; every value is
-        // bound. The created key is bound as a number.
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        let numeric_from = if cursor.is_some() && key == "i.created_unix" {
-            binds.len() - 2
-        } else {
-            usize::MAX
-        };
-        for (i, b) in binds.iter().enumerate() {
-            if i == numeric_from {
-                query = query.bind(b.parse::<i64>().unwrap_or_default());
-            } else {
-                query = query.bind(b.clone());
-            }
+        // bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(l.sql));
+        for b in l.binds {
+            query = match b {
+                Bind::Text(t) => query.bind(t),
+                Bind::Number(n) => query.bind(n),
+            };
         }
         let rows = query.fetch_all(&self.pool).await?;
-        let more = rows.len() as i64 > size;
+        let more = super::count(rows.len()) > size;
         let out = self
-            .rows_to_images(rows.into_iter().take(size as usize).collect())
+            .rows_to_images(
+                rows.into_iter()
+                    .take(usize::try_from(size).unwrap_or(0))
+                    .collect(),
+            )
             .await?;
-        let next = if more {
-            out.last().map(|l| {
-                let k = match q.order {
-                    ListOrder::CreatedDesc | ListOrder::CreatedAsc => l.created_unix.to_string(),
-                    ListOrder::NameAsc | ListOrder::NameDesc => l.name.clone(),
-                };
-                crate::paging::encode(q.order.tag(), &k, &l.id)
-            })
-        } else {
-            None
-        };
+        let next = more
+            .then(|| out.last())
+            .flatten()
+            .map(|l| next_token(q.order, l));
         Ok((out, next))
+    }
+
+    /// The filters of a listing (what `viewer` sees, narrowed by `q`).
+    fn listing(&self, viewer: &Account, q: &ListQuery) -> Listing {
+        let mut l = Listing {
+            sql: format!(
+                "{SELECT_IMAGE} WHERE i.state <> 'deleted' AND (i.owner_id = $1 OR i.visibility = 'public' \
+                 OR EXISTS (SELECT 1 FROM image_members m WHERE m.image_id = i.id AND m.account_id = $1 AND m.status = 'accepted'))"
+            ),
+            binds: vec![Bind::Text(viewer.id.clone())],
+        };
+        if let Some(o) = &q.owner {
+            l.arg(" AND a.name = $?", o.clone());
+        }
+        if let Some(v) = q.visibility {
+            l.arg(" AND i.visibility = $?", v.as_str().to_string());
+        }
+        if let Some(p) = &q.name_prefix {
+            let escaped = p
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            l.arg(" AND i.name LIKE $? ESCAPE '\\'", format!("{escaped}%"));
+            if self.sqlite {
+                // SQLite cannot use an index for LIKE with ESCAPE; a byte-order
+                // range on the same prefix can (its BINARY collation makes the
+                // range exact). PostgreSQL keeps LIKE alone: locale collations
+                // do not order by prefix.
+                l.arg(" AND i.name >= $?", p.clone());
+                l.arg(" AND i.name < $?", format!("{p}\u{10FFFF}"));
+            }
+        }
+        if let Some(t) = &q.tag {
+            l.arg(
+                " AND EXISTS (SELECT 1 FROM image_tags t WHERE t.image_id = i.id AND t.tag = $?)",
+                t.clone(),
+            );
+        }
+        if let Some(s) = &q.state {
+            l.arg(" AND i.state = $?", s.as_str().to_string());
+        }
+        if q.hide_deprecated {
+            l.sql.push_str(" AND i.state <> 'deprecated'");
+        }
+        l
     }
 
     /// Move an image to `state` (with a reason for `failed`) and set its size.
@@ -350,7 +315,7 @@ impl Catalog {
         .execute(&self.pool)
         .await?;
         if r.rows_affected() == 0 {
-            return Err(CatalogError::FailedPrecondition(format!(
+            return Err(CatalogError::WrongState(format!(
                 "image {id} is {}; only {from} images can become {to}",
                 img.state
             )));
@@ -363,18 +328,18 @@ impl Catalog {
     pub async fn begin_delete(&self, owner: &Account, id: &str) -> Result<ImageState> {
         let img = self.owned_image(owner, id).await?;
         if img.protected {
-            return Err(CatalogError::FailedPrecondition(format!(
+            return Err(CatalogError::WrongState(format!(
                 "image {id} is protected; unprotect it first"
             )));
         }
         match img.state {
             ImageState::Creating => {
-                return Err(CatalogError::FailedPrecondition(format!(
+                return Err(CatalogError::WrongState(format!(
                     "image {id} is being captured; cancel its operation first"
                 )));
             }
             ImageState::Deleting => {
-                return Err(CatalogError::FailedPrecondition(format!(
+                return Err(CatalogError::WrongState(format!(
                     "image {id} is being deleted already"
                 )));
             }
@@ -392,7 +357,7 @@ impl Catalog {
             .execute(&mut *tx)
             .await?;
         if r.rows_affected() == 0 {
-            return Err(CatalogError::FailedPrecondition(format!(
+            return Err(CatalogError::WrongState(format!(
                 "image {id} changed while it was being deleted; retry"
             )));
         }
@@ -404,7 +369,7 @@ impl Catalog {
             .transpose()?;
         if let Some(d) = reader {
             // Dropping the transaction rolls the state back.
-            return Err(CatalogError::FailedPrecondition(format!(
+            return Err(CatalogError::WrongState(format!(
                 "image {id} is being read by operation {d} (deploy or export); delete it when that ends"
             )));
         }
@@ -469,4 +434,65 @@ impl Catalog {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// A listing's SQL and the values bound to its `$n` placeholders.
+#[derive(Debug)]
+struct Listing {
+    sql: String,
+    binds: Vec<Bind>,
+}
+
+/// One bound value.
+#[derive(Debug)]
+enum Bind {
+    Text(String),
+    Number(i64),
+}
+
+impl Listing {
+    /// Append `clause`, its `$?` the next placeholder bound to `v`.
+    fn arg(&mut self, clause: &str, v: String) {
+        self.binds.push(Bind::Text(v));
+        self.sql
+            .push_str(&clause.replace("$?", &format!("${}", self.binds.len())));
+    }
+}
+
+/// A page size: 0 is the default (50), at most 1000.
+fn page_size(n: u32) -> Result<i64> {
+    match n {
+        0 => Ok(50),
+        n if n <= 1000 => Ok(i64::from(n)),
+        n => Err(CatalogError::Invalid(format!(
+            "page_size {n} is more than 1000"
+        ))),
+    }
+}
+
+/// The key and id after which the page starts.
+fn page_cursor(q: &ListQuery) -> Result<Option<(Bind, String)>> {
+    let Some(t) = q.page_token.as_deref().filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    Ok(Some(match q.order {
+        // The created key is a number.
+        ListOrder::CreatedDesc | ListOrder::CreatedAsc => {
+            let (k, id) = crate::paging::decode_numeric(t, q.order.tag())?;
+            (Bind::Number(k), id)
+        }
+        ListOrder::NameAsc | ListOrder::NameDesc => {
+            let c = crate::paging::decode(t, q.order.tag())?;
+            (Bind::Text(c.key), c.id)
+        }
+    }))
+}
+
+/// The token of the page after the one ending with `last`.
+fn next_token(order: ListOrder, last: &ImageRow) -> String {
+    let k = match order {
+        ListOrder::CreatedDesc | ListOrder::CreatedAsc => last.created_unix.to_string(),
+        ListOrder::NameAsc | ListOrder::NameDesc => last.name.clone(),
+    };
+    crate::paging::encode(order.tag(), &k, &last.id)
 }

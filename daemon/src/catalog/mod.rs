@@ -20,14 +20,21 @@ use sqlx::{AnyPool, Row, any::AnyPoolOptions};
 
 use crate::domain::UnknownText;
 mod accounts;
+mod guests;
+mod host_tokens;
 mod hosts;
 mod images;
+mod leases;
 mod operations;
+mod profiles;
 mod sharing;
 mod sites;
 
+pub use guests::{GuestOwner, guest_not_found};
+pub use host_tokens::validate_host_name;
 pub use hosts::HostRow;
 pub use operations::{ImageOutcome, LEASE_SECONDS, NewImage, NewOperation, OperationRow};
+pub use profiles::{decode as decode_profile, encode as encode_profile};
 pub use sites::{DEFAULT_SITE, LocationRow, SiteRow, site_of_host, validate_site_name};
 
 pub use crate::domain::{ImageState, Visibility};
@@ -40,16 +47,16 @@ pub enum CatalogError {
     NotFound(String),
     /// Bad input.
     #[error("{0}")]
-    InvalidArgument(String),
-    /// Exists already / not allowed in the current state.
+    Invalid(String),
+    /// Exists already (a name, a grant, a location).
     #[error("{0}")]
-    Conflict(String),
+    Exists(String),
     /// The caller may see it but not do this.
     #[error("{0}")]
-    PermissionDenied(String),
+    Denied(String),
     /// Not possible in the thing's current state (protected, in use...).
     #[error("{0}")]
-    FailedPrecondition(String),
+    WrongState(String),
     /// The database failed.
     #[error("catalog database: {0}")]
     Database(#[from] sqlx::Error),
@@ -210,7 +217,7 @@ impl std::str::FromStr for ListOrder {
             "name_asc" => ListOrder::NameAsc,
             "name_desc" => ListOrder::NameDesc,
             other => {
-                return Err(CatalogError::InvalidArgument(format!(
+                return Err(CatalogError::Invalid(format!(
                     "order_by {other:?} is not one of created_desc, created_asc, name_asc, name_desc"
                 )));
             }
@@ -257,7 +264,24 @@ pub fn token_hash(token: &str) -> String {
 pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+        .map_or(0, |d| signed(d.as_secs()))
+}
+
+/// A count or size as the catalog stores it (SQL integers are signed);
+/// beyond `i64::MAX` it saturates.
+pub fn signed(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A stored count or size as the API shows it; a negative one (never
+/// written) reads as 0.
+pub fn unsigned(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A count of rows as the catalog compares it.
+pub fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 const SELECT_IMAGE: &str = "SELECT i.id, i.owner_id, a.name AS owner, i.name, i.notes, i.state, i.visibility, \
@@ -352,13 +376,13 @@ impl Catalog {
 /// Checks of names and notes every write path shares.
 pub fn validate_image_name(name: &str) -> Result<()> {
     imprint_store::manifest::validate_name(name)
-        .map_err(|e| CatalogError::InvalidArgument(e.message().to_string()))
+        .map_err(|e| CatalogError::Invalid(e.message().to_string()))
 }
 
 /// Notes: at most 4 KiB.
 pub fn validate_notes(notes: &str) -> Result<()> {
     if notes.len() > 4096 {
-        return Err(CatalogError::InvalidArgument(format!(
+        return Err(CatalogError::Invalid(format!(
             "notes are {} bytes; at most 4096",
             notes.len()
         )));
@@ -369,7 +393,7 @@ pub fn validate_notes(notes: &str) -> Result<()> {
 /// Tags: at most 50, each 1-64 printable characters without spaces.
 pub fn validate_tags(tags: &[String]) -> Result<()> {
     if tags.len() > 50 {
-        return Err(CatalogError::InvalidArgument(format!(
+        return Err(CatalogError::Invalid(format!(
             "{} tags; at most 50",
             tags.len()
         )));
@@ -379,7 +403,7 @@ pub fn validate_tags(tags: &[String]) -> Result<()> {
             || t.chars().count() > 64
             || t.chars().any(|c| c.is_control() || c.is_whitespace())
         {
-            return Err(CatalogError::InvalidArgument(format!(
+            return Err(CatalogError::Invalid(format!(
                 "tag {t:?} must be 1-64 characters without spaces or control characters"
             )));
         }

@@ -1,4 +1,5 @@
-//! Durable operations and the host registry, on the [`Catalog`].
+//! Durable operations on the [`Catalog`]: rows, progress, final states.
+//! Their leases between daemons are in `leases`.
 
 use sqlx::Row;
 
@@ -126,10 +127,10 @@ pub enum ImageOutcome {
     Failed(String),
 }
 
-const SELECT_OP: &str = "SELECT id, account_id, request_id, kind, state, phase, image_id, host, bytes_done, bytes_total, \
+pub(super) const SELECT_OP: &str = "SELECT id, account_id, request_id, kind, state, phase, image_id, host, bytes_done, bytes_total, \
      error, error_code, result, created_unix, updated_unix, finished_unix, agent_request, guest, rate_bps, lease_owner, lease_until FROM operations";
 
-fn op_from(row: &sqlx::any::AnyRow) -> Result<OperationRow> {
+pub(super) fn op_from(row: &sqlx::any::AnyRow) -> Result<OperationRow> {
     Ok(OperationRow {
         id: row.try_get("id")?,
         account_id: row.try_get("account_id")?,
@@ -173,7 +174,7 @@ impl Catalog {
             && let Some(op) = self.operation_by_request(n.account_id, rid).await?
         {
             if op.kind != n.kind {
-                return Err(CatalogError::Conflict(format!(
+                return Err(CatalogError::Exists(format!(
                     "request id {rid:?} was already used for a {} operation",
                     op.kind
                 )));
@@ -189,7 +190,7 @@ impl Catalog {
             {
                 return Ok((op, false));
             }
-            return Err(CatalogError::FailedPrecondition(format!(
+            return Err(CatalogError::WrongState(format!(
                 "guest {} on host {} is being captured by operation {other}; wait for it or cancel it",
                 n.guest, n.host
             )));
@@ -204,7 +205,7 @@ impl Catalog {
                 {
                     return Ok((op, false));
                 }
-                Err(CatalogError::FailedPrecondition(format!(
+                Err(CatalogError::WrongState(format!(
                     "guest {} on host {} is being captured by another operation",
                     n.guest, n.host
                 )))
@@ -242,7 +243,7 @@ impl Catalog {
                 .execute(&mut *tx)
                 .await?;
             if r.rows_affected() == 0 {
-                return Err(CatalogError::FailedPrecondition(format!(
+                return Err(CatalogError::WrongState(format!(
                     "image {img} is being deleted"
                 )));
             }
@@ -334,7 +335,7 @@ impl Catalog {
             0 => 50,
             n if n <= 1000 => i64::from(n),
             n => {
-                return Err(CatalogError::InvalidArgument(format!(
+                return Err(CatalogError::Invalid(format!(
                     "page_size {n} is more than 1000"
                 )));
             }
@@ -360,10 +361,10 @@ impl Catalog {
             q = q.bind(*c).bind(id.clone());
         }
         let rows = q.fetch_all(self.pool()).await?;
-        let more = rows.len() as i64 > size;
+        let more = super::count(rows.len()) > size;
         let ops: Vec<OperationRow> = rows
             .iter()
-            .take(size as usize)
+            .take(usize::try_from(size).unwrap_or(0))
             .map(op_from)
             .collect::<Result<_>>()?;
         let next = if more {
@@ -434,7 +435,7 @@ impl Catalog {
         image: &ImageOutcome,
     ) -> Result<bool> {
         if !state.is_final() {
-            return Err(CatalogError::InvalidArgument(format!(
+            return Err(CatalogError::Invalid(format!(
                 "{state:?} is not a final state"
             )));
         }
@@ -504,51 +505,6 @@ impl Catalog {
         Ok(true)
     }
 
-    /// Take the lease of every running operation whose lease has expired
-    /// (its daemon died) and, with `include_own`, of those already this
-    /// daemon's (from before a restart); returns them. Several daemons may run this at once: each
-    /// operation goes to one.
-    pub async fn claim_operations(&self, include_own: bool) -> Result<Vec<OperationRow>> {
-        let t = now();
-        let ids = sqlx::query(
-            "UPDATE operations SET lease_owner = $1, lease_until = $2 \
-             WHERE state = 'running' AND (lease_until < $3 OR (lease_owner = $1 AND $4)) RETURNING id",
-        )
-        .bind(self.daemon_id())
-        .bind(t + LEASE_SECONDS)
-        .bind(t)
-        .bind(include_own)
-        .fetch_all(self.pool())
-        .await?;
-        self.operations_by_id(&ids).await
-    }
-
-    /// The rows of the `id` columns `rows` returned.
-    async fn operations_by_id(&self, rows: &[sqlx::any::AnyRow]) -> Result<Vec<OperationRow>> {
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let id: String = r.try_get("id")?;
-            out.push(self.operation(&id).await?);
-        }
-        Ok(out)
-    }
-
-    /// Take over the running operations of `owner`, a daemon known to be
-    /// dead ([`crate::liveness`]), whatever their lease says; returns them.
-    /// Several daemons may do this at once: each operation goes to one.
-    pub async fn claim_operations_of(&self, owner: &str) -> Result<Vec<OperationRow>> {
-        let ids = sqlx::query(
-            "UPDATE operations SET lease_owner = $1, lease_until = $2 \
-             WHERE state = 'running' AND lease_owner = $3 RETURNING id",
-        )
-        .bind(self.daemon_id())
-        .bind(now() + LEASE_SECONDS)
-        .bind(owner)
-        .fetch_all(self.pool())
-        .await?;
-        self.operations_by_id(&ids).await
-    }
-
     /// The files other accounts than `account_id` exported on `host`: the
     /// paths finished exports reported, and those running ones asked for.
     pub async fn exported_paths_of_others(
@@ -593,60 +549,6 @@ impl Catalog {
             }
         }
         Ok(ended)
-    }
-
-    /// Extend this daemon's leases; returns the running operations it
-    /// still holds (one it lost while stalled is not among them).
-    pub async fn renew_leases(&self) -> Result<Vec<String>> {
-        let t = now();
-        sqlx::query(
-            "UPDATE operations SET lease_until = $1 WHERE state = 'running' AND lease_owner = $2 RETURNING id",
-        )
-        .bind(t + LEASE_SECONDS)
-        .bind(self.daemon_id())
-        .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(|r| r.try_get("id").map_err(CatalogError::from))
-        .collect()
-    }
-
-    /// Operations still running (to re-attach to after a restart).
-    pub async fn running_operations(&self) -> Result<Vec<OperationRow>> {
-        let sql = format!("{SELECT_OP} WHERE state = 'running' ORDER BY created_unix");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .fetch_all(self.pool())
-            .await?
-            .iter()
-            .map(op_from)
-            .collect()
-    }
-
-    /// Fail every running operation of hosts silent since `cutoff_unix`:
-    /// no operation stays running forever.
-    pub async fn fail_operations_of_silent_hosts(&self, cutoff_unix: i64) -> Result<u64> {
-        let t = now();
-        let r = sqlx::query(
-            "UPDATE operations SET state = 'failed', error_code = 14, phase = 'done', updated_unix = $1, finished_unix = $1, \
-             error = 'the agent on host ' || host || ' stopped sending heartbeats; the operation''s outcome is unknown' \
-             WHERE state = 'running' AND host IN (SELECT name FROM hosts WHERE last_heartbeat_unix < $2)",
-        )
-        .bind(t)
-        .bind(cutoff_unix)
-        .execute(self.pool())
-        .await?;
-        // Their images (and any left behind by a crash between the two
-        // updates of finish_operation's callers) fail with the reason.
-        sqlx::query(
-            "UPDATE images SET state = 'failed', updated_unix = $1, \
-             failure_reason = (SELECT o.error FROM operations o WHERE o.image_id = images.id AND o.kind = 'capture' AND o.state <> 'running' ORDER BY o.updated_unix DESC LIMIT 1) \
-             WHERE state = 'creating' AND EXISTS (SELECT 1 FROM operations o WHERE o.image_id = images.id AND o.kind = 'capture' AND o.state <> 'running') \
-             AND NOT EXISTS (SELECT 1 FROM operations o WHERE o.image_id = images.id AND o.state = 'running')",
-        )
-        .bind(t)
-        .execute(self.pool())
-        .await?;
-        Ok(r.rows_affected())
     }
 
     /// The operation a request id started, if any.

@@ -1,6 +1,7 @@
 //! Sharing: members, accepting, public images.
 
 use super::*;
+use crate::domain::ShareStatus;
 
 impl Catalog {
     /// Share an owned image with named accounts (pending until they decide).
@@ -33,21 +34,28 @@ impl Catalog {
     pub async fn decide(&self, member: &Account, id: &str, accept: bool) -> Result<()> {
         let img = self.get_image(member, id).await?;
         if img.owner_id == member.id {
-            return Err(CatalogError::FailedPrecondition(format!(
+            return Err(CatalogError::WrongState(format!(
                 "image {id} is yours; only accounts it is shared with accept or reject it"
             )));
         }
         let r = sqlx::query(
             "UPDATE image_members SET status = $1 WHERE image_id = $2 AND account_id = $3",
         )
-        .bind(if accept { "accepted" } else { "rejected" })
+        .bind(
+            if accept {
+                ShareStatus::Accepted
+            } else {
+                ShareStatus::Rejected
+            }
+            .as_str(),
+        )
         .bind(&img.id)
         .bind(&member.id)
         .execute(&self.pool)
         .await?;
         if r.rows_affected() == 0 {
             // Visible (public) but not shared with this account.
-            return Err(CatalogError::FailedPrecondition(format!(
+            return Err(CatalogError::WrongState(format!(
                 "image {id} is not shared with account {}",
                 member.name
             )));
@@ -59,7 +67,7 @@ impl Catalog {
     pub async fn set_public(&self, owner: &Account, id: &str, public: bool) -> Result<()> {
         let img = self.owned_image(owner, id).await?;
         if public && !owner.can_publish {
-            return Err(CatalogError::PermissionDenied(format!(
+            return Err(CatalogError::Denied(format!(
                 "account {} may not publish images",
                 owner.name
             )));
@@ -71,14 +79,14 @@ impl Catalog {
                 .await?
                 .try_get("n")?;
         let vis = if public {
-            "public"
+            Visibility::Public
         } else if members > 0 {
-            "shared"
+            Visibility::Shared
         } else {
-            "private"
+            Visibility::Private
         };
         sqlx::query("UPDATE images SET visibility = $1, updated_unix = $2 WHERE id = $3")
-            .bind(vis)
+            .bind(vis.as_str())
             .bind(now())
             .bind(&img.id)
             .execute(&self.pool)

@@ -5,13 +5,13 @@ use super::*;
 
 impl Dispatcher {
     /// A client for the agent of `host` (connected lazily, reused).
-    pub fn agent(&self, host: &HostRow) -> Result<AgentServiceClient<Channel>, Status> {
+    pub fn agent(&self, host: &HostRow) -> Result<AgentServiceClient<Channel>, DaemonError> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(&host.agent_endpoint) {
             return Ok(c.clone());
         }
         let bad = |e: &dyn std::fmt::Display| {
-            Status::failed_precondition(format!(
+            DaemonError::wrong_state(format!(
                 "host {} registered agent endpoint {:?}: {e}",
                 host.name, host.agent_endpoint
             ))
@@ -47,7 +47,7 @@ impl Dispatcher {
         &self,
         host: &HostRow,
         req: &AgentRequest,
-    ) -> Result<pb::AgentOperation, Status> {
+    ) -> Result<pb::AgentOperation, DaemonError> {
         let mut c = self.agent(host)?;
         let call = async {
             match req {
@@ -59,22 +59,28 @@ impl Dispatcher {
             }
         };
         match tokio::time::timeout(SEND_TIMEOUT, call).await {
-            Ok(r) => r.map(tonic::Response::into_inner),
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "the agent on host {} did not answer within {} s",
-                host.name,
-                SEND_TIMEOUT.as_secs()
-            ))),
+            Ok(r) => r
+                .map(tonic::Response::into_inner)
+                .map_err(|s| DaemonError::from_agent(&host.name, s)),
+            Err(_) => Err(DaemonError::new(
+                ErrorKind::TimedOut,
+                format!(
+                    "the agent on host {} did not answer within {} s",
+                    host.name,
+                    SEND_TIMEOUT.as_secs()
+                ),
+            )),
         }
     }
 
-    pub(super) async fn agent_cancel(&self, host: &HostRow, id: &str) -> Result<(), Status> {
+    pub(super) async fn agent_cancel(&self, host: &HostRow, id: &str) -> Result<(), DaemonError> {
         let mut c = self.agent(host)?;
         c.cancel_operation(pb::GetOperationRequest {
             operation_id: id.to_string(),
         })
         .await
         .map(|_| ())
+        .map_err(|s| DaemonError::from_agent(&host.name, s))
     }
 }
 

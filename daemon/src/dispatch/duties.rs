@@ -55,7 +55,7 @@ impl Dispatcher {
 
     /// Begin work: resume the operations a previous daemon left running,
     /// then start the background duties. Returns how many were resumed.
-    pub async fn start(self: &Arc<Self>) -> Result<usize, Status> {
+    pub async fn start(self: &Arc<Self>) -> Result<usize, DaemonError> {
         let resumed = self.resume_all().await?;
         if resumed > 0 {
             tracing::info!(resumed, "resumed running operations");
@@ -150,9 +150,9 @@ impl Dispatcher {
                 "serving; {running} operation(s) running; {alive} of {all} host(s) alive"
             ));
             let m = imprint_service::metrics::daemon();
-            m.operations_running.set(running as i64);
-            m.hosts_alive.set(alive as i64);
-            m.hosts.set(all as i64);
+            m.operations_running.set(count(running));
+            m.hosts_alive.set(count(alive));
+            m.hosts.set(count(all));
         }
     }
 
@@ -173,8 +173,8 @@ impl Dispatcher {
                     }
                     for i in &u.images {
                         let t = totals.entry(i.image_id.to_string()).or_default();
-                        t.0 += i.exclusive_bytes as i64;
-                        t.1 += i.referenced_bytes as i64;
+                        t.0 += signed(i.exclusive_bytes);
+                        t.1 += signed(i.referenced_bytes);
                     }
                 }
                 Ok(Err(e)) => tracing::warn!(%site, error = %e, "space accounting failed"),
@@ -221,7 +221,7 @@ impl Dispatcher {
                     match self.site_store(&s.name).await {
                         Ok(st) => stores.push((s.name, st)),
                         Err(e) => {
-                            tracing::warn!(site = %s.name, error = %e.message(), "space accounting skips a site whose store cannot be opened")
+                            tracing::warn!(site = %s.name, error = %e, "space accounting skips a site whose store cannot be opened")
                         }
                     }
                 }

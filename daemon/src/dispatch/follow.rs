@@ -9,13 +9,13 @@ impl Dispatcher {
     pub fn spawn_follower(
         self: &Arc<Self>,
         op: OperationRow,
-    ) -> Option<tokio::task::JoinHandle<()>> {
+    ) -> Option<tokio::task::JoinHandle<Option<()>>> {
         let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
         if following.contains_key(&op.id) {
             return None;
         }
         let (me, id) = (self.clone(), op.id.clone());
-        let task = tokio::spawn(async move {
+        let task = self.background.spawn_task(async move {
             if op.kind == OpKind::Delete {
                 me.finish_delete(&op).await;
             } else {
@@ -42,15 +42,9 @@ impl Dispatcher {
     /// A held operation nobody here follows (its follower gave up, e.g. a
     /// delete whose store was unreachable) gets a follower again once it is
     /// older than a dispatch can take, so nothing held stays unattended.
-    pub async fn lease_pass(self: &Arc<Self>, include_own: bool) -> Result<usize, Status> {
+    pub async fn lease_pass(self: &Arc<Self>, include_own: bool) -> Result<usize, DaemonError> {
         let renewing = Instant::now();
-        let held: HashSet<String> = self
-            .catalog
-            .renew_leases()
-            .await
-            .map_err(status)?
-            .into_iter()
-            .collect();
+        let held: HashSet<String> = self.catalog.renew_leases().await?.into_iter().collect();
         {
             let mut following = self.following.lock().unwrap_or_else(|e| e.into_inner());
             following.retain(|id, (task, started)| {
@@ -73,7 +67,7 @@ impl Dispatcher {
                 .cloned()
                 .collect()
         };
-        let settled = now() - 2 * SEND_TIMEOUT.as_secs() as i64;
+        let settled = now() - 2 * signed(SEND_TIMEOUT.as_secs());
         for id in unattended {
             match self.catalog.operation(&id).await {
                 Ok(op) if op.running() && op.created_unix < settled => {
@@ -83,11 +77,7 @@ impl Dispatcher {
                 _ => {}
             }
         }
-        let claimed = self
-            .catalog
-            .claim_operations(include_own)
-            .await
-            .map_err(status)?;
+        let claimed = self.catalog.claim_operations(include_own).await?;
         let mut n = 0;
         for op in claimed {
             tracing::info!(op = %op.id, kind = %op.kind, host = %op.host, phase = %op.phase, "driving operation");
@@ -100,7 +90,7 @@ impl Dispatcher {
 
     /// At start: pick up this daemon's operations from before a restart
     /// and those of daemons that died.
-    pub async fn resume_all(self: &Arc<Self>) -> Result<usize, Status> {
+    pub async fn resume_all(self: &Arc<Self>) -> Result<usize, DaemonError> {
         self.lease_pass(true).await
     }
 
@@ -128,89 +118,97 @@ impl Dispatcher {
 
     /// One attempt: `Ok` when the operation reached its final state here,
     /// `Err` to retry.
-    pub(super) async fn follow_once(&self, op: &OperationRow) -> Result<(), Status> {
+    pub(super) async fn follow_once(&self, op: &OperationRow) -> Result<(), DaemonError> {
         let host = match self.catalog.host(&op.host).await {
             Ok(h) => h,
             // The host is gone from the catalog: the operation cannot end.
             Err(e @ crate::catalog::CatalogError::NotFound(_)) => {
-                self.fail(op, Code::FailedPrecondition, &e.to_string())
-                    .await;
+                self.fail(op, ErrorKind::WrongState, &e.to_string()).await;
                 return Ok(());
             }
             // A database blip is no reason to fail the operation: retry.
-            Err(e) => return Err(Status::unavailable(format!("read host {}: {e}", op.host))),
+            Err(e) => return Err(read_host_failed(&op.host, e)),
         };
-        if op.phase == "queued" {
-            // Never acknowledged: send again (idempotent on the id).
-            let req = match AgentRequest::decode(op.kind, &op.agent_request) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.fail(
-                        op,
-                        Code::Internal,
-                        &format!("stored request is unreadable: {e}"),
-                    )
-                    .await;
-                    return Ok(());
-                }
-            };
-            match self.send(&host, &req).await {
-                Ok(_) => {
-                    let _ = self.catalog.set_phase(&op.id, "dispatched").await;
-                }
-                Err(e) if unreachable(&e) => return Err(e),
-                Err(e) => {
-                    self.fail(
-                        op,
-                        e.code(),
-                        &format!("host {}: {}", host.name, e.message()),
-                    )
-                    .await;
-                    return Ok(());
-                }
-            }
+        if op.phase == phase::QUEUED
+            && let Err(e) = self.resend(op, &host).await
+        {
+            return self.end_unless_transient(op, e).await;
         }
-        let mut client = match self.agent(&host) {
-            Ok(c) => c,
-            Err(e) => {
-                self.fail(op, e.code(), e.message()).await;
-                return Ok(());
-            }
+        let stream = match self.watch(op, &host).await {
+            Ok(s) => s,
+            Err(e) => return self.end_unless_transient(op, e).await,
         };
-        let mut stream = match client
+        self.follow_stream(op, &host, stream).await
+    }
+
+    /// A failure of an attempt: retried if transient, else the end of the
+    /// operation.
+    async fn end_unless_transient(
+        &self,
+        op: &OperationRow,
+        e: DaemonError,
+    ) -> Result<(), DaemonError> {
+        if e.kind().is_transient() {
+            return Err(e);
+        }
+        self.fail(op, e.kind(), e.context()).await;
+        Ok(())
+    }
+
+    /// Send a request never acknowledged again (agents are idempotent on
+    /// the operation id).
+    async fn resend(&self, op: &OperationRow, host: &HostRow) -> Result<(), DaemonError> {
+        let req = AgentRequest::decode(op.kind, &op.agent_request)
+            .map_err(|e| DaemonError::internal(format!("stored request is unreadable: {e}")))?;
+        self.send(host, &req).await?;
+        let _ = self.catalog.set_phase(&op.id, phase::DISPATCHED).await;
+        Ok(())
+    }
+
+    /// The agent's progress stream of `op`.
+    async fn watch(
+        &self,
+        op: &OperationRow,
+        host: &HostRow,
+    ) -> Result<tonic::Streaming<pb::AgentOperation>, DaemonError> {
+        let forgotten = || {
+            DaemonError::new(
+                ErrorKind::Aborted,
+                format!(
+                    "the agent on host {} no longer knows this operation (it restarted while the operation ran); \
+                     a capture's guest was returned to its power state from the agent's journal",
+                    host.name
+                ),
+            )
+        };
+        match self
+            .agent(host)?
             .watch_operation(pb::GetOperationRequest {
                 operation_id: op.id.clone(),
             })
             .await
+            .map_err(|s| DaemonError::from_agent(&host.name, s))
         {
-            Ok(s) => s.into_inner(),
-            Err(e) if e.code() == Code::NotFound => {
-                self.fail(
-                    op,
-                    Code::Aborted,
-                    &format!(
-                        "the agent on host {} no longer knows this operation (it restarted while the operation ran); \
-                         a capture's guest was returned to its power state from the agent's journal",
-                        host.name
-                    ),
-                )
-                .await;
-                return Ok(());
-            }
-            Err(e) if unreachable(&e) => return Err(e),
-            Err(e) => {
-                self.fail(
-                    op,
-                    e.code(),
-                    &format!("host {}: {}", host.name, e.message()),
-                )
-                .await;
-                return Ok(());
-            }
-        };
+            Ok(s) => Ok(s.into_inner()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(forgotten()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Progress into the row until the final state.
+    async fn follow_stream(
+        &self,
+        op: &OperationRow,
+        host: &HostRow,
+        mut stream: tonic::Streaming<pb::AgentOperation>,
+    ) -> Result<(), DaemonError> {
         let mut rate = Rate::default();
         let mut last_write = Instant::now() - PROGRESS_EVERY;
-        while let Some(a) = stream.message().await? {
+        while let Some(a) = stream
+            .message()
+            .await
+            .map_err(|s| DaemonError::from_agent(&host.name, s))?
+        {
             if a.state == pb::OperationState::Running as i32 {
                 let bps = rate.sample(a.bytes_done);
                 if last_write.elapsed() >= PROGRESS_EVERY {
@@ -224,68 +222,37 @@ impl Dispatcher {
             // agent sends it again on the next watch.
             return self.finish(op, &a).await;
         }
-        Err(Status::unavailable("the progress stream ended early"))
+        Err(DaemonError::unavailable("the progress stream ended early"))
     }
 
     pub(super) async fn finish(
         &self,
         op: &OperationRow,
         a: &pb::AgentOperation,
-    ) -> Result<(), Status> {
+    ) -> Result<(), DaemonError> {
         // A new image is stored at its host's site.
         let site = match self.catalog.host(&op.host).await {
             Ok(h) => site_of_host(&h.site).to_string(),
             // Never guess the site: retry (the agent sends the end again).
-            Err(e) => return Err(Status::unavailable(format!("read host {}: {e}", op.host))),
+            Err(e) => return Err(read_host_failed(&op.host, e)),
         };
-        let (state, outcome) = match pb::OperationState::try_from(a.state) {
-            Ok(pb::OperationState::Succeeded) => {
-                let outcome = match &a.capture {
-                    Some(c) if op.kind.creates_image() => {
-                        let disks: Vec<ImageDiskRow> = c
-                            .disks
-                            .iter()
-                            .map(|d| ImageDiskRow {
-                                name: d.name.clone(),
-                                size_bytes: d.size_bytes,
-                                sha256: d.sha256.clone(),
-                            })
-                            .collect();
-                        ImageOutcome::Active {
-                            size_bytes: disks.iter().map(|d| d.size_bytes as i64).sum(),
-                            config_json: c.config_json.clone(),
-                            disks_json: serde_json::to_string(&disks).unwrap_or_default(),
-                            site,
-                        }
-                    }
-                    _ => ImageOutcome::None,
-                };
-                (OpState::Succeeded, outcome)
-            }
-            Ok(pb::OperationState::Cancelled) => {
-                (OpState::Cancelled, self.image_failed(op, &a.error))
-            }
-            _ => (OpState::Failed, self.image_failed(op, &a.error)),
-        };
+        let (state, outcome) = self.outcome(op, a, site);
         // A guest deployed through imprint belongs to the deploying account
         // (recorded before the end, so a retry records it again).
-        if let (Some(d), pb::OperationState::Succeeded, "deploy") = (
-            &a.deploy,
-            pb::OperationState::try_from(a.state).unwrap_or_default(),
-            op.kind.as_str(),
-        ) && let Err(e) = self
-            .catalog
-            .assign_guests(
-                &op.host,
-                &[(d.guest_uuid.clone(), d.guest_name.clone())],
-                &op.account_id,
-                true,
-            )
-            .await
+        if let (Some(d), OpState::Succeeded, OpKind::Deploy) = (&a.deploy, state, op.kind)
+            && let Err(e) = self
+                .catalog
+                .assign_guests(
+                    &op.host,
+                    &[(d.guest_uuid.clone(), d.guest_name.clone())],
+                    &op.account_id,
+                    true,
+                )
+                .await
         {
-            return Err(Status::unavailable(format!(
-                "record the new guest's owner: {e}"
-            )));
+            return Err(
+                DaemonError::unavailable("cannot record the new guest's owner").with_source(e),
+            );
         }
         let result = hex::encode(a.encode_to_vec());
         // The final figures, so the row does not keep the last sampled ones.
@@ -310,11 +277,49 @@ impl Dispatcher {
             Ok(false) => {}
             Err(e) => {
                 tracing::error!(op = %op.id, error = %e, "cannot record the end of an operation; retrying");
-                return Err(Status::unavailable(e.to_string()));
+                return Err(DaemonError::from(e));
             }
         }
         self.bump();
         Ok(())
+    }
+
+    /// The final state an agent reported, and what it means for the image.
+    fn outcome(
+        &self,
+        op: &OperationRow,
+        a: &pb::AgentOperation,
+        site: String,
+    ) -> (OpState, ImageOutcome) {
+        match pb::OperationState::try_from(a.state) {
+            Ok(pb::OperationState::Succeeded) => {
+                let outcome = match &a.capture {
+                    Some(c) if op.kind.creates_image() => {
+                        let disks: Vec<ImageDiskRow> = c
+                            .disks
+                            .iter()
+                            .map(|d| ImageDiskRow {
+                                name: d.name.clone(),
+                                size_bytes: d.size_bytes,
+                                sha256: d.sha256.clone(),
+                            })
+                            .collect();
+                        ImageOutcome::Active {
+                            size_bytes: disks.iter().map(|d| signed(d.size_bytes)).sum(),
+                            config_json: c.config_json.clone(),
+                            disks_json: serde_json::to_string(&disks).unwrap_or_default(),
+                            site,
+                        }
+                    }
+                    _ => ImageOutcome::None,
+                };
+                (OpState::Succeeded, outcome)
+            }
+            Ok(pb::OperationState::Cancelled) => {
+                (OpState::Cancelled, self.image_failed(op, &a.error))
+            }
+            _ => (OpState::Failed, self.image_failed(op, &a.error)),
+        }
     }
 
     /// A deploy or export checks every chunk it reads: one that failed its
@@ -336,7 +341,7 @@ impl Dispatcher {
             // A deploy reads every disk of the image; an export only one.
             OpState::Succeeded if op.kind == OpKind::Deploy => String::new(),
             OpState::Succeeded => return,
-            _ if a.error_code == Code::DataLoss as i32 => {
+            _ if a.error_code == ErrorKind::DataLoss.code() as i32 => {
                 format!("{} (found by {} operation {})", a.error, op.kind, op.id)
             }
             _ => return,
@@ -351,7 +356,13 @@ impl Dispatcher {
     pub(super) async fn record_progress(&self, id: &str, a: &pb::AgentOperation, bps: f64) {
         if let Err(e) = self
             .catalog
-            .update_progress(id, &a.phase, a.bytes_done as i64, a.bytes_total as i64, bps)
+            .update_progress(
+                id,
+                &a.phase,
+                signed(a.bytes_done),
+                signed(a.bytes_total),
+                bps,
+            )
             .await
         {
             tracing::warn!(op = %id, error = %e, "cannot record progress");
@@ -367,11 +378,18 @@ impl Dispatcher {
     }
 
     /// Fail an operation from the daemon's side.
-    pub async fn fail(&self, op: &OperationRow, code: Code, error: &str) {
+    pub async fn fail(&self, op: &OperationRow, kind: ErrorKind, error: &str) {
         let outcome = self.image_failed(op, error);
         if let Err(e) = self
             .catalog
-            .finish_operation(&op.id, OpState::Failed, error, code as i32, "", &outcome)
+            .finish_operation(
+                &op.id,
+                OpState::Failed,
+                error,
+                kind.code() as i32,
+                "",
+                &outcome,
+            )
             .await
         {
             tracing::error!(op = %op.id, error = %e, "cannot record a failure");
@@ -396,7 +414,7 @@ impl Dispatcher {
     /// GC's), then mark the image deleted. Safe to repeat.
     pub async fn finish_delete(&self, op: &OperationRow) {
         let Some(image_id) = op.image_id.clone() else {
-            self.fail(op, Code::Internal, "delete operation without an image")
+            self.fail(op, ErrorKind::Internal, "delete operation without an image")
                 .await;
             return;
         };
@@ -412,26 +430,7 @@ impl Dispatcher {
             sites.push(DEFAULT_SITE.to_string());
         }
         for site in sites {
-            let r = match self.site_store(&site).await {
-                Ok(store) => {
-                    let id = image_id.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let id: imprint_store::ImageId = id
-                            .parse()
-                            .map_err(|e: imprint_store::Error| e.to_string())?;
-                        match store.delete_image(&id) {
-                            Ok(()) => Ok(()),
-                            Err(e) if e.kind() == imprint_store::ErrorKind::NotFound => Ok(()),
-                            Err(e) => Err(e.to_string()),
-                        }
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()))
-                }
-                Err(e) => Err(e.message().to_string()),
-            };
-            let r = r.map_err(|e| format!("site {site}: {e}"));
-            if let Err(e) = r {
+            if let Err(e) = self.delete_at(&site, &image_id).await {
                 // The image goes back to the state it had.
                 let prior = op
                     .agent_request
@@ -441,12 +440,8 @@ impl Dispatcher {
                 if let Err(e) = self.catalog.revert_deleting(&image_id, prior).await {
                     tracing::error!(op = %op.id, error = %e, "cannot restore image state");
                 }
-                self.fail(
-                    op,
-                    Code::Unavailable,
-                    &format!("removing the image from the store failed: {e}"),
-                )
-                .await;
+                let said = format!("removing the image from the store failed: site {site}: {e}");
+                self.fail(op, e.kind(), &said).await;
                 return;
             }
             if let Err(e) = self.catalog.remove_location(&image_id, &site).await {
@@ -466,6 +461,27 @@ impl Dispatcher {
         self.usage_changed();
         self.bump();
     }
+}
+
+impl Dispatcher {
+    /// Remove image `image_id`'s manifest from site `site`'s store (gone
+    /// already is fine).
+    async fn delete_at(&self, site: &str, image_id: &str) -> Result<(), DaemonError> {
+        let store = self.site_store(site).await?;
+        let id: imprint_store::ImageId = image_id.parse()?;
+        tokio::task::spawn_blocking(move || match store.delete_image(&id) {
+            Err(e) if e.kind() != imprint_store::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        })
+        .await
+        .map_err(|e| DaemonError::internal("the delete task failed").with_source(e))?
+    }
+}
+
+/// Reading the operation's host failed: never a reason to fail the
+/// operation (a database blip); retried.
+fn read_host_failed(host: &str, e: crate::catalog::CatalogError) -> DaemonError {
+    DaemonError::unavailable(format!("cannot read host {host}")).with_source(e)
 }
 
 /// Bytes per second over the last few seconds.
@@ -504,7 +520,7 @@ fn record_metrics(op: &OperationRow, result: OpState, a: &pb::AgentOperation) {
     m.operations
         .get_or_create(&OperationLabels { kind, result })
         .inc();
-    let secs = (now() - op.created_unix).max(0) as u64;
+    let secs = unsigned(now() - op.created_unix);
     m.operation_seconds
         .get_or_create(&KindLabels { kind })
         .inc_by(secs);

@@ -33,14 +33,14 @@ use imprint_proto::v1::{self as pb, agent_service_client::AgentServiceClient};
 use imprint_store::Store;
 use prost::Message;
 use tokio::sync::{Notify, watch};
-use tonic::{Code, Status, transport::Channel};
+use tonic::{Code, transport::Channel};
 
 use crate::{
-    catalog::{Catalog, ImageDiskRow, now},
+    catalog::{Catalog, ImageDiskRow, count, now, signed, unsigned},
     catalog::{DEFAULT_SITE, site_of_host},
     catalog::{HostRow, ImageOutcome, OperationRow},
-    domain::{ImageState, LocationState, OpKind, OpState},
-    error::status,
+    domain::{ImageState, LocationState, OpKind, OpState, phase},
+    error::{DaemonError, ErrorKind},
     hosts::HEARTBEAT_INTERVAL_SECONDS,
 };
 
@@ -103,19 +103,6 @@ impl AgentRequest {
     }
 }
 
-/// Whether a status means "the agent could not be reached" (retry) rather
-/// than "the agent said no" (final).
-fn unreachable(s: &Status) -> bool {
-    matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded) || from_transport(s)
-}
-
-/// The status was made by this side's transport, not sent by the agent: a
-/// connection reset or closed in the middle of a call (an agent restarting)
-/// comes as UNKNOWN or CANCELLED "transport error", which is no answer.
-fn from_transport(s: &Status) -> bool {
-    std::error::Error::source(s).is_some_and(|e| e.is::<tonic::transport::Error>())
-}
-
 /// Sends operations to agents and follows them.
 #[derive(Debug)]
 pub struct Dispatcher {
@@ -167,7 +154,7 @@ impl Dispatcher {
 
     /// The store of site `site` (the daemon's own `--store` for the default
     /// site), for metadata work: deletes, never bulk data.
-    pub async fn site_store(&self, site: &str) -> Result<Store, Status> {
+    pub async fn site_store(&self, site: &str) -> Result<Store, DaemonError> {
         if site == DEFAULT_SITE
             && let Some(s) = &self.store
         {
@@ -181,13 +168,13 @@ impl Dispatcher {
         {
             return Ok(s.clone());
         }
-        let row = self.catalog.site(site).await.map_err(status)?;
+        let row = self.catalog.site(site).await?;
         let location = imprint_store::Location::parse(&row.store)
-            .map_err(|e| Status::failed_precondition(format!("site {site}: {e}")))?;
+            .map_err(|e| DaemonError::wrong_state(format!("site {site}: {e}")).with_source(e))?;
         let store = tokio::task::spawn_blocking(move || Store::open_at(&location, false))
             .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::unavailable(format!("site {site}: {e}")))?;
+            .map_err(|e| DaemonError::internal("opening a site's store failed").with_source(e))?
+            .map_err(|e| DaemonError::unavailable(format!("site {site}: {e}")).with_source(e))?;
         self.site_stores
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -198,13 +185,16 @@ impl Dispatcher {
     /// Where a deploy or export on `host` reads image `image_id` from: ""
     /// (the agent's own store) when the image is at the host's site,
     /// otherwise the store of another site that has it (by name).
-    pub async fn source_store(&self, image_id: &str, host: &HostRow) -> Result<String, Status> {
+    pub async fn source_store(
+        &self,
+        image_id: &str,
+        host: &HostRow,
+    ) -> Result<String, DaemonError> {
         let here = site_of_host(&host.site);
         let available: Vec<String> = self
             .catalog
             .locations(image_id)
-            .await
-            .map_err(status)?
+            .await?
             .into_iter()
             .filter(|l| l.state == LocationState::Available)
             .map(|l| l.site)
@@ -213,12 +203,12 @@ impl Dispatcher {
             return Ok(String::new());
         }
         let Some(other) = available.first() else {
-            return Err(Status::failed_precondition(format!(
+            return Err(DaemonError::wrong_state(format!(
                 "image {image_id} has no complete copy at any site"
             )));
         };
         let site = self.catalog.site(other).await.map_err(|_| {
-            Status::failed_precondition(format!(
+            DaemonError::wrong_state(format!(
                 "image {image_id} is stored at site {other}, whose store is not configured (imprintd --site {other}=LOCATION)"
             ))
         })?;
@@ -263,29 +253,31 @@ impl Dispatcher {
         self: &Arc<Self>,
         op: OperationRow,
         req: &AgentRequest,
-    ) -> Result<OperationRow, Status> {
+    ) -> Result<OperationRow, DaemonError> {
         let (me, req) = (self.clone(), req.clone());
-        tokio::spawn(async move { me.dispatch_inner(op, &req).await })
+        self.background
+            .spawn_task(async move { me.dispatch_inner(op, &req).await })
             .await
-            .map_err(|e| Status::internal(format!("dispatch task failed: {e}")))?
+            .map_err(|e| DaemonError::internal("the dispatch task failed").with_source(e))?
+            .unwrap_or_else(|| Err(DaemonError::unavailable("the daemon is shutting down")))
     }
 
     async fn dispatch_inner(
         self: &Arc<Self>,
         op: OperationRow,
         req: &AgentRequest,
-    ) -> Result<OperationRow, Status> {
+    ) -> Result<OperationRow, DaemonError> {
         let host = match self.catalog.host(&op.host).await {
             Ok(h) => h,
             Err(e) => {
                 let _ = self.catalog.undo_operation(&op.id).await;
-                return Err(status(e));
+                return Err(e.into());
             }
         };
         match self.send(&host, req).await {
             Ok(a) => {
                 let phase = if a.phase.is_empty() {
-                    "dispatched"
+                    phase::DISPATCHED
                 } else {
                     &a.phase
                 };
@@ -303,32 +295,29 @@ impl Dispatcher {
                     let _ = self.agent_cancel(&host, &op.id).await;
                 }
             }
-            Err(e) if e.code() == Code::DeadlineExceeded => {
-                tracing::warn!(op = %op.id, error = %e.message(), "no answer yet; following the operation");
+            Err(e) if e.kind() == ErrorKind::TimedOut => {
+                tracing::warn!(op = %op.id, error = %e, "no answer yet; following the operation");
             }
             Err(e) => {
                 if let Err(u) = self.catalog.undo_operation(&op.id).await {
                     tracing::error!(op = %op.id, error = %u, "cannot remove a refused operation");
                 }
-                return Err(Status::new(
-                    e.code(),
-                    format!("host {}: {}", host.name, e.message()),
-                ));
+                return Err(e);
             }
         }
         self.bump();
         self.spawn_follower(op.clone());
-        self.catalog.operation(&op.id).await.map_err(status)
+        Ok(self.catalog.operation(&op.id).await?)
     }
 
     /// Ask the agent to cancel a running operation.
-    pub async fn cancel(&self, op: &OperationRow) -> Result<(), Status> {
+    pub async fn cancel(&self, op: &OperationRow) -> Result<(), DaemonError> {
         if op.kind == OpKind::Delete {
-            return Err(Status::failed_precondition(
+            return Err(DaemonError::wrong_state(
                 "a delete cannot be cancelled once started",
             ));
         }
-        if op.phase == "queued" {
+        if op.phase == phase::QUEUED {
             // It may be reaching the agent right now: ask it to stop too.
             if let Ok(host) = self.catalog.host(&op.host).await {
                 let _ = self.agent_cancel(&host, &op.id).await;
@@ -344,29 +333,24 @@ impl Dispatcher {
                     "",
                     &outcome,
                 )
-                .await
-                .map_err(status)?;
+                .await?;
             self.bump();
             return Ok(());
         }
         let host = self.catalog.host(&op.host).await.map_err(|e| {
-            Status::failed_precondition(format!("cannot reach the operation's host: {e}"))
+            DaemonError::wrong_state(format!("cannot reach the operation's host: {e}"))
         })?;
         match self.agent_cancel(&host, &op.id).await {
             Ok(()) => Ok(()),
-            Err(e) if e.code() == Code::NotFound => Err(Status::failed_precondition(format!(
+            Err(e) if e.kind() == ErrorKind::NotFound => Err(DaemonError::wrong_state(format!(
                 "the agent on host {} no longer knows this operation; it ends when the host's silence is noticed",
                 host.name
             ))),
-            Err(e) if unreachable(&e) => Err(Status::unavailable(format!(
-                "the agent on host {} cannot be reached to cancel: {}",
-                host.name,
-                e.message()
-            ))),
-            Err(e) => Err(Status::new(
-                e.code(),
-                format!("host {}: {}", host.name, e.message()),
-            )),
+            Err(e) if e.kind().is_transient() => {
+                let said = format!("cannot cancel: the agent cannot be reached ({e})");
+                Err(DaemonError::unavailable(said).with_source(e))
+            }
+            Err(e) => Err(e),
         }
     }
 }

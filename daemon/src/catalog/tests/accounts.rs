@@ -24,11 +24,11 @@ async fn accounts_and_tokens_on(c: &Catalog) {
     ));
     assert!(matches!(
         c.create_account("alice", false, false).await,
-        Err(CatalogError::Conflict(_))
+        Err(CatalogError::Exists(_))
     ));
     assert!(matches!(
         c.create_account("bad name", false, false).await,
-        Err(CatalogError::InvalidArgument(_))
+        Err(CatalogError::Invalid(_))
     ));
     // Tokens are stored hashed.
     let stored: String = sqlx::query("SELECT token_sha256 FROM accounts WHERE name = 'alice'")

@@ -46,7 +46,7 @@ async fn hosts_register_and_beat(c: &Catalog) {
             ..h.clone()
         })
         .await,
-        Err(CatalogError::InvalidArgument(_))
+        Err(CatalogError::Invalid(_))
     ));
 }
 

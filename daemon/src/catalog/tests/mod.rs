@@ -5,6 +5,7 @@ mod accounts;
 mod hosts;
 mod operations;
 mod paging;
+mod sites;
 mod visibility;
 
 /// A fresh image id.

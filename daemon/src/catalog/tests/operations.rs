@@ -53,7 +53,7 @@ async fn retried_requests_find_their_operation(c: &Catalog) -> OperationRow {
         })
         .await
         .expect_err("kind");
-    assert!(matches!(err, CatalogError::Conflict(_)));
+    assert!(matches!(err, CatalogError::Exists(_)));
     op
 }
 
@@ -104,7 +104,7 @@ async fn finished_operations_are_final(c: &Catalog, op: &OperationRow) {
     assert!(matches!(
         c.finish_operation(&op.id, OpState::Running, "", 0, "", &ImageOutcome::None)
             .await,
-        Err(CatalogError::InvalidArgument(_))
+        Err(CatalogError::Invalid(_))
     ));
 }
 
@@ -141,7 +141,7 @@ async fn deletes_and_readers_exclude_each_other() {
         // nothing.
         assert!(matches!(
             c.begin_delete(&alice, &img).await,
-            Err(CatalogError::FailedPrecondition(_))
+            Err(CatalogError::WrongState(_))
         ));
         assert_eq!(
             c.get_image(&alice, &img).await.expect("img").state,
@@ -163,7 +163,7 @@ async fn deletes_and_readers_exclude_each_other() {
                     ..deploy(kind)
                 })
                 .await,
-                Err(CatalogError::FailedPrecondition(_))
+                Err(CatalogError::WrongState(_))
             ));
         }
         c.mark_deleted(&img).await.expect("deleted");

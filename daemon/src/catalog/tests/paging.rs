@@ -144,7 +144,7 @@ async fn bad_tokens_and_sizes(c: &Catalog, alice: &Account) {
                 },
             )
             .await;
-        assert!(matches!(r, Err(CatalogError::InvalidArgument(_))), "{bad}");
+        assert!(matches!(r, Err(CatalogError::Invalid(_))), "{bad}");
     }
     let r = c
         .list_images(
@@ -155,5 +155,5 @@ async fn bad_tokens_and_sizes(c: &Catalog, alice: &Account) {
             },
         )
         .await;
-    assert!(matches!(r, Err(CatalogError::InvalidArgument(_))));
+    assert!(matches!(r, Err(CatalogError::Invalid(_))));
 }

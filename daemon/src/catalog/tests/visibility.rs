@@ -63,7 +63,7 @@ async fn sharing(c: &Catalog, alice: &Account, bob: &Account, carol: &Account, i
     // Sharing with an unknown account changes nothing.
     assert!(matches!(
         c.share(alice, img, &["bob".into(), "nobody".into()]).await,
-        Err(CatalogError::InvalidArgument(_))
+        Err(CatalogError::Invalid(_))
     ));
     assert!(matches!(
         c.get_image(bob, img).await,
@@ -80,10 +80,7 @@ async fn sharing(c: &Catalog, alice: &Account, bob: &Account, carol: &Account, i
     assert_eq!(seen.visibility, Visibility::Shared);
     assert!(listed(c, bob).await.is_empty(), "pending: not listed");
     assert!(
-        matches!(
-            c.owned_image(bob, img).await,
-            Err(CatalogError::PermissionDenied(_))
-        ),
+        matches!(c.owned_image(bob, img).await, Err(CatalogError::Denied(_))),
         "members cannot modify"
     );
     c.decide(bob, img, true).await.expect("accept");
@@ -101,7 +98,7 @@ async fn sharing(c: &Catalog, alice: &Account, bob: &Account, carol: &Account, i
 async fn publishing(c: &Catalog, alice: &Account, bob: &Account, carol: &Account, img: &str) {
     assert!(matches!(
         c.set_public(bob, img, true).await,
-        Err(CatalogError::PermissionDenied(_))
+        Err(CatalogError::Denied(_))
     ));
     c.set_public(alice, img, true).await.expect("publish");
     assert_eq!(listed(c, carol).await.len(), 1);
@@ -128,7 +125,7 @@ async fn publishing_needs_the_right(c: &Catalog) {
     assert!(
         matches!(
             c.set_public(&dave, &img2, true).await,
-            Err(CatalogError::PermissionDenied(_))
+            Err(CatalogError::Denied(_))
         ),
         "publishing needs the right"
     );

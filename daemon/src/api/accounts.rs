@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth,
     catalog::{Account, Catalog},
-    error::status,
+    error::DaemonError,
 };
 
 /// The service.
@@ -23,15 +23,8 @@ impl Accounts {
         Self { catalog }
     }
 
-    async fn admin<T>(&self, req: &Request<T>) -> Result<Account, Status> {
-        let who = auth::account(&self.catalog, req).await?;
-        if !who.is_admin {
-            return Err(Status::permission_denied(format!(
-                "account {} is not an admin",
-                who.name
-            )));
-        }
-        Ok(who)
+    async fn admin<T>(&self, req: &Request<T>) -> Result<Account, DaemonError> {
+        auth::admin(&self.catalog, req, "manage accounts and grants").await
     }
 
     async fn grant(
@@ -45,20 +38,18 @@ impl Accounts {
             self.catalog.allow_host(&r.account, &r.host).await
         } else {
             self.catalog.disallow_host(&r.account, &r.host).await
-        }
-        .map_err(status)?;
+        }?;
         Ok(Response::new(self.view(&r.account).await?))
     }
 
-    async fn view(&self, name: &str) -> Result<pb::Account, Status> {
+    async fn view(&self, name: &str) -> Result<pb::Account, DaemonError> {
         self.catalog
             .accounts()
-            .await
-            .map_err(status)?
+            .await?
             .into_iter()
             .find(|(a, _, _)| a.name == name)
             .map(|(a, hosts, created)| to_pb(a, hosts, created))
-            .ok_or_else(|| Status::not_found(format!("no account named {name:?}")))
+            .ok_or_else(|| DaemonError::not_found(format!("no account named {name:?}")))
     }
 }
 
@@ -83,8 +74,7 @@ impl AccountService for Accounts {
         let (a, token) = self
             .catalog
             .create_account(&r.name, r.can_publish, r.admin)
-            .await
-            .map_err(status)?;
+            .await?;
         tracing::info!(account = %a.name, by = %who.name, admin = r.admin, "account created");
         Ok(Response::new(pb::AccountToken {
             account: Some(self.view(&a.name).await?),
@@ -98,7 +88,7 @@ impl AccountService for Accounts {
     ) -> Result<Response<pb::AccountToken>, Status> {
         let who = self.admin(&req).await?;
         let name = req.into_inner().name;
-        let token = self.catalog.rotate_token(&name).await.map_err(status)?;
+        let token = self.catalog.rotate_token(&name).await?;
         tracing::info!(account = %name, by = %who.name, "token rotated");
         Ok(Response::new(pb::AccountToken {
             account: Some(self.view(&name).await?),
@@ -128,8 +118,7 @@ impl AccountService for Accounts {
         let accounts = self
             .catalog
             .accounts()
-            .await
-            .map_err(status)?
+            .await?
             .into_iter()
             .map(|(a, h, c)| to_pb(a, h, c))
             .collect();

@@ -15,7 +15,7 @@ use crate::{
     catalog::OperationRow,
     catalog::{Account, Catalog},
     dispatch::Dispatcher,
-    error::status,
+    error::DaemonError,
 };
 
 /// The API's view of an operation row.
@@ -45,8 +45,8 @@ pub fn op_to_pb(op: &OperationRow) -> pb::Operation {
         kind: op.kind.as_str().to_string(),
         state: state as i32,
         phase: op.phase.clone(),
-        bytes_done: op.bytes_done.max(0) as u64,
-        bytes_total: op.bytes_total.max(0) as u64,
+        bytes_done: crate::catalog::unsigned(op.bytes_done),
+        bytes_total: crate::catalog::unsigned(op.bytes_total),
         rate_bytes_per_second: if running { op.rate_bps } else { 0.0 },
         eta_seconds: eta,
         image_id,
@@ -80,13 +80,13 @@ impl Operations {
         self.d.catalog()
     }
 
-    async fn visible(&self, who: &Account, id: &str) -> Result<OperationRow, Status> {
-        let not_found = || Status::not_found(format!("operation {id} not found"));
+    async fn visible(&self, who: &Account, id: &str) -> Result<OperationRow, DaemonError> {
+        let not_found = || DaemonError::not_found(format!("operation {id} not found"));
         match self.catalog().operation(id).await {
             Ok(op) if op.account_id == who.id || who.is_admin => Ok(op),
             Ok(_) => Err(not_found()),
             Err(crate::catalog::CatalogError::NotFound(_)) => Err(not_found()),
-            Err(e) => Err(status(e)),
+            Err(e) => Err(e.into()),
         }
     }
 }
@@ -118,8 +118,7 @@ impl OperationService for Operations {
                 r.page_size,
                 Some(r.page_token.as_str()),
             )
-            .await
-            .map_err(status)?;
+            .await?;
         Ok(Response::new(pb::ListDaemonOperationsResponse {
             operations: ops.iter().map(op_to_pb).collect(),
             next_page_token: next.unwrap_or_default(),
@@ -152,7 +151,7 @@ impl OperationService for Operations {
                 let op = match d.catalog().operation(&first.id).await {
                     Ok(op) => op,
                     Err(e) => {
-                        let _ = tx.send(Err(status(e))).await;
+                        let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                 };
@@ -182,7 +181,7 @@ impl OperationService for Operations {
             tracing::info!(op = %op.id, account = %who.name, "cancel requested");
         }
         // Cancelling a finished operation changes nothing.
-        let op = self.catalog().operation(&op.id).await.map_err(status)?;
+        let op = self.catalog().operation(&op.id).await?;
         Ok(Response::new(op_to_pb(&op)))
     }
 }

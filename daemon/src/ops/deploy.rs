@@ -1,0 +1,182 @@
+//! Deploy (an image as a new guest) and export (one disk of an image to a
+//! file): the operations that read an image.
+
+use imprint_proto::{hardware::Hardware, v1 as pb};
+
+use super::{Ops, new_id};
+use crate::{
+    catalog::{Account, Catalog, ImageRow, NewOperation, OperationRow},
+    dispatch::AgentRequest,
+    domain::OpKind,
+    error::DaemonError,
+    spec::{DeploySpec, ExportSpec},
+};
+
+/// Requested disk sizes: at most one per disk of the image, none smaller.
+fn check_disk_sizes(img: &ImageRow, sizes: &[u64]) -> Result<(), DaemonError> {
+    let disks = img.disks();
+    if sizes.len() > disks.len() {
+        return Err(DaemonError::invalid(format!(
+            "{} disk sizes given; image {} has {} disk(s)",
+            sizes.len(),
+            img.id,
+            disks.len()
+        )));
+    }
+    for (i, (want, d)) in sizes.iter().zip(&disks).enumerate() {
+        if *want != 0 && *want < d.size_bytes {
+            return Err(DaemonError::invalid(format!(
+                "disk {i} ({}) size {want} bytes is smaller than the image's {} bytes",
+                d.name, d.size_bytes
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The hardware a deploy of `img` gets: the named profile (NOT_FOUND when
+/// unknown), else the image's own hardware; then the request's vCPUs and
+/// memory. Refused with FAILED_PRECONDITION, naming the requirement, when
+/// the result is below the image's minimums.
+async fn deploy_hardware(
+    catalog: &Catalog,
+    img: &ImageRow,
+    profile: &str,
+    vcpus: u32,
+    memory_mib: u64,
+) -> std::result::Result<Option<pb::HardwareProfile>, DaemonError> {
+    let chosen = if profile.is_empty() {
+        crate::catalog::decode_profile(&img.hardware)?
+    } else {
+        Some(catalog.profile(profile).await?)
+    };
+    let hw = chosen
+        .as_ref()
+        .map(Hardware::try_from)
+        .transpose()
+        .map_err(DaemonError::wrong_state)?
+        .unwrap_or_default();
+    // What the guest will have: request, else hardware, else recorded.
+    let recorded: serde_json::Value = serde_json::from_str(&img.config_json).unwrap_or_default();
+    let eff_vcpus = if vcpus > 0 {
+        u64::from(vcpus)
+    } else {
+        hw.vcpus
+            .map(u64::from)
+            .or_else(|| recorded["vcpus"].as_u64())
+            .unwrap_or(0)
+    };
+    let eff_memory = if memory_mib > 0 {
+        memory_mib
+    } else {
+        hw.memory_mib
+            .or_else(|| recorded["memory_kib"].as_u64().map(|k| k / 1024))
+            .unwrap_or(0)
+    };
+    let from = if profile.is_empty() {
+        String::new()
+    } else {
+        format!(" (profile {profile})")
+    };
+    if img.min_vcpus > 0 && eff_vcpus < u64::try_from(img.min_vcpus).unwrap_or(0) {
+        return Err(DaemonError::wrong_state(format!(
+            "image {} needs at least {} vCPUs; this deploy gives {eff_vcpus}{from}",
+            img.id, img.min_vcpus
+        )));
+    }
+    if img.min_memory_mib > 0 && eff_memory < crate::catalog::unsigned(img.min_memory_mib) {
+        return Err(DaemonError::wrong_state(format!(
+            "image {} needs at least {} MiB of memory; this deploy gives {eff_memory} MiB{from}",
+            img.id, img.min_memory_mib
+        )));
+    }
+    Ok(chosen)
+}
+
+impl Ops {
+    /// Deploy the image `s` names as a new guest of `who`.
+    pub async fn deploy(&self, who: &Account, s: DeploySpec) -> Result<OperationRow, DaemonError> {
+        if let Some(op) = self
+            .replay(who, s.request_id.as_deref(), OpKind::Deploy)
+            .await?
+        {
+            return Ok(op);
+        }
+        let r = s.req;
+        let img = self.readable(who, &r.image_id, "deployed").await?;
+        check_disk_sizes(&img, &r.disk_sizes_bytes)?;
+        let hardware =
+            deploy_hardware(self.catalog(), &img, &r.profile, r.vcpus, r.memory_mib).await?;
+        let host = crate::hosts::usable_host(self.catalog(), who, &r.host).await?;
+        let op_id = new_id();
+        let agent_req = AgentRequest::Deploy(pb::DeployRequest {
+            operation_id: op_id.clone(),
+            image_id: img.id.clone(),
+            guest_name: r.guest_name.clone(),
+            pool: r.pool,
+            disk_format: r.disk_format,
+            disk_sizes_bytes: r.disk_sizes_bytes,
+            vcpus: r.vcpus,
+            memory_mib: r.memory_mib,
+            network: r.network,
+            hardware,
+            user_data: r.user_data,
+            start: r.start,
+            store: self.d.source_store(&img.id, &host).await?,
+        });
+        let encoded = agent_req.encode();
+        let n = NewOperation {
+            account_id: &who.id,
+            request_id: s.request_id.as_deref(),
+            kind: OpKind::Deploy,
+            image_id: Some(&img.id),
+            host: &host.name,
+            guest: &r.guest_name,
+            agent_request: &encoded,
+            new_image: None,
+        };
+        self.start(&op_id, &n, &agent_req).await
+    }
+
+    /// Export one disk of the image `s` names to a file on a host.
+    pub async fn export(&self, who: &Account, s: ExportSpec) -> Result<OperationRow, DaemonError> {
+        if let Some(op) = self
+            .replay(who, s.request_id.as_deref(), OpKind::Export)
+            .await?
+        {
+            return Ok(op);
+        }
+        let img = self.readable(who, &s.image_id, "exported").await?;
+        if s.disk as usize >= img.disks().len() {
+            return Err(DaemonError::invalid(format!(
+                "image {} has {} disk(s); there is no disk {}",
+                img.id,
+                img.disks().len(),
+                s.disk
+            )));
+        }
+        s.check_path()?;
+        let host = crate::hosts::usable_host(self.catalog(), who, &s.host).await?;
+        let op_id = new_id();
+        let agent_req = AgentRequest::Export(pb::ExportRequest {
+            operation_id: op_id.clone(),
+            image_id: img.id.clone(),
+            disk: s.disk,
+            path: s.path.clone(),
+            format: s.format,
+            store: self.d.source_store(&img.id, &host).await?,
+        });
+        let encoded = agent_req.encode();
+        let n = NewOperation {
+            account_id: &who.id,
+            request_id: s.request_id.as_deref(),
+            kind: OpKind::Export,
+            image_id: Some(&img.id),
+            host: &host.name,
+            guest: "",
+            agent_request: &encoded,
+            new_image: None,
+        };
+        self.start(&op_id, &n, &agent_req).await
+    }
+}
