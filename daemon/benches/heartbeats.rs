@@ -55,8 +55,9 @@ async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let agents = arg(&args, "--agents", 1000);
     let seconds = arg(&args, "--seconds", 60);
-    let interval =
-        Duration::from_secs(u64::from(imprint_daemon::hosts::HEARTBEAT_INTERVAL_SECONDS));
+    let interval = Duration::from_secs(u64::from(
+        imprint_daemon::dispatch::HEARTBEAT_INTERVAL_SECONDS,
+    ));
     let bin = env!("CARGO_BIN_EXE_imprintd");
     let tmp = tempfile::tempdir().expect("tmp");
     let state = tmp.path().join("state");

@@ -1,13 +1,12 @@
 //! The control daemon (`imprintd`): the gRPC API users call, the catalog of
 //! images and operations, and dispatch of work to host agents.
 //!
-//! - [`catalog`] and [`ops`]: the rows (SQLite or PostgreSQL through sqlx).
-//! - [`auth`]: bearer tokens of accounts; [`credentials`]: of hosts (or
-//!   certificates bound to host names).
-//! - [`guests`]: which account owns which guest.
-//! - [`images`], [`operations`], [`hosts`], [`accounts`]: the gRPC services.
-//! - [`dispatch`]: sending operations to agents and following them, also
-//!   across daemon restarts.
+//! Data flows down: [`api`] (one gRPC service per file) → [`spec`]
+//! (validation at the proto edge) → [`ops`] (the life of an image
+//! operation) → [`dispatch`] (agents, following operations) → [`catalog`]
+//! (the only SQL). [`error`] is the one map to gRPC codes, [`domain`] the
+//! typed states and kinds. docs/daemon.md has the map and the life of a
+//! request.
 
 pub mod api;
 #[cfg(test)]
@@ -19,7 +18,6 @@ pub mod credentials;
 pub mod dispatch;
 pub mod domain;
 pub mod error;
-pub mod hosts;
 pub mod liveness;
 pub mod ops;
 pub mod paging;

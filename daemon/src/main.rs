@@ -164,6 +164,34 @@ async fn account(catalog: &Catalog, cmd: AccountCmd) -> Result<()> {
     Ok(())
 }
 
+/// The daemon's own image store (`--store`).
+fn open_store(s: &str) -> Result<imprint_store::Store> {
+    let location = imprint_store::Location::parse(s)?;
+    imprint_store::Store::open_or_create_at(&location, true, Default::default())
+        .with_context(|| format!("open the image store {location}"))
+}
+
+/// The sites of `--store` (the default site) and `--site NAME=LOCATION`.
+async fn record_sites(catalog: &Catalog, store: Option<&str>, sites: &[String]) -> Result<()> {
+    if let Some(s) = store {
+        catalog
+            .upsert_site(imprint_daemon::catalog::DEFAULT_SITE, s)
+            .await
+            .context("record the default site")?;
+    }
+    for spec in sites {
+        let (name, location) = spec
+            .split_once('=')
+            .with_context(|| format!("--site {spec:?}: write NAME=LOCATION"))?;
+        imprint_store::Location::parse(location).with_context(|| format!("--site {spec}"))?;
+        catalog
+            .upsert_site(name, location)
+            .await
+            .with_context(|| format!("--site {spec}"))?;
+    }
+    Ok(())
+}
+
 async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
     let tls = imprint_proto::tls::TlsFiles::from_parts(args.tls_cert, args.tls_key, args.tls_ca)
         .map_err(anyhow::Error::msg)?;
@@ -178,16 +206,7 @@ async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
         .map(imprint_proto::tls::TlsFiles::client)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let store = match &args.store {
-        Some(s) => {
-            let location = imprint_store::Location::parse(s)?;
-            Some(
-                imprint_store::Store::open_or_create_at(&location, true, Default::default())
-                    .with_context(|| format!("open the image store {location}"))?,
-            )
-        }
-        None => None,
-    };
+    let store = args.store.as_deref().map(open_store).transpose()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listen on {}", args.listen))?;
@@ -210,22 +229,7 @@ async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
             imprint_service::shutdown::terminated(),
         ));
     }
-    if let Some(s) = &args.store {
-        catalog
-            .upsert_site(imprint_daemon::catalog::DEFAULT_SITE, s)
-            .await
-            .context("record the default site")?;
-    }
-    for spec in &args.sites {
-        let (name, location) = spec
-            .split_once('=')
-            .with_context(|| format!("--site {spec:?}: write NAME=LOCATION"))?;
-        imprint_store::Location::parse(location).with_context(|| format!("--site {spec}"))?;
-        catalog
-            .upsert_site(name, location)
-            .await
-            .with_context(|| format!("--site {spec}"))?;
-    }
+    record_sites(&catalog, args.store.as_deref(), &args.sites).await?;
     let dispatcher = Dispatcher::with_agent_tls(catalog.clone(), store, agent_tls);
     dispatcher.start().await?;
     let router = imprint_daemon::server::router(dispatcher.clone(), tls.as_ref()).await?;

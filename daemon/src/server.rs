@@ -13,11 +13,10 @@ use tonic::transport::server::Router;
 
 use crate::{
     api::{
-        accounts::Accounts, guests::Guests, images::Images, operations::Operations,
+        accounts::Accounts, guests::Guests, hosts::Hosts, images::Images, operations::Operations,
         profiles::Profiles,
     },
     dispatch::Dispatcher,
-    hosts::Hosts,
 };
 
 /// The gRPC services the daemon serves, as reflection lists them.

@@ -20,7 +20,7 @@ use crate::{
     catalog::{Account, Catalog, GuestOwner},
     dispatch::Dispatcher,
     error::DaemonError,
-    hosts::usable_host,
+    ops::usable_host,
 };
 
 /// The service.

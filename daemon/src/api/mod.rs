@@ -5,6 +5,7 @@
 
 pub mod accounts;
 pub mod guests;
+pub mod hosts;
 pub mod images;
 pub mod operations;
 pub mod profiles;

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Seconds between agent heartbeats; a host is alive while its last one is
+/// younger than three intervals.
+pub const HEARTBEAT_INTERVAL_SECONDS: u32 = 10;
+
 impl Dispatcher {
     /// A client for the agent of `host` (connected lazily, reused).
     pub fn agent(&self, host: &HostRow) -> Result<AgentServiceClient<Channel>, DaemonError> {

@@ -41,7 +41,6 @@ use crate::{
     catalog::{HostRow, ImageOutcome, OperationRow},
     domain::{ImageState, LocationState, OpKind, OpState, phase},
     error::{DaemonError, ErrorKind},
-    hosts::HEARTBEAT_INTERVAL_SECONDS,
 };
 
 /// How long the daemon waits for an agent to accept a request.
@@ -124,7 +123,7 @@ mod agents;
 mod duties;
 mod follow;
 
-pub use agents::AgentScheme;
+pub use agents::{AgentScheme, HEARTBEAT_INTERVAL_SECONDS};
 
 impl Dispatcher {
     /// Over `catalog`, with direct access to the image store when the

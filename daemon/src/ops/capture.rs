@@ -24,7 +24,7 @@ impl Ops {
         {
             return Ok(op);
         }
-        let host = crate::hosts::usable_host(self.catalog(), who, &s.host).await?;
+        let host = super::usable_host(self.catalog(), who, &s.host).await?;
         // The guest must exist now; it is named by its UUID from here on, so
         // two captures of it conflict however it was named.
         let guest = self

@@ -107,7 +107,7 @@ impl Ops {
         check_disk_sizes(&img, &r.disk_sizes_bytes)?;
         let hardware =
             deploy_hardware(self.catalog(), &img, &r.profile, r.vcpus, r.memory_mib).await?;
-        let host = crate::hosts::usable_host(self.catalog(), who, &r.host).await?;
+        let host = super::usable_host(self.catalog(), who, &r.host).await?;
         let op_id = new_id();
         let agent_req = AgentRequest::Deploy(pb::DeployRequest {
             operation_id: op_id.clone(),
@@ -156,7 +156,7 @@ impl Ops {
             )));
         }
         s.check_path()?;
-        let host = crate::hosts::usable_host(self.catalog(), who, &s.host).await?;
+        let host = super::usable_host(self.catalog(), who, &s.host).await?;
         let op_id = new_id();
         let agent_req = AgentRequest::Export(pb::ExportRequest {
             operation_id: op_id.clone(),

@@ -28,7 +28,7 @@ impl Ops {
             Hardware::try_from(&p).map_err(DaemonError::wrong_state)?
         };
         let hardware = base.overlaid(&s.hardware).to_pb();
-        let host = crate::hosts::usable_host(self.catalog(), who, &s.host).await?;
+        let host = super::usable_host(self.catalog(), who, &s.host).await?;
         let image_id = new_id();
         let op_id = new_id();
         let agent_req = AgentRequest::Import(pb::ImportRequest {

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use crate::{
-    catalog::{Account, Catalog, ImageRow, NewOperation, OperationRow},
+    catalog::{Account, Catalog, CatalogError, HostRow, ImageRow, NewOperation, OperationRow},
     dispatch::{AgentRequest, Dispatcher},
     domain::OpKind,
     error::DaemonError,
@@ -96,6 +96,36 @@ impl Ops {
         tracing::info!(op = %op.id, kind = %op.kind, image = ?op.image_id, host = %op.host, "operation started");
         Ok(op)
     }
+}
+
+/// The host, if `who` may use it and it is alive. Hosts the account may
+/// not use answer NOT_FOUND, like unknown ones.
+pub async fn usable_host(
+    catalog: &Catalog,
+    who: &Account,
+    host: &str,
+) -> Result<HostRow, DaemonError> {
+    if host.is_empty() {
+        return Err(DaemonError::invalid("host is required"));
+    }
+    let allowed = catalog.may_use_host(who, host).await?;
+    let row = match catalog.host(host).await {
+        Ok(h) if allowed => h,
+        Ok(_) | Err(CatalogError::NotFound(_)) => {
+            return Err(DaemonError::not_found(format!(
+                "host {host:?} is not registered or not available to account {}",
+                who.name
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if !crate::dispatch::Dispatcher::alive(&row) {
+        return Err(DaemonError::unavailable(format!(
+            "host {host} has not sent a heartbeat for {} s; its agent is down",
+            crate::catalog::now() - row.last_heartbeat_unix
+        )));
+    }
+    Ok(row)
 }
 
 /// A new id for an operation or image.

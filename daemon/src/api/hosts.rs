@@ -4,15 +4,12 @@ use imprint_proto::v1::{self as pb, host_service_server::HostService};
 use tonic::{Request, Response, Status};
 
 use crate::{
+    catalog::Catalog,
     catalog::HostRow,
-    catalog::{Account, Catalog, CatalogError},
     credentials::authenticate_host,
+    dispatch::{Dispatcher, HEARTBEAT_INTERVAL_SECONDS},
     error::DaemonError,
 };
-
-/// Seconds between agent heartbeats; a host is alive while its last one is
-/// younger than three intervals.
-pub const HEARTBEAT_INTERVAL_SECONDS: u32 = 10;
 
 /// The service.
 #[derive(Debug, Clone)]
@@ -28,40 +25,9 @@ impl Hosts {
     }
 }
 
-/// The host, if `who` may use it and it is alive. Hosts the account may
-/// not use answer NOT_FOUND, like unknown ones.
-pub async fn usable_host(
-    catalog: &Catalog,
-    who: &Account,
-    host: &str,
-) -> Result<HostRow, DaemonError> {
-    if host.is_empty() {
-        return Err(DaemonError::invalid("host is required"));
-    }
-    let allowed = catalog.may_use_host(who, host).await?;
-    let row = match catalog.host(host).await {
-        Ok(h) if allowed => h,
-        Ok(_) | Err(CatalogError::NotFound(_)) => {
-            return Err(DaemonError::not_found(format!(
-                "host {host:?} is not registered or not available to account {}",
-                who.name
-            )));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    if !crate::dispatch::Dispatcher::alive(&row) {
-        return Err(DaemonError::unavailable(format!(
-            "host {host} has not sent a heartbeat for {} s; its agent is down",
-            crate::catalog::now() - row.last_heartbeat_unix
-        )));
-    }
-    Ok(row)
-}
-
 fn to_pb(h: HostRow) -> pb::Host {
     pb::Host {
-        alive: crate::catalog::now() - h.last_heartbeat_unix
-            < 3 * i64::from(HEARTBEAT_INTERVAL_SECONDS),
+        alive: Dispatcher::alive(&h),
         name: h.name,
         agent_endpoint: h.agent_endpoint,
         libvirt_uri: h.libvirt_uri,
