@@ -2,9 +2,9 @@
 //! spec ([`crate::spec`]) to an operation row handed to its agent.
 //!
 //! Each starts the same way: a retry with the caller's request id returns
-//! the operation the first call started ([`Ops::replay`]); then the
+//! the operation the first call started (`Ops::replay`); then the
 //! catalog checks (visibility, state, host), the agent's request, the row,
-//! and dispatch ([`Ops::start`]). If the agent refuses, the row is gone and
+//! and dispatch (`Ops::start`). If the agent refuses, the row is gone and
 //! nothing changed.
 //!
 //! - `capture`, `import`: operations that make a new image;
