@@ -469,6 +469,22 @@ pub(crate) fn disk_letter(i: usize) -> String {
     s
 }
 
+/// Whether disk `dev` of a domain's XML reads from a backing image (a
+/// `<backingStore>` with a source; `<backingStore/>` ends the chain).
+pub fn disk_has_backing(xml: &str, dev: &str) -> bool {
+    let Ok(doc) = roxmltree::Document::parse(xml) else {
+        return false;
+    };
+    doc.descendants()
+        .filter(|n| n.has_tag_name("disk"))
+        .find(|d| {
+            d.children()
+                .any(|c| c.has_tag_name("target") && c.attribute("dev") == Some(dev))
+        })
+        .and_then(|d| d.children().find(|c| c.has_tag_name("backingStore")))
+        .is_some_and(|b| b.attribute("type").is_some())
+}
+
 /// XML-escape text and attribute values.
 pub fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
@@ -498,6 +514,34 @@ pub struct NewDisk {
     pub bus: String,
     /// Read-only (the seed).
     pub readonly: bool,
+    /// A lazy deploy's disk: reads what it has not got yet from this NBD
+    /// export (the stored image) until the fill ends.
+    pub backing: Option<NbdBacking>,
+}
+
+/// The NBD export a lazy deploy's disk reads from until it is filled.
+#[derive(Debug, Clone)]
+pub struct NbdBacking {
+    /// The export's UNIX socket.
+    pub socket: String,
+    /// The export's name.
+    pub export: String,
+    /// Seconds QEMU waits for the export to come back (an agent restart)
+    /// before reads fail.
+    pub reconnect_delay: u32,
+}
+
+impl NbdBacking {
+    /// The disk's `<backingStore>`, and the driver attributes that pause
+    /// the guest rather than feed it an error.
+    fn xml(&self) -> String {
+        format!(
+            "      <backingStore type='network'>\n        <format type='raw'/>\n        <source protocol='nbd' name='{}'>\n          <host transport='unix' socket='{}'/>\n          <reconnect delay='{}'/>\n        </source>\n        <backingStore/>\n      </backingStore>\n",
+            esc(&self.export),
+            esc(&self.socket),
+            self.reconnect_delay
+        )
+    }
 }
 
 /// What a deploy defines.
@@ -582,10 +626,19 @@ impl NewDomain<'_> {
             x.push_str("    <controller type='scsi' model='virtio-scsi'/>\n");
         }
         for d in &self.disks {
+            // A lazy disk's guest pauses on a failed read or write (the
+            // export gone longer than the reconnect delay, a damaged
+            // chunk) instead of seeing an error.
+            let policy = if d.backing.is_some() {
+                " error_policy='stop' rerror_policy='stop'"
+            } else {
+                ""
+            };
             x.push_str(&format!(
-                "    <disk type='file' device='disk'>\n      <driver name='qemu' type='{}'/>\n      <source file='{}'/>\n      <target dev='{}' bus='{}'/>\n{}    </disk>\n",
+                "    <disk type='file' device='disk'>\n      <driver name='qemu' type='{}'{policy}/>\n      <source file='{}'/>\n{}      <target dev='{}' bus='{}'/>\n{}    </disk>\n",
                 esc(&d.format),
                 esc(&d.path),
+                d.backing.as_ref().map(NbdBacking::xml).unwrap_or_default(),
                 esc(&d.target_dev),
                 esc(&d.bus),
                 if d.readonly { "      <readonly/>\n" } else { "" }
@@ -748,6 +801,7 @@ mod tests {
                 target_dev: "vda".into(),
                 bus: "virtio".into(),
                 readonly: false,
+                backing: None,
             }],
             macs: vec!["52:54:00:00:00:01".into(), "52:54:00:00:00:02".into()],
             console_log: Some("/var/log/imprint/web-2.log".into()),

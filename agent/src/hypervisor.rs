@@ -33,6 +33,8 @@ pub struct GuestRef {
 pub struct PoolInfo {
     /// Bytes free.
     pub available_bytes: u64,
+    /// libvirt's pool type (`dir`, `logical`, `netfs`…).
+    pub kind: String,
 }
 
 /// What a backup job covers.
@@ -124,6 +126,17 @@ pub trait Hypervisor: Send + Sync {
     /// Whether QEMU paused the guest because a write failed with "no space"
     /// (the guest waits: its write is retried when it runs again).
     fn paused_on_io_error(&self, guest: &GuestRef) -> Result<bool>;
+    /// Start copying what disk `dev` of the running guest reads from its
+    /// backing image into the disk's own image (a lazy deploy's fill);
+    /// when the job ends the disk has no backing image any more.
+    /// `mib_s` caps its speed in MiB/s (0: none).
+    fn block_pull(&self, guest: &GuestRef, dev: &str, mib_s: u64) -> Result<()>;
+    /// The block job running on disk `dev`: bytes done and in all, or
+    /// `None` when none runs (ended, failed or never started).
+    fn block_job(&self, guest: &GuestRef, dev: &str) -> Result<Option<(u64, u64)>>;
+    /// Whether disk `dev` of the running guest still reads from a backing
+    /// image.
+    fn has_backing(&self, guest: &GuestRef, dev: &str) -> Result<bool>;
 }
 
 /// An in-memory hypervisor for unit tests: guests with power states,
@@ -158,6 +171,8 @@ pub mod fake {
         pub freeze_hangs: bool,
         /// Paused by QEMU on a failed write.
         pub io_error: bool,
+        /// Disks still reading from a backing image.
+        pub backed: Vec<String>,
     }
 
     impl FakeGuest {
@@ -174,6 +189,7 @@ pub mod fake {
                 freezes: 0,
                 freeze_hangs: false,
                 io_error: false,
+                backed: Vec::new(),
             }
         }
     }
@@ -193,6 +209,9 @@ pub mod fake {
         pub backups: Mutex<HashMap<String, Vec<String>>>,
         /// Checkpoint names (of any guest), in creation order.
         pub checkpoints: Mutex<Vec<String>>,
+        /// Block pulls end without filling the disk (the backing image
+        /// cannot be read).
+        pub fail_pull: Mutex<bool>,
     }
 
     impl FakeHypervisor {
@@ -282,10 +301,14 @@ pub mod fake {
                     format!("guest {} exists", c.name),
                 ));
             }
-            gs.insert(
-                c.name.clone(),
-                FakeGuest::new(r.clone(), xml.into(), PowerState::ShutOff),
-            );
+            let mut g = FakeGuest::new(r.clone(), xml.into(), PowerState::ShutOff);
+            g.backed = c
+                .disks
+                .iter()
+                .map(|d| d.target_dev.clone())
+                .filter(|dev| crate::domain::disk_has_backing(xml, dev))
+                .collect();
+            gs.insert(c.name.clone(), g);
             Ok(r)
         }
         fn undefine(&self, g: &GuestRef) -> Result<()> {
@@ -308,6 +331,7 @@ pub mod fake {
             self.pool_dir(pool)?;
             Ok(PoolInfo {
                 available_bytes: 1 << 40,
+                kind: "dir".into(),
             })
         }
         fn create_volume(
@@ -477,6 +501,22 @@ pub mod fake {
         }
         fn paused_on_io_error(&self, g: &GuestRef) -> Result<bool> {
             self.with_guest(g, |g| Ok(g.state == PowerState::Paused && g.io_error))
+        }
+        fn block_pull(&self, g: &GuestRef, dev: &str, _mib_s: u64) -> Result<()> {
+            // The fake's pulls end at once: done, or failed (still backed).
+            let fails = *self.fail_pull.lock().unwrap_or_else(|p| p.into_inner());
+            self.with_guest(g, |g| {
+                if !fails {
+                    g.backed.retain(|d| d != dev);
+                }
+                Ok(())
+            })
+        }
+        fn block_job(&self, g: &GuestRef, _dev: &str) -> Result<Option<(u64, u64)>> {
+            self.with_guest(g, |_| Ok(None))
+        }
+        fn has_backing(&self, g: &GuestRef, dev: &str) -> Result<bool> {
+            self.with_guest(g, |g| Ok(g.backed.iter().any(|d| d == dev)))
         }
     }
 }

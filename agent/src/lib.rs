@@ -21,6 +21,7 @@ pub mod fetch;
 pub mod freeze;
 pub mod hypervisor;
 pub mod journal;
+pub mod lazy;
 pub mod libvirt;
 pub mod listen;
 pub mod nbd;

@@ -228,8 +228,13 @@ impl Hypervisor for Libvirt {
         self.with(&format!("storage pool {pool_name:?}"), |c| {
             let p = pool(c, pool_name)?;
             p.refresh(0)?;
+            let xml = p.xml_desc(0)?;
             Ok(PoolInfo {
                 available_bytes: p.info()?.available,
+                kind: roxmltree::Document::parse(&xml)
+                    .ok()
+                    .and_then(|d| d.root_element().attribute("type").map(str::to_string))
+                    .unwrap_or_default(),
             })
         })
     }
@@ -488,6 +493,68 @@ impl Hypervisor for Libvirt {
             ))
         })
     }
+
+    fn block_pull(&self, g: &GuestRef, dev: &str, mib_s: u64) -> Result<()> {
+        let disk = disk_name(dev)?;
+        // Without the BANDWIDTH_BYTES flag the bandwidth is in MiB/s.
+        let bandwidth = std::os::raw::c_ulong::try_from(mib_s).unwrap_or(0);
+        self.with(
+            &format!("start filling disk {dev} of guest {}", g.name),
+            |c| {
+                let d = Self::domain_of(c, g)?;
+                // SAFETY: `d` is a live domain handle for the duration of the
+                // call and `disk` a NUL-terminated string that outlives it;
+                // bandwidth 0 is "unlimited".
+                let r = unsafe {
+                    virt::sys::virDomainBlockPull(d.as_ptr(), disk.as_ptr(), bandwidth, 0)
+                };
+                if r < 0 {
+                    return Err(VirtError::last_error());
+                }
+                Ok(())
+            },
+        )
+    }
+
+    fn block_job(&self, g: &GuestRef, dev: &str) -> Result<Option<(u64, u64)>> {
+        let disk = disk_name(dev)?;
+        self.with(
+            &format!("block job of disk {dev} of guest {}", g.name),
+            |c| {
+                let d = Self::domain_of(c, g)?;
+                let mut info = virt::sys::virDomainBlockJobInfo {
+                    type_: 0,
+                    bandwidth: 0,
+                    cur: 0,
+                    end: 0,
+                };
+                // SAFETY: `d` is a live domain handle, `disk` a NUL-terminated
+                // string and `info` a valid, writable struct, all outliving the
+                // call; libvirt fills `info` and keeps no pointer.
+                let r = unsafe {
+                    virt::sys::virDomainGetBlockJobInfo(d.as_ptr(), disk.as_ptr(), &mut info, 0)
+                };
+                match r {
+                    0 => Ok(None),
+                    r if r < 0 => Err(VirtError::last_error()),
+                    _ => Ok(Some((info.cur, info.end))),
+                }
+            },
+        )
+    }
+
+    fn has_backing(&self, g: &GuestRef, dev: &str) -> Result<bool> {
+        let xml = self.with(&format!("configuration of guest {}", g.name), |c| {
+            Self::domain_of(c, g)?.xml_desc(0)
+        })?;
+        Ok(crate::domain::disk_has_backing(&xml, dev))
+    }
+}
+
+/// A disk's target name for libvirt's C API.
+fn disk_name(dev: &str) -> Result<std::ffi::CString> {
+    std::ffi::CString::new(dev)
+        .map_err(|_| AgentError::new(Kind::InvalidArgument, "a disk name holds a NUL byte"))
 }
 
 impl Libvirt {

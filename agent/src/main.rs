@@ -56,6 +56,17 @@ struct Args {
     /// disks are read). Default /var/lib/imprint-agent/backup.
     #[arg(long)]
     backup_dir: Option<PathBuf>,
+    /// Where lazy deploys' NBD exports put their sockets (QEMU connects to
+    /// them). Default /var/lib/imprint-agent/nbd.
+    #[arg(long)]
+    nbd_dir: Option<PathBuf>,
+    /// Lazy deploys filling at once on this host, at most (default 4).
+    #[arg(long)]
+    max_lazy_fills: Option<usize>,
+    /// Cap a lazy deploy's fill at this many MiB/s per disk (default: no
+    /// cap).
+    #[arg(long)]
+    lazy_fill_mib_s: Option<u64>,
     /// Read captured disks with the guest off instead (downtime grows with
     /// the disks; for libvirt without the backup API).
     #[arg(long)]
@@ -133,6 +144,9 @@ struct FileConfig {
     export_group: Option<String>,
     default_nic: Option<String>,
     backup_dir: Option<PathBuf>,
+    nbd_dir: Option<PathBuf>,
+    max_lazy_fills: Option<usize>,
+    lazy_fill_mib_s: Option<u64>,
     offline_read: Option<bool>,
     journal_dir: Option<PathBuf>,
     default_pool: Option<String>,
@@ -259,7 +273,22 @@ async fn main() -> Result<()> {
                     .unwrap_or_else(|| PathBuf::from("/var/lib/imprint-agent/backup")),
             )
         },
+        nbd_dir: args
+            .nbd_dir
+            .or(file.nbd_dir)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/imprint-agent/nbd")),
+        max_lazy_fills: args.max_lazy_fills.or(file.max_lazy_fills).unwrap_or(4),
+        lazy_fill_mib_s: args.lazy_fill_mib_s.or(file.lazy_fill_mib_s).unwrap_or(0),
     };
+    // QEMU (another user) reaches the export sockets by name only.
+    std::fs::create_dir_all(&settings.nbd_dir)
+        .and_then(|()| {
+            std::fs::set_permissions(
+                &settings.nbd_dir,
+                std::os::unix::fs::PermissionsExt::from_mode(0o711),
+            )
+        })
+        .with_context(|| format!("create NBD directory {}", settings.nbd_dir.display()))?;
     if let Some(dir) = &settings.transfer_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("create transfer directory {}", dir.display()))?;

@@ -52,6 +52,15 @@ pub struct Settings {
     /// Where point-in-time reads of captures keep their NBD socket and
     /// scratch files; `None`: captures read with the guest off.
     pub backup_dir: Option<PathBuf>,
+    /// Where lazy deploys' NBD exports put their sockets (QEMU connects:
+    /// the directory is 0711).
+    pub nbd_dir: PathBuf,
+    /// Lazy deploys filling at once, at most (more are refused with
+    /// RESOURCE_EXHAUSTED before anything is made).
+    pub max_lazy_fills: usize,
+    /// A lazy fill's speed cap in MiB/s per disk (0: none), so fills do
+    /// not starve the host's other I/O.
+    pub lazy_fill_mib_s: u64,
 }
 
 /// A request's hardware, checked at the edge.
@@ -765,6 +774,10 @@ impl AgentService for Agent {
             console_log_dir: self.settings.console_log_dir.clone(),
             hardware: hardware(r.hardware.as_ref())?,
             default_nic: self.settings.default_nic.clone(),
+            lazy: r.lazy,
+            nbd_dir: self.settings.nbd_dir.clone(),
+            max_lazy_fills: self.settings.max_lazy_fills,
+            fill_mib_s: self.settings.lazy_fill_mib_s,
         };
         // Refuse bad input now, as an error of this call.
         // The image may come from another site's store.

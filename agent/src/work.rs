@@ -71,7 +71,35 @@ impl Busy {
         }
         Ok(BusyGuard(self.clone(), key.to_string()))
     }
+
+    /// How many of the `limit` slots named `prefix` are taken.
+    pub fn slots_taken(&self, prefix: &str, limit: usize) -> usize {
+        let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        (0..limit)
+            .filter(|i| s.contains(&format!("{prefix}#{i}")))
+            .count()
+    }
+
+    /// Claim one of `limit` slots named `prefix` (concurrent lazy fills),
+    /// or fail with `ResourceExhausted` saying `what`.
+    pub fn claim_slot(&self, prefix: &str, limit: usize, what: &str) -> Result<BusyGuard> {
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (0..limit)
+            .map(|i| format!("{prefix}#{i}"))
+            .find(|k| !s.contains(k))
+            .ok_or_else(|| {
+                AgentError::new(
+                    Kind::ResourceExhausted,
+                    format!("{what}: all {limit} are in use on this host; retry when one ends"),
+                )
+            })?;
+        s.insert(key.clone());
+        Ok(BusyGuard(self.clone(), key))
+    }
 }
+
+/// The slots of concurrent lazy fills.
+pub const LAZY_FILL: &str = "lazy-fill";
 
 impl Drop for BusyGuard {
     fn drop(&mut self) {
@@ -1075,6 +1103,14 @@ pub struct DeploySpec {
     /// Where NICs without an attachment of their own (imported images)
     /// go on this host.
     pub default_nic: crate::domain::NicAttachment,
+    /// Start the guest before its volumes are written ([`crate::lazy`]).
+    pub lazy: bool,
+    /// Where a lazy deploy's NBD exports put their sockets.
+    pub nbd_dir: PathBuf,
+    /// Lazy deploys filling at once on this host, at most.
+    pub max_lazy_fills: usize,
+    /// A lazy fill's speed cap in MiB/s per disk (0: none).
+    pub fill_mib_s: u64,
 }
 
 /// One NIC as requested.
@@ -1302,6 +1338,18 @@ pub fn check_deploy(ctx: &Ctx, spec: &DeploySpec) -> Result<(imprint_store::Mani
         ));
     }
     let pool = hv.pool_info(&spec.pool)?;
+    if spec.lazy {
+        crate::lazy::check(&pool.kind, &spec.disk_format, spec.start)?;
+        if ctx.busy.slots_taken(LAZY_FILL, spec.max_lazy_fills) >= spec.max_lazy_fills {
+            return Err(AgentError::new(
+                Kind::ResourceExhausted,
+                format!(
+                    "this host fills {} lazy deploys already (its limit); retry when one ends",
+                    spec.max_lazy_fills
+                ),
+            ));
+        }
+    }
     let need: u64 = manifest
         .disks
         .iter()
@@ -1340,6 +1388,10 @@ pub fn deploy(
         &format!("guest name {}", spec.guest_name),
     )?;
     let (manifest, plan) = check_deploy(ctx, spec)?;
+    let _fill = spec
+        .lazy
+        .then(|| busy.claim_slot(LAZY_FILL, spec.max_lazy_fills, "lazy deploy fills"))
+        .transpose()?;
     let mut entry = Entry::Deploy {
         operation_id: spec.operation_id.clone(),
         guest_name: spec.guest_name.clone(),
@@ -1446,6 +1498,7 @@ fn deploy_steps(
     let total: u64 = manifest.disks.iter().map(|d| d.size_bytes).sum();
     let mut done = 0;
     let mut new_disks = Vec::new();
+    let mut lazy_disks = Vec::new();
     let mut paths = Vec::new();
     let t0 = Instant::now();
     let mut written = 0;
@@ -1465,6 +1518,26 @@ fn deploy_steps(
         let vol = format!("{}-{}.{format}", spec.guest_name, target_dev);
         report("creating volumes", done, total);
         let path = create_journaled(hv, journal, entry, &spec.pool, &vol, format, plan.sizes[i])?;
+        if spec.lazy {
+            let (export, backing, size) =
+                crate::lazy::export_disk(&spec.nbd_dir, &spec.operation_id, store, manifest, i)?;
+            lazy_disks.push(crate::lazy::LazyDisk {
+                dev: target_dev.clone(),
+                export,
+                size,
+            });
+            written += d.data_chunks * u64::from(manifest.chunk_size);
+            new_disks.push(NewDisk {
+                path: path.clone(),
+                format: format.into(),
+                target_dev,
+                bus,
+                readonly: false,
+                backing: Some(backing),
+            });
+            paths.push(path);
+            continue;
+        }
         // A fresh volume reads as zeros: holes need no writes.
         let mut target: Box<dyn imprint_store::source::DiskTarget> = if format == "qcow2" {
             Box::new(crate::qcow2::Qcow2Target::open(&path)?)
@@ -1494,6 +1567,7 @@ fn deploy_steps(
             target_dev,
             bus,
             readonly: false,
+            backing: None,
         });
         paths.push(path);
     }
@@ -1524,6 +1598,7 @@ fn deploy_steps(
         target_dev: seed_dev,
         bus: "virtio".into(),
         readonly: true,
+        backing: None,
     });
     paths.push(seed_path);
 
@@ -1619,6 +1694,21 @@ fn deploy_steps(
         cancelled(cancel)?;
         report("starting guest", done, total);
         hv.start(&guest)?;
+    }
+    if !lazy_disks.is_empty() {
+        let t = Instant::now();
+        report(crate::lazy::RUNNING_PHASE, 0, total);
+        crate::lazy::fill(
+            hv,
+            &guest,
+            &lazy_disks,
+            spec.fill_mib_s,
+            cancel,
+            &mut |done, total| {
+                report(crate::lazy::RUNNING_PHASE, done, total);
+            },
+        )?;
+        tracing::info!(guest = %spec.guest_name, seconds = t.elapsed().as_secs_f64(), "volumes filled");
     }
     Ok(DeployOutcome {
         guest,

@@ -597,3 +597,107 @@ fn bad_deploys_leave_nothing_behind() {
     assert!(e.hv.lookup("b").is_err());
     assert!(e.journal.list().expect("journal").is_empty());
 }
+
+fn lazy_spec(image: &str, dir: &Path) -> DeploySpec {
+    DeploySpec {
+        lazy: true,
+        disk_format: "qcow2".into(),
+        nbd_dir: dir.to_path_buf(),
+        max_lazy_fills: 1,
+        ..deploy_spec(image)
+    }
+}
+
+#[test]
+fn lazy_deploy_runs_the_guest_on_the_export_then_fills_it() {
+    let e = env(true, PowerState::ShutOff);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let img = capture(&e.ctx, &spec(false), &cancel, &no_report).expect("capture");
+    let nbd = e._tmp.path().join("nbd");
+    fs::create_dir(&nbd).expect("nbd dir");
+    let phases = Mutex::new(Vec::new());
+    let report = |phase: &str, _: u64, _: u64| {
+        phases.lock().expect("lock").push(phase.to_string());
+    };
+    let o = deploy(
+        &e.ctx,
+        &lazy_spec(&img.image_id.to_string(), &nbd),
+        &cancel,
+        &report,
+    )
+    .expect("lazy deploy");
+    assert!(o.started);
+    assert_eq!(state(&e, "b"), PowerState::Running);
+    let phases = phases.into_inner().expect("phases");
+    let running = phases
+        .iter()
+        .position(|p| p == imprint_agent::lazy::RUNNING_PHASE)
+        .expect("the running milestone");
+    let started = phases
+        .iter()
+        .position(|p| p == "starting guest")
+        .expect("started");
+    assert!(started < running, "{phases:?}");
+    assert!(
+        !phases[running..].iter().any(|p| p == "writing volumes"),
+        "nothing is written before the guest runs: {phases:?}"
+    );
+    let g = e.hv.guests.lock().expect("lock")["b"].clone();
+    assert!(g.xml.contains("protocol='nbd'"), "{}", g.xml);
+    assert!(g.xml.contains("rerror_policy='stop'"), "{}", g.xml);
+    assert!(g.backed.is_empty(), "every disk was filled");
+    assert_eq!(
+        fs::read_dir(&nbd).expect("nbd dir").count(),
+        0,
+        "the exports are closed and their sockets gone"
+    );
+}
+
+#[test]
+fn lazy_deploys_refuse_what_cannot_work_and_a_failed_fill_leaves_nothing() {
+    let e = env(true, PowerState::ShutOff);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let img = capture(&e.ctx, &spec(false), &cancel, &no_report).expect("capture");
+    let id = img.image_id.to_string();
+    let nbd = e._tmp.path().join("nbd");
+    fs::create_dir(&nbd).expect("nbd dir");
+    let raw = DeploySpec {
+        disk_format: "raw".into(),
+        ..lazy_spec(&id, &nbd)
+    };
+    let stopped = DeploySpec {
+        start: false,
+        ..lazy_spec(&id, &nbd)
+    };
+    for bad in [raw, stopped] {
+        let err = deploy(&e.ctx, &bad, &cancel, &no_report).expect_err("refused");
+        assert_eq!(err.kind, Kind::InvalidArgument, "{err}");
+        assert!(e.hv.lookup("b").is_err(), "no guest defined");
+    }
+    // The host's fills are all in use: refused before anything is made.
+    let slot = e
+        .ctx
+        .busy
+        .claim_slot(imprint_agent::work::LAZY_FILL, 1, "fills")
+        .expect("slot");
+    let err = deploy(&e.ctx, &lazy_spec(&id, &nbd), &cancel, &no_report).expect_err("full");
+    assert_eq!(err.kind, Kind::ResourceExhausted, "{err}");
+    assert!(e.hv.lookup("b").is_err(), "no guest defined");
+    drop(slot);
+    *e.hv.fail_pull.lock().expect("lock") = true;
+    let err = deploy(&e.ctx, &lazy_spec(&id, &nbd), &cancel, &no_report).expect_err("fill fails");
+    assert_eq!(err.kind, Kind::Unavailable, "{err}");
+    assert!(err.to_string().contains("vda"), "{err}");
+    assert!(e.hv.lookup("b").is_err(), "the half-made guest is gone");
+    let pool = e._tmp.path().join("pool");
+    assert_eq!(
+        fs::read_dir(&pool).expect("pool").count(),
+        0,
+        "no volume left"
+    );
+    assert_eq!(
+        fs::read_dir(&nbd).expect("nbd").count(),
+        0,
+        "no export left"
+    );
+}

@@ -73,6 +73,7 @@ mod format_check;
 pub mod gc;
 pub mod index;
 pub mod manifest;
+pub mod reader;
 pub mod restore;
 pub mod s3;
 pub mod s3_keys;

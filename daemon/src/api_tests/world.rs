@@ -80,6 +80,9 @@ async fn serve_agent(
             export_group: None,
             default_nic: imprint_agent::domain::NicAttachment::Udp,
             backup_dir: Some(dir.join("backup")),
+            nbd_dir: dir.join("nbd"),
+            max_lazy_fills: 4,
+            lazy_fill_mib_s: 0,
         },
     );
     std::fs::create_dir_all(dir.join("transfer")).expect("transfer dir");

@@ -123,6 +123,7 @@ impl Ops {
             user_data: r.user_data,
             start: r.start,
             store: self.d.source_store(&img.id, &host).await?,
+            lazy: r.lazy,
         });
         let encoded = agent_req.encode();
         let n = NewOperation {

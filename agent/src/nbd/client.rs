@@ -19,41 +19,11 @@ use std::{
 
 use imprint_store::source::DiskSource;
 
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943; // "NBDMAGIC"
-const IHAVEOPT: u64 = 0x4948_4156_454f_5054; // "IHAVEOPT"
-const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
-const OPT_GO: u32 = 7;
-const OPT_STRUCTURED_REPLY: u32 = 8;
-const OPT_SET_META_CONTEXT: u32 = 10;
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const REP_META_CONTEXT: u32 = 4;
-const INFO_EXPORT: u16 = 0;
-const CMD_READ: u16 = 0;
-const CMD_DISC: u16 = 2;
-const CMD_BLOCK_STATUS: u16 = 7;
-const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
-const REPLY_FLAG_DONE: u16 = 1;
-const REPLY_TYPE_NONE: u16 = 0;
-const REPLY_TYPE_OFFSET_DATA: u16 = 1;
-const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
-const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
-const STATE_ZERO: u32 = 2;
-const ALLOCATION: &str = "base:allocation";
-/// QEMU's dirty bitmaps: `qemu:dirty-bitmap:NAME`, state bit 0 = dirty.
-const DIRTY_BITMAP: &str = "qemu:dirty-bitmap:";
-const STATE_DIRTY: u32 = 1;
+use super::wire::*;
+
 /// Largest read sent as one request (servers accept 32 MiB; stay well
 /// below).
 const MAX_READ: usize = 4 << 20;
-
-fn bad(msg: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg.into())
-}
 
 /// One export, opened for reading.
 #[derive(Debug)]
@@ -136,22 +106,6 @@ fn option_replies(r: &mut impl Read) -> io::Result<OptionReplies> {
             _ => {}
         }
     }
-}
-
-fn read_u16(r: &mut impl Read) -> io::Result<u16> {
-    let mut b = [0; 2];
-    r.read_exact(&mut b)?;
-    Ok(u16::from_be_bytes(b))
-}
-fn read_u32(r: &mut impl Read) -> io::Result<u32> {
-    let mut b = [0; 4];
-    r.read_exact(&mut b)?;
-    Ok(u32::from_be_bytes(b))
-}
-fn read_u64(r: &mut impl Read) -> io::Result<u64> {
-    let mut b = [0; 8];
-    r.read_exact(&mut b)?;
-    Ok(u64::from_be_bytes(b))
 }
 
 impl NbdDisk {

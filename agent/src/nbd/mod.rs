@@ -1,0 +1,13 @@
+//! NBD, both ways, over UNIX sockets:
+//! - [`NbdDisk`] (`client`): a capture reads a point-in-time view of a
+//!   running guest's disk that QEMU exports during a pull-mode backup;
+//! - [`server`]: a lazy deploy's guest boots on a stored image's disk that
+//!   the agent exports read-only, straight from the store.
+//!
+//! `wire` holds the protocol's numbers both use.
+
+mod client;
+pub mod server;
+mod wire;
+
+pub use client::NbdDisk;

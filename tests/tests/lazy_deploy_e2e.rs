@@ -1,0 +1,215 @@
+//! Lazy deploys on a real libvirtd and QEMU: the guest runs before its
+//! volume is written, reading from the agent's NBD export of the stored
+//! image; the fill completes while it runs; the volume ends complete and
+//! independent of the store (no backing, export gone) and holds the
+//! image's bytes. A damaged chunk fails the fill naming it, and nothing
+//! of the deploy stays.
+
+use std::time::Duration;
+
+use imprint_proto::v1 as pb;
+use imprint_tests::*;
+
+const BOOT: Duration = Duration::from_secs(180);
+
+/// The image of a 1 GiB disk: the busybox guest, then 768 MiB of random
+/// bytes from 128 MiB on (which the guest never touches).
+async fn slow_image(f: &Fixture, suffix: &str) -> (String, std::path::PathBuf) {
+    let disk = f.slow_disk_in_pool_a(&format!("{suffix}-vda.raw"));
+    let name = format!("imp-{}-{suffix}", f.tag);
+    let log = f.wd.path().join(format!("{suffix}.log"));
+    let _src = Domain::define(
+        &name,
+        &busybox_xml(
+            &name,
+            &f.guest,
+            f.wd.path(),
+            &[(&disk, "raw")],
+            &log,
+            free_udp_port(),
+        ),
+        f.wd.path(),
+    );
+    let captured = capture(
+        &mut f.client().await,
+        pb::CaptureRequest {
+            guest: name,
+            image_name: suffix.into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_succeeded(&captured);
+    (captured.capture.expect("result").image_id, disk)
+}
+
+fn lazy_request(image_id: &str, guest: &str) -> pb::DeployRequest {
+    pb::DeployRequest {
+        operation_id: uuid::Uuid::new_v4().to_string(),
+        image_id: image_id.into(),
+        guest_name: guest.into(),
+        disk_format: pb::DiskFormat::Qcow2 as i32,
+        start: true,
+        lazy: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lazy_deploy_runs_before_its_volume_is_written_and_ends_complete() {
+    // The fill is capped (830 MiB at 24 MiB/s: ~35 s) so that the guest
+    // boots while it runs, whatever the machine's speed.
+    let f = Fixture::with_agent_args(&["--lazy-fill-mib-s", "24"]);
+    let (image_id, source) = slow_image(&f, "src").await;
+    let mut client = f.client().await;
+    let guest = format!("imp-{}-lazy", f.tag);
+    let _dom = Domain::adopt(&guest);
+    let op = client
+        .deploy(lazy_request(&image_id, &guest))
+        .await
+        .expect("lazy deploy accepted")
+        .into_inner();
+
+    // Milestone one: the guest runs while the volume is still being
+    // filled (its live XML still names the export as the backing).
+    let running = phase_reached(
+        &mut client,
+        &op.operation_id,
+        "guest running; filling volumes",
+    )
+    .await;
+    assert!(running.bytes_done < running.bytes_total, "{running:?}");
+    assert_eq!(virsh(&["domstate", &guest]).trim(), "running");
+    let live = virsh(&["dumpxml", &guest]);
+    assert!(live.contains("protocol='nbd'"), "{live}");
+    let log = f.consoles.join(format!("{guest}.log"));
+    wait_for(&log, "IMPRINT-READY", 1, BOOT);
+    let booted = client
+        .get_operation(pb::GetOperationRequest {
+            operation_id: op.operation_id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(
+        booted.state,
+        pb::OperationState::Running as i32,
+        "the guest booted before its volume was complete: {booted:?}"
+    );
+    assert!(booted.bytes_done < booted.bytes_total, "{booted:?}");
+
+    // Milestone two: the operation succeeds once the volume is complete.
+    let done = watch(&mut client, &op.operation_id).await;
+    assert_succeeded(&done);
+    let d = done.deploy.expect("deploy result");
+    let live = virsh(&["dumpxml", &guest]);
+    assert!(!live.contains("protocol='nbd'"), "no backing left:\n{live}");
+    let volume = &d.volumes[0];
+    let info = run("qemu-img", &["info", "-U", "--output=json", volume]);
+    assert!(!info.contains("backing-filename"), "{info}");
+    assert!(
+        !exports_of(&op.operation_id),
+        "the export is closed and its socket gone"
+    );
+
+    // The guest never writes past 128 MiB: there the volume holds exactly
+    // the image's bytes.
+    virsh(&["destroy", &guest]);
+    let raw = f.wd.path().join("lazy.raw");
+    run(
+        "qemu-img",
+        &["convert", "-O", "raw", volume, raw.to_str().expect("utf8")],
+    );
+    let offset = (128u64 << 20).to_string();
+    let out = std::process::Command::new("cmp")
+        .args(["-i", &format!("{offset}:{offset}")])
+        .arg(&raw)
+        .arg(&source)
+        .output()
+        .expect("cmp");
+    assert!(
+        out.status.success(),
+        "the filled volume differs from the source: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_chunk_fails_the_fill_naming_it_and_nothing_stays() {
+    let f = Fixture::new();
+    let (image_id, _) = slow_image(&f, "dmg").await;
+    // Damage one chunk of the random region (never read at boot): the
+    // fill reads it.
+    let chunks = f.wd.path().join("store").join("chunks");
+    let mut files = Vec::new();
+    let mut stack = vec![chunks];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("chunks").flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                files.push(e.path());
+            }
+        }
+    }
+    files.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
+    // Random chunks do not compress: the largest files are theirs.
+    let victim = files.last().expect("a chunk").clone();
+    let mut bytes = std::fs::read(&victim).expect("read chunk");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(&victim, bytes).expect("damage chunk");
+
+    let mut client = f.client().await;
+    let guest = format!("imp-{}-dmg", f.tag);
+    let _dom = Domain::adopt(&guest);
+    let op = client
+        .deploy(lazy_request(&image_id, &guest))
+        .await
+        .expect("accepted")
+        .into_inner();
+    let done = watch(&mut client, &op.operation_id).await;
+    assert_eq!(done.state, pb::OperationState::Failed as i32, "{done:?}");
+    assert_eq!(
+        done.error_code,
+        tonic::Code::DataLoss as i32,
+        "{}",
+        done.error
+    );
+    assert!(
+        done.error.contains("chunk"),
+        "names the chunk: {}",
+        done.error
+    );
+    assert!(
+        !virsh_quiet_ok(&["dominfo", &guest]),
+        "the half-made guest is gone"
+    );
+    assert!(!exports_of(&op.operation_id), "no export stays");
+    let left: Vec<_> = std::fs::read_dir(&f.pool_b.dir)
+        .expect("pool")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "no volume stays: {left:?}");
+}
+
+/// Whether an export socket of operation `op` is in the agent's NBD
+/// directory (the default: QEMU must be able to reach it).
+fn exports_of(op: &str) -> bool {
+    std::fs::read_dir("/var/lib/imprint-agent/nbd")
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(op))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether `virsh ARGS` succeeds.
+fn virsh_quiet_ok(args: &[&str]) -> bool {
+    std::process::Command::new("virsh")
+        .args(["-c", "qemu:///system"])
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
