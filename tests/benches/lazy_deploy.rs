@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo build --release -p imprint-agent
-//! cargo bench -p imprint-tests --bench lazy_deploy -- [--big-gib 16] [--random-mib 4096]
+//! cargo bench -p imprint-tests --bench lazy_deploy -- [--big-gib 16] [--random-mib 4096] [--runs 3]
 //! ```
 //!
 //! Two images of the busybox guest: its 1 GiB "slow" disk (768 MiB of
@@ -13,7 +13,7 @@
 //! deploy, from the DeployImage call: until libvirt reports the guest
 //! `running` (`virsh domstate`, polled every 50 ms: the measurement), until
 //! its first console line, and until the operation succeeds; and the
-//! write (or fill) speed of the image's data.
+//! write (or fill) speed of the image's data. Medians of `--runs` runs.
 
 use std::time::{Duration, Instant};
 
@@ -90,6 +90,15 @@ async fn deploy(f: &Fixture, image_id: &str, guest: &str, lazy: bool) -> Timing 
         .await
         .expect("deploy accepted")
         .into_inner();
+    // The operation's end, seen as it happens.
+    let watcher = {
+        let mut client = f.client().await;
+        let id = op.operation_id.clone();
+        tokio::spawn(async move {
+            let done = watch(&mut client, &id).await;
+            (done, t.elapsed().as_secs_f64())
+        })
+    };
     let running = loop {
         let out = std::process::Command::new("virsh")
             .args(["-c", "qemu:///system", "domstate", guest])
@@ -108,9 +117,8 @@ async fn deploy(f: &Fixture, image_id: &str, guest: &str, lazy: bool) -> Timing 
         assert!(t.elapsed() < Duration::from_secs(1800), "no console line");
         std::thread::sleep(Duration::from_millis(50));
     };
-    let done = watch(&mut client, &op.operation_id).await;
+    let (done, complete) = watcher.await.expect("watcher");
     assert_succeeded(&done);
-    let complete = t.elapsed().as_secs_f64();
     let d = done.deploy.expect("result");
     let data_mib_s = if lazy {
         d.bytes_written as f64 / f64::from(1 << 20) / (complete - running)
@@ -129,6 +137,7 @@ async fn deploy(f: &Fixture, image_id: &str, guest: &str, lazy: bool) -> Timing 
 async fn main() {
     let big_gib = arg("--big-gib", 16);
     let random_mib = arg("--random-mib", 4096);
+    let runs = arg("--runs", 3);
     let f = Fixture::new();
     let small_disk = f.slow_disk_in_pool_a("small-vda.raw");
     let small = image(&f, "small", &small_disk).await;
@@ -166,9 +175,21 @@ async fn main() {
         (format!("{big_gib} GiB ({random_mib} MiB data)"), &big),
     ] {
         for lazy in [false, true] {
-            let guest = format!("imp-{}-{}", f.tag, uuid::Uuid::new_v4().simple());
-            let dom = Domain::adopt(&guest);
-            let t = deploy(&f, id, &guest, lazy).await;
+            let mut all = Vec::new();
+            for _ in 0..runs {
+                all.push(once(&f, id, lazy).await);
+            }
+            let median = |key: fn(&Timing) -> f64| {
+                let mut v: Vec<f64> = all.iter().map(key).collect();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let t = Timing {
+                running: median(|t| t.running),
+                console: median(|t| t.console),
+                complete: median(|t| t.complete),
+                data_mib_s: median(|t| t.data_mib_s),
+            };
             println!(
                 "{what:<26}| {:<6} | {:>9.2} | {:>9.2} | {:>10.2} | {:>9.0}",
                 if lazy { "lazy" } else { "full" },
@@ -177,12 +198,19 @@ async fn main() {
                 t.complete,
                 t.data_mib_s
             );
-            drop(dom);
-            // The volumes go with the next deploy's space.
-            for e in std::fs::read_dir(&f.pool_b.dir).expect("pool").flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-            virsh_quiet(&["pool-refresh", &f.pool_b.name]);
         }
     }
+}
+
+/// One deploy, then its guest and volumes removed.
+async fn once(f: &Fixture, id: &str, lazy: bool) -> Timing {
+    let guest = format!("imp-{}-{}", f.tag, uuid::Uuid::new_v4().simple());
+    let dom = Domain::adopt(&guest);
+    let t = deploy(f, id, &guest, lazy).await;
+    drop(dom);
+    for e in std::fs::read_dir(&f.pool_b.dir).expect("pool").flatten() {
+        let _ = std::fs::remove_file(e.path());
+    }
+    virsh_quiet(&["pool-refresh", &f.pool_b.name]);
+    t
 }

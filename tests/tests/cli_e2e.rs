@@ -181,6 +181,45 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
         "{log}"
     );
 
+    // A lazy deploy: the guest starts on qcow2 volumes filled while it
+    // runs; --wait returns when they are complete. Raw volumes cannot be
+    // lazy: refused (exit 2) before anything is made.
+    let name_c = format!("imp-{}-c", f.tag);
+    let _c = Domain::adopt(&name_c);
+    let lazy = cli.json(&[
+        "image",
+        "deploy",
+        &id,
+        "--host",
+        HOST,
+        "--name",
+        &name_c,
+        "--pool",
+        &f.pool_b.name,
+        "--lazy",
+        "--wait",
+    ]);
+    assert_eq!(lazy["state"], "succeeded", "{lazy}");
+    assert_eq!(lazy["deploy"]["started"], true, "{lazy}");
+    let volume = lazy["deploy"]["volumes"][0].as_str().expect("volume");
+    assert!(volume.ends_with(".qcow2"), "{volume}");
+    let info = run("qemu-img", &["info", "-U", volume]);
+    assert!(!info.contains("backing file"), "filled: {info}");
+    let (code, _, err) = cli.run(&[
+        "image",
+        "deploy",
+        &id,
+        "--host",
+        HOST,
+        "--name",
+        "imp-never",
+        "--lazy",
+        "--disk-format",
+        "raw",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("qcow2"), "{err}");
+
     // Input the agent refuses is an error of the call (exit 2) and leaves
     // no image and no operation (the operation list is checked below).
     let images_before = cli.json(&["image", "list"])["images"].clone();
@@ -301,7 +340,7 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
         .iter()
         .map(|o| o["kind"].as_str().expect("kind"))
         .collect();
-    assert_eq!(kinds, ["delete", "deploy", "capture"]);
+    assert_eq!(kinds, ["delete", "deploy", "deploy", "capture"]);
     let _ = pb::OperationState::Succeeded;
 
     // Endpoint and token from a config file; flags beat it.
