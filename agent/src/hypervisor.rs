@@ -76,16 +76,14 @@ pub trait Hypervisor: Send + Sync {
     fn volume_path(&self, pool: &str, volume: &str) -> Result<String>;
     /// Pool state (also proves the pool exists).
     fn pool_info(&self, pool: &str) -> Result<PoolInfo>;
-    /// Create a volume of `capacity_bytes` in `pool` (`raw` or `qcow2`,
-    /// with clusters of `cluster_bytes` when given); returns its path.
-    /// `Conflict` if the name is taken.
+    /// Create a volume of `capacity_bytes` in `pool` (`raw` or `qcow2`);
+    /// returns its path. `Conflict` if the name is taken.
     fn create_volume(
         &self,
         pool: &str,
         name: &str,
         format: &str,
         capacity_bytes: u64,
-        cluster_bytes: Option<u32>,
     ) -> Result<String>;
     /// Delete a volume.
     fn delete_volume(&self, pool: &str, name: &str) -> Result<()>;
@@ -342,7 +340,6 @@ pub mod fake {
             name: &str,
             _format: &str,
             capacity_bytes: u64,
-            _cluster_bytes: Option<u32>,
         ) -> Result<String> {
             let p = self.pool_dir(pool)?.join(name);
             let f = std::fs::OpenOptions::new()

@@ -245,15 +245,10 @@ impl Hypervisor for Libvirt {
         name: &str,
         format: &str,
         capacity_bytes: u64,
-        cluster_bytes: Option<u32>,
     ) -> Result<String> {
-        let cluster = cluster_bytes
-            .filter(|_| format == "qcow2")
-            .map(|b| format!("<clusterSize unit='bytes'>{b}</clusterSize>"))
-            .unwrap_or_default();
         let xml = format!(
             "<volume><name>{}</name><capacity unit='bytes'>{capacity_bytes}</capacity><allocation unit='bytes'>0</allocation>\
-             <target><format type='{}'/>{cluster}<permissions><mode>0600</mode></permissions></target></volume>",
+             <target><format type='{}'/><permissions><mode>0600</mode></permissions></target></volume>",
             esc(name),
             esc(format)
         );

@@ -1462,7 +1462,6 @@ fn create_journaled(
     name: &str,
     format: &str,
     size: u64,
-    cluster_bytes: Option<u32>,
 ) -> Result<String> {
     let Entry::Deploy { volumes, .. } = entry else {
         return Err(AgentError::new(
@@ -1472,7 +1471,7 @@ fn create_journaled(
     };
     volumes.push(name.to_string());
     journal.write(entry)?;
-    match hv.create_volume(pool, name, format, size, cluster_bytes) {
+    match hv.create_volume(pool, name, format, size) {
         Err(e) if e.kind == Kind::Conflict => {
             if let Entry::Deploy { volumes, .. } = entry {
                 volumes.retain(|v| v != name);
@@ -1518,20 +1517,7 @@ fn deploy_steps(
         };
         let vol = format!("{}-{}.{format}", spec.guest_name, target_dev);
         report("creating volumes", done, total);
-        // A lazy volume's clusters are the store's chunks: each pulled
-        // chunk allocates one cluster (a quarter fewer fill seconds than
-        // qcow2's 64 KiB default, docs/benchmarks.md).
-        let cluster = spec.lazy.then_some(manifest.chunk_size);
-        let path = create_journaled(
-            hv,
-            journal,
-            entry,
-            &spec.pool,
-            &vol,
-            format,
-            plan.sizes[i],
-            cluster,
-        )?;
+        let path = create_journaled(hv, journal, entry, &spec.pool, &vol, format, plan.sizes[i])?;
         if spec.lazy {
             let (export, backing, size) =
                 crate::lazy::export_disk(&spec.nbd_dir, &spec.operation_id, store, manifest, i)?;
@@ -1589,16 +1575,7 @@ fn deploy_steps(
     cancelled(cancel)?;
     report("writing cloud-init seed", done, total);
     let seed_vol = format!("{}-cidata.img", spec.guest_name);
-    let seed_path = create_journaled(
-        hv,
-        journal,
-        entry,
-        &spec.pool,
-        &seed_vol,
-        "raw",
-        1 << 20,
-        None,
-    )?;
+    let seed_path = create_journaled(hv, journal, entry, &spec.pool, &seed_vol, "raw", 1 << 20)?;
     let mut f = std::fs::OpenOptions::new()
         .read(true)
         .write(true)

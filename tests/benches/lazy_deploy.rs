@@ -29,35 +29,12 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// Capture a shut-off busybox guest on `disk`.
+/// Capture a shut-off busybox guest on `disk`, timed.
 async fn image(f: &Fixture, suffix: &str, disk: &std::path::Path) -> String {
-    let name = format!("imp-{}-{suffix}", f.tag);
-    let log = f.wd.path().join(format!("{suffix}.log"));
-    let _src = Domain::define(
-        &name,
-        &busybox_xml(
-            &name,
-            &f.guest,
-            f.wd.path(),
-            &[(disk, "raw")],
-            &log,
-            free_udp_port(),
-        ),
-        f.wd.path(),
-    );
     let t = Instant::now();
-    let op = capture(
-        &mut f.client().await,
-        pb::CaptureRequest {
-            guest: name,
-            image_name: suffix.into(),
-            ..Default::default()
-        },
-    )
-    .await;
-    assert_succeeded(&op);
+    let id = f.capture_disk(suffix, disk).await;
     eprintln!("captured {suffix} in {:.1} s", t.elapsed().as_secs_f64());
-    op.capture.expect("result").image_id
+    id
 }
 
 #[derive(Debug)]

@@ -1147,6 +1147,12 @@ impl Fixture {
                 "status=none",
             ],
         );
+        self.capture_disk(suffix, &disk).await
+    }
+
+    /// Capture a shut-off busybox guest `imp-<tag>-<suffix>` on `disk`
+    /// (raw); the image id.
+    pub async fn capture_disk(&self, suffix: &str, disk: &Path) -> String {
         let name = format!("imp-{}-{suffix}", self.tag);
         let log = self.wd.path().join(format!("{suffix}.log"));
         let _src = Domain::define(
@@ -1155,7 +1161,7 @@ impl Fixture {
                 &name,
                 &self.guest,
                 self.wd.path(),
-                &[(&disk, "raw")],
+                &[(disk, "raw")],
                 &log,
                 free_udp_port(),
             ),

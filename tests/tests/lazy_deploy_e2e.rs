@@ -16,31 +16,7 @@ const BOOT: Duration = Duration::from_secs(180);
 /// bytes from 128 MiB on (which the guest never touches).
 async fn slow_image(f: &Fixture, suffix: &str) -> (String, std::path::PathBuf) {
     let disk = f.slow_disk_in_pool_a(&format!("{suffix}-vda.raw"));
-    let name = format!("imp-{}-{suffix}", f.tag);
-    let log = f.wd.path().join(format!("{suffix}.log"));
-    let _src = Domain::define(
-        &name,
-        &busybox_xml(
-            &name,
-            &f.guest,
-            f.wd.path(),
-            &[(&disk, "raw")],
-            &log,
-            free_udp_port(),
-        ),
-        f.wd.path(),
-    );
-    let captured = capture(
-        &mut f.client().await,
-        pb::CaptureRequest {
-            guest: name,
-            image_name: suffix.into(),
-            ..Default::default()
-        },
-    )
-    .await;
-    assert_succeeded(&captured);
-    (captured.capture.expect("result").image_id, disk)
+    (f.capture_disk(suffix, &disk).await, disk)
 }
 
 fn lazy_request(image_id: &str, guest: &str) -> pb::DeployRequest {
