@@ -1,5 +1,7 @@
 //! Printing results: tables for people, one JSON object for scripts.
 
+use std::io::Write;
+
 use serde::Serialize;
 
 /// `-o` values.
@@ -27,12 +29,18 @@ impl Ctx {
         value: &T,
         table: impl FnOnce() -> String,
     ) -> anyhow::Result<()> {
-        match self.format {
-            Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
-            Format::Yaml => print!("{}", yaml(&serde_json::to_value(value)?)),
-            Format::Table => print!("{}", table()),
+        let text = match self.format {
+            Format::Json => serde_json::to_string_pretty(value)? + "\n",
+            Format::Yaml => yaml(&serde_json::to_value(value)?),
+            Format::Table => table(),
+        };
+        let mut out = std::io::stdout().lock();
+        match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+            // The reader stopped reading (`imprint … | head`): nothing
+            // more to say, and no reason to fail.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            r => Ok(r?),
         }
-        Ok(())
     }
 }
 

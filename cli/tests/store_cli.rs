@@ -420,3 +420,37 @@ fn copy_to_another_store_sends_what_it_lacks() {
         3
     );
 }
+
+/// `imprint … | head`: a reader that stops reading is no failure (no
+/// panic, exit 0), as for other Unix tools.
+#[test]
+fn a_closed_stdout_is_no_failure() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let store = tmp.path().join("store");
+    let s = store.to_str().expect("utf8");
+    let disk = tmp.path().join("vda.raw");
+    make_disk(&disk, 8 << 20);
+    let put = imprint(&[
+        "-q",
+        "store",
+        "put",
+        "--store",
+        s,
+        "--name",
+        "base",
+        disk.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code(&put), 0, "{}", String::from_utf8_lossy(&put.stderr));
+    // The read end is closed before imprint writes a byte.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_imprint"))
+        .args(["-o", "json", "store", "list", "--store", s])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run imprint");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(code(&out), 0, "{err}");
+}
