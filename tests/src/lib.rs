@@ -909,6 +909,22 @@ pub fn free_udp_port() -> u16 {
     }
 }
 
+/// Agent operation `id` as it is now.
+pub async fn operation(
+    client: &mut imprint_proto::v1::agent_service_client::AgentServiceClient<
+        tonic::transport::Channel,
+    >,
+    id: &str,
+) -> imprint_proto::v1::AgentOperation {
+    client
+        .get_operation(imprint_proto::v1::GetOperationRequest {
+            operation_id: id.into(),
+        })
+        .await
+        .expect("get operation")
+        .into_inner()
+}
+
 /// Poll agent operation `id` until its phase is `phase` (it must still
 /// run); returns it then.
 pub async fn phase_reached(
@@ -920,13 +936,7 @@ pub async fn phase_reached(
 ) -> imprint_proto::v1::AgentOperation {
     let start = Instant::now();
     loop {
-        let cur = client
-            .get_operation(imprint_proto::v1::GetOperationRequest {
-                operation_id: id.into(),
-            })
-            .await
-            .expect("get")
-            .into_inner();
+        let cur = operation(client, id).await;
         if cur.phase == phase {
             return cur;
         }

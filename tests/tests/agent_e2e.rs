@@ -456,13 +456,7 @@ async fn guest_reset_by_its_user_during_the_read() {
         .into_inner();
     phase_reached(&mut client, &op.operation_id, "reading disks").await;
     virsh(&["reset", &name]);
-    let during = client
-        .get_operation(pb::GetOperationRequest {
-            operation_id: op.operation_id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner();
+    let during = operation(&mut client, &op.operation_id).await;
     assert_eq!(
         during.state,
         pb::OperationState::Running as i32,

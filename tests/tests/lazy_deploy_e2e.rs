@@ -60,13 +60,7 @@ async fn lazy_deploy_runs_before_its_volume_is_written_and_ends_complete() {
     assert!(live.contains("protocol='nbd'"), "{live}");
     let log = f.consoles.join(format!("{guest}.log"));
     wait_for(&log, "IMPRINT-READY", 1, BOOT);
-    let booted = client
-        .get_operation(pb::GetOperationRequest {
-            operation_id: op.operation_id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner();
+    let booted = operation(&mut client, &op.operation_id).await;
     assert_eq!(
         booted.state,
         pb::OperationState::Running as i32,

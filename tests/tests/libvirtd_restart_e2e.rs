@@ -29,13 +29,7 @@ async fn capture_survives_libvirtd_restart() {
     // While the agent waits for the (deaf) guest to power off...
     let start = Instant::now();
     loop {
-        let cur = client
-            .get_operation(pb::GetOperationRequest {
-                operation_id: op.operation_id.clone(),
-            })
-            .await
-            .expect("get")
-            .into_inner();
+        let cur = operation(&mut client, &op.operation_id).await;
         if cur.phase == "shutting down" {
             break;
         }

@@ -114,13 +114,7 @@ async fn live_capture_of_a_debian_guest_with_its_agent() {
         ),
         0
     );
-    let during = client
-        .get_operation(pb::GetOperationRequest {
-            operation_id: op.operation_id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner();
+    let during = operation(&mut client, &op.operation_id).await;
     assert_eq!(
         during.state,
         pb::OperationState::Running as i32,
