@@ -51,7 +51,46 @@ pub enum Entry {
         /// NVRAM file written from the image, before it is written.
         #[serde(default)]
         nvram: Option<String>,
+        /// Set once a lazy deploy's guest runs on its exports: the deploy
+        /// is then resumed at start-up (exports served again, the fill
+        /// finished), not undone.
+        #[serde(default)]
+        filling: Option<Box<Filling>>,
     },
+}
+
+/// A lazy deploy whose guest runs while its volumes fill: what a restarted
+/// agent needs to serve the exports again on the sockets QEMU reconnects
+/// to, finish the fill and report the deploy's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filling {
+    /// The image's store as the request named it (empty: the agent's own).
+    pub store: String,
+    /// The image.
+    pub image_id: String,
+    /// The new guest's UUID.
+    pub guest_uuid: String,
+    /// The disks being filled.
+    pub disks: Vec<FillingDisk>,
+    /// Fill speed cap in MiB/s per disk (0: none).
+    pub fill_mib_s: u64,
+    /// Paths of the new volumes (the deploy's result).
+    pub volume_paths: Vec<String>,
+    /// MAC addresses of the new guest (the deploy's result).
+    pub macs: Vec<String>,
+    /// Bytes of image data the volumes get (the deploy's result).
+    pub bytes_written: u64,
+}
+
+/// One disk of a [`Filling`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FillingDisk {
+    /// The disk's index in the image.
+    pub index: usize,
+    /// Guest device.
+    pub dev: String,
+    /// The export's socket (the backing QEMU reconnects to).
+    pub socket: String,
 }
 
 impl Entry {

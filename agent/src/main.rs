@@ -178,8 +178,17 @@ fn detect_domain_type() -> String {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    let rt = tokio::runtime::Runtime::new().context("start the async runtime")?;
+    let r = rt.block_on(run());
+    // Work still running once the server stopped (past the stop timeout,
+    // or a lazy fill left to the next start) holds no exit: the journal
+    // finishes or resumes it at the next start.
+    rt.shutdown_timeout(Duration::from_millis(500));
+    r
+}
+
+async fn run() -> Result<()> {
     imprint_service::logging::init();
     let args = Args::parse();
     let file: FileConfig = match &args.config {
@@ -369,6 +378,13 @@ async fn main() -> Result<()> {
     };
     let agent =
         Agent::new(hv, store, journal, settings).with_store_location(store_location.clone());
+    // A lazy deploy whose guest ran on this agent's exports goes on: the
+    // exports are served again (QEMU reconnects) and its fill resumes, as
+    // an operation under its id before anyone can ask for it.
+    let resumed = agent.resume_fills().await;
+    if resumed > 0 {
+        tracing::info!(operations = resumed, "resumed lazy deploys' fills");
+    }
     tokio::spawn(
         agent
             .clone()

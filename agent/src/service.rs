@@ -24,7 +24,7 @@ use crate::{
     domain::GuestConfig,
     error::{AgentError, Kind},
     hypervisor::{Hypervisor, PowerState},
-    journal::Journal,
+    journal::{Entry, Journal},
     transfer,
     work::{self, Busy, CaptureSpec, Ctx, DeploySpec, InterfaceSpec},
 };
@@ -380,6 +380,50 @@ impl Agent {
             .map(|o| o.tx.borrow().clone())
     }
 
+    /// Resume the lazy deploys a previous run left filling (its journal),
+    /// each as a running operation under its own id: called before the
+    /// agent serves, so the daemon's next watch of the operation finds it.
+    pub async fn resume_fills(&self) -> usize {
+        let entries = match self.ctx.journal.list() {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the journal for lazy fills to resume");
+                return 0;
+            }
+        };
+        let mut n = 0;
+        for e in entries {
+            let Entry::Deploy {
+                operation_id,
+                guest_name,
+                filling: Some(f),
+                ..
+            } = &e
+            else {
+                continue;
+            };
+            let store = self.store_at(&f.store).await.map_err(|s| {
+                AgentError::new(
+                    Kind::Unavailable,
+                    format!("open the image's store {:?}: {}", f.store, s.message()),
+                )
+            });
+            let ctx = self.ctx.clone();
+            let (id, guest) = (operation_id.clone(), guest_name.clone());
+            self.launch_in_phase(
+                id,
+                pb::OperationKind::Deploy,
+                guest,
+                crate::lazy::RUNNING_PHASE,
+                move |cancel, report| {
+                    crate::lazy::resume(&ctx, store, e, cancel, report).map(deploy_result)
+                },
+            );
+            n += 1;
+        }
+        n
+    }
+
     /// Register a new operation and run `work` for it on a blocking thread.
     fn launch(
         &self,
@@ -393,11 +437,28 @@ impl Agent {
         + Send
         + 'static,
     ) -> pb::AgentOperation {
+        self.launch_in_phase(id, kind, guest, "queued", work)
+    }
+
+    /// [`Agent::launch`], reporting `phase` until `work` reports one.
+    fn launch_in_phase(
+        &self,
+        id: String,
+        kind: pb::OperationKind,
+        guest: String,
+        phase: &str,
+        work: impl FnOnce(
+            &Arc<AtomicBool>,
+            &(dyn Fn(&str, u64, u64) + Sync),
+        ) -> crate::error::Result<Finished>
+        + Send
+        + 'static,
+    ) -> pb::AgentOperation {
         let first = pb::AgentOperation {
             operation_id: id.clone(),
             kind: kind as i32,
             state: pb::OperationState::Running as i32,
-            phase: "queued".into(),
+            phase: phase.into(),
             started_unix: now_unix(),
             guest,
             ..Default::default()
@@ -487,13 +548,17 @@ impl Agent {
         first
     }
 
-    /// Operations still running.
+    /// Operations still running that an agent restart would end (a
+    /// [`resumable`] one is not waited for at shutdown).
     pub fn running(&self) -> usize {
         self.ops
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|o| !is_final(o.tx.borrow().state))
+            .filter(|o| {
+                let o = o.tx.borrow();
+                !is_final(o.state) && !resumable(&o)
+            })
             .count()
     }
 
@@ -521,17 +586,41 @@ impl Agent {
     }
 
     /// Ask every running operation to stop (at shutdown): captures return
-    /// their guest to its power state, deploys remove what they created.
-    /// Returns how many were asked.
+    /// their guest to its power state, deploys remove what they created;
+    /// a [`resumable`] lazy fill is left to the next start. Returns how
+    /// many were asked.
     pub fn cancel_all(&self) -> usize {
         let ops = self.ops.lock().unwrap_or_else(|p| p.into_inner());
         let mut n = 0;
-        for o in ops.values().filter(|o| !is_final(o.tx.borrow().state)) {
+        for o in ops.values().filter(|o| {
+            let o = o.tx.borrow();
+            !is_final(o.state) && !resumable(&o)
+        }) {
             o.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
             n += 1;
         }
         n
     }
+}
+
+/// A deploy's result as the API reports it.
+fn deploy_result(o: work::DeployOutcome) -> Finished {
+    Finished::Deploy(pb::DeployResult {
+        guest_name: o.guest.name,
+        guest_uuid: o.guest.uuid,
+        volumes: o.volumes,
+        mac_addresses: o.macs,
+        bytes_written: o.bytes_written,
+        write_seconds: o.write_seconds,
+        started: o.started,
+    })
+}
+
+/// Whether operation `o` survives an agent restart as it is: a lazy
+/// deploy whose guest runs is resumed from the journal at the next start,
+/// so stopping the agent neither cancels nor waits for it.
+fn resumable(o: &pb::AgentOperation) -> bool {
+    o.kind == pb::OperationKind::Deploy as i32 && o.phase == crate::lazy::RUNNING_PHASE
 }
 
 /// The disks of a new image as the API reports them.
@@ -778,6 +867,7 @@ impl AgentService for Agent {
             nbd_dir: self.settings.nbd_dir.clone(),
             max_lazy_fills: self.settings.max_lazy_fills,
             fill_mib_s: self.settings.lazy_fill_mib_s,
+            store_location: r.store.clone(),
         };
         // Refuse bad input now, as an error of this call.
         // The image may come from another site's store.
@@ -789,18 +879,7 @@ impl AgentService for Agent {
             id,
             pb::OperationKind::Deploy,
             r.guest_name,
-            move |cancel, report| {
-                let o = work::deploy(&ctx, &spec, cancel, report)?;
-                Ok(Finished::Deploy(pb::DeployResult {
-                    guest_name: o.guest.name,
-                    guest_uuid: o.guest.uuid,
-                    volumes: o.volumes,
-                    mac_addresses: o.macs,
-                    bytes_written: o.bytes_written,
-                    write_seconds: o.write_seconds,
-                    started: o.started,
-                }))
-            },
+            move |cancel, report| work::deploy(&ctx, &spec, cancel, report).map(deploy_result),
         );
         Ok(Response::new(op))
     }

@@ -24,7 +24,7 @@ use crate::{
     domain::{GuestConfig, NewDisk, NewDomain},
     error::{AgentError, Kind, Result},
     hypervisor::{BackupPlan, GuestRef, Hypervisor, PowerState},
-    journal::{Entry, Journal},
+    journal::{Entry, Filling, FillingDisk, Journal},
 };
 
 /// Progress sink: `(phase, bytes done, bytes total)`.
@@ -951,7 +951,21 @@ pub fn recover_where(
         Err(e) => return vec![("journal".into(), Err(e))],
     };
     let mut out = Vec::new();
-    for e in entries.into_iter().filter(|e| pick(e.operation_id())) {
+    // A lazy deploy whose guest runs is resumed by the service
+    // ([`crate::lazy::resume`]), not undone.
+    let resumed = |e: &Entry| {
+        matches!(
+            e,
+            Entry::Deploy {
+                filling: Some(_),
+                ..
+            }
+        )
+    };
+    for e in entries
+        .into_iter()
+        .filter(|e| !resumed(e) && pick(e.operation_id()))
+    {
         let id = e.operation_id().to_string();
         let claim = busy.map(|b| match &e {
             Entry::Capture {
@@ -1037,7 +1051,7 @@ fn remove_nvram(path: Option<&str>) -> Result<()> {
 /// Remove what a deploy made. Ok when none of it is left (what is gone
 /// already counts as removed); otherwise the first error, after trying
 /// everything.
-fn undo_deploy(
+pub(crate) fn undo_deploy(
     hv: &dyn Hypervisor,
     name: &str,
     uuid: Option<&str>,
@@ -1111,6 +1125,9 @@ pub struct DeploySpec {
     pub max_lazy_fills: usize,
     /// A lazy fill's speed cap in MiB/s per disk (0: none).
     pub fill_mib_s: u64,
+    /// The image's store as the request named it (empty: the agent's
+    /// own), journaled so a restarted agent resumes a lazy fill from it.
+    pub store_location: String,
 }
 
 /// One NIC as requested.
@@ -1399,11 +1416,33 @@ pub fn deploy(
         volumes: Vec::new(),
         defined_uuid: None,
         nvram: None,
+        filling: None,
     };
     journal.write(&entry)?;
     let r = deploy_steps(
         hv, store, journal, &mut entry, spec, &manifest, &plan, cancel, report,
     );
+    end_deploy(ctx, &mut entry, r, report)
+}
+
+/// The end of a deploy (or of a resumed lazy fill): on failure what it
+/// made is removed; the journal entry goes once nothing is left to do.
+pub(crate) fn end_deploy(
+    ctx: &Ctx,
+    entry: &mut Entry,
+    r: Result<DeployOutcome>,
+    report: Report<'_>,
+) -> Result<DeployOutcome> {
+    let id = entry.operation_id().to_string();
+    if r.is_err()
+        && let Entry::Deploy { filling, .. } = entry
+        && filling.take().is_some()
+    {
+        // What is left is undone, never resumed.
+        if let Err(e) = ctx.journal.write(entry) {
+            tracing::error!(operation = %id, error = %e, "cannot record that a failed lazy deploy is to be undone");
+        }
+    }
     if r.is_err()
         && let Entry::Deploy {
             guest_name,
@@ -1412,19 +1451,19 @@ pub fn deploy(
             defined_uuid,
             nvram,
             ..
-        } = &entry
+        } = &*entry
         && let Err(e) = retrying(UNDO_PATIENCE, || {
             report("removing what the deploy made", 0, 0);
-            undo_deploy(hv, guest_name, defined_uuid.as_deref(), pool, volumes)
+            undo_deploy(&*ctx.hv, guest_name, defined_uuid.as_deref(), pool, volumes)
                 .and_then(|()| remove_nvram(nvram.as_deref()))
         })
     {
         // The journal keeps it: removed at the next start, or by the
         // recovery pass that retries what a start could not finish.
-        tracing::error!(operation = %spec.operation_id, error = %e, "cannot remove what a failed deploy made; the journal keeps it for a later retry");
+        tracing::error!(operation = %id, error = %e, "cannot remove what a failed deploy made; the journal keeps it for a later retry");
         return r;
     }
-    journal.remove(&spec.operation_id)?;
+    ctx.journal.remove(&id)?;
     r
 }
 
@@ -1435,7 +1474,7 @@ pub const UNDO_PATIENCE: Duration = Duration::from_secs(60);
 /// Run `f` until it succeeds or fails with something other than
 /// [`Kind::Unavailable`], for at most `patience` (backing off from 0.5 s to
 /// 5 s).
-pub fn retrying(patience: Duration, mut f: impl FnMut() -> Result<()>) -> Result<()> {
+pub fn retrying<T>(patience: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(500);
     loop {
@@ -1519,9 +1558,10 @@ fn deploy_steps(
         report("creating volumes", done, total);
         let path = create_journaled(hv, journal, entry, &spec.pool, &vol, format, plan.sizes[i])?;
         if spec.lazy {
-            let (export, backing, size) =
-                crate::lazy::export_disk(&spec.nbd_dir, &spec.operation_id, store, manifest, i)?;
+            let socket = crate::lazy::socket_path(&spec.nbd_dir, &spec.operation_id, i);
+            let (export, backing, size) = crate::lazy::export_disk(&socket, store, manifest, i)?;
             lazy_disks.push(crate::lazy::LazyDisk {
+                index: i,
                 dev: target_dev.clone(),
                 export,
                 size,
@@ -1696,6 +1736,27 @@ fn deploy_steps(
         hv.start(&guest)?;
     }
     if !lazy_disks.is_empty() {
+        // From here on a restarted agent resumes the deploy, not undoes it.
+        if let Entry::Deploy { filling, .. } = entry {
+            *filling = Some(Box::new(Filling {
+                store: spec.store_location.clone(),
+                image_id: spec.image_id.clone(),
+                guest_uuid: guest.uuid.clone(),
+                disks: lazy_disks
+                    .iter()
+                    .map(|d| FillingDisk {
+                        index: d.index,
+                        dev: d.dev.clone(),
+                        socket: d.export.path().display().to_string(),
+                    })
+                    .collect(),
+                fill_mib_s: spec.fill_mib_s,
+                volume_paths: paths.clone(),
+                macs: macs.clone(),
+                bytes_written: written,
+            }));
+        }
+        journal.write(entry)?;
         let t = Instant::now();
         report(crate::lazy::RUNNING_PHASE, 0, total);
         crate::lazy::fill(

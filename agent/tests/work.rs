@@ -15,7 +15,8 @@ use imprint_agent::{
         GuestRef, Hypervisor, PowerState,
         fake::{FakeGuest, FakeHypervisor},
     },
-    journal::{Entry, Journal},
+    journal::{Entry, Filling, FillingDisk, Journal},
+    lazy::resume,
     work::{
         Busy, CaptureMode, CaptureSpec, Ctx, DeploySpec, InterfaceSpec, capture, check_capture,
         deploy, recover,
@@ -700,4 +701,118 @@ fn lazy_deploys_refuse_what_cannot_work_and_a_failed_fill_leaves_nothing() {
         0,
         "no export left"
     );
+}
+
+/// What a lazy deploy's agent leaves when it dies during the fill: the
+/// guest running on its exports, the journal entry saying so. Made from a
+/// finished lazy deploy of guest `b`, its disk marked unfilled again.
+fn killed_during_the_fill(e: &Env, nbd: &Path, state: PowerState) -> Entry {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let img = capture(&e.ctx, &spec(false), &cancel, &no_report).expect("capture");
+    let o = deploy(
+        &e.ctx,
+        &lazy_spec(&img.image_id.to_string(), nbd),
+        &cancel,
+        &no_report,
+    )
+    .expect("lazy deploy");
+    {
+        let mut gs = e.hv.guests.lock().expect("lock");
+        let g = gs.get_mut("b").expect("guest b");
+        g.backed = vec!["vda".into()];
+        g.state = state;
+    }
+    let entry = Entry::Deploy {
+        operation_id: "op-lazy".into(),
+        guest_name: "b".into(),
+        pool: "p".into(),
+        volumes: vec!["b-vda.qcow2".into(), "b-cidata.img".into()],
+        defined_uuid: Some(o.guest.uuid.clone()),
+        nvram: None,
+        filling: Some(Box::new(Filling {
+            store: String::new(),
+            image_id: img.image_id.to_string(),
+            guest_uuid: o.guest.uuid.clone(),
+            disks: vec![FillingDisk {
+                index: 0,
+                dev: "vda".into(),
+                socket: nbd.join("op-lazy-0.sock").display().to_string(),
+            }],
+            fill_mib_s: 0,
+            volume_paths: o.volumes.clone(),
+            macs: o.macs.clone(),
+            bytes_written: o.bytes_written,
+        })),
+    };
+    e.journal.write(&entry).expect("journal");
+    entry
+}
+
+#[test]
+fn a_restarted_agent_resumes_a_lazy_fill_instead_of_undoing_the_deploy() {
+    let e = env(true, PowerState::ShutOff);
+    let nbd = e._tmp.path().join("nbd");
+    fs::create_dir(&nbd).expect("nbd dir");
+    let entry = killed_during_the_fill(&e, &nbd, PowerState::Running);
+    // Start-up recovery leaves it to the resume: the guest stays.
+    let recovered = recover(&*e.hv, &e.journal);
+    assert!(recovered.is_empty(), "{recovered:?}");
+    assert_eq!(state(&e, "b"), PowerState::Running);
+
+    let phases = Mutex::new(Vec::new());
+    let report = |phase: &str, _: u64, _: u64| {
+        phases.lock().expect("lock").push(phase.to_string());
+    };
+    let cancel = AtomicBool::new(false);
+    let o = resume(&e.ctx, Ok(e.store.clone()), entry, &cancel, &report).expect("resumed");
+    assert_eq!(o.guest.name, "b");
+    assert!(o.started);
+    assert_eq!(o.volumes.len(), 2, "{o:?}");
+    assert_eq!(state(&e, "b"), PowerState::Running);
+    assert!(e.hv.guests.lock().expect("lock")["b"].backed.is_empty());
+    assert!(
+        phases
+            .into_inner()
+            .expect("phases")
+            .iter()
+            .all(|p| p == imprint_agent::lazy::RUNNING_PHASE),
+        "a resumed fill reports its milestone only"
+    );
+    assert!(e.journal.list().expect("journal").is_empty());
+    assert_eq!(
+        fs::read_dir(&nbd).expect("nbd").count(),
+        0,
+        "exports closed"
+    );
+}
+
+#[test]
+fn a_lazy_guest_found_off_after_a_restart_is_undone() {
+    let e = env(true, PowerState::ShutOff);
+    let nbd = e._tmp.path().join("nbd");
+    fs::create_dir(&nbd).expect("nbd dir");
+    let entry = killed_during_the_fill(&e, &nbd, PowerState::ShutOff);
+    let cancel = AtomicBool::new(false);
+    let err = resume(&e.ctx, Ok(e.store.clone()), entry, &cancel, &no_report)
+        .expect_err("cannot fill a guest that is off");
+    assert_eq!(err.kind, Kind::FailedPrecondition, "{err}");
+    assert!(e.hv.lookup("b").is_err(), "the half-made guest is gone");
+    let pool = e._tmp.path().join("pool");
+    assert_eq!(fs::read_dir(&pool).expect("pool").count(), 0, "no volume");
+    assert!(e.journal.list().expect("journal").is_empty());
+}
+
+#[test]
+fn a_lazy_fill_whose_store_is_gone_after_a_restart_is_undone() {
+    let e = env(true, PowerState::ShutOff);
+    let nbd = e._tmp.path().join("nbd");
+    fs::create_dir(&nbd).expect("nbd dir");
+    let entry = killed_during_the_fill(&e, &nbd, PowerState::Running);
+    let cancel = AtomicBool::new(false);
+    let gone = imprint_agent::error::AgentError::new(Kind::NotFound, "no store there");
+    let err =
+        resume(&e.ctx, Err(gone), entry, &cancel, &no_report).expect_err("no store to fill from");
+    assert_eq!(err.kind, Kind::NotFound, "{err}");
+    assert!(e.hv.lookup("b").is_err(), "the half-made guest is gone");
+    assert!(e.journal.list().expect("journal").is_empty());
 }

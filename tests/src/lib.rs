@@ -514,6 +514,17 @@ impl ServerProcess {
         Self { child, endpoint }
     }
 
+    /// Stop it as systemd does (SIGTERM) and wait for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill -TERM");
+        assert!(sent.success(), "SIGTERM to {pid}");
+        self.child.wait().expect("wait")
+    }
+
     /// Kill it hard (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -925,6 +936,35 @@ pub async fn operation(
         .into_inner()
 }
 
+/// Poll agent operation `id` until `reached` holds of it (it must still
+/// run; `what` says what is awaited); returns it then.
+pub async fn operation_until(
+    client: &mut imprint_proto::v1::agent_service_client::AgentServiceClient<
+        tonic::transport::Channel,
+    >,
+    id: &str,
+    what: &str,
+    reached: impl Fn(&imprint_proto::v1::AgentOperation) -> bool,
+) -> imprint_proto::v1::AgentOperation {
+    let start = Instant::now();
+    loop {
+        let cur = operation(client, id).await;
+        if reached(&cur) {
+            return cur;
+        }
+        assert_eq!(
+            cur.state,
+            imprint_proto::v1::OperationState::Running as i32,
+            "ended before {what}: {cur:?}"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no {what}: {cur:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Poll agent operation `id` until its phase is `phase` (it must still
 /// run); returns it then.
 pub async fn phase_reached(
@@ -934,23 +974,10 @@ pub async fn phase_reached(
     id: &str,
     phase: &str,
 ) -> imprint_proto::v1::AgentOperation {
-    let start = Instant::now();
-    loop {
-        let cur = operation(client, id).await;
-        if cur.phase == phase {
-            return cur;
-        }
-        assert_eq!(
-            cur.state,
-            imprint_proto::v1::OperationState::Running as i32,
-            "ended before {phase:?}: {cur:?}"
-        );
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no {phase:?} phase: {cur:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    operation_until(client, id, &format!("phase {phase:?}"), |o| {
+        o.phase == phase
+    })
+    .await
 }
 
 /// Follow an agent operation until it ends; return its final state.

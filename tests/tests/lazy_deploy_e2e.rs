@@ -11,6 +11,8 @@ use imprint_proto::v1 as pb;
 use imprint_tests::*;
 
 const BOOT: Duration = Duration::from_secs(180);
+/// A lazy deploy's first milestone.
+const RUNNING: &str = "guest running; filling volumes";
 
 /// The image of a 1 GiB disk: the busybox guest, then 768 MiB of random
 /// bytes from 128 MiB on (which the guest never touches).
@@ -48,12 +50,7 @@ async fn lazy_deploy_runs_before_its_volume_is_written_and_ends_complete() {
 
     // Milestone one: the guest runs while the volume is still being
     // filled (its live XML still names the export as the backing).
-    let running = phase_reached(
-        &mut client,
-        &op.operation_id,
-        "guest running; filling volumes",
-    )
-    .await;
+    let running = phase_reached(&mut client, &op.operation_id, RUNNING).await;
     assert!(running.bytes_done < running.bytes_total, "{running:?}");
     assert_eq!(virsh(&["domstate", &guest]).trim(), "running");
     let live = virsh(&["dumpxml", &guest]);
@@ -82,10 +79,19 @@ async fn lazy_deploy_runs_before_its_volume_is_written_and_ends_complete() {
         "the export is closed and its socket gone"
     );
 
-    // The guest never writes past 128 MiB: there the volume holds exactly
-    // the image's bytes.
-    virsh(&["destroy", &guest]);
-    let raw = f.wd.path().join("lazy.raw");
+    let inactive = virsh(&["dumpxml", "--inactive", &guest]);
+    assert!(
+        !inactive.contains("protocol='nbd'"),
+        "the next boot needs no export either:\n{inactive}"
+    );
+    holds_the_image(&f, &guest, volume, &source);
+}
+
+/// The guest never writes past 128 MiB: there its volume holds exactly
+/// the source disk's bytes (checked with the guest off).
+fn holds_the_image(f: &Fixture, guest: &str, volume: &str, source: &std::path::Path) {
+    virsh(&["destroy", guest]);
+    let raw = f.wd.path().join(format!("{guest}.raw"));
     run(
         "qemu-img",
         &["convert", "-O", "raw", volume, raw.to_str().expect("utf8")],
@@ -94,7 +100,7 @@ async fn lazy_deploy_runs_before_its_volume_is_written_and_ends_complete() {
     let out = std::process::Command::new("cmp")
         .args(["-i", &format!("{offset}:{offset}")])
         .arg(&raw)
-        .arg(&source)
+        .arg(source)
         .output()
         .expect("cmp");
     assert!(
@@ -102,6 +108,84 @@ async fn lazy_deploy_runs_before_its_volume_is_written_and_ends_complete() {
         "the filled volume differs from the source: {}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+/// The agent is stopped (SIGTERM, an upgrade) and later dies (SIGKILL)
+/// in the middle of a lazy fill: stopping neither undoes the deploy nor
+/// waits for the fill; the guest runs on (QEMU waits for its export to
+/// come back); each new agent serves the export again from its journal
+/// and goes on with the fill under the same operation; the guest never
+/// saw a failed read (it would have been stopped: the disk's read error
+/// policy is `stop`).
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_stopped_or_killed_during_a_lazy_fill_serves_again_and_finishes_it() {
+    let mut f = Fixture::with_agent_args(&["--lazy-fill-mib-s", "24"]);
+    let (image_id, source) = slow_image(&f, "kill").await;
+    let mut client = f.client().await;
+    let guest = format!("imp-{}-killed", f.tag);
+    let _dom = Domain::adopt(&guest);
+    let op = client
+        .deploy(lazy_request(&image_id, &guest))
+        .await
+        .expect("lazy deploy accepted")
+        .into_inner();
+    // Into the fill (the cap leaves ~35 s of it).
+    let first = operation_until(&mut client, &op.operation_id, "32 MiB filled", |o| {
+        o.phase == RUNNING && o.bytes_done >= 32 << 20
+    })
+    .await;
+    let stopped = f.agent.terminate();
+    assert!(stopped.success(), "{stopped:?}");
+    assert_eq!(virsh(&["domstate", &guest]).trim(), "running");
+    assert_eq!(
+        std::fs::read_dir(f.wd.path().join("journal"))
+            .expect("journal")
+            .count(),
+        1,
+        "the journal keeps the fill for the next start"
+    );
+    f.restart_agent();
+    let mut client = f.client().await;
+    let before = operation_until(&mut client, &op.operation_id, "32 MiB more", |o| {
+        o.phase == RUNNING && o.bytes_done >= first.bytes_done + (32 << 20)
+    })
+    .await;
+    f.agent.kill();
+    assert_eq!(virsh(&["domstate", &guest]).trim(), "running");
+    f.restart_agent();
+
+    // The new agent knows the operation from its first answer on.
+    let mut client = f.client().await;
+    let resumed = operation(&mut client, &op.operation_id).await;
+    assert_eq!(
+        resumed.state,
+        pb::OperationState::Running as i32,
+        "{resumed:?}"
+    );
+    assert_eq!(resumed.phase, RUNNING, "{resumed:?}");
+    let done = watch(&mut client, &op.operation_id).await;
+    assert_succeeded(&done);
+    assert!(done.bytes_done > before.bytes_done, "{done:?}");
+    let d = done.deploy.expect("deploy result");
+    assert_eq!(d.guest_name, guest);
+    assert_eq!(
+        virsh(&["domstate", "--reason", &guest]).trim(),
+        "running (booted)",
+        "never stopped on a failed read"
+    );
+    let errors = virsh(&["domblkerror", &guest]);
+    assert!(errors.contains("No errors found"), "{errors}");
+    let live = virsh(&["dumpxml", &guest]);
+    assert!(!live.contains("protocol='nbd'"), "no backing left:\n{live}");
+    assert!(!exports_of(&op.operation_id), "export closed");
+    assert_eq!(
+        std::fs::read_dir(f.wd.path().join("journal"))
+            .expect("journal")
+            .count(),
+        0,
+        "journal entry removed"
+    );
+    holds_the_image(&f, &guest, &d.volumes[0], &source);
 }
 
 #[tokio::test(flavor = "multi_thread")]
