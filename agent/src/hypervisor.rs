@@ -37,6 +37,15 @@ pub struct PoolInfo {
     pub kind: String,
 }
 
+/// The volume a disk is copied into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyTarget {
+    /// Its path.
+    pub path: String,
+    /// `raw` or `qcow2`.
+    pub format: String,
+}
+
 /// What a backup job covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackupPlan {
@@ -126,11 +135,15 @@ pub trait Hypervisor: Send + Sync {
     /// Whether QEMU paused the guest because a write failed with "no space"
     /// (the guest waits: its write is retried when it runs again).
     fn paused_on_io_error(&self, guest: &GuestRef) -> Result<bool>;
-    /// Start copying what disk `dev` of the running guest reads from its
-    /// backing image into the disk's own image (a lazy deploy's fill);
-    /// when the job ends the disk has no backing image any more.
+    /// Start copying everything disk `dev` of the running guest reads (its
+    /// image and the backing image under it) into the volume `to` (a lazy
+    /// deploy's fill): a mirror, so the guest's writes reach both; once in
+    /// step, [`Hypervisor::block_pivot`] switches the disk to the volume.
     /// `mib_s` caps its speed in MiB/s (0: none).
-    fn block_pull(&self, guest: &GuestRef, dev: &str, mib_s: u64) -> Result<()>;
+    fn block_copy(&self, guest: &GuestRef, dev: &str, to: &CopyTarget, mib_s: u64) -> Result<()>;
+    /// Switch disk `dev` to the volume its copy job filled, ending the job;
+    /// `false` when the copy is not in step yet (ask again).
+    fn block_pivot(&self, guest: &GuestRef, dev: &str) -> Result<bool>;
     /// The block job running on disk `dev`: bytes done and in all, or
     /// `None` when none runs (ended, failed or never started).
     fn block_job(&self, guest: &GuestRef, dev: &str) -> Result<Option<(u64, u64)>>;
@@ -173,6 +186,8 @@ pub mod fake {
         pub io_error: bool,
         /// Disks still reading from a backing image.
         pub backed: Vec<String>,
+        /// Copy jobs: disk, target.
+        pub copies: Vec<(String, CopyTarget)>,
     }
 
     impl FakeGuest {
@@ -190,6 +205,7 @@ pub mod fake {
                 freeze_hangs: false,
                 io_error: false,
                 backed: Vec::new(),
+                copies: Vec::new(),
             }
         }
     }
@@ -209,9 +225,10 @@ pub mod fake {
         pub backups: Mutex<HashMap<String, Vec<String>>>,
         /// Checkpoint names (of any guest), in creation order.
         pub checkpoints: Mutex<Vec<String>>,
-        /// Block pulls end without filling the disk (the backing image
-        /// cannot be read).
-        pub fail_pull: Mutex<bool>,
+        /// Fills end without filling the disk (the backing image cannot
+        /// be read).
+        pub fail_fill: Mutex<bool>,
+
     }
 
     impl FakeHypervisor {
@@ -502,18 +519,41 @@ pub mod fake {
         fn paused_on_io_error(&self, g: &GuestRef) -> Result<bool> {
             self.with_guest(g, |g| Ok(g.state == PowerState::Paused && g.io_error))
         }
-        fn block_pull(&self, g: &GuestRef, dev: &str, _mib_s: u64) -> Result<()> {
-            // The fake's pulls end at once: done, or failed (still backed).
-            let fails = *self.fail_pull.lock().unwrap_or_else(|p| p.into_inner());
+        fn block_copy(
+            &self,
+            g: &GuestRef,
+            dev: &str,
+            to: &CopyTarget,
+            _mib_s: u64,
+        ) -> Result<()> {
+            // The fake's copies are in step at once, or fail at once (no
+            // job, the disk still backed).
+            let fails = *self.fail_fill.lock().unwrap_or_else(|p| p.into_inner());
             self.with_guest(g, |g| {
                 if !fails {
-                    g.backed.retain(|d| d != dev);
+                    g.copies.push((dev.to_string(), to.clone()));
                 }
                 Ok(())
             })
         }
-        fn block_job(&self, g: &GuestRef, _dev: &str) -> Result<Option<(u64, u64)>> {
-            self.with_guest(g, |_| Ok(None))
+        fn block_pivot(&self, g: &GuestRef, dev: &str) -> Result<bool> {
+            self.with_guest(g, |g| {
+                let before = g.copies.len();
+                g.copies.retain(|(d, _)| d != dev);
+                if g.copies.len() == before {
+                    return Err(AgentError::new(
+                        Kind::FailedPrecondition,
+                        format!("no copy job on disk {dev}"),
+                    ));
+                }
+                g.backed.retain(|d| d != dev);
+                Ok(true)
+            })
+        }
+        fn block_job(&self, g: &GuestRef, dev: &str) -> Result<Option<(u64, u64)>> {
+            self.with_guest(g, |g| {
+                Ok(g.copies.iter().any(|(d, _)| d == dev).then_some((1, 1)))
+            })
         }
         fn has_backing(&self, g: &GuestRef, dev: &str) -> Result<bool> {
             self.with_guest(g, |g| Ok(g.backed.iter().any(|d| d == dev)))

@@ -91,6 +91,12 @@ pub struct FillingDisk {
     pub dev: String,
     /// The export's socket (the backing QEMU reconnects to).
     pub socket: String,
+    /// The volume filled: its path.
+    pub target: String,
+    /// Its format (`raw`, `qcow2`).
+    pub format: String,
+    /// The overlay volume the guest started on.
+    pub overlay: String,
 }
 
 impl Entry {

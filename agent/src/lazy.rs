@@ -1,9 +1,11 @@
-//! Lazy deploys: the new guest boots at once on qcow2 volumes that read
-//! what they have not got yet from the stored image, exported by the
-//! agent over NBD ([`crate::nbd::server`]); the agent then fills them
-//! (libvirt's block pull: QEMU copies every range the volume lacks from
-//! the export into it) while the guest runs. When the pull ends the volume
-//! has no backing image any more and the export closes.
+//! Lazy deploys: the new guest boots at once, each disk on a small qcow2
+//! overlay that reads what it has not got from the stored image, exported
+//! by the agent over NBD ([`crate::nbd::server`]); the agent then fills the
+//! disk's own volume (raw or qcow2) while the guest runs: libvirt's block
+//! copy mirrors everything the disk reads (overlay and export) into the
+//! volume, the guest's writes included, with many requests in flight; once
+//! in step the disk is switched (pivoted) to the volume, which then stands
+//! alone. The overlay is removed and the export closes.
 //!
 //! The guest's disks stop (pause) on a failed read rather than see an
 //! error, and QEMU waits [`RECONNECT_DELAY`] seconds for an export that
@@ -24,7 +26,7 @@ use imprint_store::{Manifest, Store, reader::DiskReader};
 use crate::{
     domain::NbdBacking,
     error::{AgentError, Kind, Result},
-    hypervisor::{GuestRef, Hypervisor, PowerState},
+    hypervisor::{CopyTarget, GuestRef, Hypervisor, PowerState},
     journal::Entry,
     nbd::server::Export,
     work::{Ctx, DeployOutcome, LAZY_FILL, Report, end_deploy, retrying},
@@ -40,39 +42,37 @@ pub const RECONNECT_DELAY: u32 = 60;
 const CACHE_CHUNKS: usize = 16;
 /// How often the fill's progress is read.
 const POLL: Duration = Duration::from_millis(200);
-/// Pulls of one disk that may end without filling it (an export that
+/// Copies of one disk that may end without filling it (an export that
 /// came back late) before the fill fails.
 const ATTEMPTS: u32 = 5;
 /// How long a fill waits for libvirtd to answer again (a restart).
 const LIBVIRT_PATIENCE: Duration = Duration::from_secs(120);
-/// Pool types whose volumes are files, so they can be qcow2 with a
+/// Pool types whose volumes are files, so an overlay can be qcow2 with a
 /// backing image.
 const FILE_POOLS: [&str; 3] = ["dir", "fs", "netfs"];
 
-/// Whether a lazy deploy can write volumes into a pool of `kind`, with
-/// volumes of `format`.
-pub fn check(kind: &str, format: &str, start: bool) -> Result<()> {
+/// Whether a lazy deploy can write volumes into a pool of `kind`.
+pub fn check(kind: &str, start: bool) -> Result<()> {
     if !start {
         return Err(AgentError::new(
             Kind::InvalidArgument,
             "a lazy deploy starts its guest (start must be set)",
         ));
     }
-    if format != "qcow2" {
-        return Err(AgentError::new(
-            Kind::InvalidArgument,
-            "a lazy deploy writes qcow2 volumes (a raw volume cannot read from a backing image): ask for disk format qcow2",
-        ));
-    }
     if !FILE_POOLS.contains(&kind) {
         return Err(AgentError::new(
             Kind::FailedPrecondition,
             format!(
-                "a lazy deploy needs a pool of files (dir, fs or netfs) to hold qcow2 volumes with a backing image; this pool is of type {kind:?}"
+                "a lazy deploy needs a pool of files (dir, fs or netfs) to hold the qcow2 overlays its guest starts on; this pool is of type {kind:?}"
             ),
         ));
     }
     Ok(())
+}
+
+/// The overlay volume a lazy deploy's disk `dev` starts on.
+pub fn overlay_name(guest: &str, dev: &str) -> String {
+    format!("{guest}-{dev}.fill.qcow2")
 }
 
 /// One disk being filled.
@@ -82,6 +82,10 @@ pub struct LazyDisk {
     pub index: usize,
     /// Guest device.
     pub dev: String,
+    /// The volume filled.
+    pub target: CopyTarget,
+    /// The overlay volume the guest started on (removed once filled).
+    pub overlay: String,
     /// Its export (stopped when dropped).
     pub export: Export,
     /// Guest-visible size.
@@ -131,10 +135,13 @@ pub fn export_disk(
 }
 
 /// Fill every lazy disk of the running `guest`, one after the other;
-/// `report(done, total)` in guest-visible bytes.
+/// `report(done, total)` in guest-visible bytes. Then remove the overlays
+/// of `pool` the guest no longer uses (a volume that cannot be removed
+/// is logged, not a failure: the guest is complete).
 pub fn fill(
     hv: &dyn Hypervisor,
     guest: &GuestRef,
+    pool: &str,
     disks: &[LazyDisk],
     mib_s: u64,
     cancel: &AtomicBool,
@@ -148,6 +155,15 @@ pub fn fill(
         })?;
         before += d.size;
         report(before, total);
+    }
+    for d in disks {
+        let gone = retrying(LIBVIRT_PATIENCE, || match hv.delete_volume(pool, &d.overlay) {
+            Err(e) if e.kind == Kind::NotFound => Ok(()),
+            r => r,
+        });
+        if let Err(e) = gone {
+            tracing::warn!(guest = %guest.name, volume = %d.overlay, error = %e, "cannot remove a filled disk's overlay");
+        }
     }
     Ok(())
 }
@@ -168,9 +184,11 @@ fn fill_disk(
         if !backed()? {
             return Ok(());
         }
-        // A pull started before an agent restart runs on: follow it.
+        // A copy started before an agent restart runs on: follow it.
         if job()?.is_none() {
-            retrying(LIBVIRT_PATIENCE, || hv.block_pull(guest, &d.dev, mib_s))?;
+            retrying(LIBVIRT_PATIENCE, || {
+                hv.block_copy(guest, &d.dev, &d.target, mib_s)
+            })?;
         }
         while let Some((cur, end)) = job()? {
             if cancel.load(Ordering::Relaxed) {
@@ -181,6 +199,14 @@ fn fill_disk(
                     u64::try_from(u128::from(cur) * u128::from(d.size) / u128::from(end))
                         .unwrap_or(d.size),
                 );
+            }
+            // In step (libvirt says so only once QEMU has): switch the disk
+            // to its volume, which ends the job.
+            if end > 0
+                && cur == end
+                && retrying(LIBVIRT_PATIENCE, || hv.block_pivot(guest, &d.dev))?
+            {
+                break;
             }
             std::thread::sleep(POLL);
         }
@@ -193,7 +219,7 @@ fn fill_disk(
                 format!("filling disk {}: {failure}", d.dev),
             ));
         }
-        tracing::warn!(guest = %guest.name, dev = %d.dev, "the fill ended early; pulling again");
+        tracing::warn!(guest = %guest.name, dev = %d.dev, "the fill ended early; copying again");
     }
     Err(AgentError::new(
         Kind::Unavailable,
@@ -206,7 +232,7 @@ fn fill_disk(
 
 /// Resume a lazy deploy a previous run of the agent left filling (its
 /// journal `entry`): serve its exports again on the sockets QEMU
-/// reconnects to, follow (or start again) the pull of every disk still
+/// reconnects to, follow (or start again) the copy of every disk still
 /// backed, and end as the deploy would have. The image's store is
 /// `store` (an error when it cannot be opened). A guest that is no longer
 /// running cannot be filled: the deploy fails and what it made goes, as
@@ -220,6 +246,7 @@ pub fn resume(
 ) -> Result<DeployOutcome> {
     let Entry::Deploy {
         guest_name,
+        pool,
         filling: Some(f),
         ..
     } = &entry
@@ -229,11 +256,12 @@ pub fn resume(
             "not a filling lazy deploy's journal entry",
         ));
     };
-    let (guest, f) = (
+    let (guest, pool, f) = (
         GuestRef {
             name: guest_name.clone(),
             uuid: f.guest_uuid.clone(),
         },
+        pool.clone(),
         f.clone(),
     );
     let claims = ctx
@@ -274,6 +302,11 @@ pub fn resume(
             disks.push(LazyDisk {
                 index: d.index,
                 dev: d.dev.clone(),
+                target: CopyTarget {
+                    path: d.target.clone(),
+                    format: d.format.clone(),
+                },
+                overlay: d.overlay.clone(),
                 export,
                 size,
             });
@@ -290,6 +323,7 @@ pub fn resume(
         fill(
             &*ctx.hv,
             &guest,
+            &pool,
             &disks,
             f.fill_mib_s,
             cancel,
@@ -305,4 +339,22 @@ pub fn resume(
         })
     });
     end_deploy(ctx, &mut entry, r, report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lazy_deploys_need_a_started_guest_on_a_pool_of_files() {
+        assert!(check("dir", true).is_ok());
+        assert!(check("netfs", true).is_ok());
+        let stopped = check("dir", false).expect_err("not started");
+        assert_eq!(stopped.kind, Kind::InvalidArgument);
+        for kind in ["logical", "iscsi", "rbd", "disk"] {
+            let e = check(kind, true).expect_err("not files");
+            assert_eq!(e.kind, Kind::FailedPrecondition, "{kind}");
+            assert!(e.to_string().contains(kind), "{e}");
+        }
+    }
 }

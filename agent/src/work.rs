@@ -23,7 +23,7 @@ use crate::{
     disks::open_source,
     domain::{GuestConfig, NewDisk, NewDomain},
     error::{AgentError, Kind, Result},
-    hypervisor::{BackupPlan, GuestRef, Hypervisor, PowerState},
+    hypervisor::{BackupPlan, CopyTarget, GuestRef, Hypervisor, PowerState},
     journal::{Entry, Filling, FillingDisk, Journal},
 };
 
@@ -1356,7 +1356,7 @@ pub fn check_deploy(ctx: &Ctx, spec: &DeploySpec) -> Result<(imprint_store::Mani
     }
     let pool = hv.pool_info(&spec.pool)?;
     if spec.lazy {
-        crate::lazy::check(&pool.kind, &spec.disk_format, spec.start)?;
+        crate::lazy::check(&pool.kind, spec.start)?;
         if ctx.busy.slots_taken(LAZY_FILL, spec.max_lazy_fills) >= spec.max_lazy_fills {
             return Err(AgentError::new(
                 Kind::ResourceExhausted,
@@ -1558,18 +1558,35 @@ fn deploy_steps(
         report("creating volumes", done, total);
         let path = create_journaled(hv, journal, entry, &spec.pool, &vol, format, plan.sizes[i])?;
         if spec.lazy {
+            // The guest starts on an overlay reading from the export; the
+            // volume is filled while it runs ([`crate::lazy`]).
+            let overlay = crate::lazy::overlay_name(&spec.guest_name, &target_dev);
+            let overlay_path = create_journaled(
+                hv,
+                journal,
+                entry,
+                &spec.pool,
+                &overlay,
+                "qcow2",
+                plan.sizes[i],
+            )?;
             let socket = crate::lazy::socket_path(&spec.nbd_dir, &spec.operation_id, i);
             let (export, backing, size) = crate::lazy::export_disk(&socket, store, manifest, i)?;
             lazy_disks.push(crate::lazy::LazyDisk {
                 index: i,
                 dev: target_dev.clone(),
+                target: CopyTarget {
+                    path: path.clone(),
+                    format: format.into(),
+                },
+                overlay,
                 export,
                 size,
             });
             written += d.data_chunks * u64::from(manifest.chunk_size);
             new_disks.push(NewDisk {
-                path: path.clone(),
-                format: format.into(),
+                path: overlay_path,
+                format: "qcow2".into(),
                 target_dev,
                 bus,
                 readonly: false,
@@ -1748,6 +1765,9 @@ fn deploy_steps(
                         index: d.index,
                         dev: d.dev.clone(),
                         socket: d.export.path().display().to_string(),
+                        target: d.target.path.clone(),
+                        format: d.target.format.clone(),
+                        overlay: d.overlay.clone(),
                     })
                     .collect(),
                 fill_mib_s: spec.fill_mib_s,
@@ -1762,6 +1782,7 @@ fn deploy_steps(
         crate::lazy::fill(
             hv,
             &guest,
+            &spec.pool,
             &lazy_disks,
             spec.fill_mib_s,
             cancel,

@@ -628,6 +628,7 @@ fn lazy_deploy_runs_the_guest_on_the_export_then_fills_it() {
     )
     .expect("lazy deploy");
     assert!(o.started);
+    assert_eq!(o.volumes[0], e.hv.pools["p"].join("b-vda.qcow2").display().to_string());
     assert_eq!(state(&e, "b"), PowerState::Running);
     let phases = phases.into_inner().expect("phases");
     let running = phases
@@ -646,7 +647,24 @@ fn lazy_deploy_runs_the_guest_on_the_export_then_fills_it() {
     let g = e.hv.guests.lock().expect("lock")["b"].clone();
     assert!(g.xml.contains("protocol='nbd'"), "{}", g.xml);
     assert!(g.xml.contains("rerror_policy='stop'"), "{}", g.xml);
+    assert!(
+        g.xml.contains("b-vda.fill.qcow2"),
+        "the guest starts on the overlay: {}",
+        g.xml
+    );
     assert!(g.backed.is_empty(), "every disk was filled");
+    assert!(g.copies.is_empty(), "and switched to its volume");
+    let mut left: Vec<String> = fs::read_dir(&e.hv.pools["p"])
+        .expect("pool")
+        .flatten()
+        .map(|v| v.file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["b-cidata.img", "b-vda.qcow2"],
+        "the overlay is gone, the volume stays"
+    );
     assert_eq!(
         fs::read_dir(&nbd).expect("nbd dir").count(),
         0,
@@ -662,19 +680,13 @@ fn lazy_deploys_refuse_what_cannot_work_and_a_failed_fill_leaves_nothing() {
     let id = img.image_id.to_string();
     let nbd = e._tmp.path().join("nbd");
     fs::create_dir(&nbd).expect("nbd dir");
-    let raw = DeploySpec {
-        disk_format: "raw".into(),
-        ..lazy_spec(&id, &nbd)
-    };
     let stopped = DeploySpec {
         start: false,
         ..lazy_spec(&id, &nbd)
     };
-    for bad in [raw, stopped] {
-        let err = deploy(&e.ctx, &bad, &cancel, &no_report).expect_err("refused");
-        assert_eq!(err.kind, Kind::InvalidArgument, "{err}");
-        assert!(e.hv.lookup("b").is_err(), "no guest defined");
-    }
+    let err = deploy(&e.ctx, &stopped, &cancel, &no_report).expect_err("refused");
+    assert_eq!(err.kind, Kind::InvalidArgument, "{err}");
+    assert!(e.hv.lookup("b").is_err(), "no guest defined");
     // The host's fills are all in use: refused before anything is made.
     let slot = e
         .ctx
@@ -685,7 +697,7 @@ fn lazy_deploys_refuse_what_cannot_work_and_a_failed_fill_leaves_nothing() {
     assert_eq!(err.kind, Kind::ResourceExhausted, "{err}");
     assert!(e.hv.lookup("b").is_err(), "no guest defined");
     drop(slot);
-    *e.hv.fail_pull.lock().expect("lock") = true;
+    *e.hv.fail_fill.lock().expect("lock") = true;
     let err = deploy(&e.ctx, &lazy_spec(&id, &nbd), &cancel, &no_report).expect_err("fill fails");
     assert_eq!(err.kind, Kind::Unavailable, "{err}");
     assert!(err.to_string().contains("vda"), "{err}");
@@ -726,7 +738,11 @@ fn killed_during_the_fill(e: &Env, nbd: &Path, state: PowerState) -> Entry {
         operation_id: "op-lazy".into(),
         guest_name: "b".into(),
         pool: "p".into(),
-        volumes: vec!["b-vda.qcow2".into(), "b-cidata.img".into()],
+        volumes: vec![
+            "b-vda.qcow2".into(),
+            "b-vda.fill.qcow2".into(),
+            "b-cidata.img".into(),
+        ],
         defined_uuid: Some(o.guest.uuid.clone()),
         nvram: None,
         filling: Some(Box::new(Filling {
@@ -737,6 +753,9 @@ fn killed_during_the_fill(e: &Env, nbd: &Path, state: PowerState) -> Entry {
                 index: 0,
                 dev: "vda".into(),
                 socket: nbd.join("op-lazy-0.sock").display().to_string(),
+                target: o.volumes[0].clone(),
+                format: "qcow2".into(),
+                overlay: "b-vda.fill.qcow2".into(),
             }],
             fill_mib_s: 0,
             volume_paths: o.volumes.clone(),

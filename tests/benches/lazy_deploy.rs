@@ -8,8 +8,9 @@
 //! Two images of the busybox guest: its 1 GiB "slow" disk (768 MiB of
 //! random bytes past its filesystem), and a disk of `--big-gib` GiB with
 //! `--random-mib` MiB of random bytes. Each is deployed twice on the same
-//! agent, fully (raw volumes, written before the guest starts) and lazily
-//! (qcow2 volumes on the agent's NBD export, filled while it runs). Per
+//! agent onto raw volumes, fully (written before the guest starts) and
+//! lazily (the guest starts on overlays reading the agent's NBD export;
+//! its volumes are filled while it runs). Per
 //! deploy, from the DeployImage call: until libvirt reports the guest
 //! `running` (`virsh domstate`, polled every 50 ms: the measurement), until
 //! its first console line, and until the operation succeeds; and the
@@ -55,11 +56,7 @@ async fn deploy(f: &Fixture, image_id: &str, guest: &str, lazy: bool) -> Timing 
             operation_id: uuid::Uuid::new_v4().to_string(),
             image_id: image_id.into(),
             guest_name: guest.into(),
-            disk_format: if lazy {
-                pb::DiskFormat::Qcow2
-            } else {
-                pb::DiskFormat::Raw
-            } as i32,
+            disk_format: pb::DiskFormat::Raw as i32,
             start: true,
             lazy,
             ..Default::default()

@@ -21,12 +21,12 @@ async fn slow_image(f: &Fixture, suffix: &str) -> (String, std::path::PathBuf) {
     (f.capture_disk(suffix, &disk).await, disk)
 }
 
-fn lazy_request(image_id: &str, guest: &str) -> pb::DeployRequest {
+fn lazy_request(image_id: &str, guest: &str, format: pb::DiskFormat) -> pb::DeployRequest {
     pb::DeployRequest {
         operation_id: uuid::Uuid::new_v4().to_string(),
         image_id: image_id.into(),
         guest_name: guest.into(),
-        disk_format: pb::DiskFormat::Qcow2 as i32,
+        disk_format: format as i32,
         start: true,
         lazy: true,
         ..Default::default()
@@ -43,7 +43,7 @@ async fn lazy_deploy_runs_before_its_volume_is_written_and_ends_complete() {
     let guest = format!("imp-{}-lazy", f.tag);
     let _dom = Domain::adopt(&guest);
     let op = client
-        .deploy(lazy_request(&image_id, &guest))
+        .deploy(lazy_request(&image_id, &guest, pb::DiskFormat::Raw))
         .await
         .expect("lazy deploy accepted")
         .into_inner();
@@ -72,8 +72,20 @@ async fn lazy_deploy_runs_before_its_volume_is_written_and_ends_complete() {
     let live = virsh(&["dumpxml", &guest]);
     assert!(!live.contains("protocol='nbd'"), "no backing left:\n{live}");
     let volume = &d.volumes[0];
-    let info = run("qemu-img", &["info", "-U", "--output=json", volume]);
-    assert!(!info.contains("backing-filename"), "{info}");
+    assert!(volume.ends_with(".raw"), "{volume}");
+    assert!(live.contains(volume.as_str()), "runs on its volume:\n{live}");
+    let mut left: Vec<String> = std::fs::read_dir(&f.pool_b.dir)
+        .expect("pool")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&guest))
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [format!("{guest}-cidata.img"), format!("{guest}-vda.raw")],
+        "the overlay the guest started on is gone"
+    );
     assert!(
         !exports_of(&op.operation_id),
         "the export is closed and its socket gone"
@@ -125,7 +137,7 @@ async fn agent_stopped_or_killed_during_a_lazy_fill_serves_again_and_finishes_it
     let guest = format!("imp-{}-killed", f.tag);
     let _dom = Domain::adopt(&guest);
     let op = client
-        .deploy(lazy_request(&image_id, &guest))
+        .deploy(lazy_request(&image_id, &guest, pb::DiskFormat::Qcow2))
         .await
         .expect("lazy deploy accepted")
         .into_inner();
@@ -218,7 +230,7 @@ async fn a_damaged_chunk_fails_the_fill_naming_it_and_nothing_stays() {
     let guest = format!("imp-{}-dmg", f.tag);
     let _dom = Domain::adopt(&guest);
     let op = client
-        .deploy(lazy_request(&image_id, &guest))
+        .deploy(lazy_request(&image_id, &guest, pb::DiskFormat::Qcow2))
         .await
         .expect("accepted")
         .into_inner();

@@ -23,7 +23,7 @@ pub struct DeployArgs {
     /// Storage pool (default: the agent's).
     #[arg(long, default_value = "")]
     pool: String,
-    /// Volume format: raw or qcow2 (default raw; qcow2 with --lazy).
+    /// Volume format: raw or qcow2 (default raw).
     #[arg(long = "disk-format")]
     disk_format: Option<String>,
     /// Size of each disk in order (`20G`, `512MiB`; repeat). Never smaller
@@ -54,8 +54,8 @@ pub struct DeployArgs {
     /// Start the guest.
     #[arg(long)]
     start: bool,
-    /// Start the guest at once, on qcow2 volumes the agent fills from the
-    /// store while it runs (implies --start). The operation shows the
+    /// Start the guest at once, before its volumes are written: the agent
+    /// fills them from the store while it runs (implies --start). The operation shows the
     /// phase "guest running; filling volumes", then succeeds when every
     /// volume is complete.
     #[arg(long)]
@@ -70,10 +70,7 @@ pub struct DeployArgs {
 
 /// Run `image deploy`.
 pub async fn run(api: &mut Api, ctx: &Ctx, a: DeployArgs) -> Result<u8> {
-    let format = a
-        .disk_format
-        .as_deref()
-        .unwrap_or(if a.lazy { "qcow2" } else { "raw" });
+    let format = a.disk_format.as_deref().unwrap_or("raw");
     let disk_format = enum_names::disk_format(format)?;
     let user_data = match &a.user_data {
         Some(p) => {
