@@ -228,7 +228,6 @@ pub mod fake {
         /// Fills end without filling the disk (the backing image cannot
         /// be read).
         pub fail_fill: Mutex<bool>,
-
     }
 
     impl FakeHypervisor {
@@ -519,13 +518,7 @@ pub mod fake {
         fn paused_on_io_error(&self, g: &GuestRef) -> Result<bool> {
             self.with_guest(g, |g| Ok(g.state == PowerState::Paused && g.io_error))
         }
-        fn block_copy(
-            &self,
-            g: &GuestRef,
-            dev: &str,
-            to: &CopyTarget,
-            _mib_s: u64,
-        ) -> Result<()> {
+        fn block_copy(&self, g: &GuestRef, dev: &str, to: &CopyTarget, _mib_s: u64) -> Result<()> {
             // The fake's copies are in step at once, or fail at once (no
             // job, the disk still backed).
             let fails = *self.fail_fill.lock().unwrap_or_else(|p| p.into_inner());

@@ -157,9 +157,11 @@ pub fn fill(
         report(before, total);
     }
     for d in disks {
-        let gone = retrying(LIBVIRT_PATIENCE, || match hv.delete_volume(pool, &d.overlay) {
-            Err(e) if e.kind == Kind::NotFound => Ok(()),
-            r => r,
+        let gone = retrying(LIBVIRT_PATIENCE, || {
+            match hv.delete_volume(pool, &d.overlay) {
+                Err(e) if e.kind == Kind::NotFound => Ok(()),
+                r => r,
+            }
         });
         if let Err(e) = gone {
             tracing::warn!(guest = %guest.name, volume = %d.overlay, error = %e, "cannot remove a filled disk's overlay");

@@ -503,7 +503,10 @@ impl Hypervisor for Libvirt {
         ))
         .map_err(|_| AgentError::new(Kind::InvalidArgument, "a volume path holds a NUL byte"))?;
         let mut params = vec![
-            typed_uint(virt::sys::VIR_DOMAIN_BLOCK_COPY_GRANULARITY, COPY_GRANULARITY),
+            typed_uint(
+                virt::sys::VIR_DOMAIN_BLOCK_COPY_GRANULARITY,
+                COPY_GRANULARITY,
+            ),
             typed_ullong(virt::sys::VIR_DOMAIN_BLOCK_COPY_BUF_SIZE, COPY_BUFFER),
         ];
         if mib_s > 0 {
@@ -516,8 +519,8 @@ impl Hypervisor for Libvirt {
         // The volume exists (REUSE_EXT); the guest is persistent, so the
         // job is one libvirt need not recover into the definition
         // (TRANSIENT_JOB): the pivot rewrites the definition itself.
-        let flags =
-            virt::sys::VIR_DOMAIN_BLOCK_COPY_REUSE_EXT | virt::sys::VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB;
+        let flags = virt::sys::VIR_DOMAIN_BLOCK_COPY_REUSE_EXT
+            | virt::sys::VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB;
         self.with(
             &format!("start filling disk {dev} of guest {}", g.name),
             |c| {

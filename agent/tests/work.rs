@@ -628,7 +628,10 @@ fn lazy_deploy_runs_the_guest_on_the_export_then_fills_it() {
     )
     .expect("lazy deploy");
     assert!(o.started);
-    assert_eq!(o.volumes[0], e.hv.pools["p"].join("b-vda.qcow2").display().to_string());
+    assert_eq!(
+        o.volumes[0],
+        e.hv.pools["p"].join("b-vda.qcow2").display().to_string()
+    );
     assert_eq!(state(&e, "b"), PowerState::Running);
     let phases = phases.into_inner().expect("phases");
     let running = phases

@@ -203,7 +203,10 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
     let volume = lazy["deploy"]["volumes"][0].as_str().expect("volume");
     assert!(volume.ends_with(".raw"), "{volume}");
     let live = virsh(&["dumpxml", &name_c]);
-    assert!(live.contains(volume), "the guest runs on its volume:\n{live}");
+    assert!(
+        live.contains(volume),
+        "the guest runs on its volume:\n{live}"
+    );
     assert!(!live.contains("protocol='nbd'"), "{live}");
 
     // Input the agent refuses is an error of the call (exit 2) and leaves

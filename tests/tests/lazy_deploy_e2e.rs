@@ -73,7 +73,10 @@ async fn lazy_deploy_runs_before_its_volume_is_written_and_ends_complete() {
     assert!(!live.contains("protocol='nbd'"), "no backing left:\n{live}");
     let volume = &d.volumes[0];
     assert!(volume.ends_with(".raw"), "{volume}");
-    assert!(live.contains(volume.as_str()), "runs on its volume:\n{live}");
+    assert!(
+        live.contains(volume.as_str()),
+        "runs on its volume:\n{live}"
+    );
     let mut left: Vec<String> = std::fs::read_dir(&f.pool_b.dir)
         .expect("pool")
         .flatten()
