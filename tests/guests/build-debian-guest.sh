@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Build imprint's realistic test guest: a debootstrap'ed Debian bookworm
-# (systemd, udev, cloud-init, stock cloud kernel) on a 1 GiB ext4 disk, plus
-# the kernel and initrd pulled out of it for libvirt direct kernel boot
-# (cmdline "root=/dev/vda console=ttyS0"). A small systemd unit prints the
-# same IMPRINT-* marker lines as the busybox guest on the serial console.
-# This disk (1 GiB, ~370 MiB allocated) is also the capture benchmark input.
+# (systemd, udev, cloud-init, openssh-server, stock cloud kernel) on a 1 GiB
+# ext4 disk, plus the kernel and initrd pulled out of it for libvirt direct
+# kernel boot (cmdline "root=/dev/vda console=ttyS0"). A small systemd unit
+# prints the same IMPRINT-* marker lines as the busybox guest on the serial
+# console, plus the guest's identity (machine-id, SSH host key fingerprint).
+# This disk (1 GiB, ~450 MiB allocated) is also the capture benchmark input.
 #
 # Output (outside the repo so CI can keep it between runs):
 #   ${IMPRINT_GUEST_CACHE:-/var/cache/imprint/guests}/debian/
@@ -25,7 +26,9 @@ FORCE=${IMPRINT_GUEST_REBUILD:-0}
 [[ ${1:-} == --force ]] && FORCE=1
 # debootstrap does not resolve virtual packages: python3-cryptography (via
 # cloud-init) needs python3-cffi-backend-api-*, provided by python3-cffi-backend.
-INCLUDE=linux-image-cloud-amd64,systemd-sysv,udev,dbus,kmod,iproute2,cloud-init,python3-cffi-backend,e2fsprogs,procps,qemu-guest-agent
+# openssh-server: the image carries SSH host keys (part of a clone's
+# identity, shown by IMPRINT-SSH-HOSTKEY).
+INCLUDE=linux-image-cloud-amd64,systemd-sysv,udev,dbus,kmod,iproute2,cloud-init,python3-cffi-backend,e2fsprogs,procps,qemu-guest-agent,openssh-server
 
 log() { echo "build-debian-guest: $*" >&2; }
 
@@ -120,10 +123,18 @@ cat >"$R/etc/hosts" <<'EOF'
 EOF
 # No fsck pass: e2fsck on every boot only slows TCG boots.
 echo "/dev/vda / ext4 rw,errors=remount-ro 0 0" >"$R/etc/fstab"
-# A template must not carry an identity: empty machine-id => new one per boot
-# of each clone (as Debian's cloud images do). No DNS here either.
-: >"$R/etc/machine-id"
+# The image carries an identity, as a captured guest does: a machine-id made
+# here (a clone that keeps it shows the same one) and SSH host keys (below).
+# Generalization (virt-sysprep) empties /etc/machine-id, and systemd then
+# makes a new one at boot. The dbus copy goes (systemd-machine-id-setup would
+# reuse it; tmpfiles links it to /etc/machine-id at boot). No DNS here either.
 rm -f "$R/var/lib/dbus/machine-id" "$R/etc/resolv.conf"
+: >"$R/etc/machine-id"
+systemd-machine-id-setup --root "$R" >/dev/null 2>&1 || in_root dbus-uuidgen >"$R/etc/machine-id"
+if ! grep -Eqx '[0-9a-f]{32}' "$R/etc/machine-id"; then
+    log "no machine-id in the image: $(cat "$R/etc/machine-id")"
+    exit 1
+fi
 # Keep kernel messages off the console so marker lines are not split.
 echo "kernel.printk = 3 4 1 3" >"$R/etc/sysctl.d/10-imprint-console.conf"
 # Classic eth0 names, like the busybox guest (network-config may match on it).
@@ -143,12 +154,42 @@ ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=30
 EOF
 # A one-entry datasource_list makes cloud-init run without a seed (fallback
 # DHCP, slow boot); with two, ds-identify disables cloud-init when no seed.
-# No sshd and no generated locales in this image: no host keys, and C.UTF-8
-# (needs no locale-gen), else `cloud-init status` ends in "error".
+# SSH host keys are the image's (kept or removed by imprint's generalization),
+# so cloud-init must not delete them on a new instance-id; missing ones are
+# made by imprint-ssh-keys.service (also when cloud-init is disabled).
+# No generated locales: C.UTF-8 (needs no locale-gen), else
+# `cloud-init status` ends in "error".
 cat >"$R/etc/cloud/cloud.cfg.d/90-imprint.cfg" <<'EOF'
 datasource_list: [NoCloud, ConfigDrive]
+ssh_deletekeys: false
 ssh_genkeytypes: []
 locale: C.UTF-8
+EOF
+
+# --- ssh host keys ----------------------------------------------------------------------
+# openssh-server's postinst made them in the chroot; make any it did not.
+in_root ssh-keygen -A >/dev/null
+for t in rsa ecdsa ed25519; do
+    [[ -s $R/etc/ssh/ssh_host_${t}_key && -s $R/etc/ssh/ssh_host_${t}_key.pub ]] || {
+        log "no ssh_host_${t}_key in the image"
+        exit 1
+    }
+done
+# Bookworm's ssh.service does not make missing host keys (its `sshd -t` just
+# fails): regenerate keys removed from the image at boot, as cloud images do.
+cat >"$R/etc/systemd/system/imprint-ssh-keys.service" <<'EOF'
+[Unit]
+Description=Generate missing SSH host keys
+After=cloud-init.service
+Before=ssh.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
 EOF
 
 # --- imprint marker units -------------------------------------------------------------
@@ -198,6 +239,22 @@ if [ -e /imprint/ignore-acpi ]; then
 else
     echo "IMPRINT-ACPI listening"
 fi
+# The guest's identity: a generalized clone shows new ones.
+mid=$(cat /etc/machine-id 2>/dev/null)
+[ -n "$mid" ] || mid="(empty)"
+echo "IMPRINT-MACHINE-ID $mid"
+# imprint-ssh-keys.service (ordered before us) makes missing keys; wait for
+# the ED25519 key anyway in case they are still being made.
+key=/etc/ssh/ssh_host_ed25519_key.pub
+i=0
+while [ ! -s "$key" ] && [ "$i" -lt 60 ]; do
+    sleep 1
+    i=$((i + 1))
+done
+fp=""
+[ -s "$key" ] && fp=$(ssh-keygen -lf "$key" 2>/dev/null | awk '{print $2}')
+[ -n "$fp" ] || fp="(none)"
+echo "IMPRINT-SSH-HOSTKEY $fp"
 echo "IMPRINT-READY"
 EOF
 
@@ -218,7 +275,7 @@ chmod 0755 "$R/usr/local/sbin/imprint-markers" "$R/usr/local/sbin/imprint-stop-m
 cat >"$R/etc/systemd/system/imprint-markers.service" <<'EOF'
 [Unit]
 Description=Print imprint test markers on the console
-After=local-fs.target systemd-logind.service network.target
+After=local-fs.target systemd-logind.service network.target imprint-ssh-keys.service
 
 [Service]
 Type=simple
@@ -258,7 +315,7 @@ ExecStart=/bin/sh -c 'mkdir -p /run/systemd/logind.conf.d && printf "[Login]\\nH
 [Install]
 WantedBy=multi-user.target
 EOF
-in_root systemctl enable imprint-markers.service imprint-stop-marker.service imprint-ignore-acpi.service >/dev/null 2>&1
+in_root systemctl enable imprint-markers.service imprint-stop-marker.service imprint-ignore-acpi.service imprint-ssh-keys.service >/dev/null 2>&1
 
 # --- guest agent ---------------------------------------------------------------------
 # qemu-guest-agent starts when the domain has its virtio-serial channel
