@@ -155,8 +155,10 @@ echo "== capture $src while it runs (ACPI shutdown, read, start again)"
 image=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["capture"]["image_id"])' "$work/capture.json")
 
 echo "== deploy image $image as $copy: 128 MiB disk, 192.0.2.50/24, host name demo-copy"
+# --keep-identity: the busybox guest has no operating system for
+# virt-sysprep to generalize (a real OS gets a fresh identity by default).
 "$imprint" image deploy "$image" --host demo-host --name "$copy" --disk-size 128M \
-    --hostname demo-copy --nic addr=192.0.2.50/24,gw4=192.0.2.1 --start --wait >/dev/null
+    --hostname demo-copy --nic addr=192.0.2.50/24,gw4=192.0.2.1 --keep-identity --start --wait >/dev/null
 wait_console "$work/consoles/$copy.log" IMPRINT-READY 1
 echo "   the copy booted and says:"
 tr -d '\r' <"$work/consoles/$copy.log" | grep -E 'IMPRINT-(MARKER|HOSTNAME|ADDR|DISK)' | sed 's/^/     /'
@@ -187,7 +189,7 @@ Go on with:
   $imprint image list
   $imprint image show $image
   $imprint -o json op list
-  $imprint image deploy $image --host demo-host --name another --start --wait
+  $imprint image deploy $image --host demo-host --name another --keep-identity --start --wait
   grpcurl -plaintext -H "authorization: Bearer \$IMPRINT_TOKEN" ${IMPRINT_ENDPOINT#http://} imprint.v1.ImageService/ListImages
 Logs: $work/imprintd.log $work/agent.log; consoles: $work/consoles/
 Stop and remove everything: scripts/demo.sh --stop

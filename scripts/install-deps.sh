@@ -5,7 +5,15 @@
 #
 # libvirt and QEMU come from bookworm-backports: the machine image ships
 # qemu-utils 10.0 from backports, which conflicts with bookworm's QEMU 7.2.
+#
+# With --tests it also installs what only the test suite needs: libguestfs
+# (virt-sysprep gives deployed clones a fresh identity; the agent needs it
+# for deploys without --keep-identity, the demo deploys with it) with a
+# kernel for its appliance, and the S3 server.
 set -euo pipefail
+
+TESTS=0
+[[ ${1:-} == --tests ]] && TESTS=1
 
 if [[ $(id -u) -ne 0 ]]; then
     echo "install-deps.sh: must run as root" >&2
@@ -33,6 +41,17 @@ MAIN_PKGS=(
     cpio kmod gzip xz-utils util-linux procps openssl python3 systemd
 )
 
+# Test suite only: libguestfs's tools and a kernel for their appliance
+# (supermin builds it from the host's kernel and packages: no kernel, no
+# appliance), and udev from backports (libguestfs needs udev, whose
+# bookworm version conflicts with the backports libudev1 systemd pulls).
+TEST_BACKPORTS_PKGS=(udev)
+TEST_PKGS=(libguestfs-tools guestfs-tools linux-image-cloud-amd64)
+if [[ $TESTS -eq 0 ]]; then
+    TEST_BACKPORTS_PKGS=()
+    TEST_PKGS=()
+fi
+
 # The S3 server the store's tests run against (a Rust crate, no Debian
 # package): s3s-fs 0.14.1 (0.15+ needs a newer Rust), into cargo's bin dir.
 S3S_FS_VERSION=0.14.1
@@ -54,7 +73,7 @@ is_installed() {
 }
 
 missing=()
-for p in "${BACKPORTS_PKGS[@]}" "${MAIN_PKGS[@]}"; do
+for p in "${BACKPORTS_PKGS[@]}" "${MAIN_PKGS[@]}" "${TEST_BACKPORTS_PKGS[@]}" "${TEST_PKGS[@]}"; do
     is_installed "$p" || missing+=("$p")
 done
 # libvirt from bookworm itself (9.0) would be "installed" but wrong: require 10+.
@@ -64,7 +83,7 @@ if is_installed libvirt-daemon; then
 fi
 
 if [[ ${#missing[@]} -eq 0 ]] && grep -rqs "$BACKPORTS_SUITE" /etc/apt/sources.list /etc/apt/sources.list.d/; then
-    install_s3s_fs
+    [[ $TESTS -eq 1 ]] && install_s3s_fs
     echo "install-deps.sh: all packages already installed"
     exit 0
 fi
@@ -111,12 +130,12 @@ echo "install-deps.sh: installing: ${missing[*]:-(backports source only)}"
 apt-get update -q
 
 # Backports first (QEMU/libvirt), then bookworm packages.
-apt-get install -y -q --no-install-recommends -t "$BACKPORTS_SUITE" "${BACKPORTS_PKGS[@]}"
-apt-get install -y -q --no-install-recommends "${MAIN_PKGS[@]}"
+apt-get install -y -q --no-install-recommends -t "$BACKPORTS_SUITE" "${BACKPORTS_PKGS[@]}" "${TEST_BACKPORTS_PKGS[@]}"
+apt-get install -y -q --no-install-recommends "${MAIN_PKGS[@]}" "${TEST_PKGS[@]}"
 
 # Without udev nobody creates the kvm group; QEMU runs as libvirt-qemu:kvm.
 getent group kvm >/dev/null || groupadd --system kvm
 
-install_s3s_fs
+[[ $TESTS -eq 1 ]] && install_s3s_fs
 
 echo "install-deps.sh: done"

@@ -10,7 +10,7 @@ if ! command -v cargo >/dev/null; then
     exit 2
 fi
 
-./scripts/install-deps.sh
+./scripts/install-deps.sh --tests
 ./scripts/start-services.sh
 
 # House rules the tree must keep (issue 14): formatted, and no clippy

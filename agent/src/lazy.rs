@@ -134,6 +134,37 @@ pub fn export_disk(
     Ok((export, backing, size))
 }
 
+/// Name `backing` (or nothing) as the backing image in the header of the
+/// qcow2 `overlay` itself, without touching its data: so a tool that opens
+/// the overlay alone (virt-sysprep, giving the clone a fresh identity
+/// before it boots) reads the image through the export. The domain's XML
+/// names the backing for QEMU, so the header names none once that is done.
+pub fn set_header_backing(overlay: &str, backing: Option<&NbdBacking>) -> Result<()> {
+    let url = backing.map_or_else(String::new, |b| {
+        format!("nbd+unix:///{}?socket={}", b.export, b.socket)
+    });
+    let mut cmd = std::process::Command::new("qemu-img");
+    cmd.args(["rebase", "-u", "-f", "qcow2", "-b", &url]);
+    if backing.is_some() {
+        cmd.args(["-F", "raw"]);
+    }
+    let out = cmd
+        .arg(overlay)
+        .output()
+        .map_err(|e| AgentError::new(Kind::Internal, format!("run qemu-img on {overlay}: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(AgentError::new(
+            Kind::Internal,
+            format!(
+                "qemu-img rebase {overlay}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ))
+    }
+}
+
 /// Fill every lazy disk of the running `guest`, one after the other;
 /// `report(done, total)` in guest-visible bytes. Then remove the overlays
 /// of `pool` the guest no longer uses (a volume that cannot be removed

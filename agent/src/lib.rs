@@ -19,6 +19,7 @@ pub mod domain;
 pub mod error;
 pub mod fetch;
 pub mod freeze;
+pub mod generalize;
 pub mod hypervisor;
 pub mod journal;
 pub mod lazy;

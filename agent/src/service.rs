@@ -868,6 +868,7 @@ impl AgentService for Agent {
             max_lazy_fills: self.settings.max_lazy_fills,
             fill_mib_s: self.settings.lazy_fill_mib_s,
             store_location: r.store.clone(),
+            keep_identity: r.keep_identity,
         };
         // Refuse bad input now, as an error of this call.
         // The image may come from another site's store.

@@ -1128,6 +1128,9 @@ pub struct DeploySpec {
     /// The image's store as the request named it (empty: the agent's
     /// own), journaled so a restarted agent resumes a lazy fill from it.
     pub store_location: String,
+    /// Keep the image's identity: no generalization of the new volumes
+    /// ([`crate::generalize`]).
+    pub keep_identity: bool,
 }
 
 /// One NIC as requested.
@@ -1354,6 +1357,9 @@ pub fn check_deploy(ctx: &Ctx, spec: &DeploySpec) -> Result<(imprint_store::Mani
             ),
         ));
     }
+    if !spec.keep_identity {
+        crate::generalize::check()?;
+    }
     let pool = hv.pool_info(&spec.pool)?;
     if spec.lazy {
         crate::lazy::check(&pool.kind, spec.start)?;
@@ -1467,6 +1473,32 @@ pub(crate) fn end_deploy(
     r
 }
 
+/// Generalize what a new guest first boots from ([`crate::generalize`]);
+/// an overlay of a lazy deploy names its export in its own header
+/// meanwhile, so the tool reads the image through it.
+fn generalize_boot_disks(
+    disks: &[(String, &str, Option<crate::domain::NbdBacking>)],
+    tcg: bool,
+    cancel: &AtomicBool,
+) -> Result<()> {
+    for (path, _, backing) in disks {
+        if backing.is_some() {
+            crate::lazy::set_header_backing(path, backing.as_ref())?;
+        }
+    }
+    let list: Vec<(&std::path::Path, &str)> = disks
+        .iter()
+        .map(|(p, f, _)| (std::path::Path::new(p.as_str()), *f))
+        .collect();
+    let r = crate::generalize::generalize(&list, tcg, cancel);
+    for (path, _, backing) in disks {
+        if backing.is_some() {
+            crate::lazy::set_header_backing(path, None)?;
+        }
+    }
+    r
+}
+
 /// How long a failed deploy keeps retrying its cleanup while libvirt does
 /// not answer (a libvirtd restart takes seconds).
 pub const UNDO_PATIENCE: Duration = Duration::from_secs(60);
@@ -1539,6 +1571,9 @@ fn deploy_steps(
     let mut new_disks = Vec::new();
     let mut lazy_disks = Vec::new();
     let mut paths = Vec::new();
+    // What the guest first boots from, to generalize: (path, format,
+    // the export an overlay reads from).
+    let mut boot_disks = Vec::new();
     let t0 = Instant::now();
     let mut written = 0;
     for (i, d) in manifest.disks.iter().enumerate() {
@@ -1584,6 +1619,7 @@ fn deploy_steps(
                 size,
             });
             written += d.data_chunks * u64::from(manifest.chunk_size);
+            boot_disks.push((overlay_path.clone(), "qcow2", Some(backing.clone())));
             new_disks.push(NewDisk {
                 path: overlay_path,
                 format: "qcow2".into(),
@@ -1618,6 +1654,7 @@ fn deploy_steps(
         written += stats.bytes_written;
         done += d.size_bytes;
         drop(target);
+        boot_disks.push((path.clone(), format, None));
         new_disks.push(NewDisk {
             path: path.clone(),
             format: format.into(),
@@ -1630,6 +1667,12 @@ fn deploy_steps(
     }
     let write_seconds = t0.elapsed().as_secs_f64();
     cancelled(cancel)?;
+    if !spec.keep_identity {
+        report("giving the guest a fresh identity", done, total);
+        let t = Instant::now();
+        generalize_boot_disks(&boot_disks, spec.domain_type == "qemu", cancel)?;
+        tracing::info!(guest = %spec.guest_name, seconds = t.elapsed().as_secs_f64(), "generalized the new volumes");
+    }
     report("writing cloud-init seed", done, total);
     let seed_vol = format!("{}-cidata.img", spec.guest_name);
     let seed_path = create_journaled(hv, journal, entry, &spec.pool, &seed_vol, "raw", 1 << 20)?;

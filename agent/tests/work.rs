@@ -499,6 +499,8 @@ fn recovery_restarts_a_guest_left_off_by_a_dead_agent() {
 
 fn deploy_spec(image: &str) -> DeploySpec {
     DeploySpec {
+        // The fake's volumes hold no OS to generalize.
+        keep_identity: true,
         operation_id: "op-d".into(),
         image_id: image.into(),
         guest_name: "b".into(),

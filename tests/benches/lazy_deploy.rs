@@ -53,6 +53,7 @@ async fn deploy(f: &Fixture, image_id: &str, guest: &str, lazy: bool) -> Timing 
     let t = Instant::now();
     let op = client
         .deploy(pb::DeployRequest {
+            keep_identity: true,
             operation_id: uuid::Uuid::new_v4().to_string(),
             image_id: image_id.into(),
             guest_name: guest.into(),

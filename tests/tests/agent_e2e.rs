@@ -83,8 +83,46 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
 
     let name_b = format!("imp-{}-b", f.tag);
     let _b = Domain::adopt(&name_b);
+    // The busybox guest's disk holds no operating system: it cannot be
+    // given a fresh identity (the default), and the failed deploy leaves
+    // nothing (the same name deploys below).
     let op = client
         .deploy(pb::DeployRequest {
+            image_id: r.image_id.clone(),
+            guest_name: name_b.clone(),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .expect("deploy accepted")
+        .into_inner();
+    let refused = watch(&mut client, &op.operation_id).await;
+    assert_eq!(
+        refused.state,
+        pb::OperationState::Failed as i32,
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.error_code,
+        tonic::Code::FailedPrecondition as i32,
+        "{}",
+        refused.error
+    );
+    assert!(
+        refused.error.contains("no operating system") && refused.error.contains("--keep-identity"),
+        "{}",
+        refused.error
+    );
+    let left: Vec<String> = std::fs::read_dir(&f.pool_b.dir)
+        .expect("pool")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&name_b))
+        .collect();
+    assert!(left.is_empty(), "no volume left: {left:?}");
+    let op = client
+        .deploy(pb::DeployRequest {
+            keep_identity: true,
             operation_id: uuid::Uuid::new_v4().to_string(),
             image_id: r.image_id.clone(),
             guest_name: name_b.clone(),
@@ -154,6 +192,7 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
     // invalid name, an invalid address, a name that is taken.
     let err = client
         .deploy(pb::DeployRequest {
+            keep_identity: true,
             image_id: r.image_id.clone(),
             guest_name: "bad name!".into(),
             ..Default::default()
@@ -163,6 +202,7 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let err = client
         .deploy(pb::DeployRequest {
+            keep_identity: true,
             image_id: r.image_id.clone(),
             guest_name: format!("imp-{}-c", f.tag),
             network: Some(pb::NetworkConfig {
@@ -179,6 +219,7 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     let err = client
         .deploy(pb::DeployRequest {
+            keep_identity: true,
             image_id: r.image_id.clone(),
             guest_name: name_b.clone(),
             ..Default::default()
@@ -278,6 +319,7 @@ async fn qcow2_overlay_and_excluded_scratch_disk() {
     let _b = Domain::adopt(&name_b);
     let op = client
         .deploy(pb::DeployRequest {
+            keep_identity: true,
             image_id: r.image_id,
             guest_name: name_b.clone(),
             disk_format: pb::DiskFormat::Qcow2 as i32,
@@ -473,6 +515,7 @@ async fn guest_reset_by_its_user_during_the_read() {
     let _c = Domain::adopt(&clone);
     let op = client
         .deploy(pb::DeployRequest {
+            keep_identity: true,
             operation_id: uuid::Uuid::new_v4().to_string(),
             image_id: r.image_id,
             guest_name: clone.clone(),

@@ -150,6 +150,7 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
     let deployed = cli.json(&[
         "image",
         "deploy",
+        "--keep-identity",
         &id,
         "--host",
         HOST,
@@ -188,6 +189,7 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
     let lazy = cli.json(&[
         "image",
         "deploy",
+        "--keep-identity",
         &id,
         "--host",
         HOST,
@@ -237,6 +239,7 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
     let (code, _, err) = cli.run(&[
         "image",
         "deploy",
+        "--keep-identity",
         &id,
         "--host",
         HOST,
@@ -253,6 +256,7 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
     let (code, _, err) = cli.run(&[
         "image",
         "deploy",
+        "--keep-identity",
         &id,
         "--host",
         HOST,
@@ -280,6 +284,7 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
     let (code, _, err) = cli.run(&[
         "image",
         "deploy",
+        "--keep-identity",
         &id,
         "--host",
         HOST,
@@ -293,6 +298,7 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
     let (code, _, _) = cli.run(&[
         "image",
         "deploy",
+        "--keep-identity",
         &id,
         "--host",
         HOST,

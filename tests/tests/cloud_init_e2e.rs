@@ -1,6 +1,8 @@
 //! A real Debian guest with systemd and cloud-init: the deployed copy gets
 //! its address and host name from our NoCloud seed (vfat `cidata`,
-//! network-config v2 matched by MAC) through cloud-init itself.
+//! network-config v2 matched by MAC) through cloud-init itself; and every
+//! copy gets a fresh identity (machine-id, SSH host keys: virt-sysprep on
+//! its new volume before it first boots), while the source keeps its own.
 
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use imprint_proto::v1 as pb;
 use imprint_tests::*;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn debian_guest_gets_network_from_cloud_init() {
+async fn debian_clones_get_network_from_cloud_init_and_fresh_identities() {
     let deb = debian_guest();
     let f = Fixture::new();
     let disk = f.disk_in_pool_a(&deb.disk, "deb-vda.raw");
@@ -27,6 +29,7 @@ async fn debian_guest_gets_network_from_cloud_init() {
     a.start();
     let log = wait_for(&log_a, "IMPRINT-READY", 1, Duration::from_secs(240));
     let marker = last_value(&log, "IMPRINT-MARKER").expect("marker");
+    let source_identity = identity(&log);
     let mut client = f.client().await;
 
     let done = capture(
@@ -50,6 +53,30 @@ async fn debian_guest_gets_network_from_cloud_init() {
     // The captured guest had no seed: this is its first cloud-init run.
     let name_b = format!("imp-{}-deb2", f.tag);
     let _b = Domain::adopt(&name_b);
+    // A second copy, deployed at the same time and lazily (its fresh
+    // identity is written into the overlay it starts on, read through the
+    // export): identities must differ between clones, not only from the
+    // source.
+    let name_c = format!("imp-{}-deb3", f.tag);
+    let _c = Domain::adopt(&name_c);
+    let op_c = client
+        .deploy(pb::DeployRequest {
+            image_id: r.image_id.clone(),
+            guest_name: name_c.clone(),
+            lazy: true,
+            network: Some(pb::NetworkConfig {
+                hostname: "web-8".into(),
+                interfaces: vec![pb::InterfaceConfig {
+                    addresses: vec!["198.51.100.8/24".into()],
+                    ..Default::default()
+                }],
+            }),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .expect("deploy")
+        .into_inner();
     let op = client
         .deploy(pb::DeployRequest {
             image_id: r.image_id,
@@ -77,6 +104,8 @@ async fn debian_guest_gets_network_from_cloud_init() {
         done.error
     );
     let d = done.deploy.expect("result");
+    let done_c = watch(&mut client, &op_c.operation_id).await;
+    assert_succeeded(&done_c);
     let log = wait_for(
         &f.consoles.join(format!("{name_b}.log")),
         "IMPRINT-READY",
@@ -106,4 +135,38 @@ async fn debian_guest_gets_network_from_cloud_init() {
         .unwrap_or_default()
         .to_string();
     assert!(nic.contains(&d.mac_addresses[0]), "{nic}");
+
+    // Fresh identities: both copies differ from the source and from each
+    // other; the source (started again after the capture) kept its own.
+    let log_c = wait_for(
+        &f.consoles.join(format!("{name_c}.log")),
+        "IMPRINT-READY",
+        1,
+        Duration::from_secs(300),
+    );
+    let (b, c) = (identity(&log), identity(&log_c));
+    for (what, x, y) in [
+        ("source and copy", &source_identity, &b),
+        ("source and copy", &source_identity, &c),
+        ("the two copies", &b, &c),
+    ] {
+        assert_ne!(x.0, y.0, "{what} share a machine-id");
+        assert_ne!(x.1, y.1, "{what} share an SSH host key");
+    }
+    let again = wait_for(&log_a, "IMPRINT-READY", 2, Duration::from_secs(240));
+    assert_eq!(
+        identity(&again),
+        source_identity,
+        "the source keeps its identity"
+    );
+}
+
+/// A guest's machine-id and SSH host key fingerprint, from the last boot
+/// on its console (none of them missing).
+fn identity(log: &str) -> (String, String) {
+    let id = last_value(log, "IMPRINT-MACHINE-ID").expect("machine-id line");
+    let key = last_value(log, "IMPRINT-SSH-HOSTKEY").expect("host key line");
+    assert_eq!(id.len(), 32, "a machine-id: {id:?}\n{log}");
+    assert!(key.starts_with("SHA256:"), "a host key: {key:?}\n{log}");
+    (id, key)
 }

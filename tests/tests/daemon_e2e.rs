@@ -113,6 +113,7 @@ async fn capture_survives_a_daemon_crash_then_deploy_and_delete() {
     let op = api_b
         .images
         .deploy_image(pb::DeployImageRequest {
+            keep_identity: true,
             request_id: "deploy-b".into(),
             image_id: img.id.clone(),
             host: HOST.into(),
@@ -249,6 +250,7 @@ async fn delete_is_refused_while_a_deploy_reads_the_image() {
     let deploy = api_a
         .images
         .deploy_image(pb::DeployImageRequest {
+            keep_identity: true,
             image_id: op.image_id.clone(),
             host: HOST.into(),
             guest_name: clone,

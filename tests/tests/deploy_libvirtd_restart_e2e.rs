@@ -19,6 +19,7 @@ async fn deploy_failing_in_a_libvirtd_restart_leaves_nothing() {
     let _copy = Domain::adopt(&copy);
     let _back = LibvirtdBack;
     let deploy = || pb::DeployRequest {
+        keep_identity: true,
         image_id: image_id.clone(),
         guest_name: copy.clone(),
         ..Default::default()

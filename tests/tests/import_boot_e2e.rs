@@ -98,6 +98,7 @@ async fn imported_disks_deploy_and_boot_with_a_profile() {
         let op = a
             .images
             .deploy_image(pb::DeployImageRequest {
+                keep_identity: true,
                 image_id: op.image_id.clone(),
                 host: HOST.into(),
                 guest_name: name.clone(),
@@ -201,6 +202,7 @@ async fn nvram_travels_with_the_image(a: &mut Api, f: &Fixture, name: &str) {
     let op = a
         .images
         .deploy_image(pb::DeployImageRequest {
+            keep_identity: true,
             image_id: op.image_id.clone(),
             host: HOST.into(),
             guest_name: copy.clone(),

@@ -232,6 +232,7 @@ async fn recapture_of_a_qcow2_guest_reads_only_what_changed() {
     let _c = Domain::adopt(&clone);
     let op = client
         .deploy(pb::DeployRequest {
+            keep_identity: true,
             operation_id: uuid::Uuid::new_v4().to_string(),
             image_id: fourth.image_id.clone(),
             guest_name: clone.clone(),

@@ -23,6 +23,7 @@ async fn slow_image(f: &Fixture, suffix: &str) -> (String, std::path::PathBuf) {
 
 fn lazy_request(image_id: &str, guest: &str, format: pb::DiskFormat) -> pb::DeployRequest {
     pb::DeployRequest {
+        keep_identity: true,
         operation_id: uuid::Uuid::new_v4().to_string(),
         image_id: image_id.into(),
         guest_name: guest.into(),

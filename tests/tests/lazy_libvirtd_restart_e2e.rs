@@ -27,6 +27,7 @@ async fn lazy_fill_outlives_a_libvirtd_restart() {
     let _back = LibvirtdBack;
     let op = client
         .deploy(pb::DeployRequest {
+            keep_identity: true,
             operation_id: uuid::Uuid::new_v4().to_string(),
             image_id,
             guest_name: guest.clone(),

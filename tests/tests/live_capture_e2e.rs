@@ -147,6 +147,7 @@ async fn live_capture_of_a_debian_guest_with_its_agent() {
     let _copy = Domain::adopt(&deployed);
     let op = client
         .deploy(pb::DeployRequest {
+            keep_identity: true,
             operation_id: uuid::Uuid::new_v4().to_string(),
             image_id: r.image_id.clone(),
             guest_name: deployed,

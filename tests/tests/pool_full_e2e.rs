@@ -49,6 +49,7 @@ async fn a_full_pool_refuses_or_cleans_up() {
     let image_id = f.capture_random_disk("full", 1024).await;
     let mut client = f.client().await;
     let deploy = |name: &str, pool: &str| pb::DeployRequest {
+        keep_identity: true,
         image_id: image_id.clone(),
         guest_name: name.into(),
         pool: pool.into(),

@@ -56,6 +56,7 @@ async fn capture_to_s3_and_deploy_from_it() {
     let _b = Domain::adopt(&name_b);
     let op = client
         .deploy(pb::DeployRequest {
+            keep_identity: true,
             operation_id: uuid::Uuid::new_v4().to_string(),
             image_id: r.image_id.clone(),
             guest_name: name_b.clone(),

@@ -63,6 +63,7 @@ async fn deploy(api: &mut Api, f: &Fixture, host: &str, image: &str, name: &str)
     let op = api
         .images
         .deploy_image(pb::DeployImageRequest {
+            keep_identity: true,
             image_id: image.into(),
             host: host.into(),
             guest_name: name.into(),

@@ -180,6 +180,7 @@ async fn deploy(w: &World, role: &str, who: Caller, id: String, n: u32) -> Code 
         .deploy_image(w.req(
             who,
             pb::DeployImageRequest {
+                keep_identity: true,
                 image_id: id,
                 host: "h1".into(),
                 guest_name: format!("copy-{n}"),

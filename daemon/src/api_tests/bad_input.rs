@@ -106,6 +106,7 @@ fn deploys_of_bad_disks(img: &pb::Image) -> Vec<(&'static str, Code, pb::DeployI
             "unknown image",
             Code::NotFound,
             pb::DeployImageRequest {
+                keep_identity: true,
                 image_id: uuid::Uuid::new_v4().to_string(),
                 ..base.clone()
             },
@@ -114,6 +115,7 @@ fn deploys_of_bad_disks(img: &pb::Image) -> Vec<(&'static str, Code, pb::DeployI
             "disk smaller than the image",
             Code::InvalidArgument,
             pb::DeployImageRequest {
+                keep_identity: true,
                 disk_sizes_bytes: vec![1 << 20],
                 ..base.clone()
             },
@@ -122,6 +124,7 @@ fn deploys_of_bad_disks(img: &pb::Image) -> Vec<(&'static str, Code, pb::DeployI
             "more sizes than disks",
             Code::InvalidArgument,
             pb::DeployImageRequest {
+                keep_identity: true,
                 disk_sizes_bytes: vec![0, 1 << 30],
                 ..base.clone()
             },
@@ -138,6 +141,7 @@ fn deploys_of_bad_guests(img: &pb::Image) -> Vec<(&'static str, Code, pb::Deploy
             "bad guest name",
             Code::InvalidArgument,
             pb::DeployImageRequest {
+                keep_identity: true,
                 guest_name: "-rf /".into(),
                 ..base.clone()
             },
@@ -146,6 +150,7 @@ fn deploys_of_bad_guests(img: &pb::Image) -> Vec<(&'static str, Code, pb::Deploy
             "existing guest name (the agent refuses)",
             Code::AlreadyExists,
             pb::DeployImageRequest {
+                keep_identity: true,
                 guest_name: "a".into(),
                 ..base.clone()
             },
@@ -154,6 +159,7 @@ fn deploys_of_bad_guests(img: &pb::Image) -> Vec<(&'static str, Code, pb::Deploy
             "bad static address (the agent refuses)",
             Code::InvalidArgument,
             pb::DeployImageRequest {
+                keep_identity: true,
                 network: Some(pb::NetworkConfig {
                     hostname: String::new(),
                     interfaces: vec![pb::InterfaceConfig {
@@ -168,6 +174,7 @@ fn deploys_of_bad_guests(img: &pb::Image) -> Vec<(&'static str, Code, pb::Deploy
             "too much memory",
             Code::InvalidArgument,
             pb::DeployImageRequest {
+                keep_identity: true,
                 memory_mib: u64::MAX,
                 ..base.clone()
             },
@@ -178,6 +185,7 @@ fn deploys_of_bad_guests(img: &pb::Image) -> Vec<(&'static str, Code, pb::Deploy
 /// A deploy of `img` on h1 as guest x.
 fn deploy_of(img: &pb::Image) -> pb::DeployImageRequest {
     pb::DeployImageRequest {
+        keep_identity: true,
         image_id: img.id.clone(),
         host: "h1".into(),
         guest_name: "x".into(),
@@ -423,6 +431,7 @@ async fn retried_captures_on(w: World) {
         .deploy_image(w.req(
             As("alice"),
             pb::DeployImageRequest {
+                keep_identity: true,
                 request_id: "nightly-2026-11-27".into(),
                 ..deploy_of(&img)
             },
@@ -488,6 +497,7 @@ async fn stubborn_guest_on(w: World) {
         .deploy_image(w.req(
             As("alice"),
             pb::DeployImageRequest {
+                keep_identity: true,
                 image_id: slow.image_id.clone(),
                 host: "h1".into(),
                 guest_name: "x".into(),

@@ -37,6 +37,7 @@ async fn damaged_on(w: World) {
         std::fs::write(p, b).expect("damage");
     }
     let deploy = |name: &str| pb::DeployImageRequest {
+        keep_identity: true,
         image_id: img.id.clone(),
         host: "h1".into(),
         guest_name: name.into(),

@@ -160,6 +160,7 @@ async fn deployed_guests_are_the_deployers(w: &World) {
         .deploy_image(w.req(
             As("bob"),
             pb::DeployImageRequest {
+                keep_identity: true,
                 image_id: img.id.clone(),
                 host: "h1".into(),
                 guest_name: "bobs".into(),

@@ -65,6 +65,7 @@ fn import(
 /// A deploy of image `id` on h1 as guest `name`, with `profile`.
 fn deploy(id: &str, name: &str, profile: &str) -> pb::DeployImageRequest {
     pb::DeployImageRequest {
+        keep_identity: true,
         image_id: id.into(),
         host: "h1".into(),
         guest_name: name.into(),
@@ -256,6 +257,7 @@ async fn minimums_refuse_smaller_deploys(w: &World, img: &pb::Image) {
     assert!(e.message().contains("4096 MiB"), "{}", e.message());
     let big = w
         .deploy_as_alice(pb::DeployImageRequest {
+            keep_identity: true,
             memory_mib: 4096,
             ..deploy(&img.id, "big-enough", "m1.small")
         })

@@ -124,6 +124,7 @@ impl Ops {
             start: r.start,
             store: self.d.source_store(&img.id, &host).await?,
             lazy: r.lazy,
+            keep_identity: r.keep_identity,
         });
         let encoded = agent_req.encode();
         let n = NewOperation {

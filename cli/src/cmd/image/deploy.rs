@@ -60,6 +60,10 @@ pub struct DeployArgs {
     /// volume is complete.
     #[arg(long)]
     lazy: bool,
+    /// Keep the image's identity (machine-id, SSH host keys, logs…) in the
+    /// new guest instead of generalizing its volumes before it first boots.
+    #[arg(long)]
+    keep_identity: bool,
     /// Idempotency key.
     #[arg(long)]
     request_id: Option<String>,
@@ -99,6 +103,7 @@ pub async fn run(api: &mut Api, ctx: &Ctx, a: DeployArgs) -> Result<u8> {
         start: a.start || a.lazy,
         profile: a.profile,
         lazy: a.lazy,
+        keep_identity: a.keep_identity,
     };
     let op = api.images.deploy_image(req).await?.into_inner();
     op_result(api, ctx, op, a.wait).await
