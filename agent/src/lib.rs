@@ -24,6 +24,7 @@ pub mod hypervisor;
 pub mod journal;
 pub mod lazy;
 pub mod libvirt;
+pub mod lint;
 pub mod listen;
 pub mod nbd;
 pub mod partitions;

@@ -514,6 +514,7 @@ impl Agent {
                         o.bytes_done = o.bytes_total;
                         o.deploy = Some(r);
                     }
+                    Ok(Finished::Lint(r)) => o.lint = Some(r),
                     Err(e) => {
                         let s = status(e);
                         o.state = if s.code() == tonic::Code::Cancelled {
@@ -533,6 +534,7 @@ impl Agent {
                 Ok(pb::OperationKind::Import) => "import",
                 Ok(pb::OperationKind::Export) => "export",
                 Ok(pb::OperationKind::Copy) => "copy",
+                Ok(pb::OperationKind::Lint) => "lint",
                 _ => "deploy",
             };
             let result = match pb::OperationState::try_from(o.state) {
@@ -640,6 +642,7 @@ enum Finished {
     Deploy(pb::DeployResult),
     Export(pb::ExportResult),
     Copy(pb::CopyResult),
+    Lint(pb::LintReport),
 }
 
 /// What an import reports (as a capture's result).
@@ -1023,6 +1026,40 @@ impl AgentService for Agent {
                     size_bytes: size,
                     format: pb_format as i32,
                 }))
+            },
+        );
+        Ok(Response::new(op))
+    }
+
+    async fn lint_image(
+        &self,
+        req: Request<pb::LintImageRequest>,
+    ) -> Result<Response<pb::AgentOperation>, Status> {
+        let r = req.into_inner();
+        let id = op_id(&r.operation_id)?;
+        if let Some(op) = self.existing(&id) {
+            return Ok(Response::new(op));
+        }
+        let image: imprint_store::ImageId = r
+            .image_id
+            .parse()
+            .map_err(|e: imprint_store::Error| status(e.into()))?;
+        let store = self.store_at(&r.store).await?;
+        let reader = store.clone();
+        let manifest = blocking(move || reader.manifest(&image).map_err(AgentError::from)).await?;
+        let (nbd_dir, tcg, op) = (
+            self.settings.nbd_dir.clone(),
+            self.settings.domain_type == "qemu",
+            id.clone(),
+        );
+        let op = self.launch(
+            id,
+            pb::OperationKind::Lint,
+            String::new(),
+            move |_cancel, report| {
+                report("reading the image's disks", 0, 0);
+                let r = crate::lint::lint_image(&store, &manifest, &nbd_dir, &op, tcg)?;
+                Ok(Finished::Lint(crate::lint::to_proto(&r)))
             },
         );
         Ok(Response::new(op))
