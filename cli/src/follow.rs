@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Follow an operation with a progress line; the final state.
-async fn follow(api: &mut Api, ctx: &Ctx, id: &str) -> Result<pb::Operation> {
+pub async fn follow(api: &mut Api, ctx: &Ctx, id: &str) -> Result<pb::Operation> {
     let mut progress = Progress::new("", ctx.quiet);
     let mut last: Option<pb::Operation> = None;
     loop {

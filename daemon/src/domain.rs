@@ -216,6 +216,8 @@ text_enum! {
         Export = "export",
         /// An image to another site's store.
         Copy = "copy",
+        /// An image's disks read for what its deploys will meet.
+        Lint = "lint",
     }
 }
 
@@ -227,7 +229,10 @@ impl OpKind {
 
     /// Reads an existing image (which may then not be deleted).
     pub fn reads_image(self) -> bool {
-        matches!(self, OpKind::Deploy | OpKind::Export | OpKind::Copy)
+        matches!(
+            self,
+            OpKind::Deploy | OpKind::Export | OpKind::Copy | OpKind::Lint
+        )
     }
 }
 

@@ -221,6 +221,29 @@ impl ExportSpec {
     }
 }
 
+/// A lint of an image on a host.
+#[derive(Debug, Clone)]
+pub struct LintSpec {
+    /// Idempotency key.
+    pub request_id: Option<String>,
+    /// The image.
+    pub image_id: String,
+    /// The host (empty: the only one the caller may use).
+    pub host: String,
+}
+
+impl TryFrom<pb::ImageLintRequest> for LintSpec {
+    type Error = DaemonError;
+
+    fn try_from(r: pb::ImageLintRequest) -> Result<Self, DaemonError> {
+        Ok(Self {
+            request_id: request_id(r.request_id)?,
+            image_id: r.image_id,
+            host: r.host,
+        })
+    }
+}
+
 /// A copy of an image to another site's store.
 #[derive(Debug, Clone)]
 pub struct CopySpec {

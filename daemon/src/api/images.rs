@@ -21,8 +21,8 @@ use crate::{
     error::DaemonError,
     ops::Ops,
     spec::{
-        CaptureSpec, CopySpec, DeleteSpec, DeploySpec, ExportSpec, ImportSpec, MembersSpec,
-        UpdateSpec,
+        CaptureSpec, CopySpec, DeleteSpec, DeploySpec, ExportSpec, ImportSpec, LintSpec,
+        MembersSpec, UpdateSpec,
     },
 };
 
@@ -91,7 +91,19 @@ impl Images {
         public: bool,
     ) -> Answer<pb::Image> {
         let who = auth::account(self.catalog(), &req).await?;
-        let id = req.into_inner().id;
+        let r = req.into_inner();
+        let id = r.id;
+        if public && !r.force {
+            let img = self.catalog().owned_image(&who, &id).await?;
+            let errors = lint_errors(&img.lint);
+            if !errors.is_empty() {
+                return Err(DaemonError::wrong_state(format!(
+                    "image {id}'s lint found errors ({}): fix them and lint it again, or publish with force",
+                    errors.join(", ")
+                ))
+                .into());
+            }
+        }
         self.catalog().set_public(&who, &id, public).await?;
         self.get_owned(&who, &id).await
     }
@@ -153,6 +165,12 @@ impl ImageService for Images {
         let who = auth::account(self.catalog(), &req).await?;
         let spec = ExportSpec::try_from(req.into_inner())?;
         Ok(operation(&self.ops.export(&who, spec).await?))
+    }
+
+    async fn lint_image(&self, req: Request<pb::ImageLintRequest>) -> Answer<pb::Operation> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let spec = LintSpec::try_from(req.into_inner())?;
+        Ok(operation(&self.ops.lint(&who, spec).await?))
     }
 
     async fn copy_image(&self, req: Request<pb::CopyImageRequest>) -> Answer<pb::Operation> {
@@ -288,6 +306,25 @@ impl ImageService for Images {
     }
 }
 
+/// A kept lint report ('' or unreadable: none).
+pub fn decode_lint(hexed: &str) -> Option<pb::LintReport> {
+    let bytes = hex::decode(hexed).ok().filter(|b| !b.is_empty())?;
+    prost::Message::decode(bytes.as_slice()).ok()
+}
+
+/// The codes of the errors a kept lint report found.
+fn lint_errors(hexed: &str) -> Vec<String> {
+    decode_lint(hexed)
+        .map(|r| {
+            r.findings
+                .into_iter()
+                .filter(|f| f.severity == pb::LintSeverity::Error as i32)
+                .map(|f| f.code)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The API's view of a catalog row.
 pub fn image_to_pb(
     row: ImageRow,
@@ -329,6 +366,8 @@ pub fn image_to_pb(
         min_vcpus: u32::try_from(row.min_vcpus).unwrap_or(0),
         min_memory_mib: unsigned(row.min_memory_mib),
         hardware: crate::catalog::decode_profile(&row.hardware).ok().flatten(),
+        lint: decode_lint(&row.lint),
+        linted_unix: row.linted_unix,
         members: members
             .into_iter()
             .map(|(account, status)| pb::ShareMember { account, status })

@@ -75,6 +75,7 @@ async fn shared_and_public(w: &World) -> (pb::Image, pb::Image) {
             As("alice"),
             pb::PublishImageRequest {
                 id: public.id.clone(),
+                force: false,
             },
         ))
         .await
@@ -225,17 +226,23 @@ async fn decide_and_publish(w: &World, rpc: &str, who: Caller, id: String) -> Co
         }
         "PublishImage" => {
             let r = c
-                .publish_image(w.req(who, pb::PublishImageRequest { id: id.clone() }))
+                .publish_image(w.req(
+                    who,
+                    pb::PublishImageRequest {
+                        id: id.clone(),
+                        force: false,
+                    },
+                ))
                 .await;
             if r.is_ok() {
-                c.unpublish_image(w.req(who, pb::PublishImageRequest { id }))
+                c.unpublish_image(w.req(who, pb::PublishImageRequest { id, force: false }))
                     .await
                     .expect("unpublish again");
             }
             code(r)
         }
         "UnpublishImage" => code(
-            c.unpublish_image(w.req(who, pb::PublishImageRequest { id }))
+            c.unpublish_image(w.req(who, pb::PublishImageRequest { id, force: false }))
                 .await,
         ),
         other => unreachable!("{other}"),

@@ -342,7 +342,13 @@ async fn refused_sharing_and_updates(w: &World, img: &pb::Image) {
     .await
     .expect("share");
     let e = c
-        .publish_image(w.req(As("bob"), pb::PublishImageRequest { id: img.id.clone() }))
+        .publish_image(w.req(
+            As("bob"),
+            pb::PublishImageRequest {
+                id: img.id.clone(),
+                force: false,
+            },
+        ))
         .await
         .expect_err("not the owner");
     assert_eq!(e.code(), Code::PermissionDenied);

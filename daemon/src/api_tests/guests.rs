@@ -153,9 +153,15 @@ async fn owners_and_admins_capture(w: &World) {
 async fn deployed_guests_are_the_deployers(w: &World) {
     let mut c = w.images.clone();
     let img = w.capture("alice", "base").await;
-    c.publish_image(w.req(As("alice"), pb::PublishImageRequest { id: img.id.clone() }))
-        .await
-        .expect("publish");
+    c.publish_image(w.req(
+        As("alice"),
+        pb::PublishImageRequest {
+            id: img.id.clone(),
+            force: false,
+        },
+    ))
+    .await
+    .expect("publish");
     let op = c
         .deploy_image(w.req(
             As("bob"),

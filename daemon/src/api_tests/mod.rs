@@ -11,6 +11,7 @@ mod bad_input;
 mod damaged;
 mod guests;
 mod heartbeats;
+mod lint;
 mod profiles;
 mod reconcile;
 mod reflection;

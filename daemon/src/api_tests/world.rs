@@ -66,6 +66,8 @@ async fn serve_agent(
     journal: Journal,
     dir: &Path,
 ) -> String {
+    // As the agent's start-up makes it.
+    std::fs::create_dir_all(dir.join("nbd")).expect("nbd dir");
     let agent = Agent::new(
         hv,
         store,

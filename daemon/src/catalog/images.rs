@@ -61,6 +61,8 @@ impl Catalog {
                 min_vcpus: row.try_get("min_vcpus")?,
                 min_memory_mib: row.try_get("min_memory_mib")?,
                 hardware: row.try_get("hardware")?,
+                lint: row.try_get("lint")?,
+                linted_unix: row.try_get("linted_unix")?,
             });
         }
         if out.is_empty() {
@@ -412,6 +414,18 @@ impl Catalog {
     pub async fn set_damage(&self, id: &str, damage: &str) -> Result<()> {
         sqlx::query("UPDATE images SET damage = $1 WHERE id = $2")
             .bind(damage)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Keep the report of the last lint of image `id` (`report`: a
+    /// LintReport message, hex), made at `unix`.
+    pub async fn set_lint(&self, id: &str, report: &str, unix: i64) -> Result<()> {
+        sqlx::query("UPDATE images SET lint = $1, linted_unix = $2 WHERE id = $3")
+            .bind(report)
+            .bind(unix)
             .bind(id)
             .execute(&self.pool)
             .await?;

@@ -60,6 +60,7 @@ impl Dispatcher {
                 AgentRequest::Import(r) => c.import(r.clone()).await,
                 AgentRequest::Export(r) => c.export(r.clone()).await,
                 AgentRequest::Copy(r) => c.copy(r.clone()).await,
+                AgentRequest::Lint(r) => c.lint_image(r.clone()).await,
             }
         };
         match tokio::time::timeout(SEND_TIMEOUT, call).await {

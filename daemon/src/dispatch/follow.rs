@@ -254,6 +254,16 @@ impl Dispatcher {
                 DaemonError::unavailable("cannot record the new guest's owner").with_source(e),
             );
         }
+        // A lint's report is kept with its image (recorded before the end,
+        // so a retry records it again).
+        if let (Some(report), OpState::Succeeded, Some(image)) = (&a.lint, state, &op.image_id)
+            && let Err(e) = self
+                .catalog
+                .set_lint(image, &hex::encode(report.encode_to_vec()), a.finished_unix)
+                .await
+        {
+            return Err(DaemonError::unavailable("cannot record the lint report").with_source(e));
+        }
         let result = hex::encode(a.encode_to_vec());
         // The final figures, so the row does not keep the last sampled ones.
         self.record_progress(&op.id, a, 0.0).await;

@@ -65,6 +65,8 @@ pub enum AgentRequest {
     Export(pb::ExportRequest),
     /// A copy between two sites' stores.
     Copy(pb::CopyRequest),
+    /// A lint of a stored image.
+    Lint(pb::LintImageRequest),
 }
 
 impl AgentRequest {
@@ -76,6 +78,7 @@ impl AgentRequest {
             AgentRequest::Import(r) => r.encode_to_vec(),
             AgentRequest::Export(r) => r.encode_to_vec(),
             AgentRequest::Copy(r) => r.encode_to_vec(),
+            AgentRequest::Lint(r) => r.encode_to_vec(),
         })
     }
 
@@ -96,6 +99,9 @@ impl AgentRequest {
                 .map_err(|e| e.to_string()),
             OpKind::Copy => pb::CopyRequest::decode(bytes.as_slice())
                 .map(AgentRequest::Copy)
+                .map_err(|e| e.to_string()),
+            OpKind::Lint => pb::LintImageRequest::decode(bytes.as_slice())
+                .map(AgentRequest::Lint)
                 .map_err(|e| e.to_string()),
             OpKind::Delete => Err("delete operations are not sent to agents".to_string()),
         }

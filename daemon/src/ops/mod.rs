@@ -26,6 +26,7 @@ mod copy;
 mod delete;
 mod deploy;
 mod import;
+mod lint;
 
 /// Starts image operations.
 #[derive(Debug, Clone)]

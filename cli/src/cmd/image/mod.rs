@@ -91,10 +91,57 @@ pub enum ImageCommand {
     Accept { id: String },
     /// Reject an image shared with you.
     Reject { id: String },
-    /// Make an image public (needs the publish right).
-    Publish { id: String },
+    /// Read an image on a host without booting it, for what its deploys
+    /// will meet (cloud-init, virtio, fstab, serial console...); prints
+    /// the report, kept with the image (`image show`). Exit 0 even when it
+    /// finds errors: they are the report.
+    Lint {
+        id: String,
+        /// Host whose agent reads it (default: the only one you may use).
+        #[arg(long, default_value = "")]
+        host: String,
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// Make an image public (needs the publish right). Refused when its
+    /// last lint found errors, unless --force.
+    Publish {
+        id: String,
+        #[arg(long)]
+        force: bool,
+    },
     /// Make a public image private (or shared) again.
     Unpublish { id: String },
+}
+
+/// `image lint`: run it, wait, print the report.
+async fn lint(
+    api: &mut Api,
+    ctx: &Ctx,
+    id: String,
+    host: String,
+    request_id: String,
+) -> Result<u8> {
+    let req = pb::ImageLintRequest {
+        request_id,
+        image_id: id.clone(),
+        host,
+    };
+    let op = api.images.lint_image(req).await?.into_inner();
+    let op = crate::follow::follow(api, ctx, &op.id).await?;
+    if op.state != pb::OperationState::Succeeded as i32 {
+        return op_result(api, ctx, op, false).await;
+    }
+    let img = api
+        .images
+        .get_image(pb::GetImageRequest { id })
+        .await?
+        .into_inner();
+    let report = img.lint.unwrap_or_default();
+    ctx.emit(&view::lint_json(&report), || {
+        view::lint_lines(&report).join("\n")
+    })?;
+    Ok(0)
 }
 
 /// Run an image command.
@@ -161,8 +208,20 @@ pub async fn run(cmd: ImageCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> {
         }
         C::Accept { id } => images.accept_share(pb::ShareDecisionRequest { id }).await,
         C::Reject { id } => images.reject_share(pb::ShareDecisionRequest { id }).await,
-        C::Publish { id } => images.publish_image(pb::PublishImageRequest { id }).await,
-        C::Unpublish { id } => images.unpublish_image(pb::PublishImageRequest { id }).await,
+        C::Publish { id, force } => {
+            images
+                .publish_image(pb::PublishImageRequest { id, force })
+                .await
+        }
+        C::Unpublish { id } => {
+            let req = pb::PublishImageRequest { id, force: false };
+            images.unpublish_image(req).await
+        }
+        C::Lint {
+            id,
+            host,
+            request_id,
+        } => return lint(api, ctx, id, host, request_id.unwrap_or_default()).await,
     };
     view::show(ctx, answer?.into_inner())
 }

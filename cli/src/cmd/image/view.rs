@@ -33,7 +33,45 @@ pub fn image_json(i: &pb::Image) -> Value {
         "recommended_profiles": i.recommended_profiles,
         "min_vcpus": i.min_vcpus, "min_memory_mib": i.min_memory_mib,
         "hardware": i.hardware.as_ref().map(profile_json),
+        "lint": i.lint.as_ref().map(lint_json), "linted_unix": i.linted_unix,
     })
+}
+
+/// A lint report as JSON (severity names, not numbers).
+pub fn lint_json(r: &pb::LintReport) -> Value {
+    json!({
+        "os": r.os.as_ref().map(|o| json!({"kind": o.kind, "distro": o.distro, "product": o.product})),
+        "findings": r.findings.iter().map(|f| json!({
+            "severity": severity_name(f.severity), "code": f.code, "message": f.message, "fix": f.fix,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn severity_name(s: i32) -> &'static str {
+    match pb::LintSeverity::try_from(s) {
+        Ok(pb::LintSeverity::Error) => "error",
+        Ok(pb::LintSeverity::Warning) => "warning",
+        Ok(pb::LintSeverity::Info) => "info",
+        _ => "unspecified",
+    }
+}
+
+/// A lint report as lines: the OS, then one finding per line with its fix.
+pub fn lint_lines(r: &pb::LintReport) -> Vec<String> {
+    let mut out = vec![match &r.os {
+        Some(o) => format!("{} {} ({})", o.distro, o.product, o.kind),
+        None => "operating system unknown".into(),
+    }];
+    for f in &r.findings {
+        out.push(format!(
+            "{}: {} [{}] fix: {}",
+            severity_name(f.severity),
+            f.message,
+            f.code,
+            f.fix
+        ));
+    }
+    out
 }
 
 pub fn image_row(i: &pb::Image) -> Vec<String> {
@@ -78,6 +116,11 @@ fn image_fields(i: &pb::Image) -> String {
     }
     if let Some(h) = &i.hardware {
         f.push(("hardware", profile_summary(h)));
+    }
+    if let Some(r) = &i.lint {
+        for l in lint_lines(r) {
+            f.push(("lint", l));
+        }
     }
     if let Ok(c) = serde_json::from_str::<Value>(&i.config_json)
         && c.is_object()

@@ -1,0 +1,67 @@
+//! Image lint through the daemon: the report is kept with the image and
+//! shown with it, and an image whose lint found errors is not published
+//! unless forced. The world's fake guest holds no operating system, so
+//! its report says "unknown" (libguestfs really reads it, through the
+//! agent's NBD export).
+
+use imprint_proto::v1 as pb;
+use tonic::Code;
+
+use super::world::{Caller::As, code, on_each_backend};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lint_reports_are_kept_with_the_image_and_gate_publishing() {
+    on_each_backend(|w| async move {
+        let img = w.capture("alice", "no-os").await;
+        let lint = |who, id: &str| {
+            let (mut images, req) = (
+                w.images.clone(),
+                w.req(
+                    As(who),
+                    pb::ImageLintRequest {
+                        image_id: id.into(),
+                        host: "h1".into(),
+                        ..Default::default()
+                    },
+                ),
+            );
+            async move { images.lint_image(req).await }
+        };
+        // An image another account cannot see is not found.
+        assert_eq!(code(lint("bob", &img.id).await), Code::NotFound);
+        let never = w.get("alice", &img.id).await.expect("image");
+        assert!(never.lint.is_none() && never.linted_unix == 0, "{never:?}");
+
+        let op = lint("alice", &img.id).await.expect("lint").into_inner();
+        let done = w.wait(As("alice"), &op).await;
+        assert_eq!(done.state, pb::OperationState::Succeeded as i32, "{done:?}");
+        let shown = w.get("alice", &img.id).await.expect("image");
+        let report = shown.lint.expect("the report is kept");
+        assert!(shown.linted_unix > 0);
+        assert!(report.os.is_none(), "{report:?}");
+        assert_eq!(report.findings[0].code, "os-unknown", "{report:?}");
+        assert_eq!(report.findings[0].severity, pb::LintSeverity::Error as i32);
+
+        let publish = |force| {
+            let (mut images, req) = (
+                w.images.clone(),
+                w.req(
+                    As("alice"),
+                    pb::PublishImageRequest {
+                        id: img.id.clone(),
+                        force,
+                    },
+                ),
+            );
+            async move { images.publish_image(req).await }
+        };
+        let refused = publish(false).await.expect_err("lint errors");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert!(refused.message().contains("os-unknown"), "{refused:?}");
+        let still = w.get("alice", &img.id).await.expect("image");
+        assert_eq!(still.visibility, pb::Visibility::Private as i32);
+        let forced = publish(true).await.expect("forced").into_inner();
+        assert_eq!(forced.visibility, pb::Visibility::Public as i32);
+    })
+    .await;
+}
