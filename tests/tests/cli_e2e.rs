@@ -144,6 +144,23 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
     assert_eq!(code, 0);
     assert!(yaml.contains("\"state\": \"active\""), "{yaml}");
 
+    // Lint: the busybox disk holds no operating system; the report says
+    // so, is kept with the image, and publishing it is refused (exit 5,
+    // FAILED_PRECONDITION) unless forced.
+    let report = cli.json(&["image", "lint", &id, "--host", HOST]);
+    assert_eq!(report["os"], serde_json::Value::Null, "{report}");
+    assert_eq!(report["findings"][0]["code"], "os-unknown", "{report}");
+    assert_eq!(report["findings"][0]["severity"], "error", "{report}");
+    let shown = cli.json(&["image", "show", &id]);
+    assert_eq!(shown["lint"]["findings"][0]["code"], "os-unknown", "{shown}");
+    let (code, _, err) = cli.run(&["image", "publish", &id]);
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("os-unknown"), "{err}");
+    let forced = cli.json(&["image", "publish", &id, "--force"]);
+    assert_eq!(forced["visibility"], "public", "{forced}");
+    let private = cli.json(&["image", "unpublish", &id]);
+    assert_eq!(private["visibility"], "private", "{private}");
+
     // Deploy with a static address and a bigger disk; wait for it.
     let name_b = format!("imp-{}-b", f.tag);
     let _b = Domain::adopt(&name_b);
@@ -327,7 +344,7 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
     assert_eq!(del["state"], "succeeded");
     assert_eq!(cli.run(&["image", "show", &id]).0, 3);
 
-    // Operations: both of ours are listed, newest first.
+    // Operations: all of ours are listed, newest first.
     let ops = cli.json(&["op", "list"]);
     let kinds: Vec<&str> = ops["operations"]
         .as_array()
@@ -335,7 +352,7 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
         .iter()
         .map(|o| o["kind"].as_str().expect("kind"))
         .collect();
-    assert_eq!(kinds, ["delete", "deploy", "deploy", "capture"]);
+    assert_eq!(kinds, ["delete", "deploy", "deploy", "lint", "capture"]);
     let _ = pb::OperationState::Succeeded;
 
     // Endpoint and token from a config file; flags beat it.
