@@ -701,6 +701,13 @@ fn capture_mode(mode: i32, freeze_timeout_seconds: u32) -> Result<work::CaptureM
     })
 }
 
+/// An image id as a request gives it.
+fn image_id(given: &str) -> Result<imprint_store::ImageId, Status> {
+    given
+        .parse()
+        .map_err(|e: imprint_store::Error| status(e.into()))
+}
+
 fn op_id(given: &str) -> Result<String, Status> {
     if given.is_empty() {
         return Ok(uuid::Uuid::new_v4().to_string());
@@ -809,10 +816,7 @@ impl AgentService for Agent {
             return Ok(Response::new(op));
         }
         work::validate_guest_name(&r.guest_name).map_err(status)?;
-        let image: imprint_store::ImageId = r
-            .image_id
-            .parse()
-            .map_err(|e: imprint_store::Error| status(e.into()))?;
+        let image = image_id(&r.image_id)?;
         let store = self.store_at(&r.store).await?;
         let reader = store.clone();
         blocking(move || {
@@ -985,10 +989,7 @@ impl AgentService for Agent {
                 )));
             }
         };
-        let image: imprint_store::ImageId = r
-            .image_id
-            .parse()
-            .map_err(|e: imprint_store::Error| status(e.into()))?;
+        let image = image_id(&r.image_id)?;
         if path.exists() {
             return Err(Status::already_exists(format!(
                 "{} exists; export writes new files only",
@@ -1040,10 +1041,7 @@ impl AgentService for Agent {
         if let Some(op) = self.existing(&id) {
             return Ok(Response::new(op));
         }
-        let image: imprint_store::ImageId = r
-            .image_id
-            .parse()
-            .map_err(|e: imprint_store::Error| status(e.into()))?;
+        let image = image_id(&r.image_id)?;
         let store = self.store_at(&r.store).await?;
         let reader = store.clone();
         let manifest = blocking(move || reader.manifest(&image).map_err(AgentError::from)).await?;
@@ -1074,10 +1072,7 @@ impl AgentService for Agent {
         if let Some(op) = self.existing(&id) {
             return Ok(Response::new(op));
         }
-        let image: imprint_store::ImageId = r
-            .image_id
-            .parse()
-            .map_err(|e: imprint_store::Error| status(e.into()))?;
+        let image = image_id(&r.image_id)?;
         let same = r.source_store == r.target_store
             || match (
                 imprint_store::Location::parse(&r.source_store),

@@ -152,7 +152,10 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
     assert_eq!(report["findings"][0]["code"], "os-unknown", "{report}");
     assert_eq!(report["findings"][0]["severity"], "error", "{report}");
     let shown = cli.json(&["image", "show", &id]);
-    assert_eq!(shown["lint"]["findings"][0]["code"], "os-unknown", "{shown}");
+    assert_eq!(
+        shown["lint"]["findings"][0]["code"], "os-unknown",
+        "{shown}"
+    );
     let (code, _, err) = cli.run(&["image", "publish", &id]);
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("os-unknown"), "{err}");
