@@ -227,7 +227,13 @@ impl Hypervisor for Libvirt {
     fn pool_info(&self, pool_name: &str) -> Result<PoolInfo> {
         self.with(&format!("storage pool {pool_name:?}"), |c| {
             let p = pool(c, pool_name)?;
-            p.refresh(0)?;
+            // A refresh picks up what changed outside libvirt. libvirt
+            // refuses it while it creates a volume in the pool ("has
+            // asynchronous jobs running": another deploy at the same
+            // time); the figures it keeps are current for its own volumes.
+            if let Err(e) = p.refresh(0) {
+                tracing::debug!(pool = pool_name, error = %e.message(), "pool not refreshed; using libvirt's figures");
+            }
             let xml = p.xml_desc(0)?;
             Ok(PoolInfo {
                 available_bytes: p.info()?.available,
