@@ -95,7 +95,7 @@ impl Images {
         let id = r.id;
         if public && !r.force {
             let img = self.catalog().owned_image(&who, &id).await?;
-            let errors = lint_errors(&img.lint);
+            let errors = lint_errors(&img);
             if !errors.is_empty() {
                 return Err(DaemonError::wrong_state(format!(
                     "image {id}'s lint found errors ({}): fix them and lint it again, or publish with force",
@@ -306,15 +306,9 @@ impl ImageService for Images {
     }
 }
 
-/// A kept lint report ('' or unreadable: none).
-pub fn decode_lint(hexed: &str) -> Option<pb::LintReport> {
-    let bytes = hex::decode(hexed).ok().filter(|b| !b.is_empty())?;
-    prost::Message::decode(bytes.as_slice()).ok()
-}
-
-/// The codes of the errors a kept lint report found.
-fn lint_errors(hexed: &str) -> Vec<String> {
-    decode_lint(hexed)
+/// The codes of the errors an image's kept lint report found.
+fn lint_errors(img: &ImageRow) -> Vec<String> {
+    img.lint_report()
         .map(|r| {
             r.findings
                 .into_iter()
@@ -340,6 +334,7 @@ pub fn image_to_pb(
             sha256: d.sha256,
         })
         .collect();
+    let lint = row.lint_report();
     pb::Image {
         state: pb::ImageState::from(row.state) as i32,
         visibility: pb::Visibility::from(row.visibility) as i32,
@@ -366,7 +361,7 @@ pub fn image_to_pb(
         min_vcpus: u32::try_from(row.min_vcpus).unwrap_or(0),
         min_memory_mib: unsigned(row.min_memory_mib),
         hardware: crate::catalog::decode_profile(&row.hardware).ok().flatten(),
-        lint: decode_lint(&row.lint),
+        lint,
         linted_unix: row.linted_unix,
         members: members
             .into_iter()

@@ -42,6 +42,30 @@ async fn lint_reports_are_kept_with_the_image_and_gate_publishing() {
         assert_eq!(report.findings[0].code, "os-unknown", "{report:?}");
         assert_eq!(report.findings[0].severity, pb::LintSeverity::Error as i32);
 
+        // A deploy that would give it a fresh identity is refused at once.
+        let deploy = |keep_identity| {
+            let (mut images, req) = (
+                w.images.clone(),
+                w.req(
+                    As("alice"),
+                    pb::DeployImageRequest {
+                        image_id: img.id.clone(),
+                        host: "h1".into(),
+                        guest_name: "fresh".into(),
+                        keep_identity,
+                        ..Default::default()
+                    },
+                ),
+            );
+            async move { images.deploy_image(req).await }
+        };
+        let refused = deploy(false).await.expect_err("no OS to generalize");
+        assert_eq!(refused.code(), Code::FailedPrecondition);
+        assert!(refused.message().contains("--keep-identity"), "{refused:?}");
+        let kept = deploy(true).await.expect("deploy").into_inner();
+        let kept = w.wait(As("alice"), &kept).await;
+        assert_eq!(kept.state, pb::OperationState::Succeeded as i32, "{kept:?}");
+
         let publish = |force| {
             let (mut images, req) = (
                 w.images.clone(),

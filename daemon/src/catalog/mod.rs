@@ -166,6 +166,12 @@ impl ImageRow {
         serde_json::from_str(&self.disks_json).unwrap_or_default()
     }
 
+    /// The last lint's report (none when never linted, or unreadable).
+    pub fn lint_report(&self) -> Option<imprint_proto::v1::LintReport> {
+        let bytes = hex::decode(&self.lint).ok().filter(|b| !b.is_empty())?;
+        prost::Message::decode(bytes.as_slice()).ok()
+    }
+
     /// `active` or `deprecated`: may be deployed.
     pub fn deployable(&self) -> bool {
         self.state.deployable()

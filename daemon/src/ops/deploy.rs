@@ -93,6 +93,22 @@ async fn deploy_hardware(
     Ok(chosen)
 }
 
+/// A fresh identity needs an operating system to generalize: an image
+/// whose last lint read none is refused at once (not after its volumes
+/// were written) unless the deploy keeps the image's identity.
+fn check_identity(img: &ImageRow, keep_identity: bool) -> Result<(), DaemonError> {
+    let unknown = img
+        .lint_report()
+        .is_some_and(|r| r.findings.iter().any(|f| f.code == "os-unknown"));
+    if unknown && !keep_identity {
+        return Err(DaemonError::wrong_state(format!(
+            "image {}'s lint found no operating system: a deploy cannot give the new guest a fresh identity; deploy with keep_identity (--keep-identity)",
+            img.id
+        )));
+    }
+    Ok(())
+}
+
 impl Ops {
     /// Deploy the image `s` names as a new guest of `who`.
     pub async fn deploy(&self, who: &Account, s: DeploySpec) -> Result<OperationRow, DaemonError> {
@@ -105,6 +121,7 @@ impl Ops {
         let r = s.req;
         let img = self.readable(who, &r.image_id, "deployed").await?;
         check_disk_sizes(&img, &r.disk_sizes_bytes)?;
+        check_identity(&img, r.keep_identity)?;
         let hardware =
             deploy_hardware(self.catalog(), &img, &r.profile, r.vcpus, r.memory_mib).await?;
         let host = super::usable_host(self.catalog(), who, &r.host).await?;
