@@ -383,6 +383,16 @@ async fn agent_killed_during_the_background_read_leaves_no_job_or_scratch() {
     assert_eq!(d.state(), "running", "running while its disks are read");
     let job_dir = backup_dir.join(&op.operation_id);
     assert!(job_dir.exists(), "the job's socket and scratch files");
+    // Killed once the read has stored chunks (what GC must free below).
+    let chunks = f.wd.path().join("store").join("chunks");
+    let start = std::time::Instant::now();
+    while count_files(&chunks) == 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "the read stored no chunk"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     f.agent.kill();
     assert_eq!(
         d.state(),
@@ -537,4 +547,19 @@ async fn guest_reset_by_its_user_during_the_read() {
         Some("count=2"),
         "the image holds the point in time, not the reset's boot"
     );
+}
+
+/// Files under `dir`, at any depth (0 when it does not exist).
+fn count_files(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.flatten()
+            .map(|e| {
+                if e.path().is_dir() {
+                    count_files(&e.path())
+                } else {
+                    1
+                }
+            })
+            .sum()
+    })
 }
