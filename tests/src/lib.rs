@@ -936,6 +936,16 @@ pub async fn operation(
         .into_inner()
 }
 
+/// Poll `reached` (an observable state: a file, a process, a size) until
+/// it holds; fail naming `what` after `timeout`.
+pub async fn wait_until(what: &str, timeout: Duration, mut reached: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !reached() {
+        assert!(start.elapsed() < timeout, "not within {timeout:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Poll agent operation `id` until `reached` holds of it (it must still
 /// run; `what` says what is awaited); returns it then.
 pub async fn operation_until(

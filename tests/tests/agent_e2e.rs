@@ -385,14 +385,7 @@ async fn agent_killed_during_the_background_read_leaves_no_job_or_scratch() {
     assert!(job_dir.exists(), "the job's socket and scratch files");
     // Killed once the read has stored chunks (what GC must free below).
     let chunks = f.wd.path().join("store").join("chunks");
-    let start = std::time::Instant::now();
-    while count_files(&chunks) == 0 {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(120),
-            "the read stored no chunk"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_until("the read stores a chunk", BOOT, || count_files(&chunks) > 0).await;
     f.agent.kill();
     assert_eq!(
         d.state(),

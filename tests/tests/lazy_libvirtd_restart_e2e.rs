@@ -4,7 +4,7 @@
 //! complete; the guest never stops. (Its own test binary: it stops the
 //! libvirtd every other test uses.)
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use imprint_proto::v1 as pb;
 use imprint_tests::*;
@@ -55,22 +55,18 @@ async fn lazy_fill_outlives_a_libvirtd_restart() {
         .status()
         .expect("pkill");
     assert!(pkill.success());
-    let start = Instant::now();
-    while libvirtd_answers() {
-        assert!(start.elapsed() < Duration::from_secs(30), "libvirtd stays");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until("libvirtd is gone", Duration::from_secs(30), || {
+        !libvirtd_answers()
+    })
+    .await;
     // QEMU fills on without libvirtd: 32 MiB more land in the volume.
     let gone_at = allocated(&volume);
-    let start = Instant::now();
-    while allocated(&volume) < gone_at + (32 << 20) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "the fill stopped with libvirtd: {} of {gone_at} bytes",
-            allocated(&volume)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(
+        "the fill goes on without libvirtd (32 MiB more in the volume)",
+        Duration::from_secs(60),
+        || allocated(&volume) >= gone_at + (32 << 20),
+    )
+    .await;
     let during = operation(&mut client, &op.operation_id).await;
     assert_eq!(
         during.state,
