@@ -44,6 +44,17 @@ pub fn check() -> Result<()> {
     }
 }
 
+/// How a libguestfs tool (`cmd`) runs its appliance here: as a child of
+/// ours (no libvirtd session), and under TCG when the host has no usable
+/// hardware virtualisation (`tcg`), so it never tries KVM.
+pub fn appliance(cmd: &mut Command, tcg: bool) -> &mut Command {
+    cmd.env("LIBGUESTFS_BACKEND", "direct");
+    if tcg {
+        cmd.env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg");
+    }
+    cmd
+}
+
 /// Generalize the disks of one new guest (`(path, format)`, in the order
 /// the guest sees them) in place. `tcg`: the host has no usable hardware
 /// virtualisation, so libguestfs's appliance must not try KVM.
@@ -52,15 +63,11 @@ pub fn generalize(disks: &[(&Path, &str)], tcg: bool, cancel: &AtomicBool) -> Re
     for (path, format) in disks {
         cmd.arg("--format").arg(format).arg("-a").arg(path);
     }
-    cmd.args(["--operations", OPERATIONS, "--quiet"])
-        // The appliance runs as a child of ours (no libvirtd session).
-        .env("LIBGUESTFS_BACKEND", "direct")
+    appliance(&mut cmd, tcg)
+        .args(["--operations", OPERATIONS, "--quiet"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    if tcg {
-        cmd.env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg");
-    }
     let mut child = cmd
         .spawn()
         .map_err(|e| AgentError::new(Kind::FailedPrecondition, format!("run {SYSPREP}: {e}")))?;

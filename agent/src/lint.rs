@@ -92,13 +92,10 @@ impl Fish {
         // guestfish forks the server and prints how to reach it: read that
         // line, not to the end (the server keeps stdout open). Its errors
         // go to the agent's log.
-        cmd.env("LIBGUESTFS_BACKEND", "direct")
+        crate::generalize::appliance(&mut cmd, tcg)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        if tcg {
-            cmd.env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg");
-        }
         let mut child = cmd.spawn().map_err(|e| {
             AgentError::new(
                 Kind::FailedPrecondition,
