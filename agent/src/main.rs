@@ -130,6 +130,9 @@ struct Args {
     /// is there.
     #[arg(long)]
     site: Option<String>,
+    /// Print the man page (roff; the Debian package installs it) and exit.
+    #[arg(long, hide = true)]
+    man: bool,
 }
 
 /// The configuration file; every key is optional.
@@ -191,6 +194,12 @@ fn main() -> Result<()> {
 async fn run() -> Result<()> {
     imprint_service::logging::init();
     let args = Args::parse();
+    if args.man {
+        return clap_mangen::Man::new(<Args as clap::CommandFactory>::command())
+            .section("8")
+            .render(&mut std::io::stdout())
+            .context("write the man page");
+    }
     let file: FileConfig = match &args.config {
         Some(p) => {
             let text = std::fs::read_to_string(p)

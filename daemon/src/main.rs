@@ -75,6 +75,9 @@ enum Command {
     /// Administer host credentials.
     #[command(subcommand)]
     Host(HostCmd),
+    /// Print the man page (roff; the Debian package installs it).
+    #[command(hide = true)]
+    Man,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,6 +127,12 @@ fn catalog_url(args: &Args) -> Result<String> {
 async fn main() -> Result<()> {
     imprint_service::logging::init();
     let args = Args::parse();
+    if matches!(args.command, Some(Command::Man)) {
+        return clap_mangen::Man::new(<Args as clap::CommandFactory>::command())
+            .section("8")
+            .render(&mut std::io::stdout())
+            .context("write the man page");
+    }
     let catalog = Catalog::open(&catalog_url(&args)?)
         .await
         .context("open the catalog")?;
@@ -131,6 +140,7 @@ async fn main() -> Result<()> {
         None | Some(Command::Serve) => serve(catalog, args.serve).await,
         Some(Command::Account(cmd)) => account(&catalog, cmd).await,
         Some(Command::Host(cmd)) => host(&catalog, cmd).await,
+        Some(Command::Man) => Ok(()),
     }
 }
 

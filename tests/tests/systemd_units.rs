@@ -25,15 +25,15 @@ fn units_verify_and_stay_hardened() {
         let text = std::fs::read_to_string(src.join(unit)).expect("unit");
         let text = text
             .replace(
-                "/usr/local/bin/imprintd",
+                "/usr/bin/imprintd",
                 binary("imprintd").to_str().expect("utf8"),
             )
             .replace(
-                "/usr/local/bin/imprint-agent",
+                "/usr/bin/imprint-agent",
                 binary("imprint-agent").to_str().expect("utf8"),
             )
             .replace(
-                "/usr/local/bin/imprint ",
+                "/usr/bin/imprint ",
                 &format!("{} ", binary("imprint").to_str().expect("utf8")),
             );
         std::fs::write(wd.path().join(unit), text).expect("write");
