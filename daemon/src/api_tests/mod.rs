@@ -13,6 +13,7 @@ mod guests;
 mod heartbeats;
 mod lint;
 mod profiles;
+mod progress;
 mod reconcile;
 mod reflection;
 mod sites;

@@ -195,26 +195,52 @@ impl Dispatcher {
         }
     }
 
-    /// Progress into the row until the final state.
+    /// Progress into the row until the final state. Byte counts are
+    /// written at most every `PROGRESS_EVERY`; a new phase at once; and the
+    /// latest update held back by that limit is written once it allows, so
+    /// the row never stays at an older phase than the agent's.
     async fn follow_stream(
         &self,
         op: &OperationRow,
         host: &HostRow,
         mut stream: tonic::Streaming<pb::AgentOperation>,
     ) -> Result<(), DaemonError> {
+        use tokio_stream::StreamExt;
         let mut rate = Rate::default();
         let mut last_write = Instant::now() - PROGRESS_EVERY;
-        while let Some(a) = stream
-            .message()
-            .await
-            .map_err(|s| DaemonError::from_agent(&host.name, s))?
-        {
+        let mut recorded_phase: Option<String> = None;
+        let mut held: Option<(pb::AgentOperation, f64)> = None;
+        loop {
+            let due = tokio::time::Instant::from_std(last_write + PROGRESS_EVERY);
+            let next = tokio::select! {
+                // `next` is cancel-safe: the stream keeps its own state.
+                m = stream.next() => m,
+                () = tokio::time::sleep_until(due), if held.is_some() => {
+                    if let Some((a, bps)) = held.take() {
+                        last_write = Instant::now();
+                        self.record_progress(&op.id, &a, bps).await;
+                        self.bump();
+                    }
+                    continue;
+                }
+            };
+            let Some(a) = next
+                .transpose()
+                .map_err(|s| DaemonError::from_agent(&host.name, s))?
+            else {
+                break;
+            };
             if a.state == pb::OperationState::Running as i32 {
                 let bps = rate.sample(a.bytes_done);
-                if last_write.elapsed() >= PROGRESS_EVERY {
+                let new_phase = recorded_phase.as_deref() != Some(a.phase.as_str());
+                if new_phase || last_write.elapsed() >= PROGRESS_EVERY {
                     last_write = Instant::now();
+                    held = None;
+                    recorded_phase = Some(a.phase.clone());
                     self.record_progress(&op.id, &a, bps).await;
                     self.bump();
+                } else {
+                    held = Some((a, bps));
                 }
                 continue;
             }
