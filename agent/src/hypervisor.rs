@@ -20,7 +20,7 @@ pub enum PowerState {
 }
 
 /// A guest's identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GuestRef {
     /// Domain name.
     pub name: String,
@@ -79,8 +79,13 @@ pub trait Hypervisor: Send + Sync {
     fn start(&self, guest: &GuestRef) -> Result<()>;
     /// Define a new guest from XML.
     fn define(&self, xml: &str) -> Result<GuestRef>;
-    /// Remove a guest's definition (it must be off).
+    /// Remove a guest's definition (it must be off), with what libvirt
+    /// keeps beside it: its NVRAM file, managed-save image, and snapshot and
+    /// checkpoint metadata. Its disks stay.
     fn undefine(&self, guest: &GuestRef) -> Result<()>;
+    /// The storage pool and volume name of the file at `path`, when it is
+    /// a volume of a pool libvirt knows; `None` when it is not.
+    fn volume_at(&self, path: &str) -> Result<Option<(String, String)>>;
     /// Host path of a volume.
     fn volume_path(&self, pool: &str, volume: &str) -> Result<String>;
     /// Pool state (also proves the pool exists).
@@ -332,6 +337,18 @@ pub mod fake {
             gs.remove(&g.name)
                 .map(|_| ())
                 .ok_or_else(|| AgentError::new(Kind::NotFound, "no such guest"))
+        }
+        fn volume_at(&self, path: &str) -> Result<Option<(String, String)>> {
+            let p = std::path::Path::new(path);
+            if !p.exists() {
+                return Ok(None);
+            }
+            Ok(self.pools.iter().find_map(|(pool, dir)| {
+                (p.parent() == Some(dir.as_path()))
+                    .then(|| p.file_name())
+                    .flatten()
+                    .map(|n| (pool.clone(), n.to_string_lossy().into_owned()))
+            }))
         }
         fn volume_path(&self, pool: &str, volume: &str) -> Result<String> {
             let p = self.pool_dir(pool)?.join(volume);

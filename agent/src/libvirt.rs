@@ -210,10 +210,28 @@ impl Hypervisor for Libvirt {
     }
 
     fn undefine(&self, g: &GuestRef) -> Result<()> {
-        // NVRAM files of UEFI guests go with the definition.
+        // NVRAM files of UEFI guests, a managed-save image, and libvirt's
+        // records of snapshots and checkpoints go with the definition
+        // (without these flags libvirt refuses to undefine such a guest).
+        let flags = virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM
+            | virt::sys::VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | virt::sys::VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | virt::sys::VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA;
         self.with(&format!("undefine guest {}", g.name), |c| {
-            Self::domain_of(c, g)?.undefine_flags(virt::sys::VIR_DOMAIN_UNDEFINE_NVRAM)
+            Self::domain_of(c, g)?.undefine_flags(flags)
         })
+    }
+
+    fn volume_at(&self, path: &str) -> Result<Option<(String, String)>> {
+        let r = self.with(&format!("find the storage volume at {path}"), |c| {
+            let v = c.lookup_storage_vol_by_path(path)?;
+            Ok((v.lookup_storage_pool()?.name()?, v.name()?))
+        });
+        match r {
+            Ok(found) => Ok(Some(found)),
+            Err(e) if e.kind == Kind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     fn volume_path(&self, pool_name: &str, volume: &str) -> Result<String> {

@@ -515,6 +515,7 @@ impl Agent {
                         o.deploy = Some(r);
                     }
                     Ok(Finished::Lint(r)) => o.lint = Some(r),
+                    Ok(Finished::DeleteGuest(r)) => o.delete_guest = Some(r),
                     Err(e) => {
                         let s = status(e);
                         o.state = if s.code() == tonic::Code::Cancelled {
@@ -535,6 +536,7 @@ impl Agent {
                 Ok(pb::OperationKind::Export) => "export",
                 Ok(pb::OperationKind::Copy) => "copy",
                 Ok(pb::OperationKind::Lint) => "lint",
+                Ok(pb::OperationKind::DeleteGuest) => "delete-guest",
                 _ => "deploy",
             };
             let result = match pb::OperationState::try_from(o.state) {
@@ -643,6 +645,7 @@ enum Finished {
     Export(pb::ExportResult),
     Copy(pb::CopyResult),
     Lint(pb::LintReport),
+    DeleteGuest(pb::DeleteGuestResult),
 }
 
 /// What an import reports (as a capture's result).
@@ -1058,6 +1061,39 @@ impl AgentService for Agent {
                 report("reading the image's disks", 0, 0);
                 let r = crate::lint::lint_image(&store, &manifest, &nbd_dir, &op, tcg)?;
                 Ok(Finished::Lint(crate::lint::to_proto(&r)))
+            },
+        );
+        Ok(Response::new(op))
+    }
+
+    async fn delete_guest(
+        &self,
+        req: Request<pb::DeleteGuestAgentRequest>,
+    ) -> Result<Response<pb::AgentOperation>, Status> {
+        let r = req.into_inner();
+        let id = op_id(&r.operation_id)?;
+        if let Some(op) = self.existing(&id) {
+            return Ok(Response::new(op));
+        }
+        if r.guest.is_empty() {
+            return Err(Status::invalid_argument("guest is required"));
+        }
+        let ctx = self.ctx.clone();
+        let guest = r.guest.clone();
+        let op = self.launch(
+            id,
+            pb::OperationKind::DeleteGuest,
+            r.guest,
+            move |cancel, report| {
+                let o = work::delete_guest(&ctx, &guest, cancel, report)?;
+                Ok(Finished::DeleteGuest(pb::DeleteGuestResult {
+                    guest_name: o.guest.name,
+                    guest_uuid: o.guest.uuid,
+                    deleted_volumes: o.deleted_volumes,
+                    left_disks: o.left_disks,
+                    already_gone: o.already_gone,
+                    forced_off: o.forced_off,
+                }))
             },
         );
         Ok(Response::new(op))

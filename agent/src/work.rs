@@ -1081,6 +1081,145 @@ pub(crate) fn undo_deploy(
     results.into_iter().collect()
 }
 
+/// What a guest delete did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeleteGuestOutcome {
+    /// The guest (as asked for, when it was gone already).
+    pub guest: GuestRef,
+    /// Paths of the pool volumes deleted.
+    pub deleted_volumes: Vec<String>,
+    /// Disks left in place: "path: why".
+    pub left_disks: Vec<String>,
+    /// The guest did not exist.
+    pub already_gone: bool,
+    /// It ran (or was paused) and was forced off.
+    pub forced_off: bool,
+}
+
+/// Delete guest `guest` (name or UUID): force it off, delete the pool
+/// volumes of its disks, undefine it. Volumes go before the definition,
+/// so an agent that dies half-way leaves a guest a retry finds and
+/// finishes, never volumes nobody knows; a guest already gone succeeds.
+/// Disks outside pools, CD-ROMs and floppies, and volumes another guest
+/// also uses are left and reported. Cancelling works until the guest is
+/// forced off; after that the delete runs to its end.
+pub fn delete_guest(
+    ctx: &Ctx,
+    guest: &str,
+    cancel: &AtomicBool,
+    report: Report,
+) -> Result<DeleteGuestOutcome> {
+    let hv = ctx.hv.as_ref();
+    report("looking up the guest", 0, 0);
+    let gone = || DeleteGuestOutcome {
+        guest: GuestRef {
+            name: guest.to_string(),
+            uuid: String::new(),
+        },
+        already_gone: true,
+        ..Default::default()
+    };
+    let (g, xml) = match hv.lookup(guest) {
+        Ok(found) => found,
+        Err(e) if e.kind == Kind::NotFound => return Ok(gone()),
+        Err(e) => return Err(e),
+    };
+    let what = format!("guest {}", g.name);
+    let _claim = ctx.busy.claim(&g.uuid, &what)?;
+    let _name_claim = ctx.busy.claim(&format!("name:{}", g.name), &what)?;
+    let config = GuestConfig::from_domain_xml(&xml)
+        .map_err(|e| AgentError::new(Kind::Internal, format!("read {what}'s XML: {e}")))?;
+    // What the other guests' disks use is theirs too.
+    let mut others: HashSet<String> = HashSet::new();
+    for o in hv.list_guests()? {
+        if o.uuid == g.uuid {
+            continue;
+        }
+        let Ok((_, oxml)) = hv.lookup(&o.uuid) else {
+            continue;
+        };
+        if let Ok(c) = GuestConfig::from_domain_xml(&oxml) {
+            for d in c.disks {
+                others.extend(d.source_path);
+                if let (Some(p), Some(v)) = (d.source_pool, d.source_volume) {
+                    others.insert(format!("{p}/{v}"));
+                }
+            }
+        }
+    }
+    cancelled(cancel)?;
+    let mut out = DeleteGuestOutcome {
+        guest: g.clone(),
+        ..Default::default()
+    };
+    report("powering off", 0, 0);
+    match hv.power_state(&g) {
+        Ok(PowerState::ShutOff) => {}
+        Ok(_) => {
+            match hv.force_off(&g) {
+                Ok(()) => {}
+                // Stopped by itself meanwhile.
+                Err(e) if e.kind == Kind::FailedPrecondition => {}
+                Err(e) if e.kind == Kind::NotFound => return Ok(gone()),
+                Err(e) => return Err(e),
+            }
+            out.forced_off = true;
+        }
+        Err(e) if e.kind == Kind::NotFound => return Ok(gone()),
+        Err(e) => return Err(e),
+    }
+    report("deleting volumes", 0, 0);
+    for d in &config.disks {
+        let shown = d
+            .source_path
+            .clone()
+            .or_else(|| {
+                d.source_pool
+                    .as_ref()
+                    .zip(d.source_volume.as_ref())
+                    .map(|(p, v)| format!("{p}/{v}"))
+            })
+            .unwrap_or_else(|| d.target_dev.clone());
+        if d.device != "disk" {
+            out.left_disks.push(format!("{shown}: a {}", d.device));
+            continue;
+        }
+        if others.contains(&shown) {
+            out.left_disks
+                .push(format!("{shown}: another guest uses it"));
+            continue;
+        }
+        let volume = match (&d.source_pool, &d.source_volume, &d.source_path) {
+            (Some(p), Some(v), _) => Some((p.clone(), v.clone())),
+            (_, _, Some(path)) => hv.volume_at(path)?,
+            _ => None,
+        };
+        match volume {
+            Some((pool, name)) => match hv.delete_volume(&pool, &name) {
+                Ok(()) => out.deleted_volumes.push(shown),
+                // Deleted by an earlier run that died before undefining.
+                Err(e) if e.kind == Kind::NotFound => {}
+                Err(e) => return Err(e),
+            },
+            // A file a run that died half-way deleted: nothing to leave.
+            None if d
+                .source_path
+                .as_deref()
+                .is_some_and(|p| !std::path::Path::new(p).exists()) => {}
+            None => out
+                .left_disks
+                .push(format!("{shown}: not a volume of a storage pool")),
+        }
+    }
+    report("undefining", 0, 0);
+    match hv.undefine(&g) {
+        Ok(()) => {}
+        Err(e) if e.kind == Kind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(out)
+}
+
 /// What to deploy, as received (validated by [`deploy`] before it acts).
 #[derive(Debug, Clone, Default)]
 pub struct DeploySpec {

@@ -19,7 +19,7 @@ use imprint_agent::{
     lazy::resume,
     work::{
         Busy, CaptureMode, CaptureSpec, Ctx, DeploySpec, InterfaceSpec, capture, check_capture,
-        deploy, recover,
+        delete_guest, deploy, recover,
     },
 };
 use imprint_store::{Store, StoreConfig};
@@ -540,6 +540,73 @@ fn deploy_creates_volumes_seed_and_guest() {
     let xml = e.hv.lookup("b").expect("b").1;
     assert!(xml.contains(&o.macs[0]));
     assert!(xml.contains("cidata.img"));
+}
+
+#[test]
+fn delete_guest_removes_what_is_its_own_and_is_idempotent() {
+    let e = env(true, PowerState::ShutOff);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let img = capture(&e.ctx, &spec(false), &cancel, &no_report).expect("capture");
+    let o = deploy(
+        &e.ctx,
+        &deploy_spec(&img.image_id.to_string()),
+        &cancel,
+        &no_report,
+    )
+    .expect("deploy");
+    assert_eq!(state(&e, "b"), PowerState::Running);
+    let (disk, seed) = (&o.volumes[0], &o.volumes[1]);
+    // Guest c shares b's seed volume: it stays.
+    e.hv.guests.lock().expect("lock").insert(
+        "c".into(),
+        FakeGuest::new(
+            GuestRef {
+                name: "c".into(),
+                uuid: "c-uuid".into(),
+            },
+            guest_xml("c", Path::new(seed)),
+            PowerState::ShutOff,
+        ),
+    );
+    // Another operation on b: refused, nothing touched.
+    let claim = e.ctx.busy.claim(&o.guest.uuid, "b").expect("claim");
+    let err = delete_guest(&e.ctx, "b", &cancel, &no_report).expect_err("busy");
+    assert_eq!(err.kind, Kind::Conflict);
+    assert_eq!(state(&e, "b"), PowerState::Running);
+    drop(claim);
+    // An earlier run died after deleting the disk's volume.
+    let name = Path::new(disk).file_name().expect("name").to_string_lossy();
+    e.hv.delete_volume("p", &name).expect("delete");
+    let phases = Mutex::new(Vec::<String>::new());
+    let report = |p: &str, _: u64, _: u64| phases.lock().expect("lock").push(p.into());
+    let d = delete_guest(&e.ctx, &o.guest.uuid, &cancel, &report).expect("delete");
+    assert!(d.forced_off && !d.already_gone, "{d:?}");
+    assert_eq!(d.guest, o.guest);
+    assert!(d.deleted_volumes.is_empty(), "{d:?}");
+    assert_eq!(d.left_disks, [format!("{seed}: another guest uses it")]);
+    assert!(e.hv.lookup("b").is_err(), "undefined");
+    assert!(Path::new(seed).exists(), "c's seed stays");
+    assert_eq!(
+        *phases.lock().expect("lock"),
+        [
+            "looking up the guest",
+            "powering off",
+            "deleting volumes",
+            "undefining"
+        ]
+    );
+    // Again (a retry after a crash): gone already, which is success.
+    let again = delete_guest(&e.ctx, &o.guest.uuid, &cancel, &no_report).expect("again");
+    assert!(again.already_gone);
+    // c's only disk is its pool volume (the seed, no longer shared).
+    let c = delete_guest(&e.ctx, "c", &cancel, &no_report).expect("c");
+    assert_eq!(c.deleted_volumes, std::slice::from_ref(seed));
+    assert!(!Path::new(seed).exists());
+    // a's disk is no pool volume: left and named.
+    let a = delete_guest(&e.ctx, "a", &cancel, &no_report).expect("a");
+    assert_eq!(a.left_disks.len(), 1, "{a:?}");
+    assert!(a.left_disks[0].ends_with("a.raw: not a volume of a storage pool"));
+    assert!(e.hv.guests.lock().expect("lock").is_empty());
 }
 
 #[test]

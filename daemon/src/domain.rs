@@ -218,6 +218,8 @@ text_enum! {
         Copy = "copy",
         /// An image's disks read for what its deploys will meet.
         Lint = "lint",
+        /// A guest forced off, its pool volumes deleted, undefined.
+        DeleteGuest = "delete-guest",
     }
 }
 
@@ -225,6 +227,20 @@ impl OpKind {
     /// Makes a new image (its row is created with the operation).
     pub fn creates_image(self) -> bool {
         matches!(self, OpKind::Capture | OpKind::Import)
+    }
+
+    /// Changes an existing guest (named by its libvirt UUID in the row):
+    /// at most one such operation runs per guest.
+    pub fn changes_guest(self) -> bool {
+        matches!(self, OpKind::Capture | OpKind::DeleteGuest)
+    }
+
+    /// How a refusal names what a guest-changing operation does.
+    pub fn guest_change_words(self) -> &'static str {
+        match self {
+            OpKind::DeleteGuest => "deleted",
+            _ => "captured",
+        }
     }
 
     /// Reads an existing image (which may then not be deleted).
@@ -297,7 +313,10 @@ mod tests {
                 let mut parts = line.split('\'');
                 parts.next();
                 while let (Some(word), Some(_)) = (parts.next(), parts.next()) {
-                    if !word.is_empty() && word.bytes().all(|b| b.is_ascii_lowercase()) {
+                    // Lower-case words, with '-' inside ('delete-guest').
+                    if word.starts_with(|c: char| c.is_ascii_lowercase())
+                        && word.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+                    {
                         assert!(
                             known.contains(&word),
                             "unknown state text '{word}' in: {line}"

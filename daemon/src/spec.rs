@@ -244,6 +244,50 @@ impl TryFrom<pb::ImageLintRequest> for LintSpec {
     }
 }
 
+/// The longest guest name (or UUID) a delete names: libvirt's names are
+/// free text, but no sane one is longer.
+const MAX_GUEST_NAME: usize = 255;
+
+/// A delete of a guest.
+#[derive(Debug, Clone)]
+pub struct DeleteGuestSpec {
+    /// Idempotency key.
+    pub request_id: Option<String>,
+    /// The host.
+    pub host: String,
+    /// The guest's name or UUID.
+    pub guest: String,
+}
+
+impl TryFrom<pb::DeleteGuestRequest> for DeleteGuestSpec {
+    type Error = DaemonError;
+
+    fn try_from(r: pb::DeleteGuestRequest) -> Result<Self, DaemonError> {
+        if r.host.is_empty() {
+            return Err(DaemonError::invalid("host is required"));
+        }
+        if r.guest.is_empty() {
+            return Err(DaemonError::invalid("guest is required"));
+        }
+        // Guests made outside imprint may have names imprint would not
+        // give: refuse only what libvirt cannot name.
+        if r.guest.len() > MAX_GUEST_NAME
+            || r.guest.contains('/')
+            || r.guest.chars().any(char::is_control)
+        {
+            return Err(DaemonError::invalid(format!(
+                "guest {:?} is not a guest name or UUID (at most {MAX_GUEST_NAME} bytes, no '/' or control characters)",
+                r.guest
+            )));
+        }
+        Ok(Self {
+            request_id: request_id(r.request_id)?,
+            host: r.host,
+            guest: r.guest,
+        })
+    }
+}
+
 /// A copy of an image to another site's store.
 #[derive(Debug, Clone)]
 pub struct CopySpec {

@@ -7,9 +7,9 @@
 //! playbook `clients/ansible/examples/fleet.yml`: it captures a guest,
 //! deploys two servers with static addresses, changes nothing when run
 //! again, changes nothing in check mode, converges the image's notes and
-//! shares, and deletes the image once the guests are gone. The daemon has
-//! no call that deletes a guest: the playbook's `state: absent` for servers
-//! fails while they exist, the test removes them with virsh.
+//! shares, and with `fleet_state=absent` deletes the servers through the
+//! daemon (their volumes too) and then the image; check mode first
+//! changes nothing, a second run finds nothing to do.
 //!
 //! A second, fast test renders every module with `ansible-doc` and runs
 //! `ansible-test sanity` on the built collection
@@ -251,7 +251,7 @@ async fn playbook_captures_deploys_converges_and_reports_grpc_codes() {
     let disk = f.disk_in_pool_a(&f.guest.disk, "src-vda.raw");
     let (_src, source, _) = f.boot_guest("src", &[(&disk, "raw")]);
     daemon.assign_guest(HOST, &source, "alice").await;
-    // The daemon deletes images, not guests: these are undefined on drop
+    // The absent play deletes these; undefined on drop should it fail
     // (their volumes are in pool B, inside the work directory).
     let web: Vec<String> = (1..=3).map(|i| format!("imp-{}-web{i}", f.tag)).collect();
     let _domains: Vec<Domain> = web.iter().map(|n| Domain::adopt(n)).collect();
@@ -437,31 +437,47 @@ async fn playbook_captures_deploys_converges_and_reports_grpc_codes() {
         [source.as_str(), &web[0], &web[1]]
     );
 
-    // 6. Absent while the guests exist: imprint cannot delete a guest, the
-    // play fails saying so and leaves the image.
+    // 6. Absent in check mode: the servers' and the image's deletes are
+    // reported, nothing is deleted.
     let absent = extra(serde_json::json!({"fleet_state": "absent"}));
-    let (code, out) = ansible.playbook(&vars, &["-e", &absent]);
-    assert_eq!(code, 2, "{out}");
-    assert_recap(&out, 0, 1);
-    assert!(
-        out.contains(&format!(
-            "FAILED_PRECONDITION: guest {} exists on host {HOST} and imprint cannot remove it",
-            web[0]
-        )),
-        "{out}"
+    let (code, out) = ansible.playbook(&vars, &["--check", "-e", &absent]);
+    assert_eq!(code, 0, "{out}");
+    assert_recap(&out, 2, 0);
+    assert_eq!(
+        guests(&daemon.endpoint(), &alice).await,
+        [source.as_str(), &web[0], &web[1]]
     );
     assert_eq!(images_named(&mut images, &image_name).await.len(), 1);
 
-    // 7. The guests removed on the host, the absent play deletes the image;
-    // once gone, nothing is left to do.
-    for name in &web[..2] {
-        virsh(&["destroy", name]);
-        virsh(&["undefine", name, "--remove-all-storage"]);
-    }
-    assert_eq!(guests(&daemon.endpoint(), &alice).await, [source.as_str()]);
+    // 7. For real: the daemon deletes the servers (forced off, volumes
+    // deleted, undefined), then the image; once gone, nothing is left to
+    // do.
+    let volumes: Vec<String> = web[..2]
+        .iter()
+        .flat_map(|name| {
+            virsh(&["domblklist", name])
+                .lines()
+                .skip(2)
+                .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+                .filter(|p| p.starts_with('/'))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(volumes.len(), 4, "a disk and a seed each: {volumes:?}");
     let (code, out) = ansible.playbook(&vars, &["-e", &absent]);
     assert_eq!(code, 0, "{out}");
-    assert_recap(&out, 1, 0);
+    assert_recap(&out, 2, 0);
+    assert_eq!(guests(&daemon.endpoint(), &alice).await, [source.as_str()]);
+    for name in &web[..2] {
+        let info = Command::new("virsh")
+            .args(["-c", "qemu:///system", "dominfo", name])
+            .output()
+            .expect("virsh");
+        assert!(!info.status.success(), "{name} undefined");
+    }
+    for v in &volumes {
+        assert!(!Path::new(v).exists(), "{v} deleted");
+    }
     assert_eq!(images_named(&mut images, &image_name).await, []);
     let gone = images.image(&image.id).await.expect_err("deleted");
     assert_eq!(gone.code(), tonic::Code::NotFound, "{gone:?}");

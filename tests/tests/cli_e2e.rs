@@ -358,6 +358,47 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
     assert_eq!(kinds, ["delete", "deploy", "deploy", "lint", "capture"]);
     let _ = pb::OperationState::Succeeded;
 
+    // Delete the running lazy-deployed guest through the daemon: forced
+    // off, its volumes (disk and seed) deleted, undefined, listed as an
+    // operation; then it is unknown (exit 3). Bad names: exit 2.
+    let (code, _, err) = cli.run(&["guest", "delete", HOST, "no-such-guest"]);
+    assert_eq!(code, 3, "{err}");
+    let (code, _, err) = cli.run(&["guest", "delete", HOST, "a/b"]);
+    assert_eq!(code, 2, "{err}");
+    let gone = cli.json(&["guest", "delete", HOST, &name_c, "--wait"]);
+    assert_eq!(gone["state"], "succeeded", "{gone}");
+    assert_eq!(gone["kind"], "delete-guest", "{gone}");
+    assert_eq!(gone["delete_guest"]["forced_off"], true, "{gone}");
+    let mut deleted: Vec<&str> = gone["delete_guest"]["deleted_volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    deleted.sort_unstable();
+    let mut made: Vec<&str> = lazy["deploy"]["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    made.sort_unstable();
+    assert_eq!(deleted, made, "{gone}");
+    for v in &made {
+        assert!(!std::path::Path::new(v).exists(), "{v} deleted");
+    }
+    let dominfo = Command::new("virsh")
+        .args(["-c", "qemu:///system", "dominfo", &name_c])
+        .output()
+        .expect("virsh");
+    assert!(!dominfo.status.success(), "{name_c} undefined");
+    let (code, _, err) = cli.run(&["guest", "delete", HOST, &name_c]);
+    assert_eq!(code, 3, "gone: {err}");
+    assert_eq!(
+        cli.json(&["op", "list"])["operations"][0]["kind"],
+        "delete-guest"
+    );
+
     // Endpoint and token from a config file; flags beat it.
     let cfg = f.wd.path().join("imprint.toml");
     std::fs::write(

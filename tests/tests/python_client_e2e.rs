@@ -74,6 +74,10 @@ async fn python_client_captures_deploys_and_raises_grpc_codes() {
         .env("IMPRINT_TEST_GUEST", &name_a)
         .env("IMPRINT_TEST_DEAF_GUEST", &name_deaf)
         .env("IMPRINT_TEST_DEPLOY_NAME", &name_py)
+        .env(
+            "IMPRINT_TEST_DEPLOY_CONSOLE",
+            f.consoles.join(format!("{name_py}.log")),
+        )
         .env("IMPRINT_TEST_POOL", &f.pool_b.name)
         .env("IMPRINT_TEST_ACCOUNT", "alice")
         .env("IMPRINT_TEST_OTHER_ACCOUNT", "bob")
@@ -96,7 +100,8 @@ async fn python_client_captures_deploys_and_raises_grpc_codes() {
         "every test ran:\n{report}"
     );
 
-    // The network dict reached the guest the client deployed.
+    // The network dict reached the guest the client deployed (and then
+    // deleted, once this was in its console log).
     let log = wait_for(
         &f.consoles.join(format!("{name_py}.log")),
         "IMPRINT-READY",

@@ -1,6 +1,6 @@
 //! `imprint guest ...`: guests and the accounts that own them.
 //!
-//! Capturing a guest needs to own it. Guests deployed through imprint
+//! Capturing or deleting a guest needs to own it. Guests deployed through imprint
 //! belong to the deploying account; an admin assigns the others (one by
 //! one, or every unowned guest of a host with `--all-unowned`).
 
@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::{
     client::Api,
+    follow::op_result,
     output::{self, Ctx},
 };
 
@@ -37,6 +38,20 @@ pub enum GuestCommand {
     },
     /// Take a guest of HOST from its owner (admins).
     Unassign { host: String, guest: String },
+    /// Delete a guest of HOST you own (admins: any): forced off if it
+    /// runs, its pool volumes deleted, undefined. Disks outside storage
+    /// pools are left (the result names them).
+    Delete {
+        host: String,
+        /// Guest name or UUID.
+        guest: String,
+        /// Idempotency key.
+        #[arg(long)]
+        request_id: Option<String>,
+        /// Wait until done, with progress; exit non-zero if it fails.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 fn power_name(p: i32) -> &'static str {
@@ -117,6 +132,23 @@ pub async fn run(cmd: GuestCommand, api: &mut Api, ctx: &Ctx) -> Result<u8> {
                 .await?
                 .into_inner();
             emit(ctx, &[g])
+        }
+        GuestCommand::Delete {
+            host,
+            guest,
+            request_id,
+            wait,
+        } => {
+            let op = api
+                .guests
+                .delete_guest(pb::DeleteGuestRequest {
+                    request_id: request_id.unwrap_or_default(),
+                    host,
+                    guest,
+                })
+                .await?
+                .into_inner();
+            op_result(api, ctx, op, wait).await
         }
     }
 }

@@ -122,6 +122,11 @@ pub fn op_json(o: &pb::Operation) -> Value {
             "bytes_sent": c.bytes_sent, "image_size_bytes": c.image_size_bytes,
             "bytes_verified": c.bytes_verified, "seconds": c.seconds,
         })),
+        "delete_guest": o.delete_guest.as_ref().map(|d| json!({
+            "guest_name": d.guest_name, "guest_uuid": d.guest_uuid,
+            "deleted_volumes": d.deleted_volumes, "left_disks": d.left_disks,
+            "already_gone": d.already_gone, "forced_off": d.forced_off,
+        })),
         "created_unix": o.created_unix, "updated_unix": o.updated_unix, "finished_unix": o.finished_unix,
     })
 }
@@ -193,6 +198,26 @@ pub fn op_fields(o: &pb::Operation) -> String {
                 d.started
             ),
         ));
+    }
+    if let Some(d) = &o.delete_guest {
+        let what = if d.already_gone {
+            format!("guest {}: did not exist (deleted already)", d.guest_name)
+        } else {
+            format!(
+                "guest {} ({}){}, {} volume(s) deleted",
+                d.guest_name,
+                d.guest_uuid,
+                if d.forced_off { " forced off" } else { "" },
+                d.deleted_volumes.len()
+            )
+        };
+        f.push(("deleted", what));
+        for v in &d.deleted_volumes {
+            f.push(("volume deleted", v.clone()));
+        }
+        for l in &d.left_disks {
+            f.push(("disk left", l.clone()));
+        }
     }
     output::fields(&f)
 }

@@ -9,8 +9,10 @@ order on one image: capture, look up, deploy, share, errors, delete.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import grpc
@@ -265,6 +267,27 @@ def test_wait_times_out_and_a_cancelled_operation_raises(client: Client, world: 
     guests = {g.name: g for g in client.list_guests(world.host)}
     assert guests[world.deaf_guest].power_state == agent_pb2.POWER_STATE_RUNNING, "left running"
     assert client.wait(client.delete_image(op.image_id)).state == SUCCEEDED
+
+
+def test_delete_the_deployed_guest(
+    client: Client, other: Client, world: World, deployed: operations_pb2.Operation
+) -> None:
+    # Booted first: the test then reads its network setup in the console log.
+    console = Path(need("IMPRINT_TEST_DEPLOY_CONSOLE"))
+    deadline = time.monotonic() + 120
+    while "IMPRINT-READY" not in (console.read_text(errors="replace") if console.exists() else ""):
+        assert time.monotonic() < deadline, f"{world.deploy_name} did not boot within 120 s"
+        time.sleep(0.25)
+    raises(Code.NOT_FOUND, other.delete_guest, world.host, world.deploy_name)
+    raises(Code.INVALID_ARGUMENT, client.delete_guest, world.host, "")
+    op = client.delete_guest(world.host, world.deploy_name, request_id="py-delete-guest")
+    assert op.kind == "delete-guest"
+    done = client.wait(op, timeout=300)
+    assert done.state == SUCCEEDED
+    assert done.delete_guest.guest_uuid == deployed.deploy.guest_uuid
+    assert sorted(done.delete_guest.deleted_volumes) == sorted(deployed.deploy.volumes)
+    assert world.deploy_name not in {g.name for g in client.list_guests(world.host)}
+    raises(Code.NOT_FOUND, client.delete_guest, world.host, world.deploy_name)
 
 
 def test_delete_the_image_last(client: Client, image: images_pb2.Image, deployed: operations_pb2.Operation) -> None:

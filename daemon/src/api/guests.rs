@@ -4,8 +4,8 @@
 //! not make the host's other guests its own. A guest belongs to the account
 //! that deployed it through imprint, or to the account an admin assigned it
 //! to (existing fleets are adopted with `imprint guest assign HOST
-//! --all-unowned --account ACCOUNT`). Capturing, the one call that acts on an
-//! existing guest, needs to own it; admins may act on every guest. A guest
+//! --all-unowned --account ACCOUNT`). Capturing and deleting, the calls that
+//! act on an existing guest, need to own it; admins may act on every guest. A guest
 //! the caller does not own answers NOT_FOUND, exactly like a guest that
 //! does not exist, so names do not leak between accounts.
 
@@ -20,19 +20,24 @@ use crate::{
     catalog::{Account, Catalog, GuestOwner},
     dispatch::Dispatcher,
     error::DaemonError,
-    ops::usable_host,
+    ops::{Ops, usable_host},
+    spec::DeleteGuestSpec,
 };
 
 /// The service.
 #[derive(Debug, Clone)]
 pub struct Guests {
     d: Arc<Dispatcher>,
+    ops: Ops,
 }
 
 impl Guests {
     /// Over the dispatcher (agents and catalog).
     pub fn new(d: Arc<Dispatcher>) -> Self {
-        Self { d }
+        Self {
+            ops: Ops::new(d.clone()),
+            d,
+        }
     }
 
     fn catalog(&self) -> &Catalog {
@@ -167,5 +172,15 @@ impl GuestService for Guests {
             uuid: o.uuid,
             ..Default::default()
         }))
+    }
+
+    async fn delete_guest(
+        &self,
+        req: Request<pb::DeleteGuestRequest>,
+    ) -> Result<Response<pb::Operation>, Status> {
+        let who = auth::account(self.catalog(), &req).await?;
+        let spec = DeleteGuestSpec::try_from(req.into_inner())?;
+        let op = self.ops.delete_guest(&who, spec).await?;
+        Ok(Response::new(crate::api::operations::op_to_pb(&op)))
     }
 }

@@ -57,6 +57,7 @@ pub fn op_to_pb(op: &OperationRow) -> pb::Operation {
         deploy: result.as_ref().and_then(|r| r.deploy.clone()),
         export: result.as_ref().and_then(|r| r.export.clone()),
         copy: result.as_ref().and_then(|r| r.copy),
+        delete_guest: result.as_ref().and_then(|r| r.delete_guest.clone()),
         request_id: op.request_id.clone().unwrap_or_default(),
         created_unix: op.created_unix,
         updated_unix: op.updated_unix,

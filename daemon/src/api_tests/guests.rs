@@ -299,3 +299,224 @@ async fn unassigned_guests_are_adopted(w: &World) {
         [("a".into(), "dave".into()), ("bobs".into(), "bob".into())]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guests_are_deleted_by_their_owners() {
+    on_each_backend(delete_on).await;
+}
+
+/// `who` deletes guest `guest` of `host`, with `request_id`.
+async fn delete(
+    w: &World,
+    who: Caller,
+    host: &str,
+    guest: &str,
+    request_id: &str,
+) -> Result<pb::Operation, tonic::Status> {
+    let r = w.req(
+        who,
+        pb::DeleteGuestRequest {
+            request_id: request_id.into(),
+            host: host.into(),
+            guest: guest.into(),
+        },
+    );
+    w.guests_client()
+        .delete_guest(r)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn delete_on(w: World) {
+    use crate::{catalog::NewOperation, domain::OpKind};
+
+    let img = w.capture("alice", "base").await;
+    let deployed = w
+        .deploy_as_alice(pb::DeployImageRequest {
+            keep_identity: true,
+            image_id: img.id.clone(),
+            host: "h1".into(),
+            guest_name: "web".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("deploy");
+    let d = deployed.deploy.expect("deploy result");
+    assert_eq!(d.volumes.len(), 2, "disk and seed: {d:?}");
+    let ops_before = ops_of(&w, "alice").await;
+
+    // Refused, nothing changed: bad input, unknown host, a guest the
+    // caller cannot see (the same words as a missing one).
+    for (host, guest) in [("", "web"), ("h1", ""), ("h1", "a/b"), ("h1", "x\ny")] {
+        assert_eq!(
+            code(delete(&w, As("alice"), host, guest, "").await),
+            Code::InvalidArgument,
+            "{host:?} {guest:?}"
+        );
+    }
+    assert_eq!(
+        code(delete(&w, As("alice"), "h9", "web", "").await),
+        Code::NotFound
+    );
+    assert_eq!(
+        code(delete(&w, NoToken, "h1", "web", "").await),
+        Code::Unauthenticated
+    );
+    let missing = delete(&w, As("bob"), "h1", "zz", "")
+        .await
+        .expect_err("missing");
+    assert_eq!(missing.code(), Code::NotFound);
+    for who in ["bob", "carol", "dave"] {
+        let e = delete(&w, As(who), "h1", "web", "")
+            .await
+            .expect_err("not theirs");
+        assert_eq!(e.code(), Code::NotFound, "{who}: {}", e.message());
+        if who == "bob" {
+            assert_eq!(
+                e.message().replace("\"web\"", "G").replace(" web ", " G "),
+                missing
+                    .message()
+                    .replace("\"zz\"", "G")
+                    .replace(" zz ", " G "),
+                "a foreign guest looks like a missing one"
+            );
+        }
+        assert_eq!(ops_of(&w, who).await, 0, "{who}: refused, no row");
+    }
+
+    // A guest a capture or a deploy works on: FAILED_PRECONDITION.
+    let alice = w.catalog.account_by_name("alice").await.expect("alice").id;
+    for (kind, guest, asked) in [
+        (OpKind::Capture, d.guest_uuid.as_str(), "web"),
+        (OpKind::Deploy, "web", "web"),
+    ] {
+        let (busy, _) = w
+            .catalog
+            .begin_operation(&NewOperation {
+                account_id: &alice,
+                request_id: None,
+                kind,
+                image_id: None,
+                host: "h1",
+                guest,
+                agent_request: "",
+                new_image: None,
+            })
+            .await
+            .expect("a running operation");
+        let e = delete(&w, As("alice"), "h1", asked, "")
+            .await
+            .expect_err("busy");
+        assert_eq!(
+            e.code(),
+            Code::FailedPrecondition,
+            "{kind}: {}",
+            e.message()
+        );
+        assert!(e.message().contains(&busy.id), "{}", e.message());
+        w.catalog
+            .finish_operation(
+                &busy.id,
+                crate::domain::OpState::Failed,
+                "test",
+                Code::Aborted as i32,
+                "",
+                &crate::catalog::ImageOutcome::None,
+            )
+            .await
+            .expect("end it");
+    }
+    assert_eq!(
+        ops_of(&w, "alice").await,
+        ops_before + 2,
+        "only the test's rows"
+    );
+    assert!(w.hv.guests.lock().expect("lock").contains_key("web"));
+
+    // The owner deletes it: an operation like the others; volumes, guest
+    // and ownership go. A retry with the same request id is the same one.
+    let op = delete(&w, As("alice"), "h1", "web", "del-web")
+        .await
+        .expect("delete");
+    assert_eq!(op.kind, "delete-guest");
+    assert_eq!(op.host, "h1");
+    let again = delete(&w, As("alice"), "h1", "web", "del-web")
+        .await
+        .expect("retry");
+    assert_eq!(again.id, op.id);
+    let done = w.wait(As("alice"), &op).await;
+    assert_eq!(
+        done.state,
+        pb::OperationState::Succeeded as i32,
+        "{}",
+        done.error
+    );
+    let r = done.delete_guest.expect("delete result");
+    assert_eq!(r.guest_name, "web");
+    assert_eq!(r.guest_uuid, d.guest_uuid);
+    assert!(!r.already_gone);
+    let mut deleted = r.deleted_volumes.clone();
+    deleted.sort();
+    let mut made = d.volumes.clone();
+    made.sort();
+    assert_eq!(deleted, made);
+    for v in &d.volumes {
+        assert!(!std::path::Path::new(v).exists(), "{v} deleted");
+    }
+    assert!(!w.hv.guests.lock().expect("lock").contains_key("web"));
+    assert_eq!(
+        names(list(&w, As("root")).await.expect("root")),
+        [("a".into(), "alice".into())],
+        "its ownership record went"
+    );
+    assert!(
+        w.catalog
+            .guest_owners("h1")
+            .await
+            .expect("owners")
+            .values()
+            .all(|o| o.uuid != d.guest_uuid)
+    );
+    let listed = w
+        .ops
+        .clone()
+        .list_operations(w.req(
+            As("alice"),
+            pb::ListDaemonOperationsRequest {
+                page_size: 100,
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect("list")
+        .into_inner()
+        .operations;
+    assert!(
+        listed
+            .iter()
+            .any(|o| o.id == op.id && o.kind == "delete-guest")
+    );
+    // Gone: NOT_FOUND now.
+    assert_eq!(
+        code(delete(&w, As("alice"), "h1", "web", "").await),
+        Code::NotFound
+    );
+
+    // An admin deletes any guest: a (alice's, running) is forced off; its
+    // disk is no pool volume, so it stays and is named.
+    let op = delete(&w, As("root"), "h1", "a", "").await.expect("admin");
+    let done = w.wait(As("root"), &op).await;
+    assert_eq!(
+        done.state,
+        pb::OperationState::Succeeded as i32,
+        "{}",
+        done.error
+    );
+    let r = done.delete_guest.expect("result");
+    assert!(r.forced_off);
+    assert!(r.deleted_volumes.is_empty());
+    assert_eq!(r.left_disks.len(), 1, "{:?}", r.left_disks);
+    assert!(r.left_disks[0].contains("a.raw"), "{:?}", r.left_disks);
+    assert!(w.tmp.path().join("a.raw").exists(), "left in place");
+    assert!(w.hv.guests.lock().expect("lock").is_empty());
+}

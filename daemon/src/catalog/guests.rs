@@ -130,6 +130,19 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// Forget the owner of guest `uuid` of `host` (it was deleted); no
+    /// row is fine.
+    pub async fn forget_guest(&self, host: &str, uuid: &str) -> Result<()> {
+        sqlx::query("DELETE FROM guest_owners WHERE host = $1 AND guest_uuid = $2")
+            .bind(host)
+            .bind(uuid)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}
+
 /// What a missing guest and another account's guest both answer.
 pub fn guest_not_found(host: &str, asked: &str) -> CatalogError {
     CatalogError::NotFound(format!(

@@ -52,7 +52,8 @@ pub struct OperationRow {
     pub finished_unix: i64,
     /// The request as sent to the agent (protobuf, hex).
     pub agent_request: String,
-    /// Guest involved (capture: libvirt UUID; deploy: new name).
+    /// Guest involved (capture, delete-guest: libvirt UUID; deploy: new
+    /// name).
     pub guest: String,
     /// Recent progress rate.
     pub rate_bps: f64,
@@ -181,8 +182,8 @@ impl Catalog {
             }
             return Ok((op, false));
         }
-        if n.kind == OpKind::Capture
-            && let Some(other) = self.running_capture_of(n.host, n.guest).await?
+        if n.kind.changes_guest()
+            && let Some((other, kind)) = self.running_guest_change(n.host, n.guest).await?
         {
             // A concurrent retry of this very request may have won.
             if let Some(rid) = n.request_id
@@ -191,8 +192,10 @@ impl Catalog {
                 return Ok((op, false));
             }
             return Err(CatalogError::WrongState(format!(
-                "guest {} on host {} is being captured by operation {other}; wait for it or cancel it",
-                n.guest, n.host
+                "guest {} on host {} is being {} by operation {other}; wait for it or cancel it",
+                n.guest,
+                n.host,
+                kind.guest_change_words()
             )));
         }
         match self.insert_operation(id, n).await {
@@ -206,7 +209,7 @@ impl Catalog {
                     return Ok((op, false));
                 }
                 Err(CatalogError::WrongState(format!(
-                    "guest {} on host {} is being captured by another operation",
+                    "guest {} on host {} is being captured or deleted by another operation",
                     n.guest, n.host
                 )))
             }
@@ -274,6 +277,36 @@ impl Catalog {
         Ok(sqlx::query("SELECT id FROM operations WHERE kind = 'capture' AND state = 'running' AND host = $1 AND guest = $2")
             .bind(host)
             .bind(guest)
+            .fetch_optional(self.pool())
+            .await?
+            .map(|r| r.try_get("id"))
+            .transpose()?)
+    }
+
+    /// The running operation that changes guest `guest` (libvirt UUID) of
+    /// `host` (a capture or a delete), if any: its id and kind.
+    pub async fn running_guest_change(
+        &self,
+        host: &str,
+        guest: &str,
+    ) -> Result<Option<(String, OpKind)>> {
+        let row = sqlx::query("SELECT id, kind FROM operations WHERE kind IN ('capture', 'delete-guest') AND state = 'running' AND host = $1 AND guest = $2")
+            .bind(host)
+            .bind(guest)
+            .fetch_optional(self.pool())
+            .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let kind = text(row.try_get::<String, _>("kind")?)?;
+        Ok(Some((row.try_get("id")?, kind)))
+    }
+
+    /// The running deploy making a guest named `name` on `host`, if any.
+    pub async fn running_deploy_of(&self, host: &str, name: &str) -> Result<Option<String>> {
+        Ok(sqlx::query("SELECT id FROM operations WHERE kind = 'deploy' AND state = 'running' AND host = $1 AND guest = $2")
+            .bind(host)
+            .bind(name)
             .fetch_optional(self.pool())
             .await?
             .map(|r| r.try_get("id"))

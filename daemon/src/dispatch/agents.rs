@@ -61,6 +61,7 @@ impl Dispatcher {
                 AgentRequest::Export(r) => c.export(r.clone()).await,
                 AgentRequest::Copy(r) => c.copy(r.clone()).await,
                 AgentRequest::Lint(r) => c.lint_image(r.clone()).await,
+                AgentRequest::DeleteGuest(r) => c.delete_guest(r.clone()).await,
             }
         };
         match tokio::time::timeout(SEND_TIMEOUT, call).await {

@@ -280,6 +280,15 @@ impl Dispatcher {
                 DaemonError::unavailable("cannot record the new guest's owner").with_source(e),
             );
         }
+        // A deleted guest belongs to nobody any more (forgotten before the
+        // end, so a retry forgets it again).
+        if let (OpState::Succeeded, OpKind::DeleteGuest) = (state, op.kind)
+            && let Err(e) = self.catalog.forget_guest(&op.host, &op.guest).await
+        {
+            return Err(
+                DaemonError::unavailable("cannot forget the deleted guest's owner").with_source(e),
+            );
+        }
         // A lint's report is kept with its image (recorded before the end,
         // so a retry records it again).
         if let (Some(report), OpState::Succeeded, Some(image)) = (&a.lint, state, &op.image_id)

@@ -67,6 +67,8 @@ pub enum AgentRequest {
     Copy(pb::CopyRequest),
     /// A lint of a stored image.
     Lint(pb::LintImageRequest),
+    /// A guest's deletion.
+    DeleteGuest(pb::DeleteGuestAgentRequest),
 }
 
 impl AgentRequest {
@@ -79,6 +81,7 @@ impl AgentRequest {
             AgentRequest::Export(r) => r.encode_to_vec(),
             AgentRequest::Copy(r) => r.encode_to_vec(),
             AgentRequest::Lint(r) => r.encode_to_vec(),
+            AgentRequest::DeleteGuest(r) => r.encode_to_vec(),
         })
     }
 
@@ -102,6 +105,9 @@ impl AgentRequest {
                 .map_err(|e| e.to_string()),
             OpKind::Lint => pb::LintImageRequest::decode(bytes.as_slice())
                 .map(AgentRequest::Lint)
+                .map_err(|e| e.to_string()),
+            OpKind::DeleteGuest => pb::DeleteGuestAgentRequest::decode(bytes.as_slice())
+                .map(AgentRequest::DeleteGuest)
                 .map_err(|e| e.to_string()),
             OpKind::Delete => Err("delete operations are not sent to agents".to_string()),
         }

@@ -10,7 +10,8 @@
 //! - `capture`, `import`: operations that make a new image;
 //! - `deploy`: deploys and exports, which read one;
 //! - `copy`: copies between sites' stores and removing a site's copy;
-//! - `delete`: deleting an image (no agent: the daemon's own store work).
+//! - `delete`: deleting an image (no agent: the daemon's own store work);
+//! - `guest_delete`: deleting a guest (its agent's work).
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ mod capture;
 mod copy;
 mod delete;
 mod deploy;
+mod guest_delete;
 mod import;
 mod lint;
 

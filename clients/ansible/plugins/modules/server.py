@@ -8,7 +8,7 @@ __metaclass__ = type
 
 DOCUMENTATION = r'''
 module: server
-short_description: Deploy guests from imprint images
+short_description: Deploy and delete guests from imprint images
 version_added: 0.1.0
 description:
   - Makes sure a guest named O(name) exists on O(host), deploying it from
@@ -17,11 +17,11 @@ description:
     C(GuestService.ListGuests)). One that exists is left as it is, whatever
     the task's image, sizes or network say; the module never redeploys,
     resizes or reconfigures a guest.
-  - The imprint daemon has no call that removes a guest. O(state=absent)
-    therefore only checks; it is C(ok) when the guest does not exist and
-    fails, naming the guest, when it does. Remove guests on the host (for
-    example with C(community.libvirt.virt) or
-    C(virsh undefine --remove-all-storage)) and run it again.
+  - O(state=absent) deletes the guest through the daemon
+    (C(GuestService.DeleteGuest)); it is forced off, the storage-pool
+    volumes of its disks are deleted and it is undefined. Disks outside
+    storage pools are left (the operation's C(delete_guest.left_disks)
+    names them). A guest that does not exist (or is not yours) is C(ok).
 author:
   - imprint developers (@imprint)
 extends_documentation_fragment:
@@ -29,10 +29,10 @@ extends_documentation_fragment:
 attributes:
   check_mode:
     support: full
-    description: The image is resolved but nothing is deployed; C(changed) says whether it would be.
+    description: The image is resolved but nothing is deployed or deleted; C(changed) says whether it would be.
   diff_mode:
     support: full
-    description: Shows the guest's absence before and what would be deployed after.
+    description: Shows the guest's absence before and what would be deployed after (for V(absent), the guest before and nothing after).
 options:
   name:
     description: Guest (libvirt domain) name.
@@ -45,8 +45,7 @@ options:
   state:
     description:
       - V(present) deploys the guest unless it exists.
-      - V(absent) succeeds when the guest does not exist, and fails when it
-        does (see the description).
+      - V(absent) deletes the guest when it exists (see the description).
     type: str
     choices: [present, absent]
     default: present
@@ -137,11 +136,11 @@ options:
     type: bool
     default: false
   wait:
-    description: Wait until the deploy has ended; with V(false) the task returns once it started.
+    description: Wait until the deploy (or delete) has ended; with V(false) the task returns once it started.
     type: bool
     default: true
   wait_timeout:
-    description: Seconds to wait; the deploy goes on in the daemon after it.
+    description: Seconds to wait; the operation goes on in the daemon after it.
     type: int
     default: 3600
 '''
@@ -164,7 +163,7 @@ EXAMPLES = r'''
     - {name: web1, address: 192.0.2.11/24}
     - {name: web2, address: 192.0.2.12/24}
 
-- name: Check that a guest removed on its host is gone
+- name: Delete a guest and its volumes
   imprint.cloud.server:
     name: web-old
     host: kvm-01
@@ -190,8 +189,11 @@ image:
   returned: when deployed
   type: str
 operation:
-  description: The deploy operation (its C(deploy) result has the volumes and MACs).
-  returned: when deployed
+  description:
+    - The deploy operation (its C(deploy) result has the volumes and MACs),
+      or the delete operation (its C(delete_guest) result has the volumes
+      deleted and the disks left).
+  returned: when deployed or deleted
   type: dict
 '''
 
@@ -282,12 +284,14 @@ def absent(m):
     guest = find_guest(m)
     if guest is None:
         m.exit(changed=False, server={}, diff=dict(before={}, after={}))
-    m.module.fail_json(
-        msg='FAILED_PRECONDITION: guest %s exists on host %s and imprint cannot remove it: the daemon has no call '
-            'that deletes a guest. Remove it on the host (virsh destroy, then virsh undefine '
-            '--remove-all-storage %s, or community.libvirt.virt) and run the task again'
-            % (p['name'], p['host'], p['name']),
-        code='FAILED_PRECONDITION', server=m.to_dict(guest))
+    diff = dict(before=m.to_dict(guest), after={})
+    if m.check_mode:
+        m.exit(changed=True, server={}, diff=diff)
+    # By UUID: a guest made again under the name meanwhile is not hit.
+    op = m.call(m.client.delete_guest, p['host'], guest.uuid)
+    if p['wait']:
+        op = m.wait(op, p['wait_timeout'])
+    m.exit(changed=True, server={}, operation=m.to_dict(op), diff=diff)
 
 
 def main():

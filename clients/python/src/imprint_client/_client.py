@@ -437,6 +437,15 @@ class Client:
         req = operations_pb2.ListHostGuestsRequest(host=host)
         return list(self.call(self.guests.ListGuests, req).guests)
 
+    def delete_guest(self, host: str, guest: str, *, request_id: Optional[str] = None) -> Operation:
+        """Delete guest ``guest`` (name or UUID) of ``host``: an operation
+        (kind ``delete-guest``; follow it with :meth:`wait`) that forces it
+        off, deletes the pool volumes of its disks and undefines it. A guest
+        the caller does not own (admins: any) is NOT_FOUND, like a missing
+        one; one being captured, deployed or deleted FAILED_PRECONDITION."""
+        req = operations_pb2.DeleteGuestRequest(host=host, guest=guest, request_id=request_id or "")
+        return self.call(self.guests.DeleteGuest, req)
+
     @staticmethod
     def to_dict(msg: Message) -> dict[str, Any]:
         """A message as a dict with the proto's field names (JSON mapping:
