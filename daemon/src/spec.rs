@@ -339,13 +339,14 @@ impl TryFrom<pb::DeleteImageRequest> for DeleteSpec {
 }
 
 /// The fields an update may change.
-const UPDATABLE: [&str; 7] = [
+const UPDATABLE: [&str; 8] = [
     "name",
     "notes",
     "tags",
     "recommended_profiles",
     "min_vcpus",
     "min_memory_mib",
+    "min_disk_bytes",
     "hardware",
 ];
 
@@ -366,6 +367,8 @@ pub struct UpdateSpec {
     pub min_vcpus: Option<u32>,
     /// Least memory a deploy may give.
     pub min_memory_mib: Option<u64>,
+    /// Least size of a deploy's first disk.
+    pub min_disk_bytes: Option<u64>,
     /// The image's hardware.
     pub hardware: Option<pb::HardwareProfile>,
 }
@@ -376,6 +379,7 @@ impl UpdateSpec {
         self.recommended_profiles.is_some()
             || self.min_vcpus.is_some()
             || self.min_memory_mib.is_some()
+            || self.min_disk_bytes.is_some()
             || self.hardware.is_some()
     }
 
@@ -412,6 +416,7 @@ impl TryFrom<pb::UpdateImageRequest> for UpdateSpec {
             recommended_profiles: has("recommended_profiles").then_some(r.recommended_profiles),
             min_vcpus: has("min_vcpus").then_some(r.min_vcpus),
             min_memory_mib: has("min_memory_mib").then_some(r.min_memory_mib),
+            min_disk_bytes: has("min_disk_bytes").then_some(r.min_disk_bytes),
             hardware: has("hardware").then(|| r.hardware.unwrap_or_default()),
             id: r.id,
         };

@@ -114,10 +114,13 @@ impl Images {
                 .update_image_hardware(
                     who,
                     &s.id,
-                    s.recommended_profiles.as_deref(),
-                    s.min_vcpus,
-                    s.min_memory_mib,
-                    s.hardware.as_ref(),
+                    &crate::catalog::HardwareChange {
+                        recommended: s.recommended_profiles.as_deref(),
+                        min_vcpus: s.min_vcpus,
+                        min_memory_mib: s.min_memory_mib,
+                        min_disk_bytes: s.min_disk_bytes,
+                        hardware: s.hardware.as_ref(),
+                    },
                 )
                 .await?;
         }
@@ -360,6 +363,7 @@ pub fn image_to_pb(
             .collect(),
         min_vcpus: u32::try_from(row.min_vcpus).unwrap_or(0),
         min_memory_mib: unsigned(row.min_memory_mib),
+        min_disk_bytes: unsigned(row.min_disk_bytes),
         hardware: crate::catalog::decode_profile(&row.hardware).ok().flatten(),
         lint,
         linted_unix: row.linted_unix,

@@ -22,6 +22,7 @@ async fn profiles_on(w: World) {
     let img = import_vendor_disk(&w).await;
     imports_deploy_with_their_configuration(&w, &img).await;
     minimums_refuse_smaller_deploys(&w, &img).await;
+    disk_requirement_sizes_deploys(&w, &img).await;
     captured_and_imported_deploy_alike(&w).await;
 }
 
@@ -273,6 +274,71 @@ async fn minimums_refuse_smaller_deploys(w: &World, img: &pb::Image) {
     let shown = w.get("alice", &img.id).await.expect("image");
     assert_eq!(shown.recommended_profiles, ["m1.small"]);
     assert_eq!(shown.min_memory_mib, 4096);
+}
+
+/// min_disk_bytes: never below the captured first disk; deploys that give
+/// no size get it, one that asks for less is refused.
+async fn disk_requirement_sizes_deploys(w: &World, img: &pb::Image) {
+    let captured = img.disks[0].size_bytes;
+    let set = |bytes: u64| {
+        let mut images = w.images.clone();
+        let req = w.req(
+            As("alice"),
+            pb::UpdateImageRequest {
+                id: img.id.clone(),
+                update_mask: vec!["min_disk_bytes".into()],
+                min_disk_bytes: bytes,
+                ..Default::default()
+            },
+        );
+        async move { images.update_image(req).await }
+    };
+    let e = set(captured - 512)
+        .await
+        .expect_err("below the captured size");
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains("as captured"), "{}", e.message());
+    assert_eq!(
+        w.get("alice", &img.id).await.expect("image").min_disk_bytes,
+        0
+    );
+    let min = captured + (4 << 20);
+    let shown = set(min).await.expect("update").into_inner();
+    assert_eq!(shown.min_disk_bytes, min);
+
+    let e = w
+        .deploy_as_alice(pb::DeployImageRequest {
+            memory_mib: 4096,
+            disk_sizes_bytes: vec![captured],
+            ..deploy(&img.id, "cramped", "")
+        })
+        .await
+        .expect_err("below the requirement");
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("min_disk_bytes"), "{}", e.message());
+    assert!(!w.hv.guests.lock().expect("lock").contains_key("cramped"));
+
+    let roomy = w
+        .deploy_as_alice(pb::DeployImageRequest {
+            memory_mib: 4096,
+            ..deploy(&img.id, "roomy", "")
+        })
+        .await
+        .expect("deploy");
+    assert_eq!(
+        roomy.state,
+        pb::OperationState::Succeeded as i32,
+        "{}",
+        roomy.error
+    );
+    let disk = defined(w, "roomy").disks[0]
+        .source_path
+        .clone()
+        .expect("path");
+    let len = std::fs::metadata(&disk).expect("volume").len();
+    assert_eq!(len, min, "the first disk got the required size");
+    // Cleared: the captured size again.
+    assert_eq!(set(0).await.expect("clear").into_inner().min_disk_bytes, 0);
 }
 
 /// Guest a's disk, copied and imported without a profile: no partition

@@ -60,6 +60,7 @@ impl Catalog {
                 recommended_profiles: row.try_get("recommended_profiles")?,
                 min_vcpus: row.try_get("min_vcpus")?,
                 min_memory_mib: row.try_get("min_memory_mib")?,
+                min_disk_bytes: row.try_get("min_disk_bytes")?,
                 hardware: row.try_get("hardware")?,
                 lint: row.try_get("lint")?,
                 linted_unix: row.try_get("linted_unix")?,

@@ -34,7 +34,7 @@ pub use guests::{GuestOwner, guest_not_found};
 pub use host_tokens::validate_host_name;
 pub use hosts::HostRow;
 pub use operations::{ImageOutcome, LEASE_SECONDS, NewImage, NewOperation, OperationRow};
-pub use profiles::{decode as decode_profile, encode as encode_profile};
+pub use profiles::{HardwareChange, decode as decode_profile, encode as encode_profile};
 pub use sites::{DEFAULT_SITE, LocationRow, SiteRow, site_of_host, validate_site_name};
 
 pub use crate::domain::{ImageState, Visibility};
@@ -140,6 +140,8 @@ pub struct ImageRow {
     pub min_vcpus: i32,
     /// See `min_vcpus`.
     pub min_memory_mib: i64,
+    /// Least size of a deploy's first disk (0: the captured size).
+    pub min_disk_bytes: i64,
     /// Hardware for deploys that name no profile (encoded, '' for none).
     pub hardware: String,
     /// The last lint's report (a LintReport message, hex; '' for none).
@@ -297,7 +299,7 @@ pub fn count(n: usize) -> i64 {
 const SELECT_IMAGE: &str = "SELECT i.id, i.owner_id, a.name AS owner, i.name, i.notes, i.state, i.visibility, \
      i.protected, i.failure_reason, i.size_bytes, i.created_unix, i.updated_unix, i.source_host, i.source_guest, \
      i.config_json, i.disks_json, i.exclusive_bytes, i.referenced_bytes, i.damage, \
-     i.recommended_profiles, i.min_vcpus, i.min_memory_mib, i.hardware, i.lint, i.linted_unix \
+     i.recommended_profiles, i.min_vcpus, i.min_memory_mib, i.min_disk_bytes, i.hardware, i.lint, i.linted_unix \
      FROM images i JOIN accounts a ON a.id = i.owner_id";
 
 impl Catalog {

@@ -78,17 +78,34 @@ impl Catalog {
         Ok(p)
     }
 
-    /// Set an owned image's hardware fields (each `Some` changes).
+    /// Set an owned image's hardware fields and requirements (each `Some`
+    /// changes).
     pub async fn update_image_hardware(
         &self,
         owner: &Account,
         id: &str,
-        recommended: Option<&[String]>,
-        min_vcpus: Option<u32>,
-        min_memory_mib: Option<u64>,
-        hardware: Option<&pb::HardwareProfile>,
+        change: &HardwareChange<'_>,
     ) -> Result<()> {
+        let HardwareChange {
+            recommended,
+            min_vcpus,
+            min_memory_mib,
+            min_disk_bytes,
+            hardware,
+        } = *change;
         let img = self.owned_image(owner, id).await?;
+        // Every deploy needs the captured size: a smaller requirement would
+        // promise deploys that cannot be.
+        let captured = img.disks().first().map_or(0, |d| d.size_bytes);
+        if let Some(d) = min_disk_bytes
+            && d != 0
+            && d < captured
+        {
+            return Err(CatalogError::WrongState(format!(
+                "min_disk_bytes {d} is below image {}'s first disk as captured ({captured} bytes)",
+                img.id
+            )));
+        }
         let mut tx = self.pool().begin().await?;
         if let Some(names) = recommended {
             for n in names {
@@ -121,6 +138,17 @@ impl Catalog {
                 .execute(&mut *tx)
                 .await?;
         }
+        if let Some(d) = min_disk_bytes {
+            sqlx::query("UPDATE images SET min_disk_bytes = $1 WHERE id = $2")
+                .bind(
+                    i64::try_from(d).map_err(|_| {
+                        CatalogError::Invalid("min_disk_bytes is out of range".into())
+                    })?,
+                )
+                .bind(&img.id)
+                .execute(&mut *tx)
+                .await?;
+        }
         if let Some(h) = hardware {
             let empty = *h == pb::HardwareProfile::default();
             sqlx::query("UPDATE images SET hardware = $1 WHERE id = $2")
@@ -137,4 +165,20 @@ impl Catalog {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// The hardware fields and requirements of an image an update changes
+/// (`None`: unchanged).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HardwareChange<'a> {
+    /// Recommended profiles' names.
+    pub recommended: Option<&'a [String]>,
+    /// Least vCPUs of a deploy.
+    pub min_vcpus: Option<u32>,
+    /// Least memory of a deploy.
+    pub min_memory_mib: Option<u64>,
+    /// Least size of a deploy's first disk (0: the captured size).
+    pub min_disk_bytes: Option<u64>,
+    /// Hardware of deploys that name no profile.
+    pub hardware: Option<&'a pb::HardwareProfile>,
 }

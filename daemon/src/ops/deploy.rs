@@ -12,8 +12,10 @@ use crate::{
     spec::{DeploySpec, ExportSpec},
 };
 
-/// Requested disk sizes: at most one per disk of the image, none smaller.
-fn check_disk_sizes(img: &ImageRow, sizes: &[u64]) -> Result<(), DaemonError> {
+/// Requested disk sizes: at most one per disk of the image, none smaller;
+/// the first at least the image's requirement, which a deploy that gives
+/// no size for it gets (so a user types only what changes).
+fn disk_sizes(img: &ImageRow, mut sizes: Vec<u64>) -> Result<Vec<u64>, DaemonError> {
     let disks = img.disks();
     if sizes.len() > disks.len() {
         return Err(DaemonError::invalid(format!(
@@ -31,7 +33,21 @@ fn check_disk_sizes(img: &ImageRow, sizes: &[u64]) -> Result<(), DaemonError> {
             )));
         }
     }
-    Ok(())
+    let min = crate::catalog::unsigned(img.min_disk_bytes);
+    if min > 0 && !disks.is_empty() {
+        match sizes.first().copied() {
+            None => sizes.push(min),
+            Some(0) => sizes[0] = min,
+            Some(want) if want < min => {
+                return Err(DaemonError::wrong_state(format!(
+                    "image {} needs a first disk of at least {min} bytes (min_disk_bytes); this deploy gives {want}",
+                    img.id
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(sizes)
 }
 
 /// The hardware a deploy of `img` gets: the named profile (NOT_FOUND when
@@ -120,7 +136,7 @@ impl Ops {
         }
         let r = s.req;
         let img = self.readable(who, &r.image_id, "deployed").await?;
-        check_disk_sizes(&img, &r.disk_sizes_bytes)?;
+        let disk_sizes_bytes = disk_sizes(&img, r.disk_sizes_bytes)?;
         check_identity(&img, r.keep_identity)?;
         let hardware =
             deploy_hardware(self.catalog(), &img, &r.profile, r.vcpus, r.memory_mib).await?;
@@ -132,7 +148,7 @@ impl Ops {
             guest_name: r.guest_name.clone(),
             pool: r.pool,
             disk_format: r.disk_format,
-            disk_sizes_bytes: r.disk_sizes_bytes,
+            disk_sizes_bytes,
             vcpus: r.vcpus,
             memory_mib: r.memory_mib,
             network: r.network,

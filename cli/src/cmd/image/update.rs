@@ -28,6 +28,10 @@ pub struct UpdateArgs {
     /// Deploys below this memory are refused (`2G`; 0: no minimum).
     #[arg(long, value_parser = parse::size_or_zero)]
     min_memory: Option<u64>,
+    /// Deploys get a first disk of at least this size (`20G`), and one
+    /// asking for less is refused (0: the captured size).
+    #[arg(long, value_parser = parse::size_or_zero)]
+    min_disk: Option<u64>,
     /// Hardware every deploy gets unless it names a profile (replaces
     /// what was set; `--clear-hardware` removes it).
     #[command(flatten)]
@@ -43,6 +47,7 @@ impl UpdateArgs {
             (self.recommended_profiles.is_some(), "recommended_profiles"),
             (self.min_vcpus.is_some(), "min_vcpus"),
             (self.min_memory.is_some(), "min_memory_mib"),
+            (self.min_disk.is_some(), "min_disk_bytes"),
             (self.hardware.any() || self.clear_hardware, "hardware"),
             (self.name.is_some(), "name"),
             (self.notes.is_some(), "notes"),
@@ -69,7 +74,7 @@ pub async fn run(api: &mut Api, ctx: &Ctx, a: UpdateArgs) -> Result<u8> {
     let mask = a.mask();
     if mask.is_empty() {
         bail!(usage(
-            "nothing to update: give --name, --notes, --tag, --recommend-profile, --min-vcpus, --min-memory or hardware flags".into()
+            "nothing to update: give --name, --notes, --tag, --recommend-profile, --min-vcpus, --min-memory, --min-disk or hardware flags".into()
         ));
     }
     let i = api
@@ -83,6 +88,7 @@ pub async fn run(api: &mut Api, ctx: &Ctx, a: UpdateArgs) -> Result<u8> {
             recommended_profiles: non_empty(a.recommended_profiles),
             min_vcpus: a.min_vcpus.unwrap_or(0),
             min_memory_mib: a.min_memory.map_or(0, |m| m.div_ceil(1 << 20)),
+            min_disk_bytes: a.min_disk.unwrap_or(0),
             hardware: (!a.clear_hardware).then(|| a.hardware.to_pb("")),
         })
         .await?

@@ -31,7 +31,7 @@ pub fn image_json(i: &pb::Image) -> Value {
         "locations": i.locations.iter().map(|l| json!({"site": l.site, "state": location_state_name(l.state)})).collect::<Vec<_>>(),
         "damage": i.damage,
         "recommended_profiles": i.recommended_profiles,
-        "min_vcpus": i.min_vcpus, "min_memory_mib": i.min_memory_mib,
+        "min_vcpus": i.min_vcpus, "min_memory_mib": i.min_memory_mib, "min_disk_bytes": i.min_disk_bytes,
         "hardware": i.hardware.as_ref().map(profile_json),
         "lint": i.lint.as_ref().map(lint_json), "linted_unix": i.linted_unix,
     })
@@ -108,10 +108,13 @@ fn image_fields(i: &pb::Image) -> String {
     if !i.recommended_profiles.is_empty() {
         f.push(("recommended profiles", i.recommended_profiles.join(", ")));
     }
-    if i.min_vcpus > 0 || i.min_memory_mib > 0 {
+    if i.min_vcpus > 0 || i.min_memory_mib > 0 || i.min_disk_bytes > 0 {
         f.push((
             "requires",
-            format!("{} vCPU, {} MiB", i.min_vcpus, i.min_memory_mib),
+            format!(
+                "{} vCPU, {} MiB, first disk {} bytes",
+                i.min_vcpus, i.min_memory_mib, i.min_disk_bytes
+            ),
         ));
     }
     if let Some(h) = &i.hardware {

@@ -32,6 +32,7 @@ UPDATABLE = (
     "recommended_profiles",
     "min_vcpus",
     "min_memory_mib",
+    "min_disk_bytes",
     "hardware",
 )
 _RUNNING = (agent_pb2.OPERATION_STATE_UNSPECIFIED, agent_pb2.OPERATION_STATE_RUNNING)
@@ -336,7 +337,7 @@ class Client:
     def update_image(self, image_id: str, **fields: Any) -> Image:
         """Change the given fields only (the update mask is their names):
         name, notes, tags, recommended_profiles, min_vcpus, min_memory_mib,
-        hardware (a HardwareProfile or a dict)."""
+        min_disk_bytes, hardware (a HardwareProfile or a dict)."""
         unknown = sorted(set(fields) - set(UPDATABLE))
         if unknown:
             raise TypeError(f"update_image: unknown fields {unknown} ({', '.join(UPDATABLE)})")
