@@ -63,6 +63,11 @@ struct Serve {
     /// Serve Prometheus metrics (`GET /metrics`) on this address.
     #[arg(long, env = "IMPRINTD_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Lint every image a capture or import makes, on the host that made
+    /// it (needs libguestfs there): its report is kept before anyone
+    /// deploys or publishes it. `false`: only `image lint` lints.
+    #[arg(long, env = "IMPRINTD_AUTO_LINT", default_value_t = true, action = clap::ArgAction::Set)]
+    auto_lint: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -241,6 +246,7 @@ async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
     }
     record_sites(&catalog, args.store.as_deref(), &args.sites).await?;
     let dispatcher = Dispatcher::with_agent_tls(catalog.clone(), store, agent_tls);
+    dispatcher.set_auto_lint(args.auto_lint);
     dispatcher.start().await?;
     let router = imprint_daemon::server::router(dispatcher.clone(), tls.as_ref()).await?;
     tracing::info!(%local, store = ?args.store, %daemon_id, "imprintd serving");

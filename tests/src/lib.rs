@@ -664,6 +664,11 @@ impl DaemonProcess {
             "--store".as_ref(),
             store.as_os_str(),
         ];
+        // A lint of every captured image would load the CI's two cores
+        // under every test: only the tests that want it ask for it.
+        if !extra.iter().any(|a| a == "--auto-lint") {
+            args.extend(["--auto-lint", "false"].map(std::ffi::OsStr::new));
+        }
         args.extend(extra.iter().map(std::ffi::OsStr::new));
         ServerProcess::start_env("imprintd", &args, &env_refs(env))
     }

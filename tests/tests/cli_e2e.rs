@@ -349,13 +349,19 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
 
     // Operations: all of ours are listed, newest first.
     let ops = cli.json(&["op", "list"]);
-    let kinds: Vec<&str> = ops["operations"]
-        .as_array()
-        .expect("ops")
+    let listed = ops["operations"].as_array().expect("ops");
+    // Newest first; operations of the same second in any order.
+    let created: Vec<i64> = listed
+        .iter()
+        .map(|o| o["created_unix"].as_i64().expect("created_unix"))
+        .collect();
+    assert!(created.is_sorted_by(|a, b| a >= b), "{ops}");
+    let mut kinds: Vec<&str> = listed
         .iter()
         .map(|o| o["kind"].as_str().expect("kind"))
         .collect();
-    assert_eq!(kinds, ["delete", "deploy", "deploy", "lint", "capture"]);
+    kinds.sort_unstable();
+    assert_eq!(kinds, ["capture", "delete", "deploy", "deploy", "lint"]);
     let _ = pb::OperationState::Succeeded;
 
     // Delete the running lazy-deployed guest through the daemon: forced
@@ -394,9 +400,14 @@ async fn cli_captures_deploys_and_reports_errors_by_exit_code() {
     assert!(!dominfo.status.success(), "{name_c} undefined");
     let (code, _, err) = cli.run(&["guest", "delete", HOST, &name_c]);
     assert_eq!(code, 3, "gone: {err}");
-    assert_eq!(
-        cli.json(&["op", "list"])["operations"][0]["kind"],
-        "delete-guest"
+    // Listed (by id: the image delete above may share its second, and the
+    // list orders by creation time).
+    let listed = cli.json(&["op", "list"]);
+    let ops = listed["operations"].as_array().expect("operations");
+    assert!(
+        ops.iter()
+            .any(|o| o["id"] == gone["id"] && o["kind"] == "delete-guest"),
+        "{listed}"
     );
 
     // Endpoint and token from a config file; flags beat it.

@@ -89,3 +89,42 @@ async fn lint_reports_are_kept_with_the_image_and_gate_publishing() {
     })
     .await;
 }
+
+/// With `--auto-lint`, a capture's image is linted on its host without
+/// being asked: the report arrives on its own, from a lint operation of
+/// the capturing account.
+#[tokio::test(flavor = "multi_thread")]
+async fn new_images_are_linted_when_the_daemon_lints_them() {
+    on_each_backend(|w| async move {
+        w.dispatcher.set_auto_lint(true);
+        let img = w.capture("alice", "auto-linted").await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let report = loop {
+            let shown = w.get("alice", &img.id).await.expect("image");
+            if let Some(r) = shown.lint {
+                break r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no lint report within 120 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        assert_eq!(report.findings[0].code, "os-unknown", "{report:?}");
+        let ops = w
+            .ops
+            .clone()
+            .list_operations(w.req(As("alice"), pb::ListDaemonOperationsRequest::default()))
+            .await
+            .expect("list")
+            .into_inner()
+            .operations;
+        let lints: Vec<_> = ops
+            .iter()
+            .filter(|o| o.kind == "lint" && o.image_id == img.id)
+            .collect();
+        assert_eq!(lints.len(), 1, "{ops:?}");
+        assert_eq!(lints[0].state, pb::OperationState::Succeeded as i32);
+    })
+    .await;
+}

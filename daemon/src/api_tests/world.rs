@@ -44,6 +44,8 @@ pub(super) struct World {
     tokens: HashMap<&'static str, String>,
     pub(super) catalog: Catalog,
     pub(super) channel: Channel,
+    /// The daemon's dispatcher (its settings).
+    pub(super) dispatcher: Arc<Dispatcher>,
 }
 
 /// Run `scenario` in a fresh world on each catalog backend.
@@ -155,18 +157,21 @@ async fn accounts(catalog: &Catalog) -> HashMap<&'static str, String> {
 }
 
 /// The daemon's API on a free loopback port; a channel to it.
-async fn serve_daemon(catalog: Catalog, store: Store) -> Channel {
+async fn serve_daemon(catalog: Catalog, store: Store) -> (Channel, Arc<Dispatcher>) {
     let d = Dispatcher::new(catalog, Some(store));
     d.start().await.expect("start");
-    let router = crate::server::router(d, None).await.expect("router");
+    let router = crate::server::router(d.clone(), None)
+        .await
+        .expect("router");
     let l = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = l.local_addr().expect("addr");
     tokio::spawn(router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)));
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .expect("endpoint")
-        .connect_lazy()
+        .connect_lazy();
+    (ch, d)
 }
 
 pub(super) async fn world(catalog: Catalog) -> World {
@@ -190,7 +195,7 @@ pub(super) async fn world(catalog: Catalog) -> World {
         .await
         .expect("host");
     let tokens = accounts(&catalog).await;
-    let ch = serve_daemon(catalog.clone(), store).await;
+    let (ch, dispatcher) = serve_daemon(catalog.clone(), store).await;
     World {
         store_dir: tmp.path().join("store"),
         tmp,
@@ -200,6 +205,7 @@ pub(super) async fn world(catalog: Catalog) -> World {
         tokens,
         catalog,
         channel: ch,
+        dispatcher,
     }
 }
 

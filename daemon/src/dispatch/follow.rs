@@ -2,6 +2,7 @@
 //! leases between daemons, the final state into the catalog.
 
 use super::*;
+use crate::catalog::NewOperation;
 
 impl Dispatcher {
     /// Drive `op` to its end in a task of its own, unless this daemon
@@ -118,7 +119,10 @@ impl Dispatcher {
 
     /// One attempt: `Ok` when the operation reached its final state here,
     /// `Err` to retry.
-    pub(super) async fn follow_once(&self, op: &OperationRow) -> Result<(), DaemonError> {
+    pub(super) async fn follow_once(
+        self: &Arc<Self>,
+        op: &OperationRow,
+    ) -> Result<(), DaemonError> {
         let host = match self.catalog.host(&op.host).await {
             Ok(h) => h,
             // The host is gone from the catalog: the operation cannot end.
@@ -200,7 +204,7 @@ impl Dispatcher {
     /// latest update held back by that limit is written once it allows, so
     /// the row never stays at an older phase than the agent's.
     async fn follow_stream(
-        &self,
+        self: &Arc<Self>,
         op: &OperationRow,
         host: &HostRow,
         mut stream: tonic::Streaming<pb::AgentOperation>,
@@ -252,7 +256,7 @@ impl Dispatcher {
     }
 
     pub(super) async fn finish(
-        &self,
+        self: &Arc<Self>,
         op: &OperationRow,
         a: &pb::AgentOperation,
     ) -> Result<(), DaemonError> {
@@ -318,6 +322,13 @@ impl Dispatcher {
                 }
                 self.record_damage(op, state, a).await;
                 self.settle_copy(op).await;
+                if op.kind.creates_image() && state == OpState::Succeeded {
+                    let (me, op) = (self.clone(), op.clone());
+                    drop(
+                        self.background
+                            .spawn_task(async move { me.lint_new_image(&op).await }),
+                    );
+                }
             }
             Ok(false) => {}
             Err(e) => {
@@ -327,6 +338,54 @@ impl Dispatcher {
         }
         self.bump();
         Ok(())
+    }
+
+    /// With `--auto-lint`: lint the image operation `op` just made, on its
+    /// host, as its account, so the report is kept before anyone deploys
+    /// or publishes it. The request id names `op`, so a second finish of
+    /// it starts no second lint. A lint that cannot start is logged; the
+    /// image stays usable (and `image lint` runs one by hand).
+    async fn lint_new_image(self: &Arc<Self>, op: &OperationRow) {
+        let (true, Some(image_id)) = (
+            self.auto_lint.load(std::sync::atomic::Ordering::Relaxed),
+            &op.image_id,
+        ) else {
+            return;
+        };
+        let request_id = format!("lint-after-{}", op.id);
+        let started = async {
+            let host = self.catalog.host(&op.host).await?;
+            let lint_id = uuid::Uuid::new_v4().to_string();
+            let req = AgentRequest::Lint(pb::LintImageRequest {
+                operation_id: lint_id.clone(),
+                image_id: image_id.clone(),
+                store: self.source_store(image_id, &host).await?,
+            });
+            let encoded = req.encode();
+            let n = NewOperation {
+                account_id: &op.account_id,
+                request_id: Some(&request_id),
+                kind: OpKind::Lint,
+                image_id: Some(image_id),
+                host: &op.host,
+                guest: "",
+                agent_request: &encoded,
+                new_image: None,
+            };
+            let (row, new) = self.catalog.begin_operation_with_id(&lint_id, &n).await?;
+            if new {
+                self.dispatch(row, &req).await?;
+            }
+            Ok::<_, DaemonError>(lint_id)
+        };
+        match started.await {
+            Ok(lint) => {
+                tracing::info!(op = %op.id, image = %image_id, %lint, "linting the new image");
+            }
+            Err(e) => {
+                tracing::warn!(op = %op.id, image = %image_id, error = %e, "cannot lint the new image");
+            }
+        }
     }
 
     /// The final state an agent reported, and what it means for the image.

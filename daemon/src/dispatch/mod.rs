@@ -129,6 +129,8 @@ pub struct Dispatcher {
     site_stores: Mutex<HashMap<String, Store>>,
     /// The background loops, stopped on shutdown.
     background: crate::background::Background,
+    /// Lint every image a capture or import makes (`--auto-lint`).
+    auto_lint: std::sync::atomic::AtomicBool,
 }
 
 mod agents;
@@ -160,7 +162,15 @@ impl Dispatcher {
             following: Mutex::default(),
             site_stores: Mutex::default(),
             background: crate::background::Background::default(),
+            auto_lint: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Lint every image a capture or import makes, on the host that made
+    /// it, once it is active (off unless set).
+    pub fn set_auto_lint(&self, on: bool) {
+        self.auto_lint
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The store of site `site` (the daemon's own `--store` for the default
