@@ -144,8 +144,17 @@ pub trait Hypervisor: Send + Sync {
     /// image and the backing image under it) into the volume `to` (a lazy
     /// deploy's fill): a mirror, so the guest's writes reach both; once in
     /// step, [`Hypervisor::block_pivot`] switches the disk to the volume.
-    /// `mib_s` caps its speed in MiB/s (0: none).
-    fn block_copy(&self, guest: &GuestRef, dev: &str, to: &CopyTarget, mib_s: u64) -> Result<()>;
+    /// `mib_s` caps its speed in MiB/s (0: none). `shallow`: copy only the
+    /// disk's top image (what the guest wrote above its backing), the
+    /// volume already holding the backing's data.
+    fn block_copy(
+        &self,
+        guest: &GuestRef,
+        dev: &str,
+        to: &CopyTarget,
+        mib_s: u64,
+        shallow: bool,
+    ) -> Result<()>;
     /// Switch disk `dev` to the volume its copy job filled, ending the job;
     /// `false` when the copy is not in step yet (ask again).
     fn block_pivot(&self, guest: &GuestRef, dev: &str) -> Result<bool>;
@@ -233,6 +242,8 @@ pub mod fake {
         /// Fills end without filling the disk (the backing image cannot
         /// be read).
         pub fail_fill: Mutex<bool>,
+        /// Copies started: disk, target, shallow.
+        pub copies_started: Mutex<Vec<(String, CopyTarget, bool)>>,
     }
 
     impl FakeHypervisor {
@@ -535,7 +546,18 @@ pub mod fake {
         fn paused_on_io_error(&self, g: &GuestRef) -> Result<bool> {
             self.with_guest(g, |g| Ok(g.state == PowerState::Paused && g.io_error))
         }
-        fn block_copy(&self, g: &GuestRef, dev: &str, to: &CopyTarget, _mib_s: u64) -> Result<()> {
+        fn block_copy(
+            &self,
+            g: &GuestRef,
+            dev: &str,
+            to: &CopyTarget,
+            _mib_s: u64,
+            shallow: bool,
+        ) -> Result<()> {
+            self.copies_started
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((dev.to_string(), to.clone(), shallow));
             // The fake's copies are in step at once, or fail at once (no
             // job, the disk still backed).
             let fails = *self.fail_fill.lock().unwrap_or_else(|p| p.into_inner());

@@ -165,23 +165,34 @@ pub fn set_header_backing(overlay: &str, backing: Option<&NbdBacking>) -> Result
     }
 }
 
+/// The image a lazy deploy's volumes are filled from.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// Its store.
+    pub store: &'a Store,
+    /// Its manifest.
+    pub manifest: &'a Manifest,
+}
+
 /// Fill every lazy disk of the running `guest`, one after the other;
 /// `report(done, total)` in guest-visible bytes. Then remove the overlays
 /// of `pool` the guest no longer uses (a volume that cannot be removed
 /// is logged, not a failure: the guest is complete).
+#[allow(clippy::too_many_arguments)]
 pub fn fill(
     hv: &dyn Hypervisor,
     guest: &GuestRef,
     pool: &str,
+    source: Source<'_>,
     disks: &[LazyDisk],
     mib_s: u64,
-    cancel: &AtomicBool,
+    cancel: &Arc<AtomicBool>,
     report: &mut dyn FnMut(u64, u64),
 ) -> Result<()> {
     let total: u64 = disks.iter().map(|d| d.size).sum();
     let mut before = 0;
     for d in disks {
-        fill_disk(hv, guest, d, mib_s, cancel, &mut |done| {
+        fill_disk(hv, guest, source, d, mib_s, cancel, &mut |done| {
             report(before + done, total)
         })?;
         before += d.size;
@@ -201,26 +212,78 @@ pub fn fill(
     Ok(())
 }
 
+/// Whether disk `d` is filled in two steps: the agent writes the image
+/// into the volume itself, from the store, as a full deploy does (at its
+/// speed, not at the speed of QEMU's copy through the export), then QEMU
+/// copies only what the guest wrote above the export (a shallow copy:
+/// the overlay's clusters) and keeps the volume in step until the pivot.
+/// A raw volume only (the agent's qcow2 writer makes fresh images), and
+/// not under a speed cap (QEMU enforces the cap on its copy).
+fn prefilled(d: &LazyDisk, mib_s: u64) -> bool {
+    mib_s == 0 && d.target.format == "raw"
+}
+
+/// Write disk `d.index` of the image into `d`'s volume (all of it, zeros
+/// too: a retry finds it partly written, and perhaps with what an earlier
+/// copy brought from the overlay, which the next copy brings again).
+fn prefill(
+    source: Source<'_>,
+    d: &LazyDisk,
+    cancel: &Arc<AtomicBool>,
+    report: &mut dyn FnMut(u64),
+) -> Result<()> {
+    let what = || format!("write volume {} of disk {}", d.target.path, d.dev);
+    let mut target = imprint_store::source::FileTarget::open_existing(Path::new(&d.target.path))
+        .map_err(|e| AgentError::new(Kind::Internal, format!("{}: {e}", what())))?;
+    let opts = imprint_store::restore::RestoreOptions {
+        sync: true,
+        cancel: Some(cancel.clone()),
+        ..Default::default()
+    };
+    imprint_store::restore::restore_disk(
+        source.store,
+        source.manifest,
+        d.index,
+        &mut target,
+        &opts,
+        &mut |p| report(p.bytes_done),
+    )
+    .map_err(|e| AgentError::from(e).context(what()))?;
+    Ok(())
+}
+
 fn fill_disk(
     hv: &dyn Hypervisor,
     guest: &GuestRef,
+    source: Source<'_>,
     d: &LazyDisk,
     mib_s: u64,
-    cancel: &AtomicBool,
+    cancel: &Arc<AtomicBool>,
     report: &mut dyn FnMut(u64),
 ) -> Result<()> {
     // libvirtd may restart during a fill: the job runs on in QEMU, and the
     // calls wait for libvirtd to answer again.
     let backed = || retrying(LIBVIRT_PATIENCE, || hv.has_backing(guest, &d.dev));
     let job = || retrying(LIBVIRT_PATIENCE, || hv.block_job(guest, &d.dev));
+    // Progress never goes back (a shallow copy's own figures start at 0
+    // after the volume was written).
+    let mut shown = 0;
+    let mut show = |b: u64| {
+        shown = shown.max(b.min(d.size));
+        report(shown);
+    };
     for _ in 0..ATTEMPTS {
         if !backed()? {
             return Ok(());
         }
         // A copy started before an agent restart runs on: follow it.
         if job()?.is_none() {
+            let shallow = prefilled(d, mib_s);
+            if shallow {
+                prefill(source, d, cancel, &mut show)?;
+            }
             retrying(LIBVIRT_PATIENCE, || {
-                hv.block_copy(guest, &d.dev, &d.target, mib_s)
+                hv.block_copy(guest, &d.dev, &d.target, mib_s, shallow)
             })?;
         }
         while let Some((cur, end)) = job()? {
@@ -228,7 +291,7 @@ fn fill_disk(
                 return Err(AgentError::new(Kind::Cancelled, "cancelled"));
             }
             if end > 0 {
-                report(
+                show(
                     u64::try_from(u128::from(cur) * u128::from(d.size) / u128::from(end))
                         .unwrap_or(d.size),
                 );
@@ -274,7 +337,7 @@ pub fn resume(
     ctx: &Ctx,
     store: Result<Store>,
     mut entry: Entry,
-    cancel: &AtomicBool,
+    cancel: &Arc<AtomicBool>,
     report: Report<'_>,
 ) -> Result<DeployOutcome> {
     let Entry::Deploy {
@@ -357,6 +420,10 @@ pub fn resume(
             &*ctx.hv,
             &guest,
             &pool,
+            Source {
+                store: &store,
+                manifest: &manifest,
+            },
             &disks,
             f.fill_mib_s,
             cancel,

@@ -518,7 +518,14 @@ impl Hypervisor for Libvirt {
         })
     }
 
-    fn block_copy(&self, g: &GuestRef, dev: &str, to: &CopyTarget, mib_s: u64) -> Result<()> {
+    fn block_copy(
+        &self,
+        g: &GuestRef,
+        dev: &str,
+        to: &CopyTarget,
+        mib_s: u64,
+        shallow: bool,
+    ) -> Result<()> {
         let disk = disk_name(dev)?;
         let dest = std::ffi::CString::new(format!(
             "<disk type='file'><source file='{}'/><driver type='{}'/></disk>",
@@ -543,8 +550,13 @@ impl Hypervisor for Libvirt {
         // The volume exists (REUSE_EXT); the guest is persistent, so the
         // job is one libvirt need not recover into the definition
         // (TRANSIENT_JOB): the pivot rewrites the definition itself.
-        let flags = virt::sys::VIR_DOMAIN_BLOCK_COPY_REUSE_EXT
+        // SHALLOW: the volume holds the image already (written by the
+        // agent); QEMU copies only the overlay, what the guest wrote.
+        let mut flags = virt::sys::VIR_DOMAIN_BLOCK_COPY_REUSE_EXT
             | virt::sys::VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB;
+        if shallow {
+            flags |= virt::sys::VIR_DOMAIN_BLOCK_COPY_SHALLOW;
+        }
         self.with(
             &format!("start filling disk {dev} of guest {}", g.name),
             |c| {

@@ -1965,6 +1965,7 @@ fn deploy_steps(
             hv,
             &guest,
             &spec.pool,
+            crate::lazy::Source { store, manifest },
             &lazy_disks,
             spec.fill_mib_s,
             cancel,

@@ -678,6 +678,34 @@ fn lazy_spec(image: &str, dir: &Path) -> DeploySpec {
     }
 }
 
+/// A raw lazy volume is written by the agent from the store, then QEMU
+/// copies only what the guest wrote (shallow); a qcow2 one is copied
+/// whole through the export.
+#[test]
+fn raw_lazy_volumes_are_written_then_copied_shallow() {
+    let e = env(true, PowerState::ShutOff);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let img = capture(&e.ctx, &spec(false), &cancel, &no_report).expect("capture");
+    let nbd = e._tmp.path().join("nbd");
+    fs::create_dir(&nbd).expect("nbd dir");
+    let raw = DeploySpec {
+        disk_format: "raw".into(),
+        ..lazy_spec(&img.image_id.to_string(), &nbd)
+    };
+    let o = deploy(&e.ctx, &raw, &cancel, &no_report).expect("lazy deploy");
+    let volume = fs::read(&o.volumes[0]).expect("volume");
+    let source = fs::read(e._tmp.path().join("a.raw")).expect("source");
+    // The image, then (a volume rounded up) zeros.
+    assert!(volume.len() >= source.len(), "{}", o.volumes[0]);
+    let first = volume.iter().zip(&source).position(|(a, b)| a != b);
+    assert_eq!(first, None, "the volume holds the image");
+    assert!(volume[source.len()..].iter().all(|b| *b == 0));
+    let started = e.hv.copies_started.lock().expect("lock").clone();
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0].1.format, "raw");
+    assert!(started[0].2, "shallow: {started:?}");
+}
+
 #[test]
 fn lazy_deploy_runs_the_guest_on_the_export_then_fills_it() {
     let e = env(true, PowerState::ShutOff);
@@ -726,6 +754,11 @@ fn lazy_deploy_runs_the_guest_on_the_export_then_fills_it() {
     );
     assert!(g.backed.is_empty(), "every disk was filled");
     assert!(g.copies.is_empty(), "and switched to its volume");
+    let started = e.hv.copies_started.lock().expect("lock").clone();
+    assert!(
+        started.iter().all(|(_, _, shallow)| !shallow),
+        "a qcow2 volume is copied whole: {started:?}"
+    );
     let mut left: Vec<String> = fs::read_dir(&e.hv.pools["p"])
         .expect("pool")
         .flatten()
@@ -854,7 +887,7 @@ fn a_restarted_agent_resumes_a_lazy_fill_instead_of_undoing_the_deploy() {
     let report = |phase: &str, _: u64, _: u64| {
         phases.lock().expect("lock").push(phase.to_string());
     };
-    let cancel = AtomicBool::new(false);
+    let cancel = std::sync::Arc::new(AtomicBool::new(false));
     let o = resume(&e.ctx, Ok(e.store.clone()), entry, &cancel, &report).expect("resumed");
     assert_eq!(o.guest.name, "b");
     assert!(o.started);
@@ -883,7 +916,7 @@ fn a_lazy_guest_found_off_after_a_restart_is_undone() {
     let nbd = e._tmp.path().join("nbd");
     fs::create_dir(&nbd).expect("nbd dir");
     let entry = killed_during_the_fill(&e, &nbd, PowerState::ShutOff);
-    let cancel = AtomicBool::new(false);
+    let cancel = std::sync::Arc::new(AtomicBool::new(false));
     let err = resume(&e.ctx, Ok(e.store.clone()), entry, &cancel, &no_report)
         .expect_err("cannot fill a guest that is off");
     assert_eq!(err.kind, Kind::FailedPrecondition, "{err}");
@@ -899,7 +932,7 @@ fn a_lazy_fill_whose_store_is_gone_after_a_restart_is_undone() {
     let nbd = e._tmp.path().join("nbd");
     fs::create_dir(&nbd).expect("nbd dir");
     let entry = killed_during_the_fill(&e, &nbd, PowerState::Running);
-    let cancel = AtomicBool::new(false);
+    let cancel = std::sync::Arc::new(AtomicBool::new(false));
     let gone = imprint_agent::error::AgentError::new(Kind::NotFound, "no store there");
     let err =
         resume(&e.ctx, Err(gone), entry, &cancel, &no_report).expect_err("no store to fill from");

@@ -103,6 +103,43 @@ async fn lazy_deploy_runs_before_its_volume_is_written_and_ends_complete() {
     holds_the_image(&f, &guest, volume, &source);
 }
 
+/// Uncapped, a raw volume is written by the agent itself (as a full
+/// deploy writes it) while the guest boots on the export, then QEMU copies
+/// only what the guest wrote meanwhile (a shallow copy) and keeps the
+/// volume in step until the pivot. What the guest wrote survives: its
+/// boot counter, read at the next boot from the volume alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_uncapped_raw_fill_keeps_what_the_guest_wrote_while_it_ran() {
+    let f = Fixture::new();
+    let (image_id, source) = slow_image(&f, "pre").await;
+    let mut client = f.client().await;
+    let guest = format!("imp-{}-pre", f.tag);
+    let dom = Domain::adopt(&guest);
+    let op = client
+        .deploy(lazy_request(&image_id, &guest, pb::DiskFormat::Raw))
+        .await
+        .expect("lazy deploy accepted")
+        .into_inner();
+    let log = f.consoles.join(format!("{guest}.log"));
+    let first = wait_for(&log, "IMPRINT-BOOT count=", 1, BOOT);
+    let count: u32 = last_value(&first, "IMPRINT-BOOT count=")
+        .expect("count")
+        .parse()
+        .expect("a number");
+    wait_for(&log, "IMPRINT-READY", 1, BOOT);
+    let done = watch(&mut client, &op.operation_id).await;
+    assert_succeeded(&done);
+    let volume = done.deploy.expect("deploy result").volumes[0].clone();
+    let live = virsh(&["dumpxml", &guest]);
+    assert!(!live.contains("protocol='nbd'"), "no backing left:\n{live}");
+
+    // The next boot reads the counter the first one wrote.
+    virsh(&["destroy", &guest]);
+    dom.start();
+    wait_for(&log, &format!("IMPRINT-BOOT count={}", count + 1), 1, BOOT);
+    holds_the_image(&f, &guest, &volume, &source);
+}
+
 /// The guest never writes past 128 MiB: there its volume holds exactly
 /// the source disk's bytes (checked with the guest off).
 fn holds_the_image(f: &Fixture, guest: &str, volume: &str, source: &std::path::Path) {
