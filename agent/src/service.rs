@@ -874,6 +874,7 @@ impl AgentService for Agent {
             hardware: hardware(r.hardware.as_ref())?,
             default_nic: self.settings.default_nic.clone(),
             lazy: r.lazy,
+            lazy_if_possible: r.lazy_if_possible,
             nbd_dir: self.settings.nbd_dir.clone(),
             max_lazy_fills: self.settings.max_lazy_fills,
             fill_mib_s: self.settings.lazy_fill_mib_s,
@@ -884,8 +885,12 @@ impl AgentService for Agent {
         // The image may come from another site's store.
         let mut ctx = self.ctx.clone();
         ctx.store = store;
-        let (check_ctx, check) = (ctx.clone(), spec.clone());
-        blocking(move || work::check_deploy(&check_ctx, &check).map(|_| ())).await?;
+        let check_ctx = ctx.clone();
+        let spec = blocking(move || {
+            let spec = work::resolve_lazy(&check_ctx, spec)?;
+            work::check_deploy(&check_ctx, &spec).map(|_| spec)
+        })
+        .await?;
         let op = self.launch(
             id,
             pb::OperationKind::Deploy,

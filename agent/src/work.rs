@@ -1258,6 +1258,8 @@ pub struct DeploySpec {
     pub default_nic: crate::domain::NicAttachment,
     /// Start the guest before its volumes are written ([`crate::lazy`]).
     pub lazy: bool,
+    /// Lazy when it can be ([`resolve_lazy`]).
+    pub lazy_if_possible: bool,
     /// Where a lazy deploy's NBD exports put their sockets.
     pub nbd_dir: PathBuf,
     /// Lazy deploys filling at once on this host, at most.
@@ -1461,6 +1463,19 @@ fn plan(spec: &DeploySpec, manifest: &imprint_store::Manifest) -> Result<Plan> {
             user_data: spec.user_data.clone(),
         },
     })
+}
+
+/// A deploy that may be lazy (`lazy_if_possible`: the daemon's default)
+/// is lazy when its guest starts on a pool of files and the host's fill
+/// limit has room; otherwise its volumes are written first. An explicit
+/// `lazy` stays (and is checked as such).
+pub fn resolve_lazy(ctx: &Ctx, mut spec: DeploySpec) -> Result<DeploySpec> {
+    if spec.lazy_if_possible && !spec.lazy && spec.start {
+        let pool = ctx.hv.pool_info(&spec.pool)?;
+        spec.lazy = crate::lazy::check(&pool.kind, true).is_ok()
+            && ctx.busy.slots_taken(LAZY_FILL, spec.max_lazy_fills) < spec.max_lazy_fills;
+    }
+    Ok(spec)
 }
 
 /// Everything a deploy can refuse before it changes anything: the image,

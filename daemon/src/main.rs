@@ -68,6 +68,12 @@ struct Serve {
     /// deploys or publishes it. `false`: only `image lint` lints.
     #[arg(long, env = "IMPRINTD_AUTO_LINT", default_value_t = true, action = clap::ArgAction::Set)]
     auto_lint: bool,
+    /// Deploys that do not say (`lazy` unset) start their guest before
+    /// its volumes are written wherever that can be (a started guest, a
+    /// pool of files, room in the host's fill limit); elsewhere they are
+    /// written first. `false`: only deploys asking for it are lazy.
+    #[arg(long, env = "IMPRINTD_LAZY_DEPLOYS", default_value_t = true, action = clap::ArgAction::Set)]
+    lazy_deploys: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,6 +253,7 @@ async fn serve(catalog: Catalog, args: Serve) -> Result<()> {
     record_sites(&catalog, args.store.as_deref(), &args.sites).await?;
     let dispatcher = Dispatcher::with_agent_tls(catalog.clone(), store, agent_tls);
     dispatcher.set_auto_lint(args.auto_lint);
+    dispatcher.set_lazy_deploys(args.lazy_deploys);
     dispatcher.start().await?;
     let router = imprint_daemon::server::router(dispatcher.clone(), tls.as_ref()).await?;
     tracing::info!(%local, store = ?args.store, %daemon_id, "imprintd serving");

@@ -669,6 +669,11 @@ impl DaemonProcess {
         if !extra.iter().any(|a| a == "--auto-lint") {
             args.extend(["--auto-lint", "false"].map(std::ffi::OsStr::new));
         }
+        // The tests of lazy deploys ask for them; the others time and
+        // check deploys that write their volumes first.
+        if !extra.iter().any(|a| a == "--lazy-deploys") {
+            args.extend(["--lazy-deploys", "false"].map(std::ffi::OsStr::new));
+        }
         args.extend(extra.iter().map(std::ffi::OsStr::new));
         ServerProcess::start_env("imprintd", &args, &env_refs(env))
     }

@@ -11,6 +11,7 @@ mod bad_input;
 mod damaged;
 mod guests;
 mod heartbeats;
+mod lazy;
 mod lint;
 mod profiles;
 mod progress;

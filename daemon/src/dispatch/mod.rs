@@ -131,6 +131,9 @@ pub struct Dispatcher {
     background: crate::background::Background,
     /// Lint every image a capture or import makes (`--auto-lint`).
     auto_lint: std::sync::atomic::AtomicBool,
+    /// Deploys that do not say are lazy where they can be
+    /// (`--lazy-deploys`).
+    lazy_deploys: std::sync::atomic::AtomicBool,
 }
 
 mod agents;
@@ -163,7 +166,21 @@ impl Dispatcher {
             site_stores: Mutex::default(),
             background: crate::background::Background::default(),
             auto_lint: std::sync::atomic::AtomicBool::new(false),
+            lazy_deploys: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Deploys that do not say whether they are lazy are lazy where they
+    /// can be (the guest starts, on a pool of files, with room in the
+    /// host's fill limit), else written first (off unless set).
+    pub fn set_lazy_deploys(&self, on: bool) {
+        self.lazy_deploys
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// See [`Dispatcher::set_lazy_deploys`].
+    pub fn lazy_deploys(&self) -> bool {
+        self.lazy_deploys.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Lint every image a capture or import makes, on the host that made

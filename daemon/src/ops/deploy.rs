@@ -156,7 +156,10 @@ impl Ops {
             user_data: r.user_data,
             start: r.start,
             store: self.d.source_store(&img.id, &host).await?,
-            lazy: r.lazy,
+            // Unset: the daemon's default, which the agent applies where
+            // a lazy deploy can be.
+            lazy: r.lazy == Some(true),
+            lazy_if_possible: r.lazy.is_none() && self.d.lazy_deploys(),
             keep_identity: r.keep_identity,
         });
         let encoded = agent_req.encode();

@@ -57,9 +57,13 @@ pub struct DeployArgs {
     /// Start the guest at once, before its volumes are written: the agent
     /// fills them from the store while it runs (implies --start). The operation shows the
     /// phase "guest running; filling volumes", then succeeds when every
-    /// volume is complete.
-    #[arg(long)]
+    /// volume is complete. Neither this nor --full: the daemon's default
+    /// (lazy where it can be, for a started guest).
+    #[arg(long, conflicts_with = "full")]
     lazy: bool,
+    /// Write every volume before the guest starts.
+    #[arg(long)]
+    full: bool,
     /// Keep the image's identity (machine-id, SSH host keys, logs…) in the
     /// new guest instead of generalizing its volumes before it first boots.
     #[arg(long)]
@@ -102,7 +106,13 @@ pub async fn run(api: &mut Api, ctx: &Ctx, a: DeployArgs) -> Result<u8> {
         user_data,
         start: a.start || a.lazy,
         profile: a.profile,
-        lazy: a.lazy,
+        lazy: if a.lazy {
+            Some(true)
+        } else if a.full {
+            Some(false)
+        } else {
+            None
+        },
         keep_identity: a.keep_identity,
     };
     let op = api.images.deploy_image(req).await?.into_inner();

@@ -133,8 +133,9 @@ options:
     description:
       - Start the guest at once, on volumes that fill while it runs (needs
         O(start) and a file-based pool).
+      - V(false) writes every volume first. Unset, the daemon decides (by
+        default lazy where it can be).
     type: bool
-    default: false
   wait:
     description: Wait until the deploy (or delete) has ended; with V(false) the task returns once it started.
     type: bool
@@ -323,7 +324,7 @@ def main():
             user_data=dict(type='str'),
             keep_identity=dict(type='bool', default=False),
             start=dict(type='bool', default=True),
-            lazy=dict(type='bool', default=False),
+            lazy=dict(type='bool'),
             wait=dict(type='bool', default=True),
             wait_timeout=dict(type='int', default=3600),
         ),

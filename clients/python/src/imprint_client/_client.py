@@ -307,14 +307,16 @@ class Client:
         user_data: str = "",
         start: bool = True,
         profile: str = "",
-        lazy: bool = False,
+        lazy: Optional[bool] = None,
         keep_identity: bool = False,
         request_id: Optional[str] = None,
     ) -> Operation:
         """Start deploying an image as guest ``guest_name`` of ``host``.
         ``network``: a NetworkConfig or a dict with its field names, e.g.
         ``{"hostname": "web7", "interfaces": [{"addresses": ["192.0.2.7/24"],
-        "gateway4": "192.0.2.1", "nameservers": ["192.0.2.53"]}]}``."""
+        "gateway4": "192.0.2.1", "nameservers": ["192.0.2.53"]}]}``.
+        ``lazy``: ``None`` leaves it to the daemon (lazy where it can be,
+        by default); ``True`` or ``False`` decides."""
         req = images_pb2.DeployImageRequest(
             request_id=request_id or "",
             image_id=image_id,
@@ -329,9 +331,10 @@ class Client:
             user_data=user_data,
             start=start,
             profile=profile,
-            lazy=lazy,
             keep_identity=keep_identity,
         )
+        if lazy is not None:
+            req.lazy = lazy
         return self.call(self.images.DeployImage, req)
 
     def update_image(self, image_id: str, **fields: Any) -> Image:
