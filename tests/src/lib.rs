@@ -58,6 +58,33 @@ pub fn run(cmd: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The Python test venv (`scripts/python-venv.sh`) with the client of this
+/// tree installed (its wheel built into `scratch/dist`); the venv's
+/// directory.
+pub fn venv_with_client(scratch: &Path) -> PathBuf {
+    let root = workspace();
+    let utf8 = |p: &Path| p.to_str().expect("utf8").to_string();
+    let venv = PathBuf::from(run(&utf8(&root.join("scripts/python-venv.sh")), &[]).trim());
+    let wheel = run(
+        &utf8(&root.join("clients/python/build-wheel.sh")),
+        &[&utf8(&scratch.join("dist"))],
+    );
+    run(
+        &utf8(&venv.join("bin/python")),
+        &[
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--force-reinstall",
+            "--no-deps",
+            wheel.trim(),
+        ],
+    );
+    venv
+}
+
 /// `virsh -c qemu:///system ARGS`.
 pub fn virsh(args: &[&str]) -> String {
     let mut all = vec!["-c", "qemu:///system"];

@@ -38,31 +38,6 @@ fn path(p: &Path) -> &str {
     p.to_str().expect("utf8")
 }
 
-/// The test venv with the Python client installed from this tree; its
-/// directory.
-fn venv_with_client(scratch: &Path) -> PathBuf {
-    let root = workspace();
-    let venv = PathBuf::from(run(path(&root.join("scripts/python-venv.sh")), &[]).trim());
-    let wheel = run(
-        path(&root.join("clients/python/build-wheel.sh")),
-        &[path(&scratch.join("dist"))],
-    );
-    run(
-        path(&venv.join("bin/python")),
-        &[
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--force-reinstall",
-            "--no-deps",
-            wheel.trim(),
-        ],
-    );
-    venv
-}
-
 /// `ansible-galaxy collection build` + `install` into `dir/collections`;
 /// that directory (for ANSIBLE_COLLECTIONS_PATH).
 fn install_collection(venv: &Path, dir: &Path) -> PathBuf {

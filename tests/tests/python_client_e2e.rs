@@ -35,30 +35,7 @@ async fn python_client_captures_deploys_and_raises_grpc_codes() {
     let _py = Domain::adopt(&name_py);
 
     let root = workspace();
-    let path = |p: &std::path::Path| p.to_str().expect("utf8").to_string();
-    let venv = run(&path(&root.join("scripts/python-venv.sh")), &[])
-        .trim()
-        .to_string();
-    let python = format!("{venv}/bin/python");
-    let wheel = run(
-        &path(&root.join("clients/python/build-wheel.sh")),
-        &[&path(&f.wd.path().join("dist"))],
-    )
-    .trim()
-    .to_string();
-    run(
-        &python,
-        &[
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--force-reinstall",
-            "--no-deps",
-            &wheel,
-        ],
-    );
+    let python = venv_with_client(f.wd.path()).join("bin/python");
 
     // No cache or bytecode is written into the tree.
     let out = Command::new(&python)
