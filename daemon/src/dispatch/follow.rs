@@ -2,7 +2,6 @@
 //! leases between daemons, the final state into the catalog.
 
 use super::*;
-use crate::catalog::NewOperation;
 
 impl Dispatcher {
     /// Drive `op` to its end in a task of its own, unless this daemon
@@ -355,28 +354,9 @@ impl Dispatcher {
         let request_id = format!("lint-after-{}", op.id);
         let started = async {
             let host = self.catalog.host(&op.host).await?;
-            let lint_id = uuid::Uuid::new_v4().to_string();
-            let req = AgentRequest::Lint(pb::LintImageRequest {
-                operation_id: lint_id.clone(),
-                image_id: image_id.clone(),
-                store: self.source_store(image_id, &host).await?,
-            });
-            let encoded = req.encode();
-            let n = NewOperation {
-                account_id: &op.account_id,
-                request_id: Some(&request_id),
-                kind: OpKind::Lint,
-                image_id: Some(image_id),
-                host: &op.host,
-                guest: "",
-                agent_request: &encoded,
-                new_image: None,
-            };
-            let (row, new) = self.catalog.begin_operation_with_id(&lint_id, &n).await?;
-            if new {
-                self.dispatch(row, &req).await?;
-            }
-            Ok::<_, DaemonError>(lint_id)
+            self.start_lint(&op.account_id, Some(&request_id), image_id, &host)
+                .await
+                .map(|row| row.id)
         };
         match started.await {
             Ok(lint) => {

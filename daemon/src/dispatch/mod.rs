@@ -190,6 +190,42 @@ impl Dispatcher {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Record a lint of image `image_id` on `host` for account `account_id`
+    /// and hand it to the agent (or return the one a retry with the same
+    /// request id started). Callers check who may lint what.
+    pub async fn start_lint(
+        self: &Arc<Self>,
+        account_id: &str,
+        request_id: Option<&str>,
+        image_id: &str,
+        host: &HostRow,
+    ) -> Result<OperationRow, DaemonError> {
+        let op_id = uuid::Uuid::new_v4().to_string();
+        let req = AgentRequest::Lint(pb::LintImageRequest {
+            operation_id: op_id.clone(),
+            image_id: image_id.to_string(),
+            store: self.source_store(image_id, host).await?,
+        });
+        let encoded = req.encode();
+        let n = crate::catalog::NewOperation {
+            account_id,
+            request_id,
+            kind: OpKind::Lint,
+            image_id: Some(image_id),
+            host: &host.name,
+            guest: "",
+            agent_request: &encoded,
+            new_image: None,
+        };
+        let (row, new) = self.catalog.begin_operation_with_id(&op_id, &n).await?;
+        if !new {
+            return Ok(row);
+        }
+        let row = self.dispatch(row, &req).await?;
+        tracing::info!(op = %row.id, kind = %row.kind, image = %image_id, host = %row.host, "operation started");
+        Ok(row)
+    }
+
     /// The store of site `site` (the daemon's own `--store` for the default
     /// site), for metadata work: deletes, never bulk data.
     pub async fn site_store(&self, site: &str) -> Result<Store, DaemonError> {
