@@ -7,7 +7,9 @@
 use imprint_proto::v1 as pb;
 use tonic::Code;
 
-use super::world::{Caller::As, code, on_each_backend};
+use std::time::Duration;
+
+use super::world::{Caller::As, code, on_each_backend, until};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn lint_reports_are_kept_with_the_image_and_gate_publishing() {
@@ -98,18 +100,12 @@ async fn new_images_are_linted_when_the_daemon_lints_them() {
     on_each_backend(|w| async move {
         w.dispatcher.set_auto_lint(true);
         let img = w.capture("alice", "auto-linted").await;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        let report = loop {
-            let shown = w.get("alice", &img.id).await.expect("image");
-            if let Some(r) = shown.lint {
-                break r;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no lint report within 120 s"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        };
+        let report = until(
+            "the new image's lint report",
+            Duration::from_secs(120),
+            || async { w.get("alice", &img.id).await.expect("image").lint },
+        )
+        .await;
         assert_eq!(report.findings[0].code, "os-unknown", "{report:?}");
         let ops = w
             .ops

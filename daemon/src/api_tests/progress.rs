@@ -2,11 +2,11 @@
 //! right after another (within the interval byte counts are written at) is
 //! recorded, not lost until the next report.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use imprint_proto::v1 as pb;
 
-use super::world::{Caller, on_each_backend};
+use super::world::{Caller, on_each_backend, until};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_phase_reported_right_after_another_reaches_the_row() {
@@ -43,18 +43,16 @@ async fn a_phase_reported_right_after_another_reaches_the_row() {
             );
             async move { ops.get_operation(req).await.expect("get").into_inner() }
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut seen = get().await;
-        while seen.phase != "shutting down" {
-            assert_eq!(seen.state, pb::OperationState::Running as i32, "{seen:?}");
-            assert!(
-                Instant::now() < deadline,
-                "the row stays at phase {:?} while the agent waits for the shutdown",
-                seen.phase
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            seen = get().await;
-        }
+        until(
+            "the row at phase \"shutting down\" while the agent waits for the shutdown",
+            Duration::from_secs(10),
+            || async {
+                let seen = get().await;
+                assert_eq!(seen.state, pb::OperationState::Running as i32, "{seen:?}");
+                (seen.phase == "shutting down").then_some(())
+            },
+        )
+        .await;
         // Done with it: cancelled, the guest keeps running.
         w.ops
             .clone()

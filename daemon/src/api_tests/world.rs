@@ -334,6 +334,26 @@ impl World {
     }
 }
 
+/// Ask `probe` until it answers `Some` (an observable state: a row, a
+/// report); fail naming `what` after `timeout`.
+pub(super) async fn until<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(t) = probe().await {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {timeout:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub(super) fn code<T>(r: Result<T, tonic::Status>) -> Code {
     match r {
         Ok(_) => Code::Ok,
