@@ -26,12 +26,49 @@ const SYSPREP: &str = "virt-sysprep";
 /// `~/.ssh` (their authorized keys) is how many templates are reached,
 /// and it is no part of a machine's identity.
 const OPERATIONS: &str = "defaults,-ssh-userdir";
+/// A seal's: the same without `customize`, which ends by writing a new
+/// random machine-id (right for one new guest, wrong for an image every
+/// clone would share): the machine-id stays empty, and each clone's
+/// systemd makes its own at first boot.
+const SEAL_OPERATIONS: &str = "defaults,-ssh-userdir,-customize";
 /// How often a running sysprep looks at the cancel flag.
 const POLL: Duration = Duration::from_millis(100);
 
+/// What the disks are generalized for: errors name the way out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A new guest's volumes before it first boots.
+    Deploy,
+    /// A capture's view of the source's disks ([`crate::seal`]).
+    Seal,
+}
+
+impl Purpose {
+    fn what(self) -> &'static str {
+        match self {
+            Purpose::Deploy => "give the new guest a fresh identity",
+            Purpose::Seal => "seal the image",
+        }
+    }
+
+    fn operations(self) -> &'static str {
+        match self {
+            Purpose::Deploy => OPERATIONS,
+            Purpose::Seal => SEAL_OPERATIONS,
+        }
+    }
+
+    fn way_out(self) -> &'static str {
+        match self {
+            Purpose::Deploy => "deploy with keep_identity (--keep-identity) to keep the image's",
+            Purpose::Seal => "capture without seal (deploys give each clone a fresh identity)",
+        }
+    }
+}
+
 /// Whether this host can generalize (the tool is installed): refused
 /// before anything is made otherwise.
-pub fn check() -> Result<()> {
+pub fn check(purpose: Purpose) -> Result<()> {
     let found = std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(SYSPREP).is_file()));
     if found {
@@ -39,7 +76,11 @@ pub fn check() -> Result<()> {
     } else {
         Err(AgentError::new(
             Kind::FailedPrecondition,
-            "this host cannot give a new guest a fresh identity: virt-sysprep is not installed (Debian package guestfs-tools); deploy with keep_identity (--keep-identity) to keep the image's",
+            format!(
+                "this host cannot {}: virt-sysprep is not installed (Debian package guestfs-tools); {}",
+                purpose.what(),
+                purpose.way_out()
+            ),
         ))
     }
 }
@@ -55,16 +96,21 @@ pub fn appliance(cmd: &mut Command, tcg: bool) -> &mut Command {
     cmd
 }
 
-/// Generalize the disks of one new guest (`(path, format)`, in the order
-/// the guest sees them) in place. `tcg`: the host has no usable hardware
+/// Generalize the disks of one guest (`(path, format)`, in the order the
+/// guest sees them) in place. `tcg`: the host has no usable hardware
 /// virtualisation, so libguestfs's appliance must not try KVM.
-pub fn generalize(disks: &[(&Path, &str)], tcg: bool, cancel: &AtomicBool) -> Result<()> {
+pub fn generalize(
+    disks: &[(&Path, &str)],
+    tcg: bool,
+    cancel: &AtomicBool,
+    purpose: Purpose,
+) -> Result<()> {
     let mut cmd = Command::new(SYSPREP);
     for (path, format) in disks {
         cmd.arg("--format").arg(format).arg("-a").arg(path);
     }
     appliance(&mut cmd, tcg)
-        .args(["--operations", OPERATIONS, "--quiet"])
+        .args(["--operations", purpose.operations(), "--quiet"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -96,11 +142,11 @@ pub fn generalize(disks: &[(&Path, &str)], tcg: bool, cancel: &AtomicBool) -> Re
     if let Some(mut s) = child.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut s, &mut err);
     }
-    Err(failure(&err))
+    Err(failure(&err, purpose))
 }
 
-/// What a failed sysprep means for the deploy.
-fn failure(stderr: &str) -> AgentError {
+/// What a failed sysprep means for the deploy or capture.
+fn failure(stderr: &str, purpose: Purpose) -> AgentError {
     let said = stderr
         .lines()
         .find_map(|l| l.strip_prefix("virt-sysprep: error: "))
@@ -114,7 +160,9 @@ fn failure(stderr: &str) -> AgentError {
     AgentError::new(
         Kind::FailedPrecondition,
         format!(
-            "cannot give the new guest a fresh identity: {what} ({said}); deploy with keep_identity (--keep-identity) to keep the image's"
+            "cannot {}: {what} ({said}); {}",
+            purpose.what(),
+            purpose.way_out()
         ),
     )
 }
@@ -127,15 +175,19 @@ mod tests {
     fn an_image_without_an_os_is_a_precondition_naming_the_way_out() {
         let e = failure(
             "virt-sysprep: error: no operating systems were found in the guest \nimage\n\nIf reporting bugs, run virt-sysprep with debugging enabled",
+            Purpose::Deploy,
         );
         assert_eq!(e.kind, Kind::FailedPrecondition);
         let text = e.to_string();
         assert!(text.contains("no operating system was found"), "{text}");
         assert!(text.contains("--keep-identity"), "{text}");
-        let other = failure("virt-sysprep: error: libguestfs error: could not create appliance\n");
-        assert!(
-            other.to_string().contains("could not create appliance"),
-            "{other}"
+        let other = failure(
+            "virt-sysprep: error: libguestfs error: could not create appliance\n",
+            Purpose::Seal,
         );
+        let text = other.to_string();
+        assert!(text.contains("could not create appliance"), "{text}");
+        assert!(text.contains("cannot seal the image"), "{text}");
+        assert!(text.contains("capture without seal"), "{text}");
     }
 }

@@ -120,6 +120,15 @@ pub trait Hypervisor: Send + Sync {
         disk: &str,
         changes: bool,
     ) -> Result<Box<dyn imprint_store::source::DiskSource>>;
+    /// Disk `disk` of the guest's point-in-time view on `socket`, as
+    /// other tools (qemu-img, libguestfs) name it: the base a seal's
+    /// overlay is made over ([`crate::seal`]).
+    fn backup_base(
+        &self,
+        guest: &GuestRef,
+        socket: &std::path::Path,
+        disk: &str,
+    ) -> Result<crate::seal::Base>;
     /// Names of the guest's checkpoints.
     fn checkpoints(&self, guest: &GuestRef) -> Result<Vec<String>>;
     /// Delete a checkpoint (its bitmaps; a missing one is fine).
@@ -247,6 +256,20 @@ pub mod fake {
     }
 
     impl FakeHypervisor {
+        /// The file behind the guest's disk `disk` (the fake's view of a
+        /// running guest is its files).
+        fn disk_path(&self, g: &GuestRef, disk: &str) -> Result<String> {
+            let xml = self.with_guest(g, |g| Ok(g.xml.clone()))?;
+            let config = crate::domain::GuestConfig::from_domain_xml(&xml)
+                .map_err(|e| AgentError::new(Kind::Internal, e.to_string()))?;
+            config
+                .disks
+                .iter()
+                .find(|d| d.target_dev == disk)
+                .and_then(|d| d.source_path.clone())
+                .ok_or_else(|| AgentError::new(Kind::NotFound, format!("no disk {disk}")))
+        }
+
         fn with_guest<T>(
             &self,
             g: &GuestRef,
@@ -461,19 +484,22 @@ pub mod fake {
             disk: &str,
             _changes: bool,
         ) -> Result<Box<dyn imprint_store::source::DiskSource>> {
-            let xml = self.with_guest(g, |g| Ok(g.xml.clone()))?;
-            let config = crate::domain::GuestConfig::from_domain_xml(&xml)
-                .map_err(|e| AgentError::new(Kind::Internal, e.to_string()))?;
-            let path = config
-                .disks
-                .iter()
-                .find(|d| d.target_dev == disk)
-                .and_then(|d| d.source_path.clone())
-                .ok_or_else(|| AgentError::new(Kind::NotFound, format!("no disk {disk}")))?;
+            let path = self.disk_path(g, disk)?;
             Ok(Box::new(
                 imprint_store::source::FileSource::open(std::path::Path::new(&path))
                     .map_err(|e| AgentError::new(Kind::Internal, e.to_string()))?,
             ))
+        }
+        fn backup_base(
+            &self,
+            g: &GuestRef,
+            _socket: &std::path::Path,
+            disk: &str,
+        ) -> Result<crate::seal::Base> {
+            Ok(crate::seal::Base::File {
+                path: self.disk_path(g, disk)?,
+                format: "raw".into(),
+            })
         }
         fn backup_end(&self, g: &GuestRef) -> Result<()> {
             self.backups

@@ -35,6 +35,10 @@ pub enum Entry {
         /// filesystems: thaw until a thaw gets through.
         #[serde(default)]
         thaw: bool,
+        /// Directory of a seal ([`crate::seal`]): its servers are stopped
+        /// and the directory removed.
+        #[serde(default)]
+        seal_dir: Option<String>,
     },
     /// A deploy: what it created so far, to remove if it cannot finish.
     Deploy {
@@ -205,6 +209,7 @@ mod tests {
             was_running: true,
             backup_dir: None,
             thaw: false,
+            seal_dir: None,
         };
         j.write(&e).expect("write");
         let j2 = Journal::open(&tmp.path().join("j")).expect("reopen");

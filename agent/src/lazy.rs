@@ -435,6 +435,7 @@ pub fn resume(
             macs: f.macs.clone(),
             bytes_written: f.bytes_written,
             write_seconds: 0.0,
+            generalize_seconds: 0.0,
             started: true,
         })
     });

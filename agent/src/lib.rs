@@ -30,6 +30,7 @@ pub mod nbd;
 pub mod partitions;
 pub mod qcow2;
 pub mod scratch;
+pub mod seal;
 pub mod service;
 pub mod transfer;
 pub mod work;

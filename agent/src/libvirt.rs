@@ -357,6 +357,19 @@ impl Hypervisor for Libvirt {
             })
     }
 
+    fn backup_base(
+        &self,
+        _g: &GuestRef,
+        socket: &std::path::Path,
+        disk: &str,
+    ) -> Result<crate::seal::Base> {
+        // The pull-mode backup exports each disk under its target name.
+        Ok(crate::seal::Base::Nbd {
+            socket: socket.to_path_buf(),
+            export: disk.to_string(),
+        })
+    }
+
     fn backup_end(&self, g: &GuestRef) -> Result<()> {
         let r = self.with(&format!("end the backup of guest {}", g.name), |c| {
             let d = Self::domain_of(c, g)?;

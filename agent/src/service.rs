@@ -617,6 +617,7 @@ fn deploy_result(o: work::DeployOutcome) -> Finished {
         bytes_written: o.bytes_written,
         write_seconds: o.write_seconds,
         started: o.started,
+        generalize_seconds: o.generalize_seconds,
     })
 }
 
@@ -758,6 +759,18 @@ impl AgentService for Agent {
             acpi_resend: Duration::from_secs(5),
             backup_dir: self.settings.backup_dir.clone(),
             mode: capture_mode(r.mode, r.freeze_timeout_seconds)?,
+            // The overlays are small (what sysprep writes): beside the
+            // point-in-time views, or the NBD sockets of an agent that
+            // reads with the guest off.
+            seal: r.seal.then(|| work::SealSpec {
+                dir: self
+                    .settings
+                    .backup_dir
+                    .as_ref()
+                    .unwrap_or(&self.settings.nbd_dir)
+                    .join(format!("{id}-seal")),
+                tcg: self.settings.domain_type == "qemu",
+            }),
         };
         // Bad input (unknown guest or disk, a disk without a local source...)
         // is refused now, not as a failed operation.
@@ -803,6 +816,8 @@ impl AgentService for Agent {
                         .unwrap_or_default(),
                     full_read_reason: o.full_read_reason.unwrap_or_default(),
                     bytes_reused: o.stats.bytes_reused,
+                    sealed: crate::seal::is_sealed(&o.manifest),
+                    seal_seconds: o.seal_seconds,
                 }))
             },
         );

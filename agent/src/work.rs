@@ -138,6 +138,18 @@ pub struct CaptureSpec {
     pub backup_dir: Option<PathBuf>,
     /// How a running guest is captured.
     pub mode: CaptureMode,
+    /// Seal the image ([`crate::seal`]); `None`: store what was read.
+    pub seal: Option<SealSpec>,
+}
+
+/// Where and how a capture seals its image.
+#[derive(Debug, Clone)]
+pub struct SealSpec {
+    /// The overlays' directory (made and removed by the capture).
+    pub dir: PathBuf,
+    /// No usable hardware virtualisation: libguestfs's appliance runs
+    /// under TCG.
+    pub tcg: bool,
 }
 
 /// How a running guest is captured (a shut-off guest is read as it is).
@@ -215,6 +227,9 @@ pub struct CaptureOutcome {
     pub incremental_parent: Option<ImageId>,
     /// Why disks were read in full rather than incrementally.
     pub full_read_reason: Option<String>,
+    /// Sealed: seconds generalizing the disks before the read (0: not
+    /// sealed).
+    pub seal_seconds: f64,
     /// Power state it was left in.
     pub final_state: PowerState,
 }
@@ -251,6 +266,9 @@ pub fn check_capture(
     spec: &CaptureSpec,
 ) -> Result<CapturePlan> {
     imprint_store::manifest::validate_name(&spec.image_name)?;
+    if spec.seal.is_some() {
+        crate::generalize::check(crate::generalize::Purpose::Seal)?;
+    }
     let (guest, xml) = hv.lookup(&spec.guest)?;
     let config = GuestConfig::from_domain_xml(&xml)
         .map_err(|e| AgentError::new(Kind::Internal, format!("guest {}: {e}", guest.name)))?;
@@ -388,6 +406,7 @@ pub fn capture(
         (Some(dir), true) => Some(dir.join(&spec.operation_id)),
         _ => None,
     };
+    let seal_dir = spec.seal.as_ref().map(|s| s.dir.display().to_string());
     journal.write(&Entry::Capture {
         operation_id: spec.operation_id.clone(),
         guest_name: guest.name.clone(),
@@ -395,6 +414,7 @@ pub fn capture(
         was_running: was_running && !live,
         backup_dir: backup.as_ref().map(|d| d.display().to_string()),
         thaw: frozen,
+        seal_dir: seal_dir.clone(),
     })?;
     // Once a point-in-time read lets the guest run again (a live capture:
     // from the start), its power state is its user's: neither this
@@ -409,6 +429,7 @@ pub fn capture(
             was_running: false,
             backup_dir: backup.as_ref().map(|d| d.display().to_string()),
             thaw: frozen,
+            seal_dir: seal_dir.clone(),
         });
     };
     // A live capture whose thaw was not confirmed keeps its journal entry:
@@ -447,7 +468,9 @@ pub fn capture(
             o.downtime_seconds = match (o.point_in_time, was_running) {
                 _ if live => 0.0,
                 (true, _) => o.shutdown_seconds + o.boot_seconds,
-                (false, true) => o.shutdown_seconds + o.read_seconds + o.boot_seconds,
+                (false, true) => {
+                    o.shutdown_seconds + o.seal_seconds + o.read_seconds + o.boot_seconds
+                }
                 (false, false) => 0.0,
             };
             o.final_state = state;
@@ -542,7 +565,13 @@ fn take_down_and_read(
     let image_id = spec.image_id.clone().unwrap_or_else(ImageId::generate);
     // A view comes with a checkpoint (qcow2 disks), and is incremental
     // from the newest earlier one when it can be.
+    // A sealed image is no earlier state of the source: it takes no
+    // checkpoint and starts from none.
     let mut inc = match backup {
+        _ if spec.seal.is_some() => crate::checkpoints::Increment {
+            full_read_reason: Some("a sealed image is read in full".into()),
+            ..Default::default()
+        },
         Some(_) if initial == PowerState::Running => {
             crate::checkpoints::plan(hv, store, guest, config, chosen, &image_id)
         }
@@ -579,15 +608,43 @@ fn take_down_and_read(
         }
         _ => false,
     };
+    // Sealed: generalized overlays over what would have been read.
+    let mut sealed = None;
+    let mut seal_seconds = 0.0;
+    if let Some(seal) = &spec.seal {
+        report("sealing the image", 0, 0);
+        let t = Instant::now();
+        let bases = chosen
+            .iter()
+            .map(|(i, path)| {
+                let d = &config.disks[*i];
+                match backup {
+                    Some((dir, _)) if point_in_time => {
+                        hv.backup_base(guest, &dir.join("nbd.sock"), &d.target_dev)
+                    }
+                    _ => Ok(crate::seal::Base::File {
+                        path: path.clone(),
+                        format: d.format.clone(),
+                    }),
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        sealed = Some(crate::seal::seal(&seal.dir, &bases, seal.tcg, cancel)?);
+        seal_seconds = t.elapsed().as_secs_f64();
+        tracing::info!(guest = %guest.name, seconds = seal_seconds, "sealed the image's disks");
+    }
     report("reading disks", 0, 0);
     let t1 = Instant::now();
     let mut inputs = Vec::new();
     let mut incremental_parent = None;
-    for (i, path) in chosen {
+    for (k, (i, path)) in chosen.iter().enumerate() {
         let d = &mut config.disks[*i];
         let changes = point_in_time && inc.tracks_changes_of(&d.target_dev);
-        let src = match backup {
-            Some((dir, _)) if point_in_time => hv
+        let src = match (&mut sealed, backup) {
+            (Some(s), _) => s
+                .open(k)
+                .map_err(|e| e.context(format!("open the sealed view of {}", d.target_dev)))?,
+            (None, Some((dir, _))) if point_in_time => hv
                 .backup_disk(guest, &dir.join("nbd.sock"), &d.target_dev, changes)
                 .map_err(|e| {
                     e.context(format!("open the point-in-time view of {}", d.target_dev))
@@ -636,6 +693,12 @@ fn take_down_and_read(
             .map_err(|e| AgentError::new(Kind::Internal, e.to_string()))?,
         labels: {
             let mut labels = spec.labels.clone();
+            if sealed.is_some() {
+                labels.insert(
+                    crate::seal::SEALED_LABEL.into(),
+                    crate::seal::SEALED_WITH.into(),
+                );
+            }
             if let Some(cp) = view.checkpoint() {
                 labels.insert(crate::checkpoints::CHECKPOINT_LABEL.into(), cp);
             }
@@ -688,6 +751,7 @@ fn take_down_and_read(
         freeze_seconds,
         incremental_parent,
         full_read_reason: inc.full_read_reason.clone(),
+        seal_seconds,
         final_state: if point_in_time {
             PowerState::Running
         } else {
@@ -992,12 +1056,16 @@ pub fn recover_where(
                 was_running,
                 backup_dir,
                 thaw,
+                seal_dir,
                 ..
             } => {
                 let g = GuestRef {
                     name: guest_name.clone(),
                     uuid: guest_uuid.clone(),
                 };
+                if let Some(dir) = seal_dir {
+                    crate::seal::remove(std::path::Path::new(dir));
+                }
                 if let Some(dir) = backup_dir {
                     end_backup(hv, &g, std::path::Path::new(dir));
                 }
@@ -1306,6 +1374,9 @@ pub struct DeployOutcome {
     pub bytes_written: u64,
     /// Seconds writing.
     pub write_seconds: f64,
+    /// Seconds giving the guest a fresh identity (0: kept, or the image
+    /// was sealed at capture).
+    pub generalize_seconds: f64,
     /// Started.
     pub started: bool,
 }
@@ -1511,8 +1582,8 @@ pub fn check_deploy(ctx: &Ctx, spec: &DeploySpec) -> Result<(imprint_store::Mani
             ),
         ));
     }
-    if !spec.keep_identity {
-        crate::generalize::check()?;
+    if generalizes(spec, &manifest) {
+        crate::generalize::check(crate::generalize::Purpose::Deploy)?;
     }
     let pool = hv.pool_info(&spec.pool)?;
     if spec.lazy {
@@ -1627,6 +1698,12 @@ pub(crate) fn end_deploy(
     r
 }
 
+/// Whether a deploy generalizes its new volumes: unless asked to keep the
+/// image's identity, or the image was sealed at capture (it has none).
+fn generalizes(spec: &DeploySpec, manifest: &imprint_store::Manifest) -> bool {
+    !spec.keep_identity && !crate::seal::is_sealed(manifest)
+}
+
 /// Generalize what a new guest first boots from ([`crate::generalize`]);
 /// an overlay of a lazy deploy names its export in its own header
 /// meanwhile, so the tool reads the image through it.
@@ -1644,7 +1721,7 @@ fn generalize_boot_disks(
         .iter()
         .map(|(p, f, _)| (std::path::Path::new(p.as_str()), *f))
         .collect();
-    let r = crate::generalize::generalize(&list, tcg, cancel);
+    let r = crate::generalize::generalize(&list, tcg, cancel, crate::generalize::Purpose::Deploy);
     for (path, _, backing) in disks {
         if backing.is_some() {
             crate::lazy::set_header_backing(path, None)?;
@@ -1821,11 +1898,13 @@ fn deploy_steps(
     }
     let write_seconds = t0.elapsed().as_secs_f64();
     cancelled(cancel)?;
-    if !spec.keep_identity {
+    let mut generalize_seconds = 0.0;
+    if generalizes(spec, manifest) {
         report("giving the guest a fresh identity", done, total);
         let t = Instant::now();
         generalize_boot_disks(&boot_disks, spec.domain_type == "qemu", cancel)?;
-        tracing::info!(guest = %spec.guest_name, seconds = t.elapsed().as_secs_f64(), "generalized the new volumes");
+        generalize_seconds = t.elapsed().as_secs_f64();
+        tracing::info!(guest = %spec.guest_name, seconds = generalize_seconds, "generalized the new volumes");
     }
     report("writing cloud-init seed", done, total);
     let seed_vol = format!("{}-cidata.img", spec.guest_name);
@@ -1996,6 +2075,7 @@ fn deploy_steps(
         macs,
         bytes_written: written,
         write_seconds,
+        generalize_seconds,
         started: spec.start,
     })
 }

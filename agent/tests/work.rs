@@ -102,6 +102,7 @@ fn spec(force: bool) -> CaptureSpec {
         acpi_resend: Duration::from_millis(200),
         backup_dir: None,
         mode: CaptureMode::Offline,
+        seal: None,
     }
 }
 
@@ -290,6 +291,7 @@ fn a_thaw_that_does_not_get_through_is_retried_by_recovery() {
             was_running: false,
             backup_dir: None,
             thaw: true,
+            seal_dir: None,
         })
         .expect("journal");
     // Its agent does not answer: the entry stays for the next pass.
@@ -488,6 +490,7 @@ fn recovery_restarts_a_guest_left_off_by_a_dead_agent() {
             was_running: true,
             backup_dir: None,
             thaw: false,
+            seal_dir: None,
         })
         .expect("journal");
     let r = recover(&*e.hv, &e.journal);
@@ -495,6 +498,46 @@ fn recovery_restarts_a_guest_left_off_by_a_dead_agent() {
     assert!(r[0].1.is_ok());
     assert_eq!(state(&e, "a"), PowerState::Running);
     assert!(e.journal.list().expect("journal").is_empty());
+}
+
+/// A sealing capture whose agent died leaves its overlays and a server
+/// per disk (pid files in its directory): recovery stops the servers and
+/// removes the directory.
+#[test]
+fn recovery_stops_what_a_dead_seal_left() {
+    let e = env(true, PowerState::Running);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("op-10-seal");
+    std::fs::create_dir(&dir).expect("dir");
+    std::fs::write(dir.join("disk0.qcow2"), b"overlay").expect("overlay");
+    // A stand-in for the qemu-nbd left serving it.
+    let mut server = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .expect("sleep");
+    std::fs::write(dir.join("disk0.pid"), format!("{}\n", server.id())).expect("pid");
+    e.journal
+        .write(&Entry::Capture {
+            operation_id: "op-10".into(),
+            guest_name: "a".into(),
+            guest_uuid: "a-uuid".into(),
+            was_running: false,
+            backup_dir: None,
+            thaw: false,
+            seal_dir: Some(dir.display().to_string()),
+        })
+        .expect("journal");
+    let r = recover(&*e.hv, &e.journal);
+    assert!(r[0].1.is_ok(), "{r:?}");
+    let status = server.wait().expect("wait");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(15),
+        "{status:?}"
+    );
+    assert!(!dir.exists());
+    assert!(e.journal.list().expect("journal").is_empty());
+    assert_eq!(state(&e, "a"), PowerState::Running);
 }
 
 fn deploy_spec(image: &str) -> DeploySpec {

@@ -66,6 +66,8 @@ pub struct CaptureSpec {
     pub mode: pb::CaptureMode,
     /// A live capture's freeze limit (0: the agent's).
     pub freeze_timeout_seconds: u32,
+    /// Store the image generalized.
+    pub seal: bool,
 }
 
 impl TryFrom<pb::CaptureImageRequest> for CaptureSpec {
@@ -104,6 +106,7 @@ impl TryFrom<pb::CaptureImageRequest> for CaptureSpec {
             allow_force_off: r.allow_force_off,
             mode,
             freeze_timeout_seconds: r.freeze_timeout_seconds,
+            seal: r.seal,
         })
     }
 }

@@ -1237,6 +1237,21 @@ impl Fixture {
     /// Capture a shut-off busybox guest `imp-<tag>-<suffix>` on `disk`
     /// (raw); the image id.
     pub async fn capture_disk(&self, suffix: &str, disk: &Path) -> String {
+        let captured = self
+            .capture_disk_as(suffix, disk, imprint_proto::v1::CaptureRequest::default())
+            .await;
+        assert_succeeded(&captured);
+        captured.capture.expect("result").image_id
+    }
+
+    /// [`Fixture::capture_disk`] with the rest of the request from `req`;
+    /// the finished operation, whatever its end.
+    pub async fn capture_disk_as(
+        &self,
+        suffix: &str,
+        disk: &Path,
+        req: imprint_proto::v1::CaptureRequest,
+    ) -> imprint_proto::v1::AgentOperation {
         let name = format!("imp-{}-{suffix}", self.tag);
         let log = self.wd.path().join(format!("{suffix}.log"));
         let _src = Domain::define(
@@ -1251,17 +1266,15 @@ impl Fixture {
             ),
             self.wd.path(),
         );
-        let captured = capture(
+        capture(
             &mut self.client().await,
             imprint_proto::v1::CaptureRequest {
                 guest: name,
                 image_name: suffix.into(),
-                ..Default::default()
+                ..req
             },
         )
-        .await;
-        assert_succeeded(&captured);
-        captured.capture.expect("result").image_id
+        .await
     }
 
     /// Define guest `imp-<tag>-<suffix>` on `disks` (in pool A's

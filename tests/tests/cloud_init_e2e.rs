@@ -3,6 +3,9 @@
 //! network-config v2 matched by MAC) through cloud-init itself; and every
 //! copy gets a fresh identity (machine-id, SSH host keys: virt-sysprep on
 //! its new volume before it first boots), while the source keeps its own.
+//! A sealed capture of the running source stores the image generalized:
+//! a copy that keeps the image's identity gets a fresh one all the same,
+//! with no generalization at deploy.
 
 use std::time::Duration;
 
@@ -52,13 +55,13 @@ async fn debian_clones_get_network_from_cloud_init_and_fresh_identities() {
     assert_eq!(a.state(), "running");
     // The captured guest had no seed: this is its first cloud-init run.
     let name_b = format!("imp-{}-deb2", f.tag);
-    let _b = Domain::adopt(&name_b);
+    let b_guest = Domain::adopt(&name_b);
     // A second copy, deployed at the same time and lazily (its fresh
     // identity is written into the overlay it starts on, read through the
     // export): identities must differ between clones, not only from the
     // source.
     let name_c = format!("imp-{}-deb3", f.tag);
-    let _c = Domain::adopt(&name_c);
+    let c_guest = Domain::adopt(&name_c);
     let op_c = client
         .deploy(pb::DeployRequest {
             image_id: r.image_id.clone(),
@@ -159,6 +162,73 @@ async fn debian_clones_get_network_from_cloud_init_and_fresh_identities() {
         source_identity,
         "the source keeps its identity"
     );
+    drop((b_guest, c_guest));
+
+    // Sealed, from the running source (crash-consistent: no shutdown; what
+    // is sealed is an overlay over the view's export).
+    let done = capture(
+        &mut client,
+        pb::CaptureRequest {
+            guest: name_a.clone(),
+            image_name: "debian-sealed".into(),
+            mode: pb::CaptureMode::CrashConsistent as i32,
+            seal: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_succeeded(&done);
+    let sealed = done.capture.expect("result");
+    assert!(sealed.sealed && sealed.point_in_time, "{sealed:?}");
+    assert_eq!(a.state(), "running");
+    let name_d = format!("imp-{}-deb4", f.tag);
+    let _d = Domain::adopt(&name_d);
+    let op = client
+        .deploy(pb::DeployRequest {
+            image_id: sealed.image_id,
+            guest_name: name_d.clone(),
+            keep_identity: true,
+            network: Some(pb::NetworkConfig {
+                hostname: "web-9".into(),
+                interfaces: vec![pb::InterfaceConfig {
+                    addresses: vec!["198.51.100.9/24".into()],
+                    ..Default::default()
+                }],
+            }),
+            start: true,
+            ..Default::default()
+        })
+        .await
+        .expect("deploy")
+        .into_inner();
+    let done = watch(&mut client, &op.operation_id).await;
+    assert_succeeded(&done);
+    assert_eq!(
+        done.deploy.expect("result").generalize_seconds,
+        0.0,
+        "a sealed image is not generalized again"
+    );
+    let log_d = wait_for(
+        &f.consoles.join(format!("{name_d}.log")),
+        "IMPRINT-READY",
+        1,
+        Duration::from_secs(300),
+    );
+    let d = identity(&log_d);
+    for (what, x) in [
+        ("the source", &source_identity),
+        ("a copy", &b),
+        ("a copy", &c),
+    ] {
+        assert_ne!(
+            x.0, d.0,
+            "the sealed image's copy and {what} share a machine-id"
+        );
+        assert_ne!(
+            x.1, d.1,
+            "the sealed image's copy and {what} share an SSH host key"
+        );
+    }
 }
 
 /// A guest's machine-id and SSH host key fingerprint, from the last boot

@@ -3,7 +3,9 @@
 //! error), without cloud-init, with cloud-init disabled and with an fstab
 //! naming `/dev/vda` (each problem named, with its fix), and the busybox
 //! guest's disk, which holds no operating system ("unknown", with the
-//! reason).
+//! reason). A sealed capture of the clean template stores it generalized
+//! (no identity left to find), its source untouched; sealing a disk with
+//! no operating system fails as a precondition.
 
 use std::path::Path;
 
@@ -82,6 +84,46 @@ async fn lint_names_what_a_template_lacks_without_booting_it() {
     let by_name = f.disk_in_pool_a(&deb.disk, "by-name.raw");
     let busybox = f.disk_in_pool_a(&f.guest.disk, "busybox.raw");
 
+    let clean_before = run("sha256sum", &[clean.to_str().expect("utf8")]);
+    let sealed = f
+        .capture_disk_as(
+            "sealed",
+            &clean,
+            pb::CaptureRequest {
+                seal: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    assert_succeeded(&sealed);
+    let sealed = sealed.capture.expect("result");
+    assert!(sealed.sealed && sealed.seal_seconds > 0.0, "{sealed:?}");
+    assert_eq!(
+        run("sha256sum", &[clean.to_str().expect("utf8")]),
+        clean_before,
+        "sealing never modifies the source"
+    );
+    let unsealable = f
+        .capture_disk_as(
+            "busybox-sealed",
+            &busybox,
+            pb::CaptureRequest {
+                seal: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    assert_eq!(
+        unsealable.error_code,
+        tonic::Code::FailedPrecondition as i32,
+        "{unsealable:?}"
+    );
+    assert!(
+        unsealable.error.contains("no operating system"),
+        "{}",
+        unsealable.error
+    );
+
     let mut images = Vec::new();
     for (name, disk) in [
         ("clean", &clean),
@@ -93,6 +135,7 @@ async fn lint_names_what_a_template_lacks_without_booting_it() {
         images.push(f.capture_disk(name, disk).await);
     }
     let mut client = f.client().await;
+    images.push(sealed.image_id);
     let mut ops = Vec::new();
     for id in &images {
         ops.push(lint(&mut client, id).await);
@@ -145,6 +188,15 @@ async fn lint_names_what_a_template_lacks_without_booting_it() {
         codes(unknown, pb::LintSeverity::Error),
         ["os-unknown"],
         "{unknown:?}"
+    );
+    let sealed = &reports[5];
+    assert!(
+        codes(sealed, pb::LintSeverity::Error).is_empty(),
+        "{sealed:?}"
+    );
+    assert!(
+        sealed.findings.iter().all(|f| f.code != "identity-present"),
+        "a sealed image carries no identity: {sealed:?}"
     );
     for r in &reports {
         assert!(

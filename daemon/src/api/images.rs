@@ -364,6 +364,7 @@ pub fn image_to_pb(
         min_vcpus: u32::try_from(row.min_vcpus).unwrap_or(0),
         min_memory_mib: unsigned(row.min_memory_mib),
         min_disk_bytes: unsigned(row.min_disk_bytes),
+        sealed: row.sealed,
         hardware: crate::catalog::decode_profile(&row.hardware).ok().flatten(),
         lint,
         linted_unix: row.linted_unix,

@@ -17,5 +17,6 @@ mod profiles;
 mod progress;
 mod reconcile;
 mod reflection;
+mod seal;
 mod sites;
 mod world;

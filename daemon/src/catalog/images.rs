@@ -64,6 +64,7 @@ impl Catalog {
                 hardware: row.try_get("hardware")?,
                 lint: row.try_get("lint")?,
                 linted_unix: row.try_get("linted_unix")?,
+                sealed: row.try_get::<i32, _>("sealed")? != 0,
             });
         }
         if out.is_empty() {

@@ -148,6 +148,8 @@ pub struct ImageRow {
     pub lint: String,
     /// When it was made (seconds since the epoch; 0: never linted).
     pub linted_unix: i64,
+    /// Stored generalized (captured with seal).
+    pub sealed: bool,
 }
 
 /// One disk of an image, as the catalog keeps it.
@@ -299,7 +301,7 @@ pub fn count(n: usize) -> i64 {
 const SELECT_IMAGE: &str = "SELECT i.id, i.owner_id, a.name AS owner, i.name, i.notes, i.state, i.visibility, \
      i.protected, i.failure_reason, i.size_bytes, i.created_unix, i.updated_unix, i.source_host, i.source_guest, \
      i.config_json, i.disks_json, i.exclusive_bytes, i.referenced_bytes, i.damage, \
-     i.recommended_profiles, i.min_vcpus, i.min_memory_mib, i.min_disk_bytes, i.hardware, i.lint, i.linted_unix \
+     i.recommended_profiles, i.min_vcpus, i.min_memory_mib, i.min_disk_bytes, i.hardware, i.lint, i.linted_unix, i.sealed \
      FROM images i JOIN accounts a ON a.id = i.owner_id";
 
 impl Catalog {

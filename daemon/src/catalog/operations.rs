@@ -123,6 +123,8 @@ pub enum ImageOutcome {
         disks_json: String,
         /// Site whose store holds it (the capturing host's).
         site: String,
+        /// Stored generalized.
+        sealed: bool,
     },
     /// The capture failed: the image becomes `failed` with this reason.
     Failed(String),
@@ -502,6 +504,7 @@ impl Catalog {
                     config_json,
                     disks_json,
                     site,
+                    sealed,
                 } => {
                     // In the same transaction: an active image always has
                     // a location.
@@ -514,12 +517,13 @@ impl Catalog {
                     .bind(t)
                     .execute(&mut *tx)
                     .await?;
-                    sqlx::query("UPDATE images SET state = 'active', size_bytes = $1, config_json = $2, disks_json = $3, updated_unix = $4 \
-                                 WHERE id = $5 AND state = 'creating'")
+                    sqlx::query("UPDATE images SET state = 'active', size_bytes = $1, config_json = $2, disks_json = $3, updated_unix = $4, sealed = $5 \
+                                 WHERE id = $6 AND state = 'creating'")
                         .bind(*size_bytes)
                         .bind(config_json)
                         .bind(disks_json)
                         .bind(t)
+                        .bind(i32::from(*sealed))
                         .bind(&img)
                         .execute(&mut *tx)
                         .await?;

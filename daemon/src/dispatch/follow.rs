@@ -393,6 +393,7 @@ impl Dispatcher {
                             config_json: c.config_json.clone(),
                             disks_json: serde_json::to_string(&disks).unwrap_or_default(),
                             site,
+                            sealed: c.sealed,
                         }
                     }
                     _ => ImageOutcome::None,

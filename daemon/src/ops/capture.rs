@@ -56,6 +56,7 @@ impl Ops {
             image_id: image_id.clone(),
             mode: s.mode.into(),
             freeze_timeout_seconds: s.freeze_timeout_seconds,
+            seal: s.seal,
         });
         let encoded = agent_req.encode();
         let n = NewOperation {

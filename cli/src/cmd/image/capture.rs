@@ -45,6 +45,12 @@ pub struct CaptureArgs {
     /// seconds (default: the agent's, 10).
     #[arg(long, requires = "live", value_parser = clap::value_parser!(u32).range(1..=3600))]
     freeze_timeout: Option<u32>,
+    /// Store the image generalized (machine-id emptied, SSH host keys,
+    /// cloud-init state, logs... removed; the guest itself is untouched):
+    /// every deploy starts fresh, even with --keep-identity, and skips its
+    /// own generalization.
+    #[arg(long)]
+    seal: bool,
     /// Idempotency key: a retry with the same key returns the same operation.
     #[arg(long)]
     request_id: Option<String>,
@@ -78,6 +84,7 @@ pub async fn run(api: &mut Api, ctx: &Ctx, a: CaptureArgs) -> Result<u8> {
         allow_force_off: a.force_off,
         mode,
         freeze_timeout_seconds: a.freeze_timeout.unwrap_or(0),
+        seal: a.seal,
     };
     let op = api.images.capture_image(req).await?.into_inner();
     op_result(api, ctx, op, a.wait).await

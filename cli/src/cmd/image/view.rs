@@ -21,7 +21,7 @@ pub fn image_json(i: &pb::Image) -> Value {
     json!({
         "id": i.id, "name": i.name, "notes": i.notes, "tags": i.tags, "owner": i.owner,
         "state": image_state_name(i.state), "visibility": visibility_name(i.visibility),
-        "protected": i.protected, "failure_reason": i.failure_reason,
+        "protected": i.protected, "sealed": i.sealed, "failure_reason": i.failure_reason,
         "source_host": i.source_host, "source_guest": i.source_guest,
         "disks": i.disks.iter().map(|d| json!({"name": d.name, "size_bytes": d.size_bytes, "sha256": d.sha256})).collect::<Vec<_>>(),
         "size_bytes": i.size_bytes, "exclusive_bytes": i.exclusive_bytes,
@@ -96,6 +96,7 @@ fn image_fields(i: &pb::Image) -> String {
         ("state", image_state_name(i.state)),
         ("visibility", visibility_name(i.visibility)),
         ("protected", i.protected.to_string()),
+        ("sealed", i.sealed.to_string()),
         ("size", output::bytes(i.size_bytes)),
         ("freed if deleted", output::bytes(i.exclusive_bytes)),
         ("source", format!("{} / {}", i.source_host, i.source_guest)),

@@ -92,6 +92,15 @@ options:
     description: Power the guest off when it does not shut down in time.
     type: bool
     default: false
+  seal:
+    description:
+      - Store the image generalized (virt-sysprep's operations on what is
+        read; the guest itself is untouched), so every deploy starts
+        without the source's machine-id, SSH host keys and cloud-init
+        state and skips its own generalization. Used only when the image
+        is captured.
+    type: bool
+    default: false
   notes:
     description: Free text kept with the image.
     type: str
@@ -267,7 +276,7 @@ def capture(m):
                 notes=p['notes'] or '', tags=p['tags'] or (),
                 exclude_disks=p['exclude_disks'], mode=p['capture_mode'],
                 shutdown_timeout_seconds=p['shutdown_timeout'],
-                allow_force_off=p['allow_force_off'])
+                allow_force_off=p['allow_force_off'], seal=p['seal'])
     if not p['wait']:
         img = m.get_image_or_none(op.image_id) if op.image_id else None
         result = dict(changed=True, image=m.to_dict(img) or {}, operation=m.to_dict(op), diff=diff)
@@ -337,6 +346,7 @@ def main():
             exclude_disks=dict(type='list', elements='str', default=[]),
             shutdown_timeout=dict(type='int', default=0),
             allow_force_off=dict(type='bool', default=False),
+            seal=dict(type='bool', default=False),
             notes=dict(type='str'),
             tags=dict(type='list', elements='str'),
             shared_with=dict(type='list', elements='str'),

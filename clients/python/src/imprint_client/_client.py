@@ -273,10 +273,13 @@ class Client:
         shutdown_timeout_seconds: int = 0,
         allow_force_off: bool = False,
         freeze_timeout_seconds: int = 0,
+        seal: bool = False,
         request_id: Optional[str] = None,
     ) -> Operation:
         """Start capturing ``guest`` of ``host``; follow it with :meth:`wait`.
-        ``mode``: "offline" (default), "live", "crash-consistent"."""
+        ``mode``: "offline" (default), "live", "crash-consistent".
+        ``seal``: store the image generalized (virt-sysprep), so every
+        deploy starts without the source's identity."""
         req = images_pb2.CaptureImageRequest(
             request_id=request_id or "",
             host=host,
@@ -289,6 +292,7 @@ class Client:
             allow_force_off=allow_force_off,
             mode=enum_value(agent_pb2.CaptureMode, "CAPTURE_MODE_", mode),
             freeze_timeout_seconds=freeze_timeout_seconds,
+            seal=seal,
         )
         return self.call(self.images.CaptureImage, req)
 
