@@ -46,9 +46,10 @@ MAIN_PKGS=(
 # appliance), and udev from backports (libguestfs needs udev, whose
 # bookworm version conflicts with the backports libudev1 systemd pulls).
 TEST_BACKPORTS_PKGS=(udev)
-# The packaging test builds the Debian packages (debhelper, lintian); the
-# Python client and Ansible tests make a venv (python3-venv).
-TEST_PKGS=(libguestfs-tools guestfs-tools linux-image-cloud-amd64 debhelper lintian python3-venv)
+# libguestfs-xfs puts XFS in the appliance (the generalization test's XFS
+# roots). The packaging test builds the Debian packages (debhelper,
+# lintian); the Python client and Ansible tests make a venv (python3-venv).
+TEST_PKGS=(libguestfs-tools guestfs-tools libguestfs-xfs linux-image-cloud-amd64 debhelper lintian python3-venv)
 if [[ $TESTS -eq 0 ]]; then
     TEST_BACKPORTS_PKGS=()
     TEST_PKGS=()

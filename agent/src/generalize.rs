@@ -2,11 +2,13 @@
 //! its new volumes are generalized with libguestfs's `virt-sysprep`
 //! (Debian package `guestfs-tools`): a new machine-id (systemd-networkd's
 //! DHCP DUID comes from it), SSH host keys removed (regenerated at first
-//! boot), cloud-init instance data, DHCP leases, persistent net rules,
-//! logs, shell histories, temporary files and the rest of its default
-//! operations for Linux guests. The guest's filesystems are edited inside
-//! libguestfs's appliance, never mounted on the host; the image and the
-//! source guest are never touched.
+//! boot), cloud-init's instance state (deleted by our own arguments:
+//! virt-sysprep has no operation for it), DHCP leases, persistent net
+//! rules, logs, shell histories, temporary files and the rest of its
+//! default operations for Linux guests. The guest's filesystems are
+//! edited inside libguestfs's appliance, never mounted on the host; the
+//! image and the source guest are never touched. A capture with `seal`
+//! runs the same on overlays of what it reads ([`crate::seal`]).
 //!
 //! Cost: the appliance boots for each deploy (about 5 s under TCG, 10 s in
 //! all with inspection and the operations; see docs/benchmarks.md).
@@ -26,11 +28,22 @@ const SYSPREP: &str = "virt-sysprep";
 /// `~/.ssh` (their authorized keys) is how many templates are reached,
 /// and it is no part of a machine's identity.
 const OPERATIONS: &str = "defaults,-ssh-userdir";
-/// A seal's: the same without `customize`, which ends by writing a new
-/// random machine-id (right for one new guest, wrong for an image every
-/// clone would share): the machine-id stays empty, and each clone's
-/// systemd makes its own at first boot.
-const SEAL_OPERATIONS: &str = "defaults,-ssh-userdir,-customize";
+/// cloud-init's state of the instances the guest was (virt-sysprep has no
+/// operation for it): what `cloud-init clean` removes, but the seed and
+/// the operator's scripts. Globs; what is not there is no error.
+const CLOUD_INIT_STATE: [&str; 5] = [
+    "/var/lib/cloud/instance",
+    "/var/lib/cloud/instances",
+    "/var/lib/cloud/data",
+    "/var/lib/cloud/sem",
+    "/var/lib/cloud/handlers",
+];
+/// Where Linux distributions keep the seed of their random number
+/// generator across boots.
+const RANDOM_SEEDS: [&str; 2] = [
+    "/var/lib/systemd/random-seed",
+    "/var/lib/urandom/random-seed",
+];
 /// How often a running sysprep looks at the cancel flag.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -51,11 +64,23 @@ impl Purpose {
         }
     }
 
-    fn operations(self) -> &'static str {
-        match self {
-            Purpose::Deploy => OPERATIONS,
-            Purpose::Seal => SEAL_OPERATIONS,
+    /// What virt-sysprep does besides its operations (its `customize`
+    /// operation runs them after writing a new random seed where it knows
+    /// how, and a new machine-id where `/etc/machine-id` is empty):
+    /// cloud-init's state and the random seeds deleted (1.48 sets no seed
+    /// on Debian: the source's would travel); for a seal, the machine-id
+    /// emptied, since every clone would share it (each clone's systemd
+    /// makes its own at first boot).
+    fn customizations(self) -> Vec<&'static str> {
+        let mut args: Vec<&str> = CLOUD_INIT_STATE
+            .iter()
+            .chain(&RANDOM_SEEDS)
+            .flat_map(|p| ["--delete", *p])
+            .collect();
+        if self == Purpose::Seal {
+            args.extend(["--write", "/etc/machine-id:"]);
         }
+        args
     }
 
     fn way_out(self) -> &'static str {
@@ -110,7 +135,8 @@ pub fn generalize(
         cmd.arg("--format").arg(format).arg("-a").arg(path);
     }
     appliance(&mut cmd, tcg)
-        .args(["--operations", purpose.operations(), "--quiet"])
+        .args(["--operations", OPERATIONS, "--quiet"])
+        .args(purpose.customizations())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -189,5 +215,24 @@ mod tests {
         assert!(text.contains("could not create appliance"), "{text}");
         assert!(text.contains("cannot seal the image"), "{text}");
         assert!(text.contains("capture without seal"), "{text}");
+    }
+
+    #[test]
+    fn seeds_and_cloud_init_state_go_and_a_seal_empties_the_machine_id() {
+        let deploy = Purpose::Deploy.customizations();
+        assert!(
+            deploy
+                .windows(2)
+                .any(|w| w == ["--delete", "/var/lib/cloud/instances"])
+        );
+        assert!(!deploy.contains(&"/etc/machine-id:"));
+        let seal = Purpose::Seal.customizations();
+        assert_eq!(seal[..deploy.len()], deploy[..]);
+        assert!(
+            deploy
+                .windows(2)
+                .any(|w| w == ["--delete", "/var/lib/systemd/random-seed"])
+        );
+        assert_eq!(seal[deploy.len()..], ["--write", "/etc/machine-id:"]);
     }
 }

@@ -141,7 +141,7 @@ pub fn export_disk(
 /// names the backing for QEMU, so the header names none once that is done.
 pub fn set_header_backing(overlay: &str, backing: Option<&NbdBacking>) -> Result<()> {
     let url = backing.map_or_else(String::new, |b| {
-        format!("nbd+unix:///{}?socket={}", b.export, b.socket)
+        crate::nbd::unix_url(Path::new(&b.socket), &b.export)
     });
     let mut cmd = std::process::Command::new("qemu-img");
     cmd.args(["rebase", "-u", "-f", "qcow2", "-b", &url]);

@@ -5,10 +5,10 @@
 //! The source is never modified: each disk to read gets a qcow2 overlay
 //! (in a directory of the capture's own) over what the capture would have
 //! read — the point-in-time view's NBD export, or the shut-off guest's
-//! file — and `virt-sysprep` edits the overlays ([`crate::generalize`],
-//! the same operations as a deploy's fresh identity). `qemu-nbd` then
-//! serves each overlay read-only and the capture reads it as it reads a
-//! view. Every disk is read in full (the overlays are no earlier capture's
+//! file — and `virt-sysprep` edits the overlays ([`crate::generalize`]:
+//! a deploy's operations, then the machine-id and random seeds emptied,
+//! since every clone would share them). `qemu-nbd` then serves each
+//! overlay read-only and the capture reads it as it reads a view. Every disk is read in full (the overlays are no earlier capture's
 //! changes), and no checkpoint is taken: a sealed image is no base for an
 //! incremental recapture of its source.
 //!
@@ -18,9 +18,10 @@
 
 use std::{
     io::Read,
+    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::AtomicBool,
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -31,8 +32,9 @@ use crate::{
     generalize::Purpose,
 };
 
-/// Image label (in the manifest) of a sealed image: the tool and
-/// operations it was generalized with.
+/// Image label (in the manifest) of a sealed image: the tool it was
+/// generalized with. Only the agent writes it (a capture asking for it
+/// is refused).
 pub const SEALED_LABEL: &str = "imprint.sealed";
 
 /// What the label says.
@@ -69,10 +71,7 @@ impl Base {
     /// `qemu-img create` arguments naming this base as the backing file.
     fn backing_args(&self) -> [String; 4] {
         let (name, format) = match self {
-            Base::Nbd { socket, export } => (
-                format!("nbd+unix:///{export}?socket={}", socket.display()),
-                "raw",
-            ),
+            Base::Nbd { socket, export } => (crate::nbd::unix_url(socket, export), "raw"),
             Base::File { path, format } => {
                 (path.clone(), if format.is_empty() { "raw" } else { format })
             }
@@ -95,12 +94,15 @@ const EXPORT: &str = "sealed";
 
 impl Sealed {
     /// Disk `i` as sealed, to read.
-    pub fn open(&mut self, i: usize) -> Result<Box<dyn DiskSource>> {
+    pub fn open(&mut self, i: usize, cancel: &AtomicBool) -> Result<Box<dyn DiskSource>> {
         let socket = &self.sockets[i];
         let started = Instant::now();
         // The server exits once its one client is gone: the first
         // connection that gets through is the reader's.
         loop {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(AgentError::new(Kind::Cancelled, "operation cancelled"));
+            }
             match crate::nbd::NbdDisk::open(socket, EXPORT) {
                 Ok(d) => return Ok(Box::new(d)),
                 Err(e) => {
@@ -183,13 +185,13 @@ pub fn seal(dir: &Path, bases: &[Base], tcg: bool, cancel: &AtomicBool) -> Resul
     let list: Vec<(&Path, &str)> = overlays.iter().map(|p| (p.as_path(), "qcow2")).collect();
     crate::generalize::generalize(&list, tcg, cancel, Purpose::Seal)?;
     for (i, overlay) in overlays.iter().enumerate() {
-        let socket = dir.join(format!("disk{i}.sock"));
+        let socket = crate::lazy::socket_path(dir, "seal", i);
         let child = Command::new("qemu-nbd")
             .args(["--read-only", "--format=qcow2", "--export-name", EXPORT])
             .arg("--socket")
             .arg(&socket)
             .arg("--pid-file")
-            .arg(dir.join(format!("disk{i}.pid")))
+            .arg(socket.with_extension("pid"))
             .arg(overlay)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -203,7 +205,10 @@ pub fn seal(dir: &Path, bases: &[Base], tcg: bool, cancel: &AtomicBool) -> Resul
 }
 
 /// Remove what a seal left in `dir` (a capture that died, found by the
-/// journal): stop its servers (their pid files), then the directory.
+/// journal): stop its servers (their pid files), then the directory. A
+/// pid is signalled only while it is still a `qemu-nbd` serving from
+/// `dir`: after a reboot, or once the server died, the number may be any
+/// process's.
 pub fn remove(dir: &Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -211,6 +216,7 @@ pub fn remove(dir: &Path) {
             if path.extension().is_some_and(|x| x == "pid")
                 && let Ok(text) = std::fs::read_to_string(&path)
                 && let Ok(pid) = text.trim().parse::<i32>()
+                && serves_from(pid, dir)
             {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
@@ -226,6 +232,20 @@ pub fn remove(dir: &Path) {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the seal directory")
         }
     }
+}
+
+/// Whether process `pid` is a `qemu-nbd` whose arguments name a file in
+/// `dir`.
+fn serves_from(pid: i32, dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let mut args = cmdline
+        .split(|b| *b == 0)
+        .map(|a| Path::new(std::ffi::OsStr::from_bytes(a)));
+    args.next()
+        .is_some_and(|exe| exe.file_name().is_some_and(|n| n == "qemu-nbd"))
+        && args.any(|a| a.parent() == Some(dir))
 }
 
 #[cfg(test)]

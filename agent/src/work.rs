@@ -242,6 +242,14 @@ fn cancelled(cancel: &AtomicBool) -> Result<()> {
     }
 }
 
+/// Labels only the agent writes: what they say changes how the image is
+/// deployed and recaptured.
+const RESERVED_LABELS: [&str; 3] = [
+    crate::seal::SEALED_LABEL,
+    crate::checkpoints::CHECKPOINT_LABEL,
+    crate::checkpoints::PARENT_LABEL,
+];
+
 /// What a capture will read, resolved before anything is touched.
 #[derive(Debug)]
 pub struct CapturePlan {
@@ -266,6 +274,16 @@ pub fn check_capture(
     spec: &CaptureSpec,
 ) -> Result<CapturePlan> {
     imprint_store::manifest::validate_name(&spec.image_name)?;
+    if let Some(k) = spec
+        .labels
+        .keys()
+        .find(|k| RESERVED_LABELS.contains(&k.as_str()))
+    {
+        return Err(AgentError::new(
+            Kind::InvalidArgument,
+            format!("label {k} is the agent's own (it says how the image was captured)"),
+        ));
+    }
     if spec.seal.is_some() {
         crate::generalize::check(crate::generalize::Purpose::Seal)?;
     }
@@ -319,10 +337,12 @@ pub fn check_capture(
     }
     // The checkpoint taken with the view is named after the image: one of
     // that name left on the guest (a capture with this image id that died
-    // half-way) is refused now, not found out after the shutdown.
+    // half-way) is refused now, not found out after the shutdown. (A
+    // sealed capture takes none.)
     if let Some(id) = &spec.image_id
         && initial == PowerState::Running
         && spec.backup_dir.is_some()
+        && spec.seal.is_none()
     {
         let name = crate::checkpoints::name_for(id);
         if hv.checkpoints(&guest)?.contains(&name) {
@@ -629,7 +649,13 @@ fn take_down_and_read(
                 }
             })
             .collect::<Result<Vec<_>>>()?;
-        sealed = Some(crate::seal::seal(&seal.dir, &bases, seal.tcg, cancel)?);
+        let make = || crate::seal::seal(&seal.dir, &bases, seal.tcg, cancel);
+        // The guest runs meanwhile (point-in-time): the scratch is watched
+        // as during the read.
+        sealed = Some(match backup {
+            Some((dir, _)) if point_in_time => crate::scratch::watched(hv, guest, dir, make)?,
+            _ => make()?,
+        });
         seal_seconds = t.elapsed().as_secs_f64();
         tracing::info!(guest = %guest.name, seconds = seal_seconds, "sealed the image's disks");
     }
@@ -642,7 +668,7 @@ fn take_down_and_read(
         let changes = point_in_time && inc.tracks_changes_of(&d.target_dev);
         let src = match (&mut sealed, backup) {
             (Some(s), _) => s
-                .open(k)
+                .open(k, cancel)
                 .map_err(|e| e.context(format!("open the sealed view of {}", d.target_dev)))?,
             (None, Some((dir, _))) if point_in_time => hv
                 .backup_disk(guest, &dir.join("nbd.sock"), &d.target_dev, changes)

@@ -6,7 +6,7 @@ use std::{
     fs,
     path::Path,
     sync::{Arc, Mutex, atomic::AtomicBool},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use imprint_agent::{
@@ -343,6 +343,28 @@ fn checkpoints_raw_disks_and_a_name_collision() {
     guest(&e, |g| assert_eq!(g.acpi_requests, 0));
 }
 
+/// The labels that say how an image was captured (sealed, its checkpoint,
+/// its parent) are the agent's: a caller's are refused before anything.
+#[test]
+fn the_agents_own_labels_are_refused() {
+    let e = env(true, PowerState::Running);
+    for label in ["imprint.sealed", "imprint.checkpoint", "imprint.parent"] {
+        let s = CaptureSpec {
+            labels: [(label.to_string(), "x".to_string())].into(),
+            ..spec(true)
+        };
+        let err = check_capture(&*e.hv, &e.store, &s).expect_err(label);
+        assert_eq!(err.kind, Kind::InvalidArgument, "{err}");
+        assert!(err.to_string().contains(label), "{err}");
+    }
+    let owner = CaptureSpec {
+        labels: [("imprint.owner".to_string(), "alice".to_string())].into(),
+        ..spec(true)
+    };
+    check_capture(&*e.hv, &e.store, &owner).expect("the daemon's owner label");
+    guest(&e, |g| assert_eq!(g.acpi_requests, 0));
+}
+
 #[test]
 fn guest_ignoring_acpi_without_force_is_left_running() {
     let e = env(false, PowerState::Running);
@@ -502,20 +524,41 @@ fn recovery_restarts_a_guest_left_off_by_a_dead_agent() {
 
 /// A sealing capture whose agent died leaves its overlays and a server
 /// per disk (pid files in its directory): recovery stops the servers and
-/// removes the directory.
+/// removes the directory, and never signals a process that merely has a
+/// pid written there (after a reboot the number may be anyone's).
 #[test]
 fn recovery_stops_what_a_dead_seal_left() {
     let e = env(true, PowerState::Running);
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path().join("op-10-seal");
     std::fs::create_dir(&dir).expect("dir");
-    std::fs::write(dir.join("disk0.qcow2"), b"overlay").expect("overlay");
-    // A stand-in for the qemu-nbd left serving it.
-    let mut server = std::process::Command::new("sleep")
-        .arg("600")
-        .spawn()
-        .expect("sleep");
-    std::fs::write(dir.join("disk0.pid"), format!("{}\n", server.id())).expect("pid");
+    let overlay = dir.join("disk0.qcow2");
+    std::fs::File::create(&overlay)
+        .and_then(|f| f.set_len(1 << 20))
+        .expect("overlay");
+    let socket = dir.join("seal-0.sock");
+    let mut server = Exits(
+        std::process::Command::new("qemu-nbd")
+            .args(["--read-only", "--format=raw", "--socket"])
+            .arg(&socket)
+            .arg("--pid-file")
+            .arg(dir.join("seal-0.pid"))
+            .arg(&overlay)
+            .spawn()
+            .expect("qemu-nbd"),
+    );
+    let mut bystander = Exits(
+        std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("sleep"),
+    );
+    std::fs::write(dir.join("seal-1.pid"), format!("{}\n", bystander.0.id())).expect("pid");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(socket.exists() && dir.join("seal-0.pid").exists()) {
+        assert!(Instant::now() < deadline, "qemu-nbd never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     e.journal
         .write(&Entry::Capture {
             operation_id: "op-10".into(),
@@ -529,15 +572,41 @@ fn recovery_stops_what_a_dead_seal_left() {
         .expect("journal");
     let r = recover(&*e.hv, &e.journal);
     assert!(r[0].1.is_ok(), "{r:?}");
-    let status = server.wait().expect("wait");
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(15),
-        "{status:?}"
+    // qemu-nbd, with no client, serves until signalled (and exits 0 on
+    // SIGTERM).
+    let status = server.ended_within(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        bystander.0.try_wait().expect("try_wait").is_none(),
+        "a process that is no server of the seal is left alone"
     );
     assert!(!dir.exists());
     assert!(e.journal.list().expect("journal").is_empty());
     assert_eq!(state(&e, "a"), PowerState::Running);
+}
+
+/// A child killed when the test ends, however it ends.
+struct Exits(std::process::Child);
+
+impl Exits {
+    /// Its exit status, within `limit` (a test failure otherwise).
+    fn ended_within(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.0.try_wait().expect("try_wait") {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "still running after {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Exits {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn deploy_spec(image: &str) -> DeploySpec {

@@ -11,3 +11,9 @@ pub mod server;
 mod wire;
 
 pub use client::NbdDisk;
+
+/// Export `export` on UNIX socket `socket`, as QEMU's tools (qemu-img,
+/// qemu-nbd, a qcow2 header's backing file) name it.
+pub fn unix_url(socket: &std::path::Path, export: &str) -> String {
+    format!("nbd+unix:///{export}?socket={}", socket.display())
+}

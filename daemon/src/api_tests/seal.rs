@@ -73,7 +73,8 @@ async fn sealed_images_are_marked_and_deploy_without_generalizing() {
             done.error
         );
         assert!(
-            done.error.contains("cannot seal the image"),
+            done.error
+                .contains("cannot seal the image: no operating system"),
             "{}",
             done.error
         );
