@@ -148,21 +148,7 @@ pub fn set_header_backing(overlay: &str, backing: Option<&NbdBacking>) -> Result
     if backing.is_some() {
         cmd.args(["-F", "raw"]);
     }
-    let out = cmd
-        .arg(overlay)
-        .output()
-        .map_err(|e| AgentError::new(Kind::Internal, format!("run qemu-img on {overlay}: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(AgentError::new(
-            Kind::Internal,
-            format!(
-                "qemu-img rebase {overlay}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        ))
-    }
+    crate::tool::run(cmd.arg(overlay), &format!("qemu-img rebase {overlay}")).map(drop)
 }
 
 /// The image a lazy deploy's volumes are filled from.

@@ -32,5 +32,6 @@ pub mod qcow2;
 pub mod scratch;
 pub mod seal;
 pub mod service;
+pub mod tool;
 pub mod transfer;
 pub mod work;

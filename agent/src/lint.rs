@@ -123,24 +123,13 @@ impl Fish {
     }
 
     fn ask(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("guestfish")
-            .arg(format!("--remote={}", self.pid))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| AgentError::new(Kind::Internal, format!("run guestfish: {e}")))?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(AgentError::new(
-                Kind::Internal,
-                format!(
-                    "guestfish {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            ))
-        }
+        let out = crate::tool::run(
+            Command::new("guestfish")
+                .arg(format!("--remote={}", self.pid))
+                .args(args),
+            &format!("guestfish {}", args.join(" ")),
+        )?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
     fn exists(&self, path: &str) -> Result<bool> {

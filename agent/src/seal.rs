@@ -164,23 +164,13 @@ pub fn seal(dir: &Path, bases: &[Base], tcg: bool, cancel: &AtomicBool) -> Resul
         .map(|i| dir.join(format!("disk{i}.qcow2")))
         .collect();
     for (base, overlay) in bases.iter().zip(&overlays) {
-        let out = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .args(base.backing_args())
-            .arg(overlay)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| AgentError::new(Kind::Internal, format!("run qemu-img: {e}")))?;
-        if !out.status.success() {
-            return Err(AgentError::new(
-                Kind::Internal,
-                format!(
-                    "create the overlay {} to seal: {}",
-                    overlay.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            ));
-        }
+        crate::tool::run(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2"])
+                .args(base.backing_args())
+                .arg(overlay),
+            &format!("create the overlay {} to seal", overlay.display()),
+        )?;
     }
     let list: Vec<(&Path, &str)> = overlays.iter().map(|p| (p.as_path(), "qcow2")).collect();
     crate::generalize::generalize(&list, tcg, cancel, Purpose::Seal)?;

@@ -556,27 +556,13 @@ pub fn export(
                 Box::new(FileTarget::new(file, true))
             }
             Format::Qcow2 => {
-                let out = std::process::Command::new("qemu-img")
-                    .args(["create", "-q", "-f", "qcow2"])
-                    .arg(&tmp)
-                    .arg(entry.size_bytes.to_string())
-                    .output()
-                    .map_err(|e| {
-                        AgentError::new(
-                            Kind::FailedPrecondition,
-                            format!("qemu-img (package qemu-utils) is needed for qcow2: {e}"),
-                        )
-                    })?;
-                if !out.status.success() {
-                    return Err(AgentError::new(
-                        Kind::Internal,
-                        format!(
-                            "qemu-img create {}: {}",
-                            tmp.display(),
-                            String::from_utf8_lossy(&out.stderr).trim()
-                        ),
-                    ));
-                }
+                crate::tool::run(
+                    std::process::Command::new("qemu-img")
+                        .args(["create", "-q", "-f", "qcow2"])
+                        .arg(&tmp)
+                        .arg(entry.size_bytes.to_string()),
+                    &format!("qemu-img create {}", tmp.display()),
+                )?;
                 Box::new(crate::qcow2::Qcow2Target::open(&tmp.to_string_lossy())?)
             }
         };

@@ -1,0 +1,48 @@
+//! Running the host tools the agent drives (qemu-img, guestfish...) to
+//! their end.
+
+use std::process::{Command, Stdio};
+
+use crate::error::{AgentError, Kind, Result};
+
+/// Run `cmd` (stdin empty) to its end; its standard output. A tool that
+/// cannot be started is missing from the host (`FailedPrecondition`); one
+/// that fails is `Internal`, with `what` it was doing and what it said.
+pub fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
+    let out = cmd.stdin(Stdio::null()).output().map_err(|e| {
+        AgentError::new(
+            Kind::FailedPrecondition,
+            format!("run {}: {e}", cmd.get_program().to_string_lossy()),
+        )
+    })?;
+    if out.status.success() {
+        Ok(out.stdout)
+    } else {
+        Err(AgentError::new(
+            Kind::Internal,
+            format!("{what}: {}", String::from_utf8_lossy(&out.stderr).trim()),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_tools_and_failures_say_what_happened() {
+        let out = run(Command::new("sh").args(["-c", "echo hi"]), "greet").expect("runs");
+        assert_eq!(out, b"hi\n");
+        let e = run(
+            Command::new("sh").args(["-c", "echo nope >&2; exit 3"]),
+            "fail",
+        )
+        .expect_err("fails");
+        assert_eq!(
+            (e.kind, e.to_string().contains("fail: nope")),
+            (Kind::Internal, true)
+        );
+        let e = run(&mut Command::new("/nonexistent/tool"), "x").expect_err("missing");
+        assert_eq!(e.kind, Kind::FailedPrecondition);
+    }
+}
