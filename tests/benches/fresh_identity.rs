@@ -21,15 +21,6 @@ use std::time::Instant;
 use imprint_proto::v1 as pb;
 use imprint_tests::*;
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// One deploy, timed; then its guest and volumes removed.
 async fn once(f: &Fixture, image_id: &str, keep_identity: bool) -> (f64, f64) {
     let guest = format!("imp-{}-{}", f.tag, uuid::Uuid::new_v4().simple());
@@ -62,7 +53,7 @@ async fn once(f: &Fixture, image_id: &str, keep_identity: bool) -> (f64, f64) {
 
 #[tokio::main]
 async fn main() {
-    let runs = arg("--runs", 3);
+    let runs = bench_arg("--runs", 3);
     let deb = debian_guest();
     let f = Fixture::new();
     let disk = f.disk_in_pool_a(&deb.disk, "deb-vda.raw");

@@ -21,15 +21,6 @@ use std::time::{Duration, Instant};
 use imprint_proto::v1 as pb;
 use imprint_tests::*;
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 /// Capture a shut-off busybox guest on `disk`, timed.
 async fn image(f: &Fixture, suffix: &str, disk: &std::path::Path) -> String {
     let t = Instant::now();
@@ -110,9 +101,9 @@ async fn deploy(f: &Fixture, image_id: &str, guest: &str, lazy: bool) -> Timing 
 
 #[tokio::main]
 async fn main() {
-    let big_gib = arg("--big-gib", 16);
-    let random_mib = arg("--random-mib", 4096);
-    let runs = arg("--runs", 3);
+    let big_gib = bench_arg("--big-gib", 16);
+    let random_mib = bench_arg("--random-mib", 4096);
+    let runs = bench_arg("--runs", 3);
     let f = Fixture::new();
     let small_disk = f.slow_disk_in_pool_a("small-vda.raw");
     let small = image(&f, "small", &small_disk).await;

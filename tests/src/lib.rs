@@ -1355,6 +1355,17 @@ pub struct DebianGuest {
     pub disk: PathBuf,
 }
 
+/// A benchmark's numeric option `name VALUE` from its command line, or
+/// `default`.
+pub fn bench_arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Build (or reuse from the cache) the Debian guest (~2 min the first time).
 pub fn debian_guest() -> DebianGuest {
     let script = workspace().join("tests/guests/build-debian-guest.sh");

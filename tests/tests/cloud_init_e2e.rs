@@ -67,13 +67,7 @@ async fn debian_clones_get_network_from_cloud_init_and_fresh_identities() {
             image_id: r.image_id.clone(),
             guest_name: name_c.clone(),
             lazy: true,
-            network: Some(pb::NetworkConfig {
-                hostname: "web-8".into(),
-                interfaces: vec![pb::InterfaceConfig {
-                    addresses: vec!["198.51.100.8/24".into()],
-                    ..Default::default()
-                }],
-            }),
+            network: one_address("web-8", "198.51.100.8/24"),
             start: true,
             ..Default::default()
         })
@@ -188,13 +182,7 @@ async fn debian_clones_get_network_from_cloud_init_and_fresh_identities() {
             image_id: sealed.image_id,
             guest_name: name_d.clone(),
             keep_identity: true,
-            network: Some(pb::NetworkConfig {
-                hostname: "web-9".into(),
-                interfaces: vec![pb::InterfaceConfig {
-                    addresses: vec!["198.51.100.9/24".into()],
-                    ..Default::default()
-                }],
-            }),
+            network: one_address("web-9", "198.51.100.9/24"),
             start: true,
             ..Default::default()
         })
@@ -229,6 +217,17 @@ async fn debian_clones_get_network_from_cloud_init_and_fresh_identities() {
             "the sealed image's copy and {what} share an SSH host key"
         );
     }
+}
+
+/// A network configuration: a host name and one address on one NIC.
+fn one_address(hostname: &str, address: &str) -> Option<pb::NetworkConfig> {
+    Some(pb::NetworkConfig {
+        hostname: hostname.into(),
+        interfaces: vec![pb::InterfaceConfig {
+            addresses: vec![address.into()],
+            ..Default::default()
+        }],
+    })
 }
 
 /// A guest's machine-id and SSH host key fingerprint, from the last boot
