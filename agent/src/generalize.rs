@@ -29,8 +29,8 @@ const SYSPREP: &str = "virt-sysprep";
 /// and it is no part of a machine's identity.
 const OPERATIONS: &str = "defaults,-ssh-userdir";
 /// cloud-init's state of the instances the guest was (virt-sysprep has no
-/// operation for it): what `cloud-init clean` removes, but the seed and
-/// the operator's scripts. Globs; what is not there is no error.
+/// operation for it): part of what `cloud-init clean` removes, the seed
+/// and the operator's scripts kept. Globs; what is not there is no error.
 const CLOUD_INIT_STATE: [&str; 5] = [
     "/var/lib/cloud/instance",
     "/var/lib/cloud/instances",
@@ -39,7 +39,7 @@ const CLOUD_INIT_STATE: [&str; 5] = [
     "/var/lib/cloud/handlers",
 ];
 /// Where Linux distributions keep the seed of their random number
-/// generator across boots.
+/// generator across boots (the files virt-sysprep rewrites).
 const RANDOM_SEEDS: [&str; 2] = [
     "/var/lib/systemd/random-seed",
     "/var/lib/urandom/random-seed",
@@ -65,20 +65,22 @@ impl Purpose {
     }
 
     /// What virt-sysprep does besides its operations (its `customize`
-    /// operation runs them after writing a new random seed where it knows
-    /// how, and a new machine-id where `/etc/machine-id` is empty):
-    /// cloud-init's state and the random seeds deleted (1.48 sets no seed
-    /// on Debian: the source's would travel); for a seal, the machine-id
-    /// emptied, since every clone would share it (each clone's systemd
-    /// makes its own at first boot).
+    /// operation runs them last, after rewriting the random seeds with
+    /// new bytes and giving an empty `/etc/machine-id` a new random id):
+    /// cloud-init's state deleted; for a seal, the machine-id emptied and
+    /// the seeds deleted, since every clone would share them (each
+    /// clone's systemd makes its own machine-id at first boot, and a seed
+    /// when it shuts down).
     fn customizations(self) -> Vec<&'static str> {
         let mut args: Vec<&str> = CLOUD_INIT_STATE
             .iter()
-            .chain(&RANDOM_SEEDS)
             .flat_map(|p| ["--delete", *p])
             .collect();
         if self == Purpose::Seal {
             args.extend(["--write", "/etc/machine-id:"]);
+            for seed in RANDOM_SEEDS {
+                args.extend(["--delete", seed]);
+            }
         }
         args
     }
@@ -218,7 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn seeds_and_cloud_init_state_go_and_a_seal_empties_the_machine_id() {
+    fn cloud_init_state_goes_and_a_seal_empties_the_machine_id_and_seeds() {
         let deploy = Purpose::Deploy.customizations();
         assert!(
             deploy
@@ -228,11 +230,14 @@ mod tests {
         assert!(!deploy.contains(&"/etc/machine-id:"));
         let seal = Purpose::Seal.customizations();
         assert_eq!(seal[..deploy.len()], deploy[..]);
+        assert!(!deploy.contains(&"/var/lib/systemd/random-seed"));
+        assert_eq!(
+            seal[deploy.len()..deploy.len() + 2],
+            ["--write", "/etc/machine-id:"]
+        );
         assert!(
-            deploy
-                .windows(2)
+            seal.windows(2)
                 .any(|w| w == ["--delete", "/var/lib/systemd/random-seed"])
         );
-        assert_eq!(seal[deploy.len()..], ["--write", "/etc/machine-id:"]);
     }
 }

@@ -103,8 +103,8 @@ fn qemu_gid() -> Option<u32> {
     })
 }
 
-/// Where a lazy deploy's export of disk `disk` listens: a socket in the
-/// agent's NBD directory named for the operation.
+/// Where an export or server of disk `disk` listens for operation `op`
+/// (a lazy deploy's, a lint's, a seal's): a socket in `dir`.
 pub fn socket_path(dir: &Path, op: &str, disk: usize) -> PathBuf {
     dir.join(format!("{op}-{disk}.sock"))
 }

@@ -6,11 +6,12 @@
 //! (in a directory of the capture's own) over what the capture would have
 //! read — the point-in-time view's NBD export, or the shut-off guest's
 //! file — and `virt-sysprep` edits the overlays ([`crate::generalize`]:
-//! a deploy's operations, then the machine-id and random seeds emptied,
-//! since every clone would share them). `qemu-nbd` then serves each
-//! overlay read-only and the capture reads it as it reads a view. Every disk is read in full (the overlays are no earlier capture's
-//! changes), and no checkpoint is taken: a sealed image is no base for an
-//! incremental recapture of its source.
+//! a deploy's operations, then the machine-id emptied and the random
+//! seeds deleted, since every clone would share them). `qemu-nbd` then
+//! serves each overlay read-only and the capture reads it as it reads a
+//! view. Every disk is read in full (the overlays are no earlier
+//! capture's changes), and no checkpoint is taken: a sealed image is no
+//! base for an incremental recapture of its source.
 //!
 //! Cost: one libguestfs appliance per capture (10 s or so under TCG, see
 //! docs/benchmarks.md), while the guest runs again (point-in-time) or

@@ -5,14 +5,24 @@ use std::process::{Command, Stdio};
 
 use crate::error::{AgentError, Kind, Result};
 
-/// Run `cmd` (stdin empty) to its end; its standard output. A tool that
-/// cannot be started is missing from the host (`FailedPrecondition`); one
-/// that fails is `Internal`, with `what` it was doing and what it said.
+/// Run `cmd` (stdin empty) to its end; its standard output. A tool
+/// missing from the host (or not executable) is `FailedPrecondition`,
+/// any other failure `Internal`; each with `what` it was doing, and for a
+/// tool that failed what it said.
 pub fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
     let out = cmd.stdin(Stdio::null()).output().map_err(|e| {
+        let kind = match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                Kind::FailedPrecondition
+            }
+            _ => Kind::Internal,
+        };
         AgentError::new(
-            Kind::FailedPrecondition,
-            format!("run {}: {e}", cmd.get_program().to_string_lossy()),
+            kind,
+            format!(
+                "{what}: cannot run {}: {e}",
+                cmd.get_program().to_string_lossy()
+            ),
         )
     })?;
     if out.status.success() {

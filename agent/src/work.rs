@@ -242,13 +242,12 @@ fn cancelled(cancel: &AtomicBool) -> Result<()> {
     }
 }
 
-/// Labels only the agent writes: what they say changes how the image is
-/// deployed and recaptured.
-const RESERVED_LABELS: [&str; 3] = [
-    crate::seal::SEALED_LABEL,
-    crate::checkpoints::CHECKPOINT_LABEL,
-    crate::checkpoints::PARENT_LABEL,
-];
+/// Labels a caller may not give a capture: `imprint.*` is the agent's own
+/// (how the image was captured: sealed, its checkpoint, its parent...),
+/// but the owner the daemon records.
+fn reserved_label(key: &str) -> bool {
+    key.starts_with("imprint.") && key != "imprint.owner"
+}
 
 /// What a capture will read, resolved before anything is touched.
 #[derive(Debug)]
@@ -274,11 +273,7 @@ pub fn check_capture(
     spec: &CaptureSpec,
 ) -> Result<CapturePlan> {
     imprint_store::manifest::validate_name(&spec.image_name)?;
-    if let Some(k) = spec
-        .labels
-        .keys()
-        .find(|k| RESERVED_LABELS.contains(&k.as_str()))
-    {
+    if let Some(k) = spec.labels.keys().find(|k| reserved_label(k)) {
         return Err(AgentError::new(
             Kind::InvalidArgument,
             format!("label {k} is the agent's own (it says how the image was captured)"),

@@ -14,9 +14,12 @@ use std::{
 };
 
 use imprint_agent::generalize::{Purpose, appliance, generalize};
+use sha2::Digest;
 
 /// The source's machine-id.
 const SOURCE_ID: &str = "0123456789abcdef0123456789abcdef";
+/// The source's random seed.
+const SOURCE_SEED: &str = "the source's seed";
 
 /// Run a guestfish script over `disks` (raw); its output.
 fn fish(disks: &[PathBuf], read_only: bool, script: &str) -> String {
@@ -121,9 +124,13 @@ mkdir-p /bin
 mkdir-p /usr/bin
 mkdir-p /var/lib/dpkg
 mkdir-p /var/lib/cloud/instances/i-source
+ln-s /var/lib/cloud/instances/i-source /var/lib/cloud/instance
+mkdir-p /var/lib/cloud/data
+mkdir-p /var/lib/cloud/sem
+mkdir-p /var/lib/cloud/scripts/per-boot
 mkdir-p /var/lib/cloud/seed/nocloud
 mkdir-p /var/lib/systemd
-write /var/lib/systemd/random-seed \"source's seed\"
+write /var/lib/systemd/random-seed \"{SOURCE_SEED}\"
 write /etc/os-release \"NAME=Debian\\nVERSION_ID=12\\nID=debian\\n\"
 write /etc/debian_version \"12.5\\n\"
 write /etc/fstab \"{fstab} / {fs} defaults 0 1\\n\"
@@ -162,8 +169,13 @@ fn every_root_layout_gets_a_fresh_identity() {
     let mut script = String::from("run\n");
     for (i, l) in LAYOUTS.iter().enumerate() {
         let root = l.root.replace('X', &letter(i).to_string());
+        // A deploy's seed is rewritten, a seal's deleted.
+        let seed = match purposes[i] {
+            Purpose::Deploy => "checksum sha256 /var/lib/systemd/random-seed",
+            Purpose::Seal => "exists /var/lib/systemd/random-seed",
+        };
         script += &format!(
-            "echo =={i}\nmount-ro {root} /\ncat /etc/machine-id\necho --keys\nglob-expand /etc/ssh/ssh_host_*\necho --cloud\nls /var/lib/cloud\necho --seed\nexists /var/lib/systemd/random-seed\numount /\n"
+            "echo =={i}\nmount-ro {root} /\ncat /etc/machine-id\necho --keys\nglob-expand /etc/ssh/ssh_host_*\necho --cloud\nls /var/lib/cloud\necho --seed\n{seed}\numount /\n"
         );
     }
     let out = fish(&disks, true, &script);
@@ -176,21 +188,30 @@ fn every_root_layout_gets_a_fresh_identity() {
         let (id, rest) = section.split_once("--keys\n").expect("keys marker");
         let (keys, rest) = rest.split_once("--cloud\n").expect("cloud marker");
         let (cloud, seed) = rest.split_once("--seed\n").expect("seed marker");
-        assert_eq!(seed.trim(), "false", "{}: the random seed removed", l.name);
-        let id = id.trim();
+        let (id, seed) = (id.trim(), seed.trim());
         match purposes[i] {
             Purpose::Deploy => {
                 assert_eq!(id.len(), 32, "{}: a new machine-id: {id:?}", l.name);
                 assert_ne!(id, SOURCE_ID, "{}: the machine-id is new", l.name);
+                assert_eq!(seed.len(), 64, "{}: a seed's SHA-256: {seed:?}", l.name);
+                assert_ne!(
+                    seed,
+                    hex::encode(sha2::Sha256::digest(SOURCE_SEED)),
+                    "{}: the random seed is new",
+                    l.name
+                );
             }
-            Purpose::Seal => assert_eq!(id, "", "{}: a sealed machine-id is empty", l.name),
+            Purpose::Seal => {
+                assert_eq!(id, "", "{}: a sealed machine-id is empty", l.name);
+                assert_eq!(seed, "false", "{}: a sealed image has no seed", l.name);
+            }
         }
         assert_eq!(keys.trim(), "", "{}: SSH host keys removed", l.name);
         let cloud: Vec<&str> = cloud.lines().map(str::trim).collect();
         assert_eq!(
             cloud,
-            ["seed"],
-            "{}: cloud-init's instance state removed, its seed kept",
+            ["scripts", "seed"],
+            "{}: cloud-init's instance state removed, its seed and scripts kept",
             l.name
         );
     }

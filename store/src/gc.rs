@@ -94,7 +94,11 @@ pub fn collect_garbage(store: &Store, opts: &GcOptions) -> Result<GcReport> {
         }
         report.live_writers += 1;
         writer_images.insert(w.info.image_id.clone());
-        let start = UNIX_EPOCH + Duration::from_secs(w.info.started_unix);
+        // A writer's touches are file times from the kernel's coarse
+        // clock, up to a tick behind the clock its start was read from: a
+        // start just past a second boundary can be later than them. A
+        // second of slack spares them.
+        let start = UNIX_EPOCH + Duration::from_secs(w.info.started_unix.saturating_sub(1));
         cutoff = cutoff.min(start.checked_sub(opts.grace).unwrap_or(UNIX_EPOCH));
     }
 
