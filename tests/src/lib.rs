@@ -1329,6 +1329,21 @@ pub fn assert_succeeded(op: &imprint_proto::v1::AgentOperation) {
     );
 }
 
+/// Start a deploy and follow it to the end.
+pub async fn deploy(
+    client: &mut imprint_proto::v1::agent_service_client::AgentServiceClient<
+        tonic::transport::Channel,
+    >,
+    req: imprint_proto::v1::DeployRequest,
+) -> imprint_proto::v1::AgentOperation {
+    let op = client
+        .deploy(req)
+        .await
+        .expect("deploy accepted")
+        .into_inner();
+    watch(client, &op.operation_id).await
+}
+
 /// Start a capture and follow it to the end.
 pub async fn capture(
     client: &mut imprint_proto::v1::agent_service_client::AgentServiceClient<

@@ -120,8 +120,9 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
         .filter(|n| n.starts_with(&name_b))
         .collect();
     assert!(left.is_empty(), "no volume left: {left:?}");
-    let op = client
-        .deploy(pb::DeployRequest {
+    let done = deploy(
+        &mut client,
+        pb::DeployRequest {
             keep_identity: true,
             operation_id: uuid::Uuid::new_v4().to_string(),
             image_id: r.image_id.clone(),
@@ -137,11 +138,9 @@ async fn capture_running_guest_and_deploy_copy_with_static_ip() {
             }),
             start: true,
             ..Default::default()
-        })
-        .await
-        .expect("deploy")
-        .into_inner();
-    let done = watch(&mut client, &op.operation_id).await;
+        },
+    )
+    .await;
     assert_succeeded(&done);
     let d = done.deploy.expect("deploy result");
     assert!(d.started);
@@ -317,8 +316,9 @@ async fn qcow2_overlay_and_excluded_scratch_disk() {
 
     let name_b = format!("imp-{}-qb", f.tag);
     let _b = Domain::adopt(&name_b);
-    let op = client
-        .deploy(pb::DeployRequest {
+    let done = deploy(
+        &mut client,
+        pb::DeployRequest {
             keep_identity: true,
             image_id: r.image_id,
             guest_name: name_b.clone(),
@@ -326,11 +326,9 @@ async fn qcow2_overlay_and_excluded_scratch_disk() {
             disk_sizes_bytes: vec![96 << 20],
             start: true,
             ..Default::default()
-        })
-        .await
-        .expect("deploy")
-        .into_inner();
-    let done = watch(&mut client, &op.operation_id).await;
+        },
+    )
+    .await;
     assert_succeeded(&done);
     // The new volume is a qcow2 that qemu-img accepts.
     let vol = done.deploy.expect("result").volumes[0].clone();

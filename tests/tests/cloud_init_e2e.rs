@@ -74,8 +74,9 @@ async fn debian_clones_get_network_from_cloud_init_and_fresh_identities() {
         .await
         .expect("deploy")
         .into_inner();
-    let op = client
-        .deploy(pb::DeployRequest {
+    let done = deploy(
+        &mut client,
+        pb::DeployRequest {
             image_id: r.image_id,
             guest_name: name_b.clone(),
             network: Some(pb::NetworkConfig {
@@ -89,11 +90,9 @@ async fn debian_clones_get_network_from_cloud_init_and_fresh_identities() {
             }),
             start: true,
             ..Default::default()
-        })
-        .await
-        .expect("deploy")
-        .into_inner();
-    let done = watch(&mut client, &op.operation_id).await;
+        },
+    )
+    .await;
     assert_eq!(
         done.state,
         pb::OperationState::Succeeded as i32,
@@ -177,19 +176,18 @@ async fn debian_clones_get_network_from_cloud_init_and_fresh_identities() {
     assert_eq!(a.state(), "running");
     let name_d = format!("imp-{}-deb4", f.tag);
     let _d = Domain::adopt(&name_d);
-    let op = client
-        .deploy(pb::DeployRequest {
+    let done = deploy(
+        &mut client,
+        pb::DeployRequest {
             image_id: sealed.image_id,
             guest_name: name_d.clone(),
             keep_identity: true,
             network: one_address("web-9", "198.51.100.9/24"),
             start: true,
             ..Default::default()
-        })
-        .await
-        .expect("deploy")
-        .into_inner();
-    let done = watch(&mut client, &op.operation_id).await;
+        },
+    )
+    .await;
     assert_succeeded(&done);
     assert_eq!(
         done.deploy.expect("result").generalize_seconds,

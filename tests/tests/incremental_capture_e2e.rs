@@ -230,19 +230,18 @@ async fn recapture_of_a_qcow2_guest_reads_only_what_changed() {
     assert_eq!(sha_of(&exported, 0, len), recorded);
     let clone = format!("imp-{}-inccopy", f.tag);
     let _c = Domain::adopt(&clone);
-    let op = client
-        .deploy(pb::DeployRequest {
+    let done = deploy(
+        &mut client,
+        pb::DeployRequest {
             keep_identity: true,
             operation_id: uuid::Uuid::new_v4().to_string(),
             image_id: fourth.image_id.clone(),
             guest_name: clone.clone(),
             start: true,
             ..Default::default()
-        })
-        .await
-        .expect("deploy")
-        .into_inner();
-    let done = watch(&mut client, &op.operation_id).await;
+        },
+    )
+    .await;
     assert_succeeded(&done);
     let vols = done.deploy.expect("deploy").volumes;
     let clone_log = wait_for(

@@ -145,18 +145,17 @@ async fn live_capture_of_a_debian_guest_with_its_agent() {
     // Deploy it (no start) and read its root file system.
     let deployed = format!("imp-{}-livecopy", f.tag);
     let _copy = Domain::adopt(&deployed);
-    let op = client
-        .deploy(pb::DeployRequest {
+    let done = deploy(
+        &mut client,
+        pb::DeployRequest {
             keep_identity: true,
             operation_id: uuid::Uuid::new_v4().to_string(),
             image_id: r.image_id.clone(),
             guest_name: deployed,
             ..Default::default()
-        })
-        .await
-        .expect("deploy")
-        .into_inner();
-    let done = watch(&mut client, &op.operation_id).await;
+        },
+    )
+    .await;
     assert_succeeded(&done);
     let vols = done.deploy.expect("deploy result").volumes;
     assert_eq!(

@@ -54,8 +54,9 @@ async fn capture_to_s3_and_deploy_from_it() {
 
     let name_b = format!("imp-{}-b", f.tag);
     let _b = Domain::adopt(&name_b);
-    let op = client
-        .deploy(pb::DeployRequest {
+    let done = deploy(
+        &mut client,
+        pb::DeployRequest {
             keep_identity: true,
             operation_id: uuid::Uuid::new_v4().to_string(),
             image_id: r.image_id.clone(),
@@ -63,11 +64,9 @@ async fn capture_to_s3_and_deploy_from_it() {
             disk_sizes_bytes: vec![96 << 20],
             start: true,
             ..Default::default()
-        })
-        .await
-        .expect("deploy")
-        .into_inner();
-    let done = watch(&mut client, &op.operation_id).await;
+        },
+    )
+    .await;
     assert_succeeded(&done);
     let log_b = f.consoles.join(format!("{name_b}.log"));
     let log = wait_for(&log_b, "IMPRINT-READY", 1, BOOT);
