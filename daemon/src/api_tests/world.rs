@@ -46,6 +46,33 @@ pub(super) struct World {
     pub(super) channel: Channel,
     /// The daemon's dispatcher (its settings).
     pub(super) dispatcher: Arc<Dispatcher>,
+    /// h1's heartbeats while the world lives.
+    _heartbeats: Heartbeats,
+}
+
+/// A host's heartbeats every few seconds, as its agent sends them (a
+/// scenario longer than the daemon's 30 s of patience would find h1 down
+/// otherwise); they stop with the world.
+struct Heartbeats(tokio::task::JoinHandle<()>);
+
+impl Heartbeats {
+    fn start(catalog: Catalog, host: &'static str) -> Self {
+        Self(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                if let Err(e) = catalog.heartbeat(host).await {
+                    eprintln!("heartbeat of {host}: {e}");
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Run `scenario` in a fresh world on each catalog backend.
@@ -194,6 +221,7 @@ pub(super) async fn world(catalog: Catalog) -> World {
         })
         .await
         .expect("host");
+    let heartbeats = Heartbeats::start(catalog.clone(), "h1");
     let tokens = accounts(&catalog).await;
     let (ch, dispatcher) = serve_daemon(catalog.clone(), store).await;
     World {
@@ -206,6 +234,7 @@ pub(super) async fn world(catalog: Catalog) -> World {
         catalog,
         channel: ch,
         dispatcher,
+        _heartbeats: heartbeats,
     }
 }
 
