@@ -438,6 +438,75 @@ async fn agent_killed_during_the_background_read_leaves_no_job_or_scratch() {
     assert_eq!(again["chunks_kept_recent"], 0, "{again}");
 }
 
+/// The agent dies (SIGKILL) while it seals a running guest's capture
+/// (virt-sysprep on the overlays over the point-in-time view): the guest
+/// keeps running, and the restarted agent removes the seal's directory
+/// and ends the backup job from the journal; no image is left. (Its
+/// qemu-nbd servers, which run only during the read, are stopped the same
+/// way: agent/tests/work.rs.)
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_killed_while_sealing_leaves_no_overlay_or_job() {
+    let wd = Workdir::new("imprint-e2e-");
+    let backup_dir = wd.path().join("backup");
+    let mut f = Fixture::in_workdir(wd, &["--backup-dir", backup_dir.to_str().expect("utf8")]);
+    let disk = f.disk_in_pool_a(&f.guest.disk, "s-vda.raw");
+    let (d, name, _log) = f.boot_guest("s", &[(&disk, "raw")]);
+    let mut client = f.client().await;
+    let op = client
+        .capture(pb::CaptureRequest {
+            guest: name.clone(),
+            image_name: "sealed".into(),
+            mode: pb::CaptureMode::CrashConsistent as i32,
+            seal: true,
+            ..Default::default()
+        })
+        .await
+        .expect("capture")
+        .into_inner();
+    phase_reached(&mut client, &op.operation_id, "sealing the image").await;
+    let seal_dir = backup_dir.join(format!("{}-seal", op.operation_id));
+    wait_until("the overlay is made", BOOT, || {
+        seal_dir.join("disk0.qcow2").exists()
+    })
+    .await;
+    f.agent.kill();
+    // Killed mid-seal: what it made is still there for recovery to remove.
+    assert!(seal_dir.exists(), "the agent died before it ended the seal");
+    assert_eq!(d.state(), "running");
+    f.restart_agent();
+    // Recovery runs before the new agent serves.
+    assert!(!seal_dir.exists(), "the seal's overlays removed");
+    assert!(
+        !backup_dir.join(&op.operation_id).exists(),
+        "the view's scratch removed"
+    );
+    let job = virsh(&["domjobinfo", &name]);
+    assert!(job.contains("None"), "no backup job left: {job}");
+    assert_eq!(d.state(), "running");
+    // The orphaned virt-sysprep (no OS on this disk) ends on its own.
+    wait_until("no process works on the seal's overlays", BOOT, || {
+        !any_process_mentions(&seal_dir)
+    })
+    .await;
+    let out = std::process::Command::new(binary("imprint"))
+        .args(["-o", "json", "store", "list", "--store"])
+        .arg(f.wd.path().join("store"))
+        .output()
+        .expect("imprint");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(list["images"].as_array().map(Vec::len), Some(0), "{list}");
+}
+
+/// Whether any process's command line names a path under `dir`.
+fn any_process_mentions(dir: &std::path::Path) -> bool {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .any(|c| String::from_utf8_lossy(&c).contains(&needle))
+}
+
 /// The guest's user shuts it down while its disks are read from the
 /// point-in-time view: the job ends with the guest, the capture fails with
 /// a reason and keeps no image, and the guest stays off (its power state
