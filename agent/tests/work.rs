@@ -6,7 +6,7 @@ use std::{
     fs,
     path::Path,
     sync::{Arc, Mutex, atomic::AtomicBool},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use imprint_agent::{
@@ -536,29 +536,35 @@ fn recovery_stops_what_a_dead_seal_left() {
     std::fs::File::create(&overlay)
         .and_then(|f| f.set_len(1 << 20))
         .expect("overlay");
-    let socket = dir.join("seal-0.sock");
-    let mut server = Exits(
-        std::process::Command::new("qemu-nbd")
-            .args(["--read-only", "--format=raw", "--socket"])
-            .arg(&socket)
-            .arg("--pid-file")
-            .arg(dir.join("seal-0.pid"))
-            .arg(&overlay)
-            .spawn()
-            .expect("qemu-nbd"),
+    // qemu-nbd --fork returns once it serves (socket and pid file made);
+    // the server, orphaned, becomes this process's child to wait for.
+    nix::sys::prctl::set_child_subreaper(true).expect("subreaper");
+    let pid_file = dir.join("seal-0.pid");
+    let forked = std::process::Command::new("qemu-nbd")
+        .args(["--read-only", "--format=raw", "--fork", "--socket"])
+        .arg(dir.join("seal-0.sock"))
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(&overlay)
+        .status()
+        .expect("qemu-nbd");
+    assert!(forked.success(), "{forked:?}");
+    let server_pid = nix::unistd::Pid::from_raw(
+        std::fs::read_to_string(&pid_file)
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("pid"),
     );
+    let mut server = Adopted(Some(server_pid));
+    // Alive until its stdin closes (when the test ends).
     let mut bystander = Exits(
-        std::process::Command::new("sleep")
-            .arg("600")
+        std::process::Command::new("cat")
+            .stdin(std::process::Stdio::piped())
             .spawn()
-            .expect("sleep"),
+            .expect("cat"),
     );
     std::fs::write(dir.join("seal-1.pid"), format!("{}\n", bystander.0.id())).expect("pid");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !(socket.exists() && dir.join("seal-0.pid").exists()) {
-        assert!(Instant::now() < deadline, "qemu-nbd never listened");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     e.journal
         .write(&Entry::Capture {
             operation_id: "op-10".into(),
@@ -575,7 +581,11 @@ fn recovery_stops_what_a_dead_seal_left() {
     // qemu-nbd, with no client, serves until signalled (and exits 0 on
     // SIGTERM).
     let status = server.ended_within(Duration::from_secs(30));
-    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        status,
+        nix::sys::wait::WaitStatus::Exited(server_pid, 0),
+        "{status:?}"
+    );
     assert!(
         bystander.0.try_wait().expect("try_wait").is_none(),
         "a process that is no server of the seal is left alone"
@@ -588,24 +598,41 @@ fn recovery_stops_what_a_dead_seal_left() {
 /// A child killed when the test ends, however it ends.
 struct Exits(std::process::Child);
 
-impl Exits {
-    /// Its exit status, within `limit` (a test failure otherwise).
-    fn ended_within(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.0.try_wait().expect("try_wait") {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "still running after {limit:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
 impl Drop for Exits {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// A daemon this process adopted (child subreaper), killed when the test
+/// ends, however it ends, unless it was seen to end.
+struct Adopted(Option<nix::unistd::Pid>);
+
+impl Adopted {
+    /// How it ended, within `limit` (a test failure otherwise).
+    fn ended_within(&mut self, limit: Duration) -> nix::sys::wait::WaitStatus {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pid = self.0.expect("not waited for yet");
+        std::thread::spawn(move || {
+            let _ = tx.send(nix::sys::wait::waitpid(pid, None));
+        });
+        let status = rx
+            .recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("still running after {limit:?}"))
+            .expect("waitpid");
+        // Reaped: its number may be anyone's from now on.
+        self.0 = None;
+        status
+    }
+}
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
     }
 }
 
