@@ -1297,6 +1297,16 @@ impl Fixture {
         (d, name, log)
     }
 
+    /// What `imprint store list` says of the agent's store (JSON).
+    pub fn store_list(&self) -> serde_json::Value {
+        let out = std::process::Command::new(binary("imprint"))
+            .args(["-o", "json", "store", "list", "--store"])
+            .arg(self.wd.path().join("store"))
+            .output()
+            .expect("imprint");
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+
     /// Copy a cached disk into pool A's directory as `name`.
     pub fn disk_in_pool_a(&self, src: &Path, name: &str) -> PathBuf {
         let dst = self.pool_a.dir.join(name);

@@ -408,12 +408,7 @@ async fn agent_killed_during_the_background_read_leaves_no_job_or_scratch() {
         "a new agent has no running operations"
     );
     // No image was committed by the dead capture.
-    let out = std::process::Command::new(binary("imprint"))
-        .args(["-o", "json", "store", "list", "--store"])
-        .arg(f.wd.path().join("store"))
-        .output()
-        .expect("imprint");
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let list = f.store_list();
     assert_eq!(list["images"].as_array().map(Vec::len), Some(0), "{list}");
     // The restarted agent retired the dead capture's writer registration:
     // GC with no grace frees its orphan chunks now, not 15 minutes later.
@@ -488,12 +483,7 @@ async fn agent_killed_while_sealing_leaves_no_overlay_or_job() {
         !any_process_mentions(&seal_dir)
     })
     .await;
-    let out = std::process::Command::new(binary("imprint"))
-        .args(["-o", "json", "store", "list", "--store"])
-        .arg(f.wd.path().join("store"))
-        .output()
-        .expect("imprint");
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let list = f.store_list();
     assert_eq!(list["images"].as_array().map(Vec::len), Some(0), "{list}");
 }
 
@@ -530,12 +520,7 @@ async fn guest_shut_down_by_its_user_during_the_read() {
     let done = watch(&mut client, &op.operation_id).await;
     assert_eq!(done.state, pb::OperationState::Failed as i32, "{done:?}");
     assert!(!done.error.is_empty());
-    let out = std::process::Command::new(binary("imprint"))
-        .args(["-o", "json", "store", "list", "--store"])
-        .arg(f.wd.path().join("store"))
-        .output()
-        .expect("imprint");
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let list = f.store_list();
     assert_eq!(
         list["images"].as_array().map(Vec::len),
         Some(0),

@@ -304,7 +304,7 @@ async fn live_capture_of_a_debian_guest_with_its_agent() {
         "the guest saw no I/O error"
     );
 
-    let list = store_list(&f);
+    let list = f.store_list();
     let names: Vec<_> = list["images"]
         .as_array()
         .expect("images")
@@ -312,15 +312,6 @@ async fn live_capture_of_a_debian_guest_with_its_agent() {
         .map(|i| i["name"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(names, ["live"], "only the good capture is an image");
-}
-
-fn store_list(f: &Fixture) -> serde_json::Value {
-    let out = std::process::Command::new(binary("imprint"))
-        .args(["-o", "json", "store", "list", "--store"])
-        .arg(f.wd.path().join("store"))
-        .output()
-        .expect("imprint");
-    serde_json::from_slice(&out.stdout).expect("json")
 }
 
 /// A guest without a guest agent: a live capture is refused before
@@ -353,6 +344,6 @@ async fn guest_without_agent_is_refused_live_and_captured_crash_consistent() {
         !console.contains("IMPRINT-POWEROFF") && !console.contains("IMPRINT-BOOT count=2"),
         "never went down"
     );
-    let list = store_list(&f);
+    let list = f.store_list();
     assert_eq!(list["images"].as_array().map(Vec::len), Some(1), "{list}");
 }
