@@ -87,6 +87,28 @@ impl Libvirt {
     }
 
     /// Run `f` with a live connection; `what` names the action in errors.
+    /// Whether libvirt tracks a job on the guest (a gone guest has none).
+    fn has_job(&self, g: &GuestRef) -> Result<bool> {
+        let r = self.with(&format!("read the job of guest {}", g.name), |c| {
+            let d = Self::domain_of(c, g)?;
+            // SAFETY: an all-zero virDomainJobInfo is a valid value of the
+            // plain C struct (integers only).
+            let mut info: virt::sys::virDomainJobInfo = unsafe { std::mem::zeroed() };
+            // SAFETY: `d` is a live domain handle and `info` a valid,
+            // writable struct for the duration of the call.
+            let r = unsafe { virt::sys::virDomainGetJobInfo(d.as_ptr(), &mut info) };
+            if r < 0 {
+                return Err(VirtError::last_error());
+            }
+            Ok(info.type_ != virt::sys::VIR_DOMAIN_JOB_NONE as i32)
+        });
+        match r {
+            // A gone or stopped guest has no job.
+            Err(e) if matches!(e.kind, Kind::NotFound | Kind::FailedPrecondition) => Ok(false),
+            other => other,
+        }
+    }
+
     fn with<T>(&self, what: &str, f: impl FnOnce(&Connect) -> Result<T, VirtError>) -> Result<T> {
         let conn = self.connection()?;
         match f(&conn) {
@@ -385,8 +407,28 @@ impl Hypervisor for Libvirt {
         });
         match r {
             // No job (it ended, or the guest stopped) or no guest: done.
-            Err(e) if matches!(e.kind, Kind::FailedPrecondition | Kind::NotFound) => Ok(()),
-            other => other,
+            Err(e) if matches!(e.kind, Kind::FailedPrecondition | Kind::NotFound) => return Ok(()),
+            other => other?,
+        }
+        // The abort only asks QEMU to cancel the backup's block jobs; the
+        // job ends when their events arrive. Return once it has, so that
+        // whoever comes next (a new capture, a test) finds no job.
+        let deadline = std::time::Instant::now() + BACKUP_END_PATIENCE;
+        loop {
+            if !self.has_job(g)? {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(AgentError::new(
+                    Kind::Unavailable,
+                    format!(
+                        "the backup job of guest {} did not end within {} s of its abort",
+                        g.name,
+                        BACKUP_END_PATIENCE.as_secs()
+                    ),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
     }
 
@@ -658,6 +700,10 @@ impl Hypervisor for Libvirt {
         Ok(crate::domain::disk_has_backing(&xml, dev))
     }
 }
+
+/// How long an aborted backup job may take to end (QEMU cancels its block
+/// jobs; libvirt ends the job on their events, normally within a second).
+const BACKUP_END_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A fill's copy job reads and writes in steps of this many bytes (QEMU's
 /// default is the target's cluster size, 64 KiB: 16 times as many
