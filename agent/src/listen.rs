@@ -12,7 +12,7 @@
 
 use std::{
     net::SocketAddr,
-    os::unix::fs::{FileTypeExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -97,9 +97,11 @@ impl Listen {
 /// Bind a UNIX socket at `path`, mode 0660, group `gid` when given.
 ///
 /// A stale socket of an earlier run is replaced; any other file at the
-/// path is refused. The socket is made in the parent directory under a
-/// temporary name, restricted, then renamed into place, so it is never
-/// reachable with the process umask's mode.
+/// path is refused. The socket is made in a private (0700) directory next
+/// to it, restricted, then renamed into place, so it is never reachable
+/// with the process umask's mode. (Not by narrowing the umask: that is the
+/// whole process's, and a file another thread made meanwhile, such as a
+/// directory, would get the narrow mode.)
 pub fn bind_unix(path: &Path, gid: Option<u32>) -> Result<tokio::net::UnixListener> {
     let parent = path
         .parent()
@@ -116,29 +118,32 @@ pub fn bind_unix(path: &Path, gid: Option<u32>) -> Result<tokio::net::UnixListen
     let file_name = path
         .file_name()
         .with_context(|| format!("socket path {} names no file", path.display()))?;
-    let tmp = parent.join(format!(
-        ".{}.{}",
+    let private = parent.join(format!(
+        ".{}.{}.d",
         file_name.to_string_lossy(),
         std::process::id()
     ));
-    let _ = std::fs::remove_file(&tmp);
-    // Only the owner may connect while the group and mode are set.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
-    let bound = tokio::net::UnixListener::bind(&tmp);
-    nix::sys::stat::umask(old);
-    let listener = bound.with_context(|| format!("listen on {}", tmp.display()))?;
-    let restrict = || -> std::io::Result<()> {
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("create {}", private.display()))?;
+    let tmp = private.join("s");
+    let set_up = || -> Result<tokio::net::UnixListener> {
+        let listener = tokio::net::UnixListener::bind(&tmp)
+            .with_context(|| format!("listen on {}", tmp.display()))?;
         if let Some(gid) = gid {
-            std::os::unix::fs::chown(&tmp, None, Some(gid))?;
+            std::os::unix::fs::chown(&tmp, None, Some(gid))
+                .with_context(|| format!("set the group of {}", path.display()))?;
         }
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))?;
-        std::fs::rename(&tmp, path)
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o660))
+            .with_context(|| format!("set the mode of {}", path.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("set up socket {}", path.display()))?;
+        Ok(listener)
     };
-    if let Err(e) = restrict() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("set up socket {}", path.display()));
-    }
-    Ok(listener)
+    let listener = set_up();
+    let _ = std::fs::remove_dir_all(&private);
+    listener
 }
 
 /// The id of group `name`.
@@ -197,6 +202,12 @@ mod tests {
         let l = bind_unix(&path, None).expect("bind");
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o660);
+        // The private directory it was made in is gone.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["a.sock"]);
         drop(l);
         // The file stays after the listener is gone: a restart replaces it.
         bind_unix(&path, None).expect("rebind");
