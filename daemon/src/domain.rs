@@ -273,6 +273,19 @@ pub mod phase {
     pub const DISPATCHED: &str = "dispatched";
     /// Final (set with the final state).
     pub const DONE: &str = "done";
+
+    /// The phase to record for what an agent that has the operation
+    /// reports. An agent says "queued" for one it accepted and has not
+    /// started; recorded as it is, that would read as [`QUEUED`] here (not
+    /// acknowledged) and the request would be sent again to an agent that
+    /// restarted and forgot it, running the operation twice.
+    pub fn reported(agent_phase: &str) -> &str {
+        if agent_phase.is_empty() || agent_phase == QUEUED {
+            DISPATCHED
+        } else {
+            agent_phase
+        }
+    }
 }
 
 #[cfg(test)]
@@ -359,5 +372,15 @@ mod tests {
         let e = "lost".parse::<ImageState>().expect_err("unknown");
         assert_eq!(e.to_string(), "unknown image state \"lost\"");
         assert!(ImageState::try_from(pb::ImageState::Unspecified).is_err());
+    }
+
+    /// What an agent that has the operation reports never reads as "not
+    /// acknowledged" (which would send the request again to an agent that
+    /// restarted and forgot it: the operation would run twice).
+    #[test]
+    fn an_accepted_operation_is_never_recorded_queued() {
+        assert_eq!(phase::reported("queued"), phase::DISPATCHED);
+        assert_eq!(phase::reported(""), phase::DISPATCHED);
+        assert_eq!(phase::reported("shutting down"), "shutting down");
     }
 }

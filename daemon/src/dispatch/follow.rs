@@ -443,7 +443,7 @@ impl Dispatcher {
             .catalog
             .update_progress(
                 id,
-                &a.phase,
+                phase::reported(&a.phase),
                 signed(a.bytes_done),
                 signed(a.bytes_total),
                 bps,

@@ -350,12 +350,11 @@ impl Dispatcher {
         };
         match self.send(&host, req).await {
             Ok(a) => {
-                let phase = if a.phase.is_empty() {
-                    phase::DISPATCHED
-                } else {
-                    &a.phase
-                };
-                if let Err(e) = self.catalog.set_phase(&op.id, phase).await {
+                if let Err(e) = self
+                    .catalog
+                    .set_phase(&op.id, phase::reported(&a.phase))
+                    .await
+                {
                     // Still 'queued': the follower sends again (idempotent).
                     tracing::warn!(op = %op.id, error = %e, "cannot record dispatch");
                 }
