@@ -132,7 +132,9 @@ pub fn generalize(
     cancel: &AtomicBool,
     purpose: Purpose,
 ) -> Result<()> {
-    let mut cmd = Command::new(SYSPREP);
+    // A SIGKILLed agent's recovery removes what it edits (overlays, new
+    // volumes): the tool goes with the agent.
+    let mut cmd = crate::tool::dying_with_agent(SYSPREP);
     for (path, format) in disks {
         cmd.arg("--format").arg(format).arg("-a").arg(path);
     }

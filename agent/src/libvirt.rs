@@ -100,7 +100,7 @@ impl Libvirt {
             if r < 0 {
                 return Err(VirtError::last_error());
             }
-            Ok(info.type_ != virt::sys::VIR_DOMAIN_JOB_NONE as i32)
+            Ok(i64::from(info.type_) != i64::from(virt::sys::VIR_DOMAIN_JOB_NONE))
         });
         match r {
             // A gone or stopped guest has no job.

@@ -35,6 +35,19 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<Vec<u8>> {
     }
 }
 
+/// A command for `program` that the kernel kills (SIGKILL) when the agent
+/// thread that starts it ends: a tool editing what a SIGKILLed agent's
+/// recovery removes does not work on for minutes, nor its appliance with
+/// it (libguestfs stops its QEMU when the tool goes). util-linux's
+/// `setpriv --pdeathsig` sets it and runs the tool in its place (no
+/// `pre_exec` hook, no unsafe code). The thread must wait for the tool, as
+/// [`run`] and the callers' polling loops do.
+pub fn dying_with_agent(program: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--pdeathsig", "KILL", "--", program]);
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +67,29 @@ mod tests {
         );
         let e = run(&mut Command::new("/nonexistent/tool"), "x").expect_err("missing");
         assert_eq!(e.kind, Kind::FailedPrecondition);
+    }
+
+    /// The tool is killed when the thread that started it ends, even one
+    /// that does not wait for it (as when the agent dies).
+    #[test]
+    fn a_tool_dies_with_the_thread_that_started_it() {
+        let mut child = std::thread::spawn(|| {
+            let child = dying_with_agent("sleep").arg("600").spawn().expect("spawn");
+            // setpriv sets the signal before it becomes the tool: wait
+            // for that, then end the thread without waiting for the tool.
+            let comm = format!("/proc/{}/comm", child.id());
+            while std::fs::read_to_string(&comm).expect("comm") != "sleep\n" {
+                std::thread::yield_now();
+            }
+            child
+        })
+        .join()
+        .expect("thread");
+        let status = child.wait().expect("wait");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(nix::sys::signal::Signal::SIGKILL as i32),
+            "{status}"
+        );
     }
 }

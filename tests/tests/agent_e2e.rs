@@ -460,11 +460,31 @@ async fn agent_killed_while_sealing_leaves_no_overlay_or_job() {
         .into_inner();
     phase_reached(&mut client, &op.operation_id, "sealing the image").await;
     let seal_dir = backup_dir.join(format!("{}-seal", op.operation_id));
-    wait_until("the overlay is made", BOOT, || {
-        seal_dir.join("disk0.qcow2").exists()
+    let agent_pid = i32::try_from(f.agent.child.id()).expect("pid");
+    let sysprep = || {
+        processes_mentioning(&seal_dir)
+            .into_iter()
+            .find(|p| p.comm == "virt-sysprep" && p.ppid == agent_pid)
+    };
+    wait_until("virt-sysprep works on the overlay", BOOT, || {
+        sysprep().is_some()
     })
     .await;
+    let sysprep = sysprep().expect("virt-sysprep").pid;
+    // Stopped, it could not end on its own (nor fail when recovery takes
+    // the view from under it); only a signal the kernel sends ends it.
+    let sysprep_pid = nix::unistd::Pid::from_raw(sysprep);
+    nix::sys::signal::kill(sysprep_pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+    let _reap = KillOnDrop(sysprep_pid);
     f.agent.kill();
+    // virt-sysprep dies with the agent (its parent-death signal, SIGKILL),
+    // before any recovery.
+    wait_until("virt-sysprep dies with the agent", BOOT, || {
+        !processes_mentioning(&seal_dir)
+            .iter()
+            .any(|p| p.pid == sysprep)
+    })
+    .await;
     // Killed mid-seal: what it made is still there for recovery to remove.
     assert!(seal_dir.exists(), "the agent died before it ended the seal");
     assert_eq!(d.state(), "running");
@@ -478,23 +498,54 @@ async fn agent_killed_while_sealing_leaves_no_overlay_or_job() {
     let job = virsh(&["domjobinfo", &name]);
     assert!(job.contains("None"), "no backup job left: {job}");
     assert_eq!(d.state(), "running");
-    // The orphaned virt-sysprep (no OS on this disk) ends on its own.
+    // libguestfs's recovery process (a fork of virt-sysprep) stops the
+    // appliance's QEMU at its next check, every 2 s.
     wait_until("no process works on the seal's overlays", BOOT, || {
-        !any_process_mentions(&seal_dir)
+        processes_mentioning(&seal_dir).is_empty()
     })
     .await;
     let list = f.store_list();
     assert_eq!(list["images"].as_array().map(Vec::len), Some(0), "{list}");
 }
 
-/// Whether any process's command line names a path under `dir`.
-fn any_process_mentions(dir: &std::path::Path) -> bool {
+/// SIGKILL for a process this test stopped, should it fail before the
+/// process ended.
+struct KillOnDrop(nix::unistd::Pid);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// A process, as /proc shows it.
+struct Process {
+    pid: i32,
+    ppid: i32,
+    comm: String,
+}
+
+/// The processes whose command line names a path under `dir` (a dead one
+/// not yet reaped has none).
+fn processes_mentioning(dir: &std::path::Path) -> Vec<Process> {
     let needle = dir.to_string_lossy().into_owned();
     std::fs::read_dir("/proc")
         .expect("/proc")
         .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .any(|c| String::from_utf8_lossy(&c).contains(&needle))
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            if !String::from_utf8_lossy(&cmdline).contains(&needle) {
+                return None;
+            }
+            // "pid (comm) state ppid ...": comm may hold spaces.
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_string();
+            let ppid = rest.split_whitespace().nth(1)?.parse().ok()?;
+            Some(Process { pid, ppid, comm })
+        })
+        .collect()
 }
 
 /// The guest's user shuts it down while its disks are read from the
