@@ -86,29 +86,50 @@ impl Libvirt {
         Ok(slot.get_or_insert(c).clone())
     }
 
-    /// Run `f` with a live connection; `what` names the action in errors.
-    /// Whether libvirt tracks a job on the guest (a gone guest has none).
-    fn has_job(&self, g: &GuestRef) -> Result<bool> {
+    /// Whether libvirt runs a backup job on the guest (a gone or stopped
+    /// guest runs none). Other jobs (a save, a migration an administrator
+    /// started) are not ours to wait for or abort.
+    fn backup_running(&self, g: &GuestRef) -> Result<bool> {
         let r = self.with(&format!("read the job of guest {}", g.name), |c| {
             let d = Self::domain_of(c, g)?;
-            // SAFETY: an all-zero virDomainJobInfo is a valid value of the
-            // plain C struct (integers only).
-            let mut info: virt::sys::virDomainJobInfo = unsafe { std::mem::zeroed() };
-            // SAFETY: `d` is a live domain handle and `info` a valid,
-            // writable struct for the duration of the call.
-            let r = unsafe { virt::sys::virDomainGetJobInfo(d.as_ptr(), &mut info) };
+            let mut kind: std::os::raw::c_int = 0;
+            let mut params: virt::sys::virTypedParameterPtr = std::ptr::null_mut();
+            let mut n: std::os::raw::c_int = 0;
+            // SAFETY: `d` is a live domain handle for the call; `kind`,
+            // `params` and `n` are valid out-pointers; libvirt allocates
+            // the parameter array (freed below).
+            let r = unsafe {
+                virt::sys::virDomainGetJobStats(d.as_ptr(), &mut kind, &mut params, &mut n, 0)
+            };
             if r < 0 {
                 return Err(VirtError::last_error());
             }
-            Ok(i64::from(info.type_) != i64::from(virt::sys::VIR_DOMAIN_JOB_NONE))
+            let mut operation: std::os::raw::c_int = 0;
+            // SAFETY: `params` holds `n` parameters from libvirt (or is
+            // NULL with n = 0); the name is a NUL-terminated constant and
+            // `operation` a valid out-pointer. 0 means "not present".
+            let found = unsafe {
+                virt::sys::virTypedParamsGetInt(
+                    params,
+                    n,
+                    virt::sys::VIR_DOMAIN_JOB_OPERATION.as_ptr(),
+                    &mut operation,
+                )
+            };
+            // SAFETY: the array and its strings came from libvirt, which
+            // frees them; NULL with n = 0 is fine.
+            unsafe { virt::sys::virTypedParamsFree(params, n) };
+            Ok(i64::from(kind) != i64::from(virt::sys::VIR_DOMAIN_JOB_NONE)
+                && found == 1
+                && i64::from(operation) == i64::from(virt::sys::VIR_DOMAIN_JOB_OPERATION_BACKUP))
         });
         match r {
-            // A gone or stopped guest has no job.
             Err(e) if matches!(e.kind, Kind::NotFound | Kind::FailedPrecondition) => Ok(false),
             other => other,
         }
     }
 
+    /// Run `f` with a live connection; `what` names the action in errors.
     fn with<T>(&self, what: &str, f: impl FnOnce(&Connect) -> Result<T, VirtError>) -> Result<T> {
         let conn = self.connection()?;
         match f(&conn) {
@@ -393,6 +414,11 @@ impl Hypervisor for Libvirt {
     }
 
     fn backup_end(&self, g: &GuestRef) -> Result<()> {
+        // Abort only a backup: the guest's job may be another one (ours
+        // ended already, and an administrator saves or migrates it).
+        if !self.backup_running(g)? {
+            return Ok(());
+        }
         let r = self.with(&format!("end the backup of guest {}", g.name), |c| {
             let d = Self::domain_of(c, g)?;
             // SAFETY: `d` is a live domain handle for the duration of the
@@ -415,7 +441,7 @@ impl Hypervisor for Libvirt {
         // whoever comes next (a new capture, a test) finds no job.
         let deadline = std::time::Instant::now() + BACKUP_END_PATIENCE;
         loop {
-            if !self.has_job(g)? {
+            if !self.backup_running(g)? {
                 return Ok(());
             }
             if std::time::Instant::now() >= deadline {

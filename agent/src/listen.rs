@@ -12,7 +12,7 @@
 
 use std::{
     net::SocketAddr,
-    os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt},
+    os::unix::fs::{FileTypeExt, PermissionsExt},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -118,16 +118,11 @@ pub fn bind_unix(path: &Path, gid: Option<u32>) -> Result<tokio::net::UnixListen
     let file_name = path
         .file_name()
         .with_context(|| format!("socket path {} names no file", path.display()))?;
-    let private = parent.join(format!(
-        ".{}.{}.d",
-        file_name.to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&private);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&private)
-        .with_context(|| format!("create {}", private.display()))?;
+    // A fresh 0700 directory of its own (mkdtemp): never one left by a
+    // crashed run or made by another agent sharing the folder.
+    let private =
+        nix::unistd::mkdtemp(&parent.join(format!(".{}.XXXXXX", file_name.to_string_lossy())))
+            .with_context(|| format!("create a private directory in {}", parent.display()))?;
     let tmp = private.join("s");
     let set_up = || -> Result<tokio::net::UnixListener> {
         let listener = tokio::net::UnixListener::bind(&tmp)

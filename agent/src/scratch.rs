@@ -43,9 +43,14 @@ pub fn release_if_stuck(hv: &dyn Hypervisor, guest: &GuestRef, dir: &Path) -> Re
         return Ok(false);
     }
     tracing::warn!(guest = %guest.name, dir = %dir.display(), "scratch space full; ending the backup job and resuming the guest");
-    hv.backup_end(guest)?;
+    // The guest runs again even if the job would not end (libvirt
+    // unavailable, or slow to cancel): a paused guest is the worse harm.
+    let ended = hv.backup_end(guest);
+    if let Err(e) = &ended {
+        tracing::warn!(guest = %guest.name, error = %e, "cannot end the backup job; resuming the guest anyway");
+    }
     hv.resume(guest)?;
-    Ok(true)
+    ended.map(|()| true)
 }
 
 /// Run `read` (of the view whose scratch is in `dir`) while watching the

@@ -475,7 +475,7 @@ async fn agent_killed_while_sealing_leaves_no_overlay_or_job() {
     // the view from under it); only a signal the kernel sends ends it.
     let sysprep_pid = nix::unistd::Pid::from_raw(sysprep);
     nix::sys::signal::kill(sysprep_pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
-    let _reap = KillOnDrop(sysprep_pid);
+    let reap = KillOnDrop(sysprep_pid);
     f.agent.kill();
     // virt-sysprep dies with the agent (its parent-death signal, SIGKILL),
     // before any recovery.
@@ -485,6 +485,8 @@ async fn agent_killed_while_sealing_leaves_no_overlay_or_job() {
             .any(|p| p.pid == sysprep)
     })
     .await;
+    // Dead: its pid is no longer one to signal.
+    std::mem::forget(reap);
     // Killed mid-seal: what it made is still there for recovery to remove.
     assert!(seal_dir.exists(), "the agent died before it ended the seal");
     assert_eq!(d.state(), "running");
