@@ -74,7 +74,10 @@ impl Dispatcher {
     /// accounting when images came or went.
     pub(super) fn start_background(self: &Arc<Self>) {
         let bg = &self.background;
-        bg.spawn("liveness", self.clone().watch_liveness());
+        // SQLite: one daemon, no other daemon's death to notice.
+        if !self.catalog.is_sqlite() {
+            bg.spawn("liveness", self.clone().watch_liveness());
+        }
         let me = self.clone();
         bg.spawn("leases", async move {
             loop {
