@@ -114,6 +114,10 @@ impl Entry {
     }
 }
 
+/// How long the mark of an operation recovery undid is kept: far longer
+/// than a daemon re-sends an unacknowledged request.
+pub const UNDONE_KEPT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
 /// The journal directory.
 #[derive(Debug, Clone)]
 pub struct Journal {
@@ -131,9 +135,11 @@ impl Journal {
             "create journal directory {}",
             dir.display()
         )))?;
-        Ok(Self {
+        let journal = Self {
             dir: dir.to_path_buf(),
-        })
+        };
+        journal.forget_undone(UNDONE_KEPT);
+        Ok(journal)
     }
 
     fn path(&self, id: &str) -> Result<PathBuf> {
@@ -168,6 +174,43 @@ impl Journal {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_err(format!("remove journal entry {id}"))(e)),
+        }
+    }
+
+    fn undone_path(&self, id: &str) -> Result<PathBuf> {
+        Ok(self.path(id)?.with_extension("undone"))
+    }
+
+    /// Record that recovery undid operation `id`, left by a run that died:
+    /// a request under that id again (a daemon re-sending one it never saw
+    /// acknowledged) is refused, not run afresh. Marks older than
+    /// [`UNDONE_KEPT`] are dropped when the journal opens.
+    pub fn mark_undone(&self, id: &str) -> Result<()> {
+        let path = self.undone_path(id)?;
+        let w = || -> std::io::Result<()> {
+            fs::File::create(&path)?.sync_all()?;
+            fs::File::open(&self.dir)?.sync_all()
+        };
+        w().map_err(io_err(format!("write {}", path.display())))
+    }
+
+    /// Whether recovery undid operation `id` (see [`Journal::mark_undone`]).
+    pub fn undone(&self, id: &str) -> bool {
+        self.undone_path(id).is_ok_and(|p| p.exists())
+    }
+
+    /// Drop the marks of undone operations older than `kept`.
+    fn forget_undone(&self, kept: std::time::Duration) {
+        let Ok(dir) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for p in dir.flatten().map(|e| e.path()) {
+            let old = fs::metadata(&p)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= kept));
+            if old && p.extension().and_then(|e| e.to_str()) == Some("undone") {
+                let _ = fs::remove_file(&p);
+            }
         }
     }
 
@@ -217,5 +260,15 @@ mod tests {
         j2.remove("op-1").expect("remove");
         assert!(j2.list().expect("list").is_empty());
         assert!(j2.remove("../x").is_err());
+        // An undone operation's mark outlives its entry and a reopen; it
+        // is not an entry.
+        assert!(!j2.undone("op-1"));
+        j2.mark_undone("op-1").expect("mark");
+        let j3 = Journal::open(&tmp.path().join("j")).expect("reopen");
+        assert!(j3.undone("op-1"));
+        assert!(j3.list().expect("list").is_empty());
+        assert!(!j3.undone("../x"));
+        j3.forget_undone(std::time::Duration::ZERO);
+        assert!(!j3.undone("op-1"));
     }
 }

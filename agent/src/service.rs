@@ -354,7 +354,7 @@ impl Agent {
             let me = self.clone();
             let results = tokio::task::spawn_blocking(move || {
                 work::recover_where(&*me.ctx.hv, &me.ctx.journal, Some(&me.ctx.busy), |id| {
-                    me.existing(id)
+                    me.current(id)
                         .is_none_or(|o| o.state != pb::OperationState::Running as i32)
                 })
             })
@@ -372,12 +372,27 @@ impl Agent {
         }
     }
 
-    fn existing(&self, id: &str) -> Option<pb::AgentOperation> {
+    /// The operation under `id` this run has, as it stands.
+    fn current(&self, id: &str) -> Option<pb::AgentOperation> {
         self.ops
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .map(|o| o.tx.borrow().clone())
+    }
+
+    /// The operation under `id` this run has (a request sent again gets
+    /// it, not a second one); ABORTED for one a previous run left and
+    /// recovery undid (run afresh, it would act twice for one request).
+    fn existing(&self, id: &str) -> Result<Option<pb::AgentOperation>, Status> {
+        let op = self.current(id);
+        if op.is_none() && self.ctx.journal.undone(id) {
+            return Err(Status::aborted(format!(
+                "operation {id} was interrupted by a restart of this agent and undone (guest and volumes as before it); \
+                 start a new operation"
+            )));
+        }
+        Ok(op)
     }
 
     /// Resume the lazy deploys a previous run left filling (its journal),
@@ -729,7 +744,7 @@ impl AgentService for Agent {
     ) -> Result<Response<pb::AgentOperation>, Status> {
         let r = req.into_inner();
         let id = op_id(&r.operation_id)?;
-        if let Some(op) = self.existing(&id) {
+        if let Some(op) = self.existing(&id)? {
             return Ok(Response::new(op));
         }
         if r.guest.is_empty() {
@@ -830,7 +845,7 @@ impl AgentService for Agent {
     ) -> Result<Response<pb::AgentOperation>, Status> {
         let r = req.into_inner();
         let id = op_id(&r.operation_id)?;
-        if let Some(op) = self.existing(&id) {
+        if let Some(op) = self.existing(&id)? {
             return Ok(Response::new(op));
         }
         work::validate_guest_name(&r.guest_name).map_err(status)?;
@@ -921,7 +936,7 @@ impl AgentService for Agent {
     ) -> Result<Response<pb::AgentOperation>, Status> {
         let r = req.into_inner();
         let id = op_id(&r.operation_id)?;
-        if let Some(op) = self.existing(&id) {
+        if let Some(op) = self.existing(&id)? {
             return Ok(Response::new(op));
         }
         imprint_store::manifest::validate_name(&r.image_name).map_err(|e| status(e.into()))?;
@@ -996,7 +1011,7 @@ impl AgentService for Agent {
     ) -> Result<Response<pb::AgentOperation>, Status> {
         let r = req.into_inner();
         let id = op_id(&r.operation_id)?;
-        if let Some(op) = self.existing(&id) {
+        if let Some(op) = self.existing(&id)? {
             return Ok(Response::new(op));
         }
         let path = self.transfer_path(&r.path, false)?;
@@ -1061,7 +1076,7 @@ impl AgentService for Agent {
     ) -> Result<Response<pb::AgentOperation>, Status> {
         let r = req.into_inner();
         let id = op_id(&r.operation_id)?;
-        if let Some(op) = self.existing(&id) {
+        if let Some(op) = self.existing(&id)? {
             return Ok(Response::new(op));
         }
         let image = image_id(&r.image_id)?;
@@ -1092,7 +1107,7 @@ impl AgentService for Agent {
     ) -> Result<Response<pb::AgentOperation>, Status> {
         let r = req.into_inner();
         let id = op_id(&r.operation_id)?;
-        if let Some(op) = self.existing(&id) {
+        if let Some(op) = self.existing(&id)? {
             return Ok(Response::new(op));
         }
         if r.guest.is_empty() {
@@ -1125,7 +1140,7 @@ impl AgentService for Agent {
     ) -> Result<Response<pb::AgentOperation>, Status> {
         let r = req.into_inner();
         let id = op_id(&r.operation_id)?;
-        if let Some(op) = self.existing(&id) {
+        if let Some(op) = self.existing(&id)? {
             return Ok(Response::new(op));
         }
         let image = image_id(&r.image_id)?;
@@ -1212,9 +1227,14 @@ impl AgentService for Agent {
         req: Request<pb::GetOperationRequest>,
     ) -> Result<Response<pb::AgentOperation>, Status> {
         let id = req.into_inner().operation_id;
-        self.existing(&id).map(Response::new).ok_or_else(|| {
-            Status::not_found(format!("operation {id:?} is not known to this agent"))
-        })
+        match self.existing(&id) {
+            Ok(Some(op)) => Ok(Response::new(op)),
+            Ok(None) => Err(Status::not_found(format!(
+                "operation {id:?} is not known to this agent"
+            ))),
+            // Not this run's: not found, and why.
+            Err(s) => Err(Status::not_found(s.message().to_string())),
+        }
     }
 
     async fn list_operations(

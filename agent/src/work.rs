@@ -1104,6 +1104,11 @@ pub fn recover_where(
                 .and_then(|()| remove_nvram(nvram.as_deref())),
         };
         if r.is_ok() {
+            // Marked first: a death between the two leaves both, which
+            // the next start handles (the entry is undone again).
+            if let Err(e) = journal.mark_undone(&id) {
+                tracing::warn!(operation = %id, error = %e, "cannot mark the operation undone");
+            }
             let _ = journal.remove(&id);
         }
         out.push((id, r));

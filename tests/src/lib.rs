@@ -1297,6 +1297,16 @@ impl Fixture {
         (d, name, log)
     }
 
+    /// The agent's journal entries (operations in flight or left to
+    /// recover; not the marks of undone ones).
+    pub fn journal_entries(&self) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(self.wd.path().join("journal"))
+            .expect("journal")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect()
+    }
+
     /// What `imprint store list` says of the agent's store (JSON).
     pub fn store_list(&self) -> serde_json::Value {
         let out = std::process::Command::new(binary("imprint"))

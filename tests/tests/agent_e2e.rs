@@ -371,8 +371,9 @@ async fn agent_killed_during_the_background_read_leaves_no_job_or_scratch() {
     let disk = f.slow_disk_in_pool_a("k-vda.raw");
     let (d, name, log) = f.boot_guest("k", &[(&disk, "raw")]);
     let mut client = f.client().await;
+    let req = capture_req(&name, 60, false);
     let op = client
-        .capture(capture_req(&name, 60, false))
+        .capture(req.clone())
         .await
         .expect("capture")
         .into_inner();
@@ -398,6 +399,14 @@ async fn agent_killed_during_the_background_read_leaves_no_job_or_scratch() {
     assert_eq!(d.state(), "running");
     wait_for(&log, "IMPRINT-READY", 2, BOOT);
     let mut client = f.client().await;
+    // The same request again (as a daemon re-sends one it never saw
+    // acknowledged) is refused: recovery undid it, it does not run afresh.
+    let again = client.capture(req).await.expect_err("undone");
+    assert_eq!(again.code(), tonic::Code::Aborted, "{again}");
+    assert!(
+        again.message().contains("interrupted by a restart"),
+        "{again}"
+    );
     let ops = client
         .list_operations(pb::ListOperationsRequest {})
         .await

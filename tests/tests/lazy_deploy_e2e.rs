@@ -191,9 +191,7 @@ async fn agent_stopped_or_killed_during_a_lazy_fill_serves_again_and_finishes_it
     assert!(stopped.success(), "{stopped:?}");
     assert_eq!(virsh(&["domstate", &guest]).trim(), "running");
     assert_eq!(
-        std::fs::read_dir(f.wd.path().join("journal"))
-            .expect("journal")
-            .count(),
+        f.journal_entries().len(),
         1,
         "the journal keeps the fill for the next start"
     );
@@ -231,13 +229,7 @@ async fn agent_stopped_or_killed_during_a_lazy_fill_serves_again_and_finishes_it
     let live = virsh(&["dumpxml", &guest]);
     assert!(!live.contains("protocol='nbd'"), "no backing left:\n{live}");
     assert!(!exports_of(&op.operation_id), "export closed");
-    assert_eq!(
-        std::fs::read_dir(f.wd.path().join("journal"))
-            .expect("journal")
-            .count(),
-        0,
-        "journal entry removed"
-    );
+    assert_eq!(f.journal_entries().len(), 0, "journal entry removed");
     holds_the_image(&f, &guest, &d.volumes[0], &source);
 }
 

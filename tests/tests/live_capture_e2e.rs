@@ -205,13 +205,7 @@ async fn live_capture_of_a_debian_guest_with_its_agent() {
     // command at a time: any answer after the failed capture comes after
     // that freeze); the imprint agent's recovery pass sends the thaw that
     // gets through, and then drops its journal entry. Nobody else thaws.
-    let entries = || -> Vec<_> {
-        std::fs::read_dir(f.wd.path().join("journal"))
-            .expect("journal")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect()
-    };
+    let entries = || f.journal_entries();
     let start = std::time::Instant::now();
     loop {
         let status = agent_command(&name, r#"{"execute":"guest-fsfreeze-status"}"#, 5);
