@@ -88,33 +88,7 @@ impl TestPostgres {
         initdb
             .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
             .arg(&data);
-        // What the data directory's parent looked like, for a failure
-        // (initdb as postgres once could not reach it: not reproduced).
-        let parent = || {
-            let out = Command::new("stat")
-                .args(["-c", "%U:%G %a"])
-                .arg(dir.path())
-                .output();
-            let id = Command::new("id").arg("postgres").output();
-            format!(
-                "{} is {}; postgres is {}",
-                dir.path().display(),
-                out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                    .unwrap_or_default(),
-                id.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                    .unwrap_or_default()
-            )
-        };
-        let out = as_postgres(&mut initdb)
-            .output()
-            .unwrap_or_else(|e| panic!("initdb: {e}"));
-        assert!(
-            out.status.success(),
-            "initdb failed ({}): {}{}",
-            parent(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run(as_postgres(&mut initdb), "initdb");
         let mut start = Command::new(bin.join("pg_ctl"));
         start
             .arg("-D")
